@@ -1,0 +1,126 @@
+"""Generation speed on CPU: our KV-cached `generate` against 🤗 transformers' LlamaForCausalLM of the same shape.
+
+Run by hand (not a test); needs `pip install transformers` (the `bench` extra):
+
+    python benchmarks/generate_speed.py --sizes nano mini --batches 1 8 --repeats 3 --new-tokens 200
+
+Both models get random weights, fp32, the same prompt and exactly --new-tokens tokens (no early eos).
+Each measurement is the median of --repeats timed runs after one warm-up; runs of ours and of HF are
+interleaved so that load from other processes hits both alike. tok/s counts generated tokens over all
+rows (batch × new tokens), prefill included. The Llama baseline mirrors our dims (vocab, hidden, ffn,
+layers, heads, kv heads); MHLA has no Llama counterpart, so it is compared with full MHA (kv = heads).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from rujokes_model import ModelConfig, TransformerForCausalLM
+
+VOCAB_SIZE = 1024
+PROMPT_LEN = 16
+
+
+@dataclass
+class Variant:
+    label: str                 # what the table row calls it
+    config: ModelConfig        # our model
+    hf_kv_heads: int           # KV heads of the matching Llama
+
+
+def variants(size: str, new_tokens: int) -> list[Variant]:
+    """The preset as shipped, plus the other attention kind for the sizes that default to MHLA."""
+    context = max(256, PROMPT_LEN + new_tokens)
+    context = max(context, ModelConfig.preset(size).max_seq_len)
+    default = ModelConfig.preset(size, vocab_size=VOCAB_SIZE, max_seq_len=context)
+    kv_heads = default.n_head if default.attention == "mhla" else default.n_kv_head
+    found = [Variant(f"{size} {default.position}+{default.attention}", default, kv_heads)]
+    if default.attention == "mhla":
+        gqa = ModelConfig.preset(size, vocab_size=VOCAB_SIZE, max_seq_len=context, attention="gqa")
+        found.append(Variant(f"{size} {gqa.position}+gqa(kv={gqa.n_kv_head})", gqa, gqa.n_kv_head))
+    return found
+
+
+def hf_llama(config: ModelConfig, kv_heads: int, context: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_config = LlamaConfig(
+        vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layer, num_attention_heads=config.n_head, num_key_value_heads=kv_heads,
+        max_position_embeddings=context, rms_norm_eps=config.norm_eps, tie_word_embeddings=config.tie_embeddings,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return LlamaForCausalLM(hf_config).eval()
+
+
+def seconds(run: Callable[[], torch.Tensor]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def bench_variant(variant: Variant, batch: int, new_tokens: int, repeats: int, sample: bool) -> tuple[float, float]:
+    """(ours tok/s, HF tok/s) for one variant at one batch size."""
+    torch.manual_seed(0)
+    ours = TransformerForCausalLM(variant.config).eval()
+    theirs = hf_llama(variant.config, variant.hf_kv_heads, variant.config.max_seq_len)
+    prompt = torch.randint(3, VOCAB_SIZE, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(prompt)
+    sampling = dict(do_sample=True, top_k=10) if sample else dict(do_sample=False)
+
+    def run_ours() -> torch.Tensor:
+        out = ours.generate(prompt, new_tokens, eos_token_id=None, use_cache=True, **sampling)
+        assert out.shape == (batch, PROMPT_LEN + new_tokens)
+        return out
+
+    def run_hf() -> torch.Tensor:
+        with torch.inference_mode():
+            out = theirs.generate(prompt, attention_mask=mask, min_new_tokens=new_tokens, max_new_tokens=new_tokens,
+                                  use_cache=True, **sampling)
+        assert out.shape == (batch, PROMPT_LEN + new_tokens)
+        return out
+
+    run_ours(), run_hf()  # warm-up: allocator, kernels, lazy imports
+    ours_times, hf_times = [], []
+    for _ in range(repeats):  # interleaved so background load hits both alike
+        ours_times.append(seconds(run_ours))
+        hf_times.append(seconds(run_hf))
+    tokens = batch * new_tokens
+    return tokens / statistics.median(ours_times), tokens / statistics.median(hf_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["nano", "mini"], choices=["nano", "mini", "small"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--sample", action="store_true", help="top-k 10 sampling instead of greedy")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import transformers
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
+          f"{'top-k 10 sampling' if args.sample else 'greedy'}, prompt {PROMPT_LEN}, new tokens {args.new_tokens}, "
+          f"median of {args.repeats}")
+    header = f"{'variant':<28} {'params':>7} {'batch':>5} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8}"
+    print(header)
+    print("-" * len(header))
+    for size in args.sizes:
+        for variant in variants(size, args.new_tokens):
+            with torch.device("meta"):
+                params = TransformerForCausalLM(variant.config).num_parameters()
+            for batch in args.batches:
+                ours, theirs = bench_variant(variant, batch, args.new_tokens, args.repeats, args.sample)
+                print(f"{variant.label:<28} {params / 1e6:>6.1f}M {batch:>5} {ours:>11.1f} {theirs:>10.1f} "
+                      f"{ours / theirs:>7.2f}×", flush=True)
+
+
+if __name__ == "__main__":
+    main()

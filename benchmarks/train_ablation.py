@@ -1,0 +1,62 @@
+"""Equal-CPU-time ablations: which position/attention/vocab/lr gives the best validation bits/char.
+
+    python benchmarks/train_ablation.py --size nano --cpu-budget 240 --out runs/ablation
+
+Each variant trains for the same process CPU time (all threads), then is evaluated on the whole
+validation split. Prints a markdown table; the winner per size becomes its recipe default.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from trainer.data import DEFAULT_CORPUS
+from trainer.recipes import recipe
+from trainer.train import train
+
+VARIANTS = {
+    "alibi+gqa V1024 lr3e-4 (original recipe)": dict(position="alibi", attention="gqa", vocab_size=1024, lr=3e-4),
+    "alibi+gqa V1024": dict(position="alibi", attention="gqa", vocab_size=1024),
+    "rope+gqa V1024": dict(position="rope", attention="gqa", vocab_size=1024),
+    "alibi+mhla V1024": dict(position="alibi", attention="mhla", vocab_size=1024),
+    "rope+mhla V1024": dict(position="rope", attention="mhla", vocab_size=1024),
+    "alibi+gqa V2048": dict(position="alibi", attention="gqa", vocab_size=2048),
+    "alibi+gqa V4096": dict(position="alibi", attention="gqa", vocab_size=4096),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="nano")
+    p.add_argument("--cpu-budget", type=float, default=240.0)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak lr for variants that don't set one")
+    p.add_argument("--data", default=DEFAULT_CORPUS)
+    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--only", nargs="*", help="substrings of variant names to run")
+    args = p.parse_args()
+    rows = []
+    for name, variant in VARIANTS.items():
+        if args.only and not any(s in name for s in args.only):
+            continue
+        variant = dict(variant)
+        model_overrides = {"position": variant.pop("position"), "attention": variant.pop("attention")}
+        config = recipe(args.size, cpu_budget_s=args.cpu_budget, eval_every=10**9, **{"lr": args.lr, **variant})
+        config.model_overrides.update(model_overrides)
+        out = Path(args.out) / args.size / name.split(" (")[0].replace(" ", "_").replace("+", "-")
+        started = time.perf_counter()
+        result = train(config, args.data, out, progress=False)
+        rows.append((name, result.model.num_parameters(), result.steps, result.tokens_seen,
+                     time.perf_counter() - started, result.final_eval))
+        print(json.dumps({"variant": name, "steps": result.steps, **result.final_eval}), flush=True)
+    print(f"\n{args.size}, {args.cpu_budget:.0f} CPU-seconds per variant, full validation split\n")
+    print("| variant | params | steps | tokens seen | val loss (nats/token) | chars/token | val bits/char |")
+    print("|---|---|---|---|---|---|---|")
+    for name, params, steps, tokens, wall, ev in rows:
+        print(f"| {name} | {params:,} | {steps} | {tokens / 1e6:.2f} M | {ev['val_loss']:.3f} | "
+              f"{ev['chars_per_token']:.2f} | **{ev['val_bpc']:.3f}** |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""`rujokes`: the offline demo (`rujokes joke …`, straight from the model, no queue) and
+`rujokes run` (embedded Redis + worker + bot in one command, from `.env`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _joke(args: argparse.Namespace) -> int:
+    import torch
+
+    from .engine import load_source, resolve_device
+
+    source = args.model or "bundled"
+    try:
+        loaded = load_source(args.size, source, resolve_device(args.device))
+    except (FileNotFoundError, ValueError) as error:
+        print(f"rujokes: {error}", file=sys.stderr)
+        return 2
+    prompt = " ".join(args.prompt).strip()
+    tokenizer, model = loaded.tokenizer, loaded.model
+    generator = torch.Generator(device=model.device)
+    generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
+    ids = torch.tensor([tokenizer.encode(prompt)] * args.n)
+    out = model.generate(ids, args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, top_k=args.top_k, temperature=args.temperature,
+                         generator=generator)
+    for i, row in enumerate(out.tolist()):
+        if i:
+            print("\n* * *\n")
+        print(tokenizer.decode(row).strip())
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .launcher import run_stack
+    return run_stack(with_bot=not args.no_bot)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rujokes", description="Russian jokes from small Transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    joke = sub.add_parser("joke", help="print jokes straight from the model (offline demo)")
+    joke.add_argument("prompt", nargs="*", help="the joke's opening, e.g. «Штирлиц пришел домой»")
+    joke.add_argument("--size", choices=["nano", "mini", "small"], default="nano")
+    joke.add_argument("--model", help="model directory or hub:owner/repo@revision (default: bundled weights)")
+    joke.add_argument("-n", type=int, default=1, help="how many jokes")
+    joke.add_argument("--top-k", type=int, default=10)
+    joke.add_argument("--temperature", type=float, default=1.0)
+    joke.add_argument("--max-new-tokens", type=int, default=150)
+    joke.add_argument("--seed", type=int)
+    joke.add_argument("--device", default="auto")
+    joke.set_defaults(handler=_joke)
+    run = sub.add_parser("run", help="run the bot stack: embedded Redis (if REDIS_URL is empty) + worker + bot")
+    run.add_argument("--no-bot", action="store_true", help="only Redis + worker")
+    run.set_defaults(handler=_run)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""Async Redis Streams client for both sides of the protocol described in bot/protocol.py.
+
+`RequestQueue` is what the bot submits to and what workers claim from and answer through;
+`ResultReader` is how the bot reads answers. The client must be created with decode_responses=True.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from bot.protocol import (
+    CONCRETE_SIZES,
+    DATA_FIELD,
+    DEFAULT_PREFIX,
+    RESULT_GROUP,
+    WORKER_GROUP,
+    DeadLetter,
+    JokeRequest,
+    JokeResult,
+    StreamKeys,
+    WorkerInfo,
+)
+
+log = logging.getLogger(__name__)
+
+# Atomic so that two bots cannot both squeeze under the limit.
+_SUBMIT_LUA = """
+local depth = redis.call('XLEN', KEYS[1]) + redis.call('XLEN', KEYS[2])
+if depth >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', ARGV[3], ARGV[4])
+"""
+
+# Write the answer (and the dead letter) and ack+delete the request in one step, but only if this
+# consumer still owns it: a worker whose request was reclaimed must not answer it a second time.
+_FINISH_LUA = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+if ARGV[6] ~= '' then redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', ARGV[7], ARGV[6]) end
+if ARGV[4] ~= '' then redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', ARGV[7], ARGV[4]) end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+"""
+
+# Reset the idle time (and optionally the delivery count) of requests this consumer still owns.
+# idle 0 = "still working on it"; idle >= claim_idle_ms = "take it back now".
+_OWN_LUA = """
+local kept = 0
+for i = 4, #ARGV, 2 do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    local count = tonumber(ARGV[i + 1])
+    if count < 0 then count = p[1][4] end
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'IDLE', ARGV[3], 'RETRYCOUNT', count, 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    prefix: str = DEFAULT_PREFIX
+    max_queue: int = 100           # outstanding requests (both streams) above which submit refuses
+    max_deliveries: int = 3        # a request delivered more often than this is dead-lettered
+    claim_idle_ms: int = 60_000    # a pending request idle this long belongs to a dead worker
+    stream_maxlen: int = 10_000    # approximate cap per stream: a safety net, not the backpressure
+    dedupe_ttl_s: int = 86_400     # how long the result reader remembers a handled request_id
+
+    def __post_init__(self) -> None:
+        if self.max_queue > self.stream_maxlen:
+            raise ValueError("max_queue above stream_maxlen would let MAXLEN trim requests nobody has read")
+
+
+class QueueFull(Exception):
+    """The queue holds max_queue outstanding requests: answer "busy" instead of queueing."""
+
+    def __init__(self, depth: int, limit: int) -> None:
+        super().__init__(f"queue is full ({depth} outstanding, limit {limit})")
+        self.depth = depth
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class ClaimedRequest:
+    stream: str
+    entry_id: str
+    request: JokeRequest
+    deliveries: int  # 1 on first delivery, +1 per reclaim
+
+
+@dataclass
+class ClaimedBatch:
+    ready: list[ClaimedRequest]
+    answered: list[JokeResult]  # expired / dead-lettered requests the queue already answered and acked
+
+
+@dataclass(frozen=True)
+class _RawEntry:
+    stream: str
+    entry_id: str
+    fields: dict[str, str] | None  # None: the entry was trimmed while pending
+    deliveries: int
+
+
+def _stream_entries(response: Any) -> list[tuple[str, str, dict[str, str] | None]]:
+    """Flatten an XREAD(GROUP) reply: RESP2 gives [[stream, entries]], RESP3 {stream: [entries]}."""
+    if not response:
+        return []
+    if isinstance(response, dict):
+        pairs = [(stream, value[0] if value and isinstance(value[0], list) else value) for stream, value in response.items()]
+    else:
+        pairs = response
+    return [(stream, entry_id, fields) for stream, entries in pairs for entry_id, fields in entries]
+
+
+def _is_nogroup(error: ResponseError) -> bool:
+    return str(error).startswith("NOGROUP")
+
+
+class RequestQueue:
+    """Submit side (bot) and claim/answer side (workers) of the request streams."""
+
+    def __init__(self, redis: Redis, config: QueueConfig) -> None:
+        self._redis = redis
+        self.config = config
+        self.keys = StreamKeys(config.prefix)
+        self._submit_script = redis.register_script(_SUBMIT_LUA)
+        self._finish_script = redis.register_script(_FINISH_LUA)
+        self._own_script = redis.register_script(_OWN_LUA)
+
+    async def ensure_groups(self) -> None:
+        """Idempotent. Groups start at id 0 so requests submitted before any worker existed are served."""
+        for stream in self.keys.request_streams:
+            await _create_group(self._redis, stream, WORKER_GROUP)
+
+    # -- bot side -------------------------------------------------------------------------------
+
+    async def submit(self, request: JokeRequest) -> str:
+        """Queue a request and return its stream entry id; raise QueueFull above max_queue."""
+        entry_id = await self._submit_script(
+            keys=[*self.keys.request_streams, self.keys.requests(request.priority)],
+            args=[self.config.max_queue, self.config.stream_maxlen, DATA_FIELD, request.model_dump_json()],
+        )
+        if entry_id is None:
+            raise QueueFull(await self.depth(), self.config.max_queue)
+        return entry_id
+
+    async def depth(self) -> int:
+        """Outstanding requests: queued plus in flight (acked ones are deleted)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for stream in self.keys.request_streams:
+                pipe.xlen(stream)
+            return sum(await pipe.execute())
+
+    # -- worker side ----------------------------------------------------------------------------
+
+    async def claim_batch(self, consumer: str, max_items: int, block_ms: int = 0) -> ClaimedBatch:
+        """Reclaim requests of dead workers, then read new ones, high priority first.
+
+        Requests retried more than max_deliveries times or past their deadline are answered here
+        and come back in `answered`; the rest, at most max_items, come back in `ready`.
+        """
+        try:
+            raw = await self._claim_raw(consumer, max_items, block_ms)
+        except ResponseError as error:
+            if not _is_nogroup(error):
+                raise
+            log.warning("consumer group missing (Redis flushed or restarted without AOF?); recreating")
+            await self.ensure_groups()
+            raw = await self._claim_raw(consumer, max_items, block_ms)
+        return await self._sort_out(consumer, raw)
+
+    async def _claim_raw(self, consumer: str, max_items: int, block_ms: int) -> list[_RawEntry]:
+        raw = await self._reclaim(consumer, max_items)
+        if len(raw) < max_items:
+            raw += await self._read_new(consumer, max_items - len(raw), 0 if raw else block_ms)
+        return raw
+
+    async def _reclaim(self, consumer: str, max_items: int) -> list[_RawEntry]:
+        raw: list[_RawEntry] = []
+        for stream in self.keys.request_streams:
+            if len(raw) >= max_items:
+                break
+            reply = await self._redis.xautoclaim(
+                stream, WORKER_GROUP, consumer, self.config.claim_idle_ms, "0-0", count=max_items - len(raw)
+            )
+            claimed = [(entry_id, fields) for entry_id, fields in reply[1]]
+            if not claimed:
+                continue
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entry_id, _ in claimed:
+                    pipe.xpending_range(stream, WORKER_GROUP, entry_id, entry_id, 1)
+                pending = await pipe.execute()
+            for (entry_id, fields), info in zip(claimed, pending):
+                deliveries = info[0]["times_delivered"] if info else 1
+                raw.append(_RawEntry(stream, entry_id, fields, deliveries))
+        return raw
+
+    async def _read_new(self, consumer: str, wanted: int, block_ms: int) -> list[_RawEntry]:
+        raw: list[_RawEntry] = []
+        for stream in self.keys.request_streams:
+            if len(raw) >= wanted:
+                break
+            reply = await self._redis.xreadgroup(WORKER_GROUP, consumer, {stream: ">"}, count=wanted - len(raw))
+            raw += [_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in _stream_entries(reply)]
+        if raw or block_ms <= 0:
+            return raw
+        streams = {stream: ">" for stream in self.keys.request_streams}
+        reply = await self._redis.xreadgroup(WORKER_GROUP, consumer, streams, count=wanted, block=block_ms)
+        order = self.keys.request_streams
+        raw = sorted(
+            (_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in _stream_entries(reply)),
+            key=lambda entry: order.index(entry.stream),
+        )
+        # COUNT applies per stream, so both streams waking at once can overshoot; hand the extra back.
+        extra = raw[wanted:]
+        if extra:
+            await self._set_ownership(consumer, [(e.stream, e.entry_id, 0) for e in extra], self.config.claim_idle_ms)
+        return raw[:wanted]
+
+    async def _sort_out(self, consumer: str, raw: list[_RawEntry]) -> ClaimedBatch:
+        batch = ClaimedBatch([], [])
+        now = time.time()
+        for entry in raw:
+            if entry.fields is None:  # trimmed by MAXLEN while pending: nothing left to answer
+                await self._redis.xack(entry.stream, WORKER_GROUP, entry.entry_id)
+                continue
+            payload = entry.fields.get(DATA_FIELD, "")
+            try:
+                request = JokeRequest.model_validate_json(payload)
+            except ValidationError as error:
+                log.error("unparseable request %s in %s, dead-lettering: %s", entry.entry_id, entry.stream, error)
+                await self._finish(entry, consumer, None, self._dead_letter(entry, consumer, "invalid"))
+                continue
+            claimed = ClaimedRequest(entry.stream, entry.entry_id, request, entry.deliveries)
+            if entry.deliveries > self.config.max_deliveries:
+                result = JokeResult.answer(request, "failed", consumer, error="max_deliveries")
+                if await self._finish(entry, consumer, result, self._dead_letter(entry, consumer, "max_deliveries")):
+                    batch.answered.append(result)
+            elif request.deadline < now:
+                result = JokeResult.answer(request, "expired", consumer)
+                if await self._finish(entry, consumer, result, None):
+                    batch.answered.append(result)
+            else:
+                batch.ready.append(claimed)
+        return batch
+
+    def _dead_letter(self, entry: _RawEntry, consumer: str, reason: str) -> DeadLetter:
+        payload = (entry.fields or {}).get(DATA_FIELD, "")
+        return DeadLetter(
+            stream=entry.stream, entry_id=entry.entry_id, reason=reason,
+            deliveries=entry.deliveries, payload=payload, worker_id=consumer,
+        )
+
+    async def _finish(
+        self, entry: _RawEntry | ClaimedRequest, consumer: str, result: JokeResult | None, dead: DeadLetter | None
+    ) -> bool:
+        done = await self._finish_script(
+            keys=[entry.stream, self.keys.results, self.keys.dead_letter],
+            args=[
+                WORKER_GROUP, consumer, entry.entry_id,
+                result.model_dump_json() if result else "",
+                self.config.stream_maxlen,
+                dead.model_dump_json() if dead else "",
+                DATA_FIELD,
+            ],
+        )
+        return bool(done)
+
+    async def publish_result(self, result: JokeResult, claimed: ClaimedRequest | None = None) -> bool:
+        """Publish a result. A final one also acks `claimed`, atomically, if result.worker_id still owns it.
+
+        Returns False when the request was reclaimed by another worker meanwhile (the result is dropped).
+        Partial results are simply appended: best effort, nothing is acked.
+        """
+        if not result.is_final:
+            await self._redis.xadd(
+                self.keys.results, {DATA_FIELD: result.model_dump_json()}, maxlen=self.config.stream_maxlen
+            )
+            return True
+        if claimed is None:
+            raise ValueError("a final result must say which claimed request it answers")
+        return await self._finish(claimed, result.worker_id, result, None)
+
+    async def touch(self, claimed: Iterable[ClaimedRequest], consumer: str) -> int:
+        """Mark in-flight requests as fresh so that slow generation is not taken for a dead worker."""
+        return await self._set_ownership(consumer, [(c.stream, c.entry_id, -1) for c in claimed], 0)
+
+    async def release(self, claimed: Iterable[ClaimedRequest], consumer: str, *, penalize: bool) -> int:
+        """Give requests back for immediate reclaim by any worker.
+
+        penalize=True (generation failed) keeps the delivery count, so a poison request ends in the
+        dead-letter stream; penalize=False (shutdown) does not count this delivery.
+        """
+        owned = [(c.stream, c.entry_id, -1 if penalize else max(0, c.deliveries - 1)) for c in claimed]
+        return await self._set_ownership(consumer, owned, self.config.claim_idle_ms)
+
+    async def _set_ownership(self, consumer: str, owned: list[tuple[str, str, int]], idle_ms: int) -> int:
+        kept = 0
+        for stream in self.keys.request_streams:
+            args: list[Any] = [WORKER_GROUP, consumer, idle_ms]
+            for entry_stream, entry_id, count in owned:
+                if entry_stream == stream:
+                    args += [entry_id, count]
+            if len(args) > 3:
+                kept += await self._own_script(keys=[stream], args=args)
+        return kept
+
+    # -- shared state: active size and heartbeats -----------------------------------------------
+
+    async def get_active_size(self) -> str | None:
+        return await self._redis.hget(self.keys.active_size, "size")
+
+    async def set_active_size(self, size: str, by_user: int | str | None) -> None:
+        if size not in CONCRETE_SIZES:
+            raise ValueError(f"unknown size {size!r}; expected one of {CONCRETE_SIZES}")
+        mapping = {"size": size, "by_user": "" if by_user is None else str(by_user), "at": str(time.time())}
+        await self._redis.hset(self.keys.active_size, mapping=mapping)
+
+    async def publish_heartbeat(self, info: WorkerInfo, ttl_s: float) -> None:
+        await self._redis.set(self.keys.worker(info.worker_id), info.model_dump_json(), px=int(ttl_s * 1000))
+
+    async def remove_heartbeat(self, worker_id: str) -> None:
+        await self._redis.delete(self.keys.worker(worker_id))
+
+    async def live_workers(self) -> list[WorkerInfo]:
+        names = [name async for name in self._redis.scan_iter(match=self.keys.workers_pattern, count=100)]
+        if not names:
+            return []
+        values = await self._redis.mget(names)
+        workers = [WorkerInfo.model_validate_json(value) for value in values if value is not None]
+        return sorted(workers, key=lambda info: info.worker_id)
+
+
+async def _create_group(redis: Redis, stream: str, group: str) -> None:
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as error:
+        if not str(error).startswith("BUSYGROUP"):
+            raise
+
+
+@dataclass(frozen=True)
+class ReceivedResult:
+    entry_id: str
+    result: JokeResult
+
+
+class ResultReader:
+    """The bot's view of the results stream: its own consumer group, deduped by request_id.
+
+    Final results must be acked with `ack` once handled; until then they are re-read after a
+    restart. Partial results are acked on read and dropped once the final one has been seen.
+    """
+
+    def __init__(self, redis: Redis, config: QueueConfig, consumer: str = "bot") -> None:
+        self._redis = redis
+        self.config = config
+        self.keys = StreamKeys(config.prefix)
+        self.consumer = consumer
+        # After a restart, first re-read what this consumer read but never acked.
+        self._pending_cursor: str | None = "0"
+
+    async def ensure_group(self) -> None:
+        await _create_group(self._redis, self.keys.results, RESULT_GROUP)
+
+    async def read(self, count: int = 50, block_ms: int = 1000) -> list[ReceivedResult]:
+        try:
+            entries = await self._read_entries(count, block_ms)
+        except ResponseError as error:
+            if not _is_nogroup(error):
+                raise
+            await self.ensure_group()
+            entries = await self._read_entries(count, block_ms)
+        return await self._dedupe(entries)
+
+    async def _read_entries(self, count: int, block_ms: int) -> list[tuple[str, str, dict[str, str] | None]]:
+        if self._pending_cursor is not None:
+            reply = await self._redis.xreadgroup(
+                RESULT_GROUP, self.consumer, {self.keys.results: self._pending_cursor}, count=count
+            )
+            entries = _stream_entries(reply)
+            if entries:
+                self._pending_cursor = entries[-1][1]
+                return entries
+            self._pending_cursor = None
+        reply = await self._redis.xreadgroup(
+            RESULT_GROUP, self.consumer, {self.keys.results: ">"}, count=count,
+            block=block_ms if block_ms > 0 else None,
+        )
+        return _stream_entries(reply)
+
+    async def _dedupe(self, entries: list[tuple[str, str, dict[str, str] | None]]) -> list[ReceivedResult]:
+        parsed: list[ReceivedResult] = []
+        for _, entry_id, fields in entries:
+            try:
+                parsed.append(ReceivedResult(entry_id, JokeResult.model_validate_json((fields or {})[DATA_FIELD])))
+            except (KeyError, ValidationError) as error:
+                log.error("dropping unreadable result %s: %s", entry_id, error)
+                await self._xack(entry_id)
+        finals_here = {item.result.request_id for item in parsed if item.result.is_final}
+        latest_partial = {item.result.request_id: item.entry_id for item in parsed if not item.result.is_final}
+        fresh: list[ReceivedResult] = []
+        for item in parsed:
+            request_id = item.result.request_id
+            done_key = self.keys.result_done(request_id)
+            if item.result.is_final:
+                first = await self._redis.set(done_key, item.entry_id, nx=True, ex=self.config.dedupe_ttl_s)
+                # The key holding this very entry id means we crashed before acking it: deliver again.
+                if first or await self._redis.get(done_key) == item.entry_id:
+                    fresh.append(item)
+                else:
+                    await self._xack(item.entry_id)
+                continue
+            await self._xack(item.entry_id)
+            superseded = request_id in finals_here or latest_partial[request_id] != item.entry_id
+            if not superseded and not await self._redis.exists(done_key):
+                fresh.append(item)
+        return fresh
+
+    async def ack(self, item: ReceivedResult) -> None:
+        """Acknowledge a handled final result (partials are already acked)."""
+        await self._xack(item.entry_id)
+
+    async def _xack(self, entry_id: str) -> None:
+        await self._redis.xack(self.keys.results, RESULT_GROUP, entry_id)

@@ -1,0 +1,250 @@
+"""The worker loop: claim a batch from Redis, generate with the engine in a thread, answer, repeat."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
+from dataclasses import dataclass
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from bot.engine_api import Engine, GenerationOutput, Job
+from bot.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
+from bot.queue import ClaimedRequest, RequestQueue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    worker_id: str                  # also the consumer name in the Redis group: keep it stable across restarts
+    batch_size: int = 8             # most requests per engine.generate call
+    block_ms: int = 1000            # idle poll; also bounds how long a stop request waits for Redis
+    default_size: str = "nano"      # for "active" requests until an admin sets an active size
+    heartbeat_ttl_s: float = 15.0
+    shutdown_grace_s: float = 30.0  # how long a stop waits for the running batch before handing it back
+    partial_interval_s: float = 0.7  # throttle: partial edits cost Telegram API calls
+    device: str = "cpu"             # reported in the heartbeat only
+
+
+class _Abandoned(Exception):
+    """The grace period ran out while the engine was still generating."""
+
+
+class Worker:
+    def __init__(self, queue: RequestQueue, engine: Engine, config: WorkerConfig) -> None:
+        self.queue = queue
+        self.engine = engine
+        self.config = config
+        self.processed = 0
+        self.abandoned = False  # a batch was handed back while its generation thread still runs
+        self._stopping = asyncio.Event()
+        self._in_flight: list[ClaimedRequest] = []
+        self._started_at = time.time()
+        # One dedicated thread: generate calls never overlap, and asyncio.run does not wait for it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop claiming; the current batch gets shutdown_grace_s to finish, else it is handed back."""
+        self._stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    async def run(self) -> None:
+        await self.queue.ensure_groups()
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        log.info("worker %s started; sizes %s", self.config.worker_id, self.engine.available_sizes())
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.run_once()
+                except (RedisConnectionError, RedisTimeoutError) as error:
+                    log.warning("Redis unavailable (%s); retrying", error)
+                    await self._sleep_unless_stopping(1.0)
+        finally:
+            heartbeat.cancel()
+            with suppress(asyncio.CancelledError):
+                await heartbeat
+            with suppress(RedisError):
+                await self.queue.remove_heartbeat(self.config.worker_id)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            log.info("worker %s stopped after %d requests", self.config.worker_id, self.processed)
+
+    async def run_once(self) -> int:
+        """Claim and serve one batch; returns how many requests were answered or handed back."""
+        batch = await self.queue.claim_batch(self.config.worker_id, self.config.batch_size, self.config.block_ms)
+        for result in batch.answered:
+            self._log_result(result)
+        if batch.ready:
+            await self._serve(batch.ready)
+        return len(batch.answered) + len(batch.ready)
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    async def _serve(self, ready: list[ClaimedRequest]) -> None:
+        # Read at every batch boundary, so an admin's switch reaches every worker within one batch.
+        active = await self.queue.get_active_size() or self.config.default_size
+        available = set(self.engine.available_sizes())
+        by_size: dict[str, list[ClaimedRequest]] = {}
+        for claimed in ready:
+            size = active if claimed.request.size == ACTIVE_SIZE else claimed.request.size
+            if size in available:
+                by_size.setdefault(size, []).append(claimed)
+            else:
+                result = JokeResult.answer(claimed.request, "unknown_size", self.config.worker_id, size=size,
+                                           error=f"size {size!r} not loaded; available {sorted(available)}")
+                await self._answer(claimed, result)
+        for size, group in by_size.items():
+            await self._generate_and_answer(size, group)
+
+    async def _generate_and_answer(self, size: str, group: list[ClaimedRequest]) -> None:
+        worker_id = self.config.worker_id
+        jobs = [_job(claimed.request) for claimed in group]
+        partials = _PartialPublisher(asyncio.get_running_loop(), self.queue, worker_id, group,
+                                     self.config.partial_interval_s)
+        self._in_flight = group
+        try:
+            future = self._executor.submit(self.engine.generate, size, jobs, partials if partials.wanted else None)
+            outputs = await self._wait_for_generation(future)
+        except _Abandoned:
+            self.abandoned = True
+            released = await self.queue.release(group, worker_id, penalize=False)
+            log.warning("shutdown: handed back %d unfinished requests for reclaim", released)
+            return
+        except asyncio.CancelledError:
+            await asyncio.shield(self.queue.release(group, worker_id, penalize=False))
+            raise
+        except Exception:
+            # A bug or a bad input: retry elsewhere; max_deliveries ends a poison request in dead letters.
+            log.exception("generation failed for %d requests (size %s); released for retry", len(group), size)
+            await self.queue.release(group, worker_id, penalize=True)
+            return
+        finally:
+            self._in_flight = []
+        await partials.drain()  # so no partial lands after its final result
+        by_id: dict[str, GenerationOutput] = {output.request_id: output for output in outputs}
+        for claimed in group:
+            output = by_id.get(claimed.request.request_id)
+            if output is None:
+                log.error("engine returned no output for %s; released for retry", claimed.request.request_id)
+                await self.queue.release([claimed], worker_id, penalize=True)
+                continue
+            result = JokeResult.answer(claimed.request, "ok", worker_id, text=output.text, size=size,
+                                       tokens=output.new_tokens, forward_passes=output.forward_passes)
+            await self._answer(claimed, result)
+
+    async def _wait_for_generation(self, future: Future) -> list[GenerationOutput]:
+        generation = asyncio.wrap_future(future)
+        stop = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({generation, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not generation.done():
+            done, _ = await asyncio.wait({generation}, timeout=self.config.shutdown_grace_s)
+            if not done:
+                raise _Abandoned
+        return generation.result()
+
+    async def _answer(self, claimed: ClaimedRequest, result: JokeResult) -> None:
+        if await self.queue.publish_result(result, claimed):
+            self.processed += 1
+            self._log_result(result)
+        else:
+            log.warning("request %s was reclaimed by another worker; dropping our result", result.request_id)
+
+    # -- heartbeat and logging ------------------------------------------------------------------
+
+    def info(self, queue_lag: int = 0) -> WorkerInfo:
+        return WorkerInfo(
+            worker_id=self.config.worker_id, host=socket.gethostname(), pid=os.getpid(),
+            device=self.config.device, loaded_sizes=sorted(self.engine.available_sizes()),
+            batch_size=self.config.batch_size, processed=self.processed, queue_lag=queue_lag,
+            started_at=self._started_at,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        # Often enough to keep both the heartbeat key and the in-flight requests' idle time fresh.
+        interval = min(self.config.heartbeat_ttl_s, self.queue.config.claim_idle_ms / 1000) / 3
+        while True:
+            try:
+                await self.queue.publish_heartbeat(self.info(await self.queue.depth()), self.config.heartbeat_ttl_s)
+                # Past its deadline a request is no longer kept fresh: if this worker is hung, another
+                # one reclaims it and answers "expired".
+                fresh = [c for c in self._in_flight if c.request.deadline > time.time()]
+                if fresh:
+                    await self.queue.touch(fresh, self.config.worker_id)
+            except RedisError as error:
+                log.warning("heartbeat failed: %s", error)
+            await asyncio.sleep(interval)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _log_result(self, result: JokeResult) -> None:
+        fields = {
+            "request_id": result.request_id, "status": result.status, "size": result.size,
+            "latency_s": round(result.latency_s, 3), "tokens": result.tokens, "worker_id": result.worker_id,
+        }
+        if result.error:
+            fields["error"] = result.error
+        level = logging.INFO if result.status == "ok" else logging.WARNING
+        log.log(level, "request " + " ".join(f"{key}={value}" for key, value in fields.items()),
+                extra={"fields": fields})
+
+
+def _job(request: JokeRequest) -> Job:
+    sampling = request.sampling
+    return Job(
+        request_id=request.request_id, prompt=request.prompt, top_k=sampling.top_k,
+        temperature=sampling.temperature, top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens, seed=sampling.seed,
+    )
+
+
+class _PartialPublisher:
+    """The engine's on_partial callback: throttled, and thread-safe by handing work to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: RequestQueue, worker_id: str,
+                 group: list[ClaimedRequest], interval_s: float) -> None:
+        self._loop = loop
+        self._queue = queue
+        self._worker_id = worker_id
+        self._interval_s = interval_s
+        self._requests = {c.request.request_id: c.request for c in group if c.request.stream_partials}
+        self._last_sent: dict[str, float] = {}
+        self._pending: list[Future] = []
+
+    @property
+    def wanted(self) -> bool:
+        return bool(self._requests)
+
+    def __call__(self, request_id: str, text_so_far: str) -> None:
+        request = self._requests.get(request_id)
+        now = time.monotonic()
+        if request is None or now - self._last_sent.get(request_id, float("-inf")) < self._interval_s:
+            return
+        self._last_sent[request_id] = now
+        result = JokeResult.answer(request, "partial", self._worker_id, text=text_so_far)
+        with suppress(RuntimeError):  # the loop is gone: the worker is exiting, partials don't matter
+            self._pending.append(asyncio.run_coroutine_threadsafe(self._queue.publish_result(result), self._loop))
+
+    async def drain(self) -> None:
+        for future in self._pending:
+            try:
+                await asyncio.wrap_future(future)
+            except RedisError as error:
+                log.warning("partial result not published: %s", error)

@@ -1,0 +1,80 @@
+"""Files and the Hugging Face Hub: config.json + model.safetensors (+ tokenizer.json) per directory.
+
+A source is a local directory or a Hub repo id; each model size lives on its own revision
+(branch) of one repo: `nano`, `mini`, `small`. Loading is strict: missing or extra keys fail.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import HfApi, hf_hub_download
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def resolve_file(repo_or_dir: str | Path, filename: str, *, revision: str | None = None, **hub_kwargs: Any) -> Path:
+    """Path of `filename` in a local directory, or downloaded from the Hub repo at `revision`."""
+    if os.path.isdir(repo_or_dir):
+        path = Path(repo_or_dir) / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        return path
+    if Path(repo_or_dir).suffix or str(repo_or_dir).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{repo_or_dir} is neither a directory nor a Hub repo id")
+    return Path(hf_hub_download(repo_id=str(repo_or_dir), filename=filename, revision=revision, **hub_kwargs))
+
+
+def load_model(cls, repo_or_dir: str | Path, *, revision: str | None = None, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32, **hub_kwargs: Any):
+    config_path = resolve_file(repo_or_dir, CONFIG_FILE, revision=revision, **hub_kwargs)
+    config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    model = cls(config)
+    state = load_file(resolve_file(repo_or_dir, WEIGHTS_FILE, revision=revision, **hub_kwargs))
+    if config.tie_embeddings:
+        state.setdefault("lm_head.weight", state.get("embed.weight"))
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {repo_or_dir} does not match the config: "
+                         f"missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def save_model(model, save_directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write config.json and model.safetensors; tied lm_head is stored once (as embed.weight)."""
+    path = Path(save_directory)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight")
+    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    return path
+
+
+def push_to_hub(model, repo_id: str, *, revision: str, tokenizer=None, extra_files: dict[str, Path] | None = None,
+                private: bool | None = None, token: str | None = None, api: HfApi | None = None,
+                commit_message: str | None = None) -> str:
+    """Upload model (+ tokenizer, model card, …) to `repo_id` on branch `revision`, creating both if needed."""
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.create_branch(repo_id, branch=revision, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for name, source in (extra_files or {}).items():
+            Path(tmp, name).write_bytes(Path(source).read_bytes())
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
+                                 commit_message=commit_message or f"Upload {revision} weights")
+    return str(getattr(info, "commit_url", info))

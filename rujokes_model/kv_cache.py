@@ -1,0 +1,37 @@
+"""Preallocated per-batch caches (gpt-fast style): allocate once for prompt + new tokens, write in place."""
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Keys and values of one MHA/GQA layer: (B, n_kv_head, max_len, head_dim) each."""
+
+    def __init__(self, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+
+    def update(self, start: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write (B, KV, T, D) at columns start..start+T; return everything cached so far."""
+        end = start + keys.shape[2]
+        self.keys[:, :, start:end] = keys
+        self.values[:, :, start:end] = values
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class LatentCache:
+    """MHLA cache: only the compressed KV latent (B, max_len, kv_lora_rank) and the shared,
+    already-rotated positional key (B, max_len, qk_rope_head_dim). No per-head keys or values."""
+
+    def __init__(self, batch_size: int, max_len: int, kv_lora_rank: int, rope_dim: int,
+                 dtype: torch.dtype, device: torch.device) -> None:
+        self.latent = torch.zeros((batch_size, max_len, kv_lora_rank), dtype=dtype, device=device)
+        self.rope_key = torch.zeros((batch_size, max_len, rope_dim), dtype=dtype, device=device)
+
+    def update(self, start: int, latent: torch.Tensor, rope_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + latent.shape[1]
+        self.latent[:, start:end] = latent
+        self.rope_key[:, start:end] = rope_key
+        return self.latent[:, :end], self.rope_key[:, :end]

@@ -1,0 +1,83 @@
+"""Turning next-token logits into tokens: penalties, temperature, top-k/top-p filtering and draws.
+
+Every knob may be a scalar or one value per row, so a worker can batch requests whose users asked
+for different settings; `generators` may be one torch.Generator or one per row (per-request seeds).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+PerRow = float | int | None | Sequence
+
+
+def _per_row(value: PerRow, batch: int, default: float, device: torch.device) -> torch.Tensor:
+    if value is None:
+        value = default
+    if isinstance(value, torch.Tensor):
+        return value.to(device=device, dtype=torch.float32).expand(batch)
+    if isinstance(value, (int, float)):
+        return torch.full((batch,), float(value), device=device)
+    values = [default if v is None else float(v) for v in value]
+    if len(values) != batch:
+        raise ValueError(f"expected {batch} per-row values, got {len(values)}")
+    return torch.tensor(values, device=device)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL-style penalty: shrink logits of tokens already in the sequence (seen is a (B, V) bool map)."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def filter_logits(logits: torch.Tensor, temperature: PerRow = 1.0, top_k: PerRow = None,
+                  top_p: PerRow = None) -> torch.Tensor:
+    """Temperature-scaled logits (B, V) with everything outside top-k ∩ top-p set to -inf.
+
+    top_k of None/0 and top_p of None/1.0 disable that filter for the row.
+    """
+    B, V = logits.shape
+    device = logits.device
+    temperature = _per_row(temperature, B, 1.0, device).clamp_min(1e-5)
+    logits = logits.float() / temperature[:, None]
+    k = _per_row(top_k, B, 0, device).long()
+    p = _per_row(top_p, B, 1.0, device)
+    use_k = (k > 0) & (k < V)
+    use_p = p < 1.0
+    if not bool(use_k.any() or use_p.any()):
+        return logits
+    if not bool(use_p.any()) and bool((k == k[0]).all()):
+        # Common case (one k for the whole batch): topk is much cheaper than a full sort.
+        kth = logits.topk(int(k[0]), dim=-1).values[:, -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    rank = torch.arange(V, device=device)[None]
+    drop = use_k[:, None] & (rank >= k[:, None])
+    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
+    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+    mass_before = probs.cumsum(-1) - probs
+    drop |= use_p[:, None] & (mass_before >= p[:, None])
+    drop[:, 0] = False
+    return logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+
+
+def sample_tokens(logits: torch.Tensor, do_sample: bool | torch.Tensor,
+                  generators: torch.Generator | Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    """One token per row from filtered logits (B, V): a draw, or argmax where do_sample is False."""
+    greedy = logits.argmax(-1)
+    if do_sample is False:
+        return greedy
+    probs = logits.softmax(-1)
+    if generators is None or isinstance(generators, torch.Generator):
+        drawn = torch.multinomial(probs, 1, generator=generators).squeeze(-1)
+    else:
+        # One generator per row: a request's tokens depend on its own seed, not on its batch mates.
+        if len(generators) != probs.shape[0]:
+            raise ValueError(f"expected one generator per row ({probs.shape[0]}), got {len(generators)}")
+        drawn = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    if isinstance(do_sample, torch.Tensor):
+        return torch.where(do_sample, drawn, greedy)
+    return drawn

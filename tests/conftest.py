@@ -1,0 +1,126 @@
+"""Shared fixtures. Redis is always a real redis-server process, never a mock."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import redis
+import redis.asyncio
+
+from bot.protocol import Delivery, JokeRequest
+from bot.queue import QueueConfig
+from bot.redis_connection import redis_server_binary
+
+
+class RedisServer:
+    """A redis-server child process on a unix socket; restartable on the same socket and data dir."""
+
+    def __init__(self, data_dir: Path, *, appendonly: bool) -> None:
+        self.data_dir = data_dir
+        self.appendonly = appendonly
+        # Unix socket paths must stay under ~107 bytes, pytest's tmp_path may not.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
+        self.socket_path = self._socket_dir / "redis.sock"
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def start(self) -> RedisServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket_path),
+            "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
+            "--logfile", str(self.data_dir / "redis.log"),
+            # fsync every write, so even a SIGKILL loses nothing that was acknowledged
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+        ]
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.data_dir / 'redis.log').read_text()[-2000:]}")
+            if self.socket_path.exists():
+                client = redis.Redis(unix_socket_path=str(self.socket_path))
+                try:
+                    client.ping()
+                    return self
+                except (redis.BusyLoadingError, redis.ConnectionError):
+                    pass
+                finally:
+                    client.close()
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill() if kill else self._process.terminate()
+            self._process.wait(timeout=10)
+        self._process = None
+
+    def restart(self, *, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop(kill=True)
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One throwaway Redis (no persistence) for the whole session."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start extra Redis servers (AOF on by default) that a test may stop, kill and restart."""
+    servers: list[RedisServer] = []
+
+    def start(data_dir: Path | None = None, *, appendonly: bool = True) -> RedisServer:
+        server = RedisServer(data_dir or tmp_path / f"redis-{len(servers)}", appendonly=appendonly)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.cleanup()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer):
+    client = redis.asyncio.from_url(redis_server.url, decode_responses=True)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+def queue_config(key_prefix: str) -> QueueConfig:
+    """Short timings so reclaim and dead-lettering happen within a test's patience."""
+    return QueueConfig(prefix=key_prefix, max_queue=50, max_deliveries=3, claim_idle_ms=100, stream_maxlen=1000)
+
+
+@pytest.fixture
+def make_request() -> Callable[..., JokeRequest]:
+    def make(prompt: str = "штирлиц", **fields) -> JokeRequest:
+        fields.setdefault("delivery", Delivery(chat_id=42, message_id=7, reply_to_message_id=6))
+        fields.setdefault("deadline", time.time() + 30)
+        return JokeRequest(prompt=prompt, **fields)
+
+    return make

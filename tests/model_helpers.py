@@ -1,0 +1,121 @@
+"""Shared builders for the rujokes_model tests: tiny configs, seeded models, prompts, a tiny Russian tokenizer.
+
+Everything here is deliberately small (vocab ≤ 300, max_seq_len ≤ 64, d_model ≤ 96) so the whole
+model suite runs in well under a minute on two shared CPU cores.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import random
+
+import pytest
+import torch
+
+from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCausalLM
+
+POSITIONS = ("rope", "alibi")
+ATTENTIONS = ("mha", "gqa", "mhla")
+
+# Untied head: with random tied embeddings the current token is always its own best successor, so greedy
+# decoding would just repeat one token and prove nothing. init_std a little above the 0.02 default gives
+# clear winners, so 1e-7 float noise between two equivalent code paths cannot flip a greedy token.
+TINY = dict(vocab_size=96, n_layer=2, n_head=4, n_kv_head=2, d_model=64, d_ff=128, max_seq_len=64,
+            kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
+            init_std=0.05, tie_embeddings=False)
+
+
+def tiny_config(position: str = "rope", attention: str = "gqa", **overrides) -> ModelConfig:
+    fields = dict(TINY, position=position, attention=attention)
+    if attention == "mha":
+        fields["n_kv_head"] = fields["n_head"]
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def tiny_model(position: str = "rope", attention: str = "gqa", seed: int = 0, **overrides) -> TransformerForCausalLM:
+    torch.manual_seed(seed)
+    return TransformerForCausalLM(tiny_config(position, attention, **overrides)).eval()
+
+
+def clone(model: TransformerForCausalLM) -> TransformerForCausalLM:
+    return copy.deepcopy(model)
+
+
+def random_ids(length: int, vocab_size: int, seed: int = 0, batch: int = 1, low: int = 3) -> torch.Tensor:
+    """(batch, length) token ids in [low, vocab_size): avoids the pad/bos/eos ids 0..2."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(low, vocab_size, (batch, length), generator=generator)
+
+
+def left_pad(prompts: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack 1-D prompts of mixed lengths into (B, L) left-padded ids and their attention mask."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = prompt
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+def right_pad(prompts: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = prompt
+        mask[row, : len(prompt)] = 1
+    return ids, mask
+
+
+# ---- tokenizer ----------------------------------------------------------------------------------
+_SUBJECTS = ["Штирлиц", "Вовочка", "Ёжик", "Медведь", "Поручик Ржевский", "Учительница", "Программист",
+             "Бабушка", "Чебурашка", "Студент", "Ёлочка", "Мужик"]
+_VERBS = ["шёл", "пришёл", "сказал", "подумал", "спросил", "ответил", "увидел", "нашёл", "съел", "ждал"]
+_OBJECTS = ["по лесу", "в бар", "на работу", "домой", "к врачу", "на экзамен", "под ёлку", "в Москву",
+            "за хлебом", "на рыбалку", "ёжика", "лёд"]
+_TAILS = [".", "!", "?", "…", "...", " — и ушёл.", ", а там медведь!", " 😀", " 🦔", " Hello, world!",
+          "\n— Ты кто?\n— Я ёж."]
+
+
+def russian_sentences(count: int = 400, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}{rng.choice(_TAILS)}"
+            for _ in range(count)]
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer() -> ByteLevelBPETokenizer:
+    """A ~300-token byte-level BPE trained once per session on generated Russian sentences."""
+    return ByteLevelBPETokenizer.train_from_iterator(russian_sentences(), vocab_size=300, min_frequency=2)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte → printable character map, which byte-level BPE uses for its 256 base tokens."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+def single_byte_ids(tokenizer: ByteLevelBPETokenizer, text: str) -> list[int]:
+    """`text` as one base token per UTF-8 byte: every Cyrillic letter is split across two tokens."""
+    byte_chars = bytes_to_unicode()
+    ids = [tokenizer.backend.token_to_id(byte_chars[b]) for b in text.encode("utf-8")]
+    assert None not in ids, "every byte must have a base token"
+    return ids
+
+
+@pytest.fixture(autouse=True)
+def single_torch_thread():
+    """Tiny matmuls on shared cores: one intra-op thread is ~10× faster than two fighting a busy box."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

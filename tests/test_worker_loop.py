@@ -1,0 +1,316 @@
+"""The worker loop (bot/worker.py) end to end through a real redis-server, with a fake engine."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import types
+
+import pytest
+
+from bot.engine_api import GenerationOutput, Job
+from bot.protocol import DATA_FIELD, Delivery, DeadLetter, JokeResult
+from bot.queue import QueueConfig, RequestQueue, ResultReader
+from bot.redis_connection import connect
+from bot.worker import Worker, WorkerConfig
+from bot.settings import Settings
+from bot.worker_main import JsonFormatter, serve
+
+
+class UpperEngine:
+    """Answers "<size>:<PROMPT>"; records calls; can fail, stream partials, or wait on a gate."""
+
+    def __init__(self, sizes=("nano", "mini"), *, fail: bool = False, partial: bool = False,
+                 gate: threading.Event | None = None) -> None:
+        self.sizes = list(sizes)
+        self.fail = fail
+        self.partial = partial
+        self.gate = gate
+        self.started = threading.Event()
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def available_sizes(self) -> list[str]:
+        return self.sizes
+
+    def generate(self, size: str, jobs: list[Job], on_partial=None) -> list[GenerationOutput]:
+        self.calls.append((size, [job.prompt for job in jobs]))
+        self.started.set()
+        if self.fail:
+            raise RuntimeError("CUDA out of memory (fake)")
+        texts = {job.request_id: f"{size}:{job.prompt.upper()}" for job in jobs}
+        if self.partial and on_partial:
+            for request_id, text in texts.items():
+                on_partial(request_id, text[:6])
+        if self.gate is not None:
+            self.gate.wait(timeout=10)
+        return [GenerationOutput(rid, text, new_tokens=len(text), forward_passes=len(text) + 1)
+                for rid, text in texts.items()]
+
+
+@pytest.fixture
+def make_worker(redis_client, queue_config):
+    def make(engine, worker_id: str = "w1", queue: QueueConfig | None = None, **config) -> Worker:
+        config = {"batch_size": 4, "block_ms": 50, "heartbeat_ttl_s": 1.0, "shutdown_grace_s": 1.0,
+                  "partial_interval_s": 0.0, **config}
+        return Worker(RequestQueue(redis_client, queue or queue_config), engine, WorkerConfig(worker_id, **config))
+
+    return make
+
+
+@pytest.fixture
+async def reader(redis_client, queue_config) -> ResultReader:
+    reader = ResultReader(redis_client, queue_config)
+    await reader.ensure_group()
+    return reader
+
+
+@pytest.fixture
+async def queue(redis_client, queue_config) -> RequestQueue:
+    queue = RequestQueue(redis_client, queue_config)
+    await queue.ensure_groups()
+    return queue
+
+
+async def final_results(reader: ResultReader, count: int, timeout_s: float = 3.0) -> list[JokeResult]:
+    results: list[JokeResult] = []
+    async with asyncio.timeout(timeout_s):
+        while len(results) < count:
+            for item in await reader.read(block_ms=50):
+                if item.result.is_final:
+                    results.append(item.result)
+                    await reader.ack(item)
+    return results
+
+
+async def test_worker_answers_with_the_engine_text_and_logs_one_line_per_request(
+    queue, reader, make_worker, make_request, caplog
+):
+    requests = [make_request("штирлиц"), make_request("чапаев", delivery=Delivery(inline_message_id="im-1"))]
+    for request in requests:
+        await queue.submit(request)
+    worker = make_worker(UpperEngine())
+
+    with caplog.at_level(logging.INFO, logger="bot.worker"):
+        assert await worker.run_once() == 2
+
+    results = {r.request_id: r for r in await final_results(reader, 2)}
+    for request, text in zip(requests, ["nano:ШТИРЛИЦ", "nano:ЧАПАЕВ"]):
+        result = results[request.request_id]
+        assert (result.status, result.text, result.size, result.tokens) == ("ok", text, "nano", len(text))
+        assert result.delivery == request.delivery
+    logged = [r.fields for r in caplog.records if hasattr(r, "fields")]
+    assert sorted(f["request_id"] for f in logged) == sorted(r.request_id for r in requests)
+    assert {"status", "size", "latency_s", "tokens"} <= set(logged[0])
+
+
+async def test_worker_batches_up_to_batch_size_with_inline_requests_first(queue, make_worker, make_request):
+    for prompt, kind in [("а", "command"), ("б", "command"), ("в", "inline")]:
+        await queue.submit(make_request(prompt, kind=kind))
+    engine = UpperEngine()
+    worker = make_worker(engine, batch_size=2)
+
+    await worker.run_once()
+    await worker.run_once()
+    assert engine.calls == [("nano", ["в", "а"]), ("nano", ["б"])]
+
+
+async def test_active_size_switch_reaches_every_worker_at_its_next_batch(queue, reader, make_worker, make_request):
+    workers = [make_worker(UpperEngine(), worker_id, batch_size=1) for worker_id in ("w1", "w2")]
+
+    async def one_batch_each() -> list[str]:
+        for _ in workers:
+            await queue.submit(make_request("x"))
+        for worker in workers:
+            await worker.run_once()
+        return sorted((r.worker_id, r.text) for r in await final_results(reader, len(workers)))
+
+    assert await one_batch_each() == [("w1", "nano:X"), ("w2", "nano:X")]
+    await queue.set_active_size("mini", by_user=1001)
+    assert await one_batch_each() == [("w1", "mini:X"), ("w2", "mini:X")]
+
+
+async def test_unknown_or_unloaded_size_is_refused_and_the_worker_goes_on(queue, reader, make_worker, make_request):
+    engine = UpperEngine(sizes=["nano"])
+    worker = make_worker(engine)
+    for size in ("huge", "small"):
+        await queue.submit(make_request(size=size))
+    await worker.run_once()
+    assert [r.status for r in await final_results(reader, 2)] == ["unknown_size", "unknown_size"]
+    assert engine.calls == []
+
+    await queue.submit(make_request("дальше", size="nano"))
+    await worker.run_once()
+    assert [r.text for r in await final_results(reader, 1)] == ["nano:ДАЛЬШЕ"]
+
+
+async def test_failing_generation_is_retried_then_dead_lettered_as_failed(
+    redis_client, queue, reader, make_worker, make_request, queue_config
+):
+    engine = UpperEngine(fail=True)
+    # A long claim_idle_ms: the retries come from releasing the batch, not from waiting for it to age.
+    worker = make_worker(engine, queue=dataclasses.replace(queue_config, max_deliveries=2, claim_idle_ms=60_000))
+    await queue.submit(make_request())
+
+    for _ in range(3):
+        await worker.run_once()
+    assert len(engine.calls) == 2
+    [result] = await final_results(reader, 1)
+    assert (result.status, result.error) == ("failed", "max_deliveries")
+    [(_, fields)] = await redis_client.xrange(queue.keys.dead_letter)
+    assert DeadLetter.model_validate_json(fields[DATA_FIELD]).deliveries == 3
+
+
+async def test_partial_results_reach_the_reader_while_generation_runs(queue, reader, make_worker, make_request):
+    gate = threading.Event()
+    worker = make_worker(UpperEngine(partial=True, gate=gate))
+    await queue.submit(make_request("анекдот", stream_partials=True))
+    running = asyncio.create_task(worker.run_once())
+
+    async with asyncio.timeout(3):
+        seen = []
+        while not seen:
+            seen = await reader.read(block_ms=50)
+    assert [(i.result.status, i.result.text) for i in seen] == [("partial", "nano:А")]
+    gate.set()
+    await running
+    assert [r.text for r in await final_results(reader, 1)] == ["nano:АНЕКДОТ"]
+
+
+async def test_slow_generation_is_kept_fresh_and_not_reclaimed(queue, make_worker, make_request, queue_config):
+    quick_reclaim = dataclasses.replace(queue_config, claim_idle_ms=500)
+    gate = threading.Event()
+    slow = make_worker(UpperEngine(gate=gate), "slow", queue=quick_reclaim, heartbeat_ttl_s=0.3)
+    await queue.submit(make_request())
+    running = asyncio.create_task(slow.run())
+    other = make_worker(UpperEngine(), "other", queue=quick_reclaim, block_ms=10)
+
+    for _ in range(8):  # 0.8 s: well past claim_idle_ms; the heartbeat touches every 0.1 s
+        await asyncio.sleep(0.1)
+        assert await other.run_once() == 0
+    gate.set()
+    slow.request_stop()
+    await asyncio.wait_for(running, 2)
+    assert slow.processed == 1
+
+
+async def test_stop_lets_the_running_batch_finish_within_the_grace_period(queue, reader, make_worker, make_request):
+    gate = threading.Event()
+    engine = UpperEngine(gate=gate)
+    worker = make_worker(engine, shutdown_grace_s=2.0)
+    await queue.submit(make_request("успел"))
+    running = asyncio.create_task(worker.run())
+    await asyncio.to_thread(engine.started.wait, 2)
+
+    worker.request_stop()
+    await asyncio.sleep(0.1)
+    gate.set()
+    await asyncio.wait_for(running, 2)
+    assert not worker.abandoned
+    assert [r.text for r in await final_results(reader, 1)] == ["nano:УСПЕЛ"]
+
+
+async def test_stop_hands_an_unfinished_batch_back_for_immediate_reclaim(
+    queue, reader, make_worker, make_request, queue_config
+):
+    patient = dataclasses.replace(queue_config, claim_idle_ms=60_000)  # reclaim must not need to wait
+    gate = threading.Event()
+    engine = UpperEngine(gate=gate)
+    worker = make_worker(engine, queue=patient, shutdown_grace_s=0.1)
+    await queue.submit(make_request("передай"))
+    running = asyncio.create_task(worker.run())
+    await asyncio.to_thread(engine.started.wait, 2)
+    try:
+        worker.request_stop()
+        await asyncio.wait_for(running, 2)
+        assert worker.abandoned
+        successor = make_worker(UpperEngine(), "w2", queue=patient)
+        assert await successor.run_once() == 1
+        [result] = await final_results(reader, 1)
+        assert (result.worker_id, result.text) == ("w2", "nano:ПЕРЕДАЙ")
+    finally:
+        gate.set()  # let the abandoned engine thread end
+
+
+async def test_sigterm_stops_an_idle_worker_and_removes_its_heartbeat(queue, make_worker):
+    worker = make_worker(UpperEngine(), "sleepy", block_ms=100)
+    worker.install_signal_handlers()
+    loop = asyncio.get_running_loop()
+    try:
+        running = asyncio.create_task(worker.run())
+        async with asyncio.timeout(2):
+            while not await queue.live_workers():
+                await asyncio.sleep(0.02)
+        [info] = await queue.live_workers()
+        assert (info.worker_id, info.loaded_sizes, info.batch_size) == ("sleepy", ["mini", "nano"], 4)
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(running, 1)
+        assert await queue.live_workers() == []
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def test_requests_survive_a_redis_restart_with_aof_and_are_answered(
+    redis_server_factory, queue_config, make_request
+):
+    server = redis_server_factory(appendonly=True)
+    client = connect(server.url)
+    try:
+        queue = RequestQueue(client, queue_config)
+        await queue.ensure_groups()
+        requests = [make_request(f"номер {i}") for i in range(3)]
+        for request in requests:
+            await queue.submit(request)
+
+        server.restart(kill=True)  # SIGKILL: only the AOF remembers
+
+        # The same client, whose pooled connection died with the server, reconnects by itself.
+        worker = Worker(queue, UpperEngine(), WorkerConfig("w1", block_ms=50))
+        running = asyncio.create_task(worker.run())
+        results = await final_results(ResultReader(client, queue_config), 3)
+        assert sorted(r.request_id for r in results) == sorted(r.request_id for r in requests)
+        worker.request_stop()
+        await asyncio.wait_for(running, 2)
+    finally:
+        await client.aclose()
+
+
+async def test_worker_main_serves_with_the_engine_from_build_engine_until_sigterm(
+    redis_server, redis_client, key_prefix, make_request, monkeypatch
+):
+    fake_engine_module = types.ModuleType("bot.engine")
+    fake_engine_module.build_engine = lambda settings: UpperEngine(sizes=[settings.default_size])
+    monkeypatch.setitem(sys.modules, "bot.engine", fake_engine_module)
+    settings = Settings(_env_file=None, redis_url=redis_server.url, redis_prefix=key_prefix,
+                        worker_id="main-1", worker_block_ms=50, default_size="mini")
+    queue = RequestQueue(redis_client, settings.queue_config())
+    loop = asyncio.get_running_loop()
+    try:
+        serving = asyncio.create_task(serve(settings))
+        async with asyncio.timeout(5):
+            while not await queue.live_workers():  # signal handlers are installed by now
+                await asyncio.sleep(0.02)
+        await queue.submit(make_request("из main"))
+        reader = ResultReader(redis_client, settings.queue_config())
+        [result] = await final_results(reader, 1)
+        assert (result.worker_id, result.text) == ("main-1", "mini:ИЗ MAIN")
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        worker = await asyncio.wait_for(serving, 2)
+        assert worker.processed == 1 and not worker.abandoned
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def test_json_log_lines_carry_the_request_fields():
+    record = logging.LogRecord("bot.worker", logging.INFO, __file__, 1, "request request_id=abc", None, None)
+    record.fields = {"request_id": "abc", "status": "ok", "latency_s": 0.5}
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["request_id"], line["status"], line["level"]) == ("abc", "ok", "INFO")

@@ -1,0 +1,1 @@
+"""Training pipeline: corpus loading, tokenizer and model training, evaluation."""

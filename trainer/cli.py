@@ -1,0 +1,90 @@
+"""Console entry points: `rujokes-train` and `rujokes-eval`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data import DEFAULT_CORPUS
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rujokes-train", description="Train a rujokes model from a joke corpus.")
+    p.add_argument("--size", choices=["nano", "mini", "small"], required=True)
+    p.add_argument("--data", default=DEFAULT_CORPUS, help="corpus file/dir (.jsonl .json .csv .txt) or hf://owner/name")
+    p.add_argument("--hub-dir", help="local directory laid out like the hf:// dataset repo (offline)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    budget.add_argument("--epochs", type=float, help="passes over the training split")
+    budget.add_argument("--cpu-budget", type=float, dest="cpu_budget_s", help="stop after this many CPU seconds")
+    p.add_argument("--out", default=None, help="output directory (default runs/<size>)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--vocab-size", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--position", choices=["rope", "alibi"])
+    p.add_argument("--attention", choices=["mha", "gqa", "mhla"])
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
+    p.add_argument("--push-to-hub", metavar="REPO", help="push the result to REPO on revision = size")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    from .recipes import recipe
+    from .train import train
+
+    args = _train_parser().parse_args(argv)
+    overrides = {k: v for k, v in (("position", args.position), ("attention", args.attention)) if v}
+    config = recipe(args.size, steps=args.steps, epochs=args.epochs, cpu_budget_s=args.cpu_budget_s,
+                    batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seq_len=args.seq_len,
+                    vocab_size=args.vocab_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                    seed=args.seed)
+    config.model_overrides.update(overrides)
+    out = Path(args.out or f"runs/{args.size}")
+    result = train(config, args.data, out, resume=args.resume, hub_dir=args.hub_dir,
+                   progress=not args.no_progress, cpu=args.cpu)
+    print(json.dumps({"out": str(result.out_dir), "steps": result.steps, "tokens_seen": result.tokens_seen,
+                      "wall_time_s": round(result.wall_time_s, 1), **result.final_eval}, ensure_ascii=False))
+    if args.push_to_hub:
+        url = result.model.push_to_hub(args.push_to_hub, revision=args.size, tokenizer=result.tokenizer,
+                                       extra_files={n: out / n for n in ("README.md", "loss.png", "metrics.jsonl")})
+        print(f"pushed to {args.push_to_hub}@{args.size}: {url}")
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+
+    from .data import load_corpus, split_train_val
+    from .evaluate import evaluate_texts
+
+    p = argparse.ArgumentParser(prog="rujokes-eval", description="Validation loss and bits per character.")
+    p.add_argument("--model", required=True, help="model directory or Hub repo id")
+    p.add_argument("--revision", help="Hub revision (nano/mini/small)")
+    p.add_argument("--data", default=DEFAULT_CORPUS)
+    p.add_argument("--split", choices=["val", "train", "all"], default="val",
+                   help="which part of the corpus (the same hash split as training)")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--limit", type=int, help="evaluate only the first N jokes")
+    args = p.parse_args(argv)
+    model = TransformerForCausalLM.from_pretrained(args.model, revision=args.revision)
+    tokenizer = ByteLevelBPETokenizer.from_pretrained(args.model, revision=args.revision)
+    texts = load_corpus(args.data)
+    if args.split != "all":
+        train_texts, val_texts = split_train_val(texts, args.val_fraction)
+        texts = val_texts if args.split == "val" else train_texts
+    texts = texts[: args.limit] if args.limit else texts
+    result = evaluate_texts(model, tokenizer, texts)
+    print(json.dumps({"model": args.model, "split": args.split, "jokes": len(texts), **result.to_dict()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

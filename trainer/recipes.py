@@ -1,0 +1,47 @@
+"""Training recipes per size: the original model's settings plus our measured defaults."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    size: str = "nano"
+    vocab_size: int = 1024
+    seq_len: int = 256              # training row length; the model's max_seq_len may be larger
+    batch_size: int = 32            # rows per optimizer step (global, before accumulation split)
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1       # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100         # capped at 10% of the run
+    warmup_fraction: float = 0.05   # warmup share for CPU-time-budgeted runs
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    epochs: float = 1.0
+    steps: int | None = None        # overrides epochs when set
+    cpu_budget_s: float | None = None  # stop after this much process CPU time (equal-cost ablations)
+    eval_every: int = 200
+    eval_batches: int | None = None  # None: the whole validation split
+    checkpoint_every: int = 500
+    seed: int = 1337
+    val_fraction: float = 0.05
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The original recipe: nano/mini 1 epoch, batch 32, lr 3e-4; small 6 epochs, batch 64, lr 5e-4 cosine.
+RECIPES: dict[str, TrainConfig] = {
+    "nano": TrainConfig(size="nano", batch_size=32, lr=3e-4, epochs=1.0),
+    "mini": TrainConfig(size="mini", batch_size=32, lr=3e-4, epochs=1.0),
+    "small": TrainConfig(size="small", batch_size=64, lr=5e-4, epochs=6.0),
+}
+
+
+def recipe(size: str, **overrides: Any) -> TrainConfig:
+    if size not in RECIPES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(RECIPES)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(RECIPES[size], **overrides)

@@ -1,0 +1,90 @@
+"""What a training run leaves for people: the loss-curve PNG and the model card README.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SAMPLE_PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Встречаются два программиста",
+                  "Армянское радио спросили"]
+
+
+def read_metrics(out_dir: Path) -> list[dict]:
+    path = Path(out_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_losses(out_dir: Path, title: str) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on servers
+    import matplotlib.pyplot as plt
+
+    metrics = read_metrics(out_dir)
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    ax.plot([m["tokens_seen"] / 1e6 for m in metrics], [m["train_loss"] for m in metrics],
+            label="train", alpha=0.7, linewidth=1)
+    val = [m for m in metrics if "val_loss" in m]
+    ax.plot([m["tokens_seen"] / 1e6 for m in val], [m["val_loss"] for m in val], "o-", label="validation")
+    ax.set_xlabel("tokens seen, millions")
+    ax.set_ylabel("loss, nats/token")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(out_dir) / "loss.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def sample_jokes(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: int = 0, max_new_tokens: int = 120) -> list[tuple[str, str]]:
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    samples = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        out = model.generate(ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, top_k=10, generator=generator)
+        samples.append((prompt, tokenizer.decode(out[0].tolist())))
+    return samples
+
+
+def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config: dict, data_source: str,
+                     n_train: int, n_val: int, tokens_seen: int, wall_time_s: float, hardware: str,
+                     final_eval: dict, steps: int) -> Path:
+    config = model.config.to_dict()
+    samples = sample_jokes(model, tokenizer)
+    lines = [
+        "---", "language: ru", "license: apache-2.0", "library_name: rujokes", "tags: [text-generation, jokes]", "---",
+        f"# rujokes {size}", "",
+        f"A {model.num_parameters() / 1e6:.2f} M-parameter decoder-only Transformer that writes Russian jokes "
+        f"(анекдоты), trained by `rujokes-train --size {size}`.", "",
+        "```python",
+        "from rujokes_model import TransformerForCausalLM, ByteLevelBPETokenizer",
+        f"model = TransformerForCausalLM.from_pretrained(path_or_repo, revision=\"{size}\")",
+        "tokenizer = ByteLevelBPETokenizer.from_pretrained(path_or_repo, revision=\"" + size + "\")",
+        "```", "",
+        "## Results", "",
+        "| metric | value |", "|---|---|",
+        f"| validation loss, nats/token | {final_eval.get('val_loss', float('nan')):.4f} |",
+        f"| validation bits per character | {final_eval.get('val_bpc', float('nan')):.4f} |",
+        f"| characters per token | {final_eval.get('chars_per_token', float('nan')):.3f} |",
+        f"| parameters | {model.num_parameters():,} |",
+        f"| tokens seen | {tokens_seen:,} |",
+        f"| optimizer steps | {steps:,} |",
+        f"| wall time | {wall_time_s / 60:.1f} min |",
+        f"| hardware | {hardware} |", "",
+        "Bits per character: summed token NLL (joke tokens and `<eos>`) in bits over the jokes' characters.", "",
+        "![loss curves](loss.png)", "",
+        "## Data", "",
+        f"`{data_source}`: {n_train:,} training and {n_val:,} validation jokes (deterministic split by a hash of "
+        "the text; see `trainer/data.py`).", "",
+        "## Model config", "", "```json", json.dumps(config, indent=2), "```", "",
+        "## Training config", "", "```json", json.dumps(train_config, indent=2), "```", "",
+        "## Samples (top-k 10, seed 0)", "",
+    ]
+    for prompt, text in samples:
+        lines += [f"**{prompt}** →", "", "> " + text.replace("\n", "\n> "), ""]
+    path = Path(out_dir) / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
