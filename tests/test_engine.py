@@ -1,0 +1,94 @@
+"""The model engine: a batch of jobs through the real model (tiny random weights)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bot.engine import ModelEngine, build_engine, load_source
+from bot.engine_api import Job
+from tests.tiny_model import make_tiny_model_dir
+
+PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",
+           "Жена говорит мужу", "Встречаются два программиста", "Кот", "Шеф, всё пропало"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> ModelEngine:
+    path = make_tiny_model_dir(tmp_path_factory.mktemp("tiny-nano"))
+    return ModelEngine({"nano": load_source("nano", str(path), torch.device("cpu"))}, torch.device("cpu"))
+
+
+def job(i: int, prompt: str, **fields) -> Job:
+    values = dict(request_id=f"r{i}", prompt=prompt, top_k=10, temperature=1.0, top_p=None,
+                  max_new_tokens=30, seed=1000 + i)
+    values.update(fields)
+    return Job(**values)
+
+
+def test_a_batch_of_eight_matches_each_job_generated_alone_with_the_same_seed(engine):
+    jobs = [job(i, p) for i, p in enumerate(PROMPTS)]
+    batched = engine.generate("nano", jobs)
+    alone = [engine.generate("nano", [j])[0] for j in jobs]
+    assert [o.text for o in batched] == [o.text for o in alone]
+    assert [o.request_id for o in batched] == [j.request_id for j in jobs]
+
+
+def test_batching_needs_far_fewer_forward_passes_than_one_per_token_per_request(engine):
+    outputs = engine.generate("nano", [job(i, p) for i, p in enumerate(PROMPTS)])
+    total_tokens = sum(o.new_tokens for o in outputs)
+    passes = outputs[0].forward_passes
+    assert total_tokens > 8 * 5
+    assert passes <= 30  # one pass per step for the whole batch, not per request
+    assert passes < total_tokens / 4
+
+
+def test_every_text_starts_with_its_prompt_and_respects_its_own_token_limit(engine):
+    jobs = [job(0, "Штирлиц пришел домой", max_new_tokens=3), job(1, "Вовочка", max_new_tokens=25)]
+    short, long = engine.generate("nano", jobs)
+    assert short.new_tokens <= 3 and long.new_tokens <= 25
+    assert short.text.startswith("Штирлиц пришел домой") and long.text.startswith("Вовочка")
+
+
+def test_rows_keep_their_own_sampling_settings(engine):
+    greedy = job(0, "Кот", temperature=0.0, seed=1)
+    again = job(1, "Кот", temperature=0.0, seed=2)
+    sampled = job(2, "Кот", temperature=1.5, top_k=0, seed=3)
+    a, b, _ = engine.generate("nano", [greedy, again, sampled])
+    assert a.text == b.text  # temperature 0 is greedy whatever the seed
+
+
+@pytest.mark.parametrize("prompt", ["", " ", "😂😂😂", "\x00\x07\x1b[31m", "ﷺ" * 5, "א" * 20, "<b>&amp;</b>",
+                                    "Штирлиц " * 2000, "\n\n\n", "a" * 10_000])
+def test_hostile_prompts_produce_text_without_errors(engine, prompt):
+    (output,) = engine.generate("nano", [job(0, prompt, max_new_tokens=10)])
+    assert isinstance(output.text, str)
+    assert output.new_tokens <= 10
+
+
+def test_partials_grow_and_end_at_the_final_text(engine):
+    seen: list[tuple[str, str]] = []
+    (output,) = engine.generate("nano", [job(0, "Вовочка", max_new_tokens=20)], on_partial=lambda r, t: seen.append((r, t)))
+    texts = [t for _, t in seen]
+    assert texts and all(r == "r0" for r, _ in seen)
+    assert all(len(a) <= len(b) for a, b in zip(texts, texts[1:]))
+    assert output.text.startswith(texts[-1].rstrip())
+
+
+def test_unknown_size_raises_instead_of_guessing(engine):
+    with pytest.raises(KeyError):
+        engine.generate("small", [job(0, "Кот")])
+
+
+def test_build_engine_skips_sizes_that_cannot_be_loaded(tmp_path):
+    path = make_tiny_model_dir(tmp_path / "nano")
+    settings = SimpleNamespace(device="cpu", model_sources=lambda: {
+        "nano": str(path), "mini": str(tmp_path / "missing"), "small": ""})
+    assert build_engine(settings).available_sizes() == ["nano"]
+
+
+def test_build_engine_with_nothing_loadable_names_the_training_command(tmp_path):
+    settings = SimpleNamespace(device="cpu", model_sources=lambda: {"nano": str(tmp_path / "missing")})
+    with pytest.raises(RuntimeError, match="rujokes-train"):
+        build_engine(settings)

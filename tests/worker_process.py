@@ -1,0 +1,23 @@
+"""Run `rujokes-worker` as a real child process (the console script the deployment runs)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def worker_env(redis_url: str, prefix: str, model_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "MODEL_", "WORKER_"))}
+    env.update(REDIS_URL=redis_url, REDIS_PREFIX=prefix, MODEL_NANO=str(model_dir), MODEL_MINI="none",
+               MODEL_SMALL="none", DEVICE="cpu", CLAIM_IDLE_MS="1500", WORKER_BLOCK_MS="200",
+               LOG_FORMAT="json", OMP_NUM_THREADS="1")
+    env.update(extra)
+    return env
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    executable = shutil.which("rujokes-worker", path=str(Path(sys.executable).parent)) or "rujokes-worker"
+    log = open(log_path, "ab")
+    return subprocess.Popen([executable], env=env, stdout=log, stderr=subprocess.STDOUT, cwd="/")
