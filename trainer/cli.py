@@ -29,6 +29,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--position", choices=["rope", "alibi"])
     p.add_argument("--attention", choices=["mha", "gqa", "mhla"])
+    p.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a model config field, VALUE parsed as JSON (repeatable), e.g. n_layer=2")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     p.add_argument("--push-to-hub", metavar="REPO", help="push the result to REPO on revision = size")
@@ -40,8 +42,18 @@ def train_main(argv: list[str] | None = None) -> int:
     from .recipes import recipe
     from .train import train
 
-    args = _train_parser().parse_args(argv)
-    overrides = {k: v for k, v in (("position", args.position), ("attention", args.attention)) if v}
+    parser = _train_parser()
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.model_override:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--model-override expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare word such as rope
+    overrides.update({k: v for k, v in (("position", args.position), ("attention", args.attention)) if v})
     config = recipe(args.size, steps=args.steps, epochs=args.epochs, cpu_budget_s=args.cpu_budget_s,
                     batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seq_len=args.seq_len,
                     vocab_size=args.vocab_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,

@@ -44,4 +44,6 @@ def recipe(size: str, **overrides: Any) -> TrainConfig:
     if size not in RECIPES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(RECIPES)}")
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    # replace() would hand back the recipe's own dict; a caller's edits must not leak into RECIPES.
+    overrides.setdefault("model_overrides", dict(RECIPES[size].model_overrides))
     return replace(RECIPES[size], **overrides)

@@ -64,7 +64,9 @@ def hardware_description(accelerator: Accelerator) -> str:
 
 
 def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool = False, hub_dir: str | None = None,
-          progress: bool = True, cpu: bool = False) -> TrainResult:
+          progress: bool = True, cpu: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train per `config`; `stop_after` pauses after that many steps of this call, leaving only a checkpoint
+    for `resume=True` (the schedule still follows the full run)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if torch.cuda.is_available() and not cpu else "no")
@@ -108,10 +110,8 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
     cpu_started = time.process_time()
     for step in range(start_step, total_steps):
         # Equal-CPU-time runs (ablations) follow the clock; normal runs follow the step count.
+        # The budget is checked only after a step (`is_last`), so the last step always gets its evaluation.
         cpu_used = time.process_time() - cpu_started
-        if config.cpu_budget_s and cpu_used >= config.cpu_budget_s:
-            total_steps = step
-            break
         progress = cpu_used / config.cpu_budget_s if config.cpu_budget_s else step / total_steps
         lr = config.lr * lr_factor(progress, config.warmup_steps / max(total_steps, 1) if not config.cpu_budget_s
                                    else config.warmup_fraction, config.min_lr_ratio)
@@ -148,8 +148,12 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
         bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=record["tokens_per_s"],
                         **({"val_bpc": f"{last_eval['val_bpc']:.3f}"} if last_eval else {}))
         bar.update(1)
-        if (step + 1) % config.checkpoint_every == 0 and not is_last:
+        pausing = stop_after is not None and step + 1 - start_step >= stop_after and not is_last
+        if ((step + 1) % config.checkpoint_every == 0 or pausing) and not is_last:
             _checkpoint(accelerator, out_dir, step + 1, tokens_seen, wall)
+        if pausing:
+            bar.close()
+            return TrainResult(out_dir, step + 1, tokens_seen, wall, last_eval, raw_model, tokenizer)
         if is_last:
             total_steps = step + 1
             break

@@ -1,0 +1,132 @@
+"""Throughput and latency of real workers behind real Redis (run by hand; prints figures).
+
+    python benchmarks/worker_throughput.py [--model DIR] [--requests 16] [--max-new-tokens 120]
+
+Three scenarios in one run, same prompts and seeds: one worker fed one request at a time
+(WORKER_BATCH_SIZE=1, requests sent sequentially), one worker with batching and 16 concurrent
+requests, and two batching workers. Needs `redis-server` on PATH.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis.asyncio
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bot.protocol import Delivery, JokeRequest, SamplingParams  # noqa: E402
+from bot.queue import QueueConfig, RequestQueue, ResultReader  # noqa: E402
+from tests.conftest import RedisServer  # noqa: E402
+from tests.worker_process import start_worker, worker_env  # noqa: E402
+
+PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",
+           "Жена говорит мужу", "Встречаются два программиста", "Звонит тёща", "Идёт медведь по лесу"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: int, n_requests: int,
+                       max_new_tokens: int, concurrent: bool, log_dir: Path) -> dict:
+    prefix = f"bench-{uuid.uuid4().hex[:6]}:"
+    client = redis.asyncio.from_url(url, decode_responses=True)
+    config = QueueConfig(prefix=prefix, max_queue=1000)
+    queue, reader = RequestQueue(client, config), ResultReader(client, config)
+    await queue.ensure_groups()
+    await reader.ensure_group()
+    env = worker_env(url, prefix, model_dir, WORKER_BATCH_SIZE=str(batch_size), OMP_NUM_THREADS=str(max(1, 2 // n_workers)))
+    workers = [start_worker({**env, "WORKER_ID": f"w{i}"}, log_dir / f"w{i}.log") for i in range(n_workers)]
+    try:
+        while len(await queue.live_workers()) < n_workers:
+            await asyncio.sleep(0.1)
+        batch = [JokeRequest(prompt=PROMPTS[i % len(PROMPTS)], delivery=Delivery(chat_id=i, message_id=i),
+                             sampling=SamplingParams(max_new_tokens=max_new_tokens, seed=i), deadline=time.time() + 600)
+                 for i in range(n_requests)]
+        latencies, tokens = [], 0
+        started = time.perf_counter()
+
+        if concurrent:
+            submitted = {}
+            for request in batch:
+                await queue.submit(request)
+                submitted[request.request_id] = time.time()
+            pending = set(submitted)
+            while pending:
+                for item in await reader.read(count=100, block_ms=100):
+                    rid = item.result.request_id
+                    if item.result.status != "partial" and rid in pending:
+                        pending.discard(rid)
+                        latencies.append(time.time() - submitted[rid])
+                        tokens += item.result.tokens
+                    await reader.ack(item)
+        else:
+            for request in batch:
+                sent = time.time()
+                await queue.submit(request)
+                while True:
+                    items = await reader.read(count=10, block_ms=100)
+                    done = [i for i in items if i.result.request_id == request.request_id and i.result.status != "partial"]
+                    for item in items:
+                        await reader.ack(item)
+                    if done:
+                        latencies.append(time.time() - sent)
+                        tokens += done[0].result.tokens
+                        break
+        wall = time.perf_counter() - started
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=30)
+        await client.aclose()
+    return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,
+            "p50_s": statistics.median(latencies), "p95_s": percentile(latencies, 0.95)}
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="model directory (default: the bundled nano)")
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=120)
+    p.add_argument("--batch-size", type=int, default=16)
+    args = p.parse_args()
+    if args.model:
+        model_dir = Path(args.model)
+    else:
+        from rujokes_model import pretrained_path
+        model_dir = pretrained_path("nano")
+    with tempfile.TemporaryDirectory(prefix="rj-bench-") as tmp:
+        server = RedisServer(Path(tmp) / "redis", appendonly=False).start()
+        try:
+            scenarios = {
+                "1 worker, one request at a time": (1, 1, False),
+                f"1 worker, batch ≤ {args.batch_size}, {args.requests} concurrent": (1, args.batch_size, True),
+                f"2 workers, batch ≤ {args.batch_size}, {args.requests} concurrent": (2, args.batch_size, True),
+            }
+            rows = {}
+            for name, (n_workers, batch_size, concurrent) in scenarios.items():
+                rows[name] = await run_scenario(server.url, model_dir, n_workers, batch_size, args.requests,
+                                                args.max_new_tokens, concurrent, Path(tmp))
+                print(name, rows[name], flush=True)
+        finally:
+            server.cleanup()
+    base = next(iter(rows.values()))["tokens_per_s"]
+    print(f"\n{args.requests} prompts, ≤ {args.max_new_tokens} new tokens, model {model_dir}\n")
+    print("| scenario | generated tokens/s | × sequential | p50 latency, s | p95 latency, s |")
+    print("|---|---|---|---|---|")
+    for name, row in rows.items():
+        print(f"| {name} | {row['tokens_per_s']:.0f} | {row['tokens_per_s'] / base:.2f} | "
+              f"{row['p50_s']:.2f} | {row['p95_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

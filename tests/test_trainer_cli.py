@@ -1,0 +1,163 @@
+"""`rujokes-train` / `rujokes-eval` entry points: JSON summary, eval, the offline hf:// path and --push-to-hub."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from model_helpers import russian_sentences
+
+from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+from trainer.cli import eval_main, train_main
+from trainer.data import load_corpus, split_train_val
+from trainer.evaluate import evaluate_texts
+
+STEPS = 8
+TINY_MODEL_ARGS = ["--model-override", "n_layer=1", "--model-override", "d_model=32", "--model-override", "n_head=2",
+                   "--model-override", "n_kv_head=1", "--model-override", "d_ff=64"]
+
+
+def tiny_train_args(data: str, out: Path, *extra: str) -> list[str]:
+    return ["--size", "nano", "--data", data, "--out", str(out), "--steps", str(STEPS), "--batch-size", "4",
+            "--seq-len", "32", "--vocab-size", "300", "--lr", "3e-3", "--cpu", "--no-progress",
+            *TINY_MODEL_ARGS, *extra]
+
+
+def write_jokes(path: Path, count: int = 160, seed: int = 0) -> Path:
+    """A tiny jsonl corpus of short synthetic Russian jokes."""
+    lines = [json.dumps({"text": text}, ensure_ascii=False) for text in russian_sentences(count, seed)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def run_printing(main, argv: list[str]) -> tuple[int, str]:
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(argv)
+    return code, stdout.getvalue()
+
+
+class RecordingHub:
+    """Stands in for huggingface_hub.HfApi: records every call and what the uploaded folder held."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        self.uploaded: dict[str, bytes] = {}
+
+    def api_class(self):
+        hub = self
+
+        class FakeHfApi:
+            def __init__(self, token=None) -> None:
+                hub.calls.append(("init", {"token": token}))
+
+            def create_repo(self, repo_id, **kwargs):
+                hub.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+            def create_branch(self, repo_id, **kwargs):
+                hub.calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+            def upload_folder(self, **kwargs):
+                hub.calls.append(("upload_folder", kwargs))
+                # The folder is a temporary directory: read it now, it is gone after the call.
+                hub.uploaded = {p.name: p.read_bytes() for p in Path(kwargs["folder_path"]).iterdir()}
+                return SimpleNamespace(commit_url="https://huggingface.co/me/rujokes/commit/abc")
+
+        return FakeHfApi
+
+    def call(self, name: str) -> dict:
+        matching = [kwargs for called, kwargs in self.calls if called == name]
+        assert len(matching) == 1, f"{name} called {len(matching)} times"
+        return matching[0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory) -> Path:
+    return write_jokes(tmp_path_factory.mktemp("corpus") / "jokes.jsonl")
+
+
+@pytest.fixture(scope="module")
+def pushed_run(tmp_path_factory, corpus_path):
+    """One `rujokes-train ... --push-to-hub me/rujokes` run against a recording fake of the Hub API."""
+    out = tmp_path_factory.mktemp("cli") / "nano"
+    hub = RecordingHub()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("rujokes_model.hub.HfApi", hub.api_class())
+        code, stdout = run_printing(train_main, tiny_train_args(str(corpus_path), out, "--push-to-hub", "me/rujokes"))
+    return SimpleNamespace(out=out, code=code, stdout=stdout, hub=hub)
+
+
+def test_train_prints_a_json_summary_of_the_run(pushed_run):
+    summary = json.loads(pushed_run.stdout.splitlines()[0])
+    assert pushed_run.code == 0
+    assert summary["out"] == str(pushed_run.out)
+    assert summary["steps"] == STEPS
+    assert summary["tokens_seen"] == STEPS * 4 * 32
+    assert summary["val_bpc"] > 0
+
+
+def test_model_overrides_reach_the_saved_model_config(pushed_run):
+    config = json.loads((pushed_run.out / "config.json").read_text())
+    assert {key: config[key] for key in ("n_layer", "d_model", "n_head", "n_kv_head", "d_ff")} == \
+        {"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1, "d_ff": 64}
+
+
+def test_malformed_model_override_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--size", "nano", "--out", str(tmp_path), "--model-override", "n_layer"])
+    assert exit_info.value.code == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_eval_prints_the_val_bpc_that_evaluate_texts_computes(pushed_run, corpus_path, capsys):
+    assert eval_main(["--model", str(pushed_run.out), "--data", str(corpus_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    _, val_texts = split_train_val(load_corpus(corpus_path), 0.05)
+    expected = evaluate_texts(TransformerForCausalLM.from_pretrained(pushed_run.out),
+                              ByteLevelBPETokenizer.from_pretrained(pushed_run.out), val_texts)
+    assert printed["jokes"] == len(val_texts)
+    assert printed["val_bpc"] == pytest.approx(expected.bits_per_char, abs=1e-9)
+
+
+def test_push_uploads_to_a_branch_named_after_the_size(pushed_run):
+    assert pushed_run.hub.call("create_branch") == {"repo_id": "me/rujokes", "branch": "nano", "exist_ok": True}
+    upload = pushed_run.hub.call("upload_folder")
+    assert upload["repo_id"] == "me/rujokes" and upload["revision"] == "nano"
+    assert "pushed to me/rujokes@nano" in pushed_run.stdout
+
+
+def test_push_uploads_weights_tokenizer_model_card_and_curves(pushed_run):
+    uploaded = pushed_run.hub.uploaded
+    expected = {"config.json", "model.safetensors", "tokenizer.json", "README.md", "loss.png", "metrics.jsonl"}
+    assert expected <= set(uploaded)
+    assert uploaded["README.md"] == (pushed_run.out / "README.md").read_bytes()
+
+
+def test_hf_source_with_a_local_hub_dir_trains_offline(tmp_path):
+    hub_dir = tmp_path / "russian_jokes"
+    hub_dir.mkdir()
+    with (hub_dir / "dataset.csv").open("w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["text"])
+        writer.writerows([text] for text in russian_sentences(160, seed=1))
+    out = tmp_path / "out"
+    code, stdout = run_printing(train_main, tiny_train_args("hf://IgorVolochay/russian_jokes", out,
+                                                            "--hub-dir", str(hub_dir)))
+    assert code == 0 and json.loads(stdout)["steps"] == STEPS
+    model = TransformerForCausalLM.from_pretrained(out)
+    tokenizer = ByteLevelBPETokenizer.from_pretrained(out)
+    assert model.config.vocab_size == tokenizer.vocab_size == 300
+    assert "hf://IgorVolochay/russian_jokes" in (out / "README.md").read_text(encoding="utf-8")
