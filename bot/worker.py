@@ -10,6 +10,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -18,6 +19,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bot.engine_api import Engine, GenerationOutput, Job
 from bot.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
 from bot.queue import ClaimedRequest, RequestQueue
+
+if TYPE_CHECKING:
+    from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +43,20 @@ class _Abandoned(Exception):
 
 
 class Worker:
-    def __init__(self, queue: RequestQueue, engine: Engine, config: WorkerConfig) -> None:
+    def __init__(self, queue: RequestQueue, engine: Engine, config: WorkerConfig,
+                 metrics: Metrics | None = None) -> None:
         self.queue = queue
         self.engine = engine
         self.config = config
+        self.metrics = metrics  # None: not exported
         self.processed = 0
         self.abandoned = False  # a batch was handed back while its generation thread still runs
         self._stopping = asyncio.Event()
         self._in_flight: list[ClaimedRequest] = []
         self._started_at = time.time()
+        # For /healthz (read from the metrics server's thread; plain float writes are atomic enough).
+        self._last_loop_at: float | None = None       # monotonic: the claim loop finished an iteration
+        self._last_redis_ok_at: float | None = None   # monotonic: a Redis round trip succeeded
         # One dedicated thread: generate calls never overlap, and asyncio.run does not wait for it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
@@ -70,9 +79,11 @@ class Worker:
             while not self._stopping.is_set():
                 try:
                     await self.run_once()
+                    self._last_redis_ok_at = time.monotonic()
                 except (RedisConnectionError, RedisTimeoutError) as error:
                     log.warning("Redis unavailable (%s); retrying", error)
                     await self._sleep_unless_stopping(1.0)
+                self._last_loop_at = time.monotonic()
         finally:
             heartbeat.cancel()
             with suppress(asyncio.CancelledError):
@@ -87,6 +98,8 @@ class Worker:
         batch = await self.queue.claim_batch(self.config.worker_id, self.config.batch_size, self.config.block_ms)
         for result in batch.answered:
             self._log_result(result)
+            if self.metrics is not None:  # expired or dead-lettered by the queue: the request's kind is gone
+                self.metrics.request_finished("unknown", result.size, result.status)
         if batch.ready:
             await self._serve(batch.ready)
         return len(batch.answered) + len(batch.ready)
@@ -96,6 +109,8 @@ class Worker:
     async def _serve(self, ready: list[ClaimedRequest]) -> None:
         # Read at every batch boundary, so an admin's switch reaches every worker within one batch.
         active = await self.queue.get_active_size() or self.config.default_size
+        if self.metrics is not None:
+            self.metrics.queue_lag.set(max(0.0, time.time() - min(c.request.created_at for c in ready)))
         available = set(self.engine.available_sizes())
         by_size: dict[str, list[ClaimedRequest]] = {}
         for claimed in ready:
@@ -115,6 +130,7 @@ class Worker:
         partials = _PartialPublisher(asyncio.get_running_loop(), self.queue, worker_id, group,
                                      self.config.partial_interval_s)
         self._in_flight = group
+        started = time.monotonic()
         try:
             future = self._executor.submit(self.engine.generate, size, jobs, partials if partials.wanted else None)
             outputs = await self._wait_for_generation(future)
@@ -133,6 +149,9 @@ class Worker:
             return
         finally:
             self._in_flight = []
+        if self.metrics is not None:
+            self.metrics.batch_generated(size, len(jobs), time.monotonic() - started,
+                                         sum(output.new_tokens for output in outputs))
         await partials.drain()  # so no partial lands after its final result
         by_id: dict[str, GenerationOutput] = {output.request_id: output for output in outputs}
         for claimed in group:
@@ -162,6 +181,8 @@ class Worker:
         if await self.queue.publish_result(result, claimed):
             self.processed += 1
             self._log_result(result)
+            if self.metrics is not None:
+                self.metrics.request_finished(claimed.request.kind, result.size, result.status, result.latency_s)
         else:
             log.warning("request %s was reclaimed by another worker; dropping our result", result.request_id)
 
@@ -175,12 +196,30 @@ class Worker:
             started_at=self._started_at,
         )
 
+    def health(self, stale_after_s: float) -> dict[str, Any]:
+        """Healthy while Redis answered and the claim loop went round within the last `stale_after_s`.
+
+        A batch that generates for longer than that also reads as unhealthy: a hung engine looks the same.
+        """
+        now = time.monotonic()
+        loop_age = None if self._last_loop_at is None else round(now - self._last_loop_at, 3)
+        redis_age = None if self._last_redis_ok_at is None else round(now - self._last_redis_ok_at, 3)
+        healthy = (loop_age is not None and loop_age <= stale_after_s
+                   and redis_age is not None and redis_age <= stale_after_s and not self._stopping.is_set())
+        return {"healthy": healthy, "worker_id": self.config.worker_id, "loop_age_s": loop_age,
+                "redis_ok_age_s": redis_age, "stopping": self._stopping.is_set(), "processed": self.processed,
+                "sizes": sorted(self.engine.available_sizes()), "device": self.config.device}
+
     async def _heartbeat_loop(self) -> None:
         # Often enough to keep both the heartbeat key and the in-flight requests' idle time fresh.
         interval = min(self.config.heartbeat_ttl_s, self.queue.config.claim_idle_ms / 1000) / 3
         while True:
             try:
-                await self.queue.publish_heartbeat(self.info(await self.queue.depth()), self.config.heartbeat_ttl_s)
+                depth = await self.queue.depth()
+                await self.queue.publish_heartbeat(self.info(depth), self.config.heartbeat_ttl_s)
+                self._last_redis_ok_at = time.monotonic()
+                if self.metrics is not None:
+                    self.metrics.queue_length.set(depth)
                 # Past its deadline a request is no longer kept fresh: if this worker is hung, another
                 # one reclaims it and answers "expired".
                 fresh = [c for c in self._in_flight if c.request.deadline > time.time()]
