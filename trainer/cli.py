@@ -93,7 +93,12 @@ def eval_main(argv: list[str] | None = None) -> int:
         train_texts, val_texts = split_train_val(texts, args.val_fraction)
         texts = val_texts if args.split == "val" else train_texts
     texts = texts[: args.limit] if args.limit else texts
-    result = evaluate_texts(model, tokenizer, texts)
+    # Score with the context the model was trained on when the run recorded it (windows must match).
+    seq_len = None
+    train_config = Path(args.model) / "train_config.json"
+    if train_config.is_file():
+        seq_len = json.loads(train_config.read_text()).get("seq_len")
+    result = evaluate_texts(model, tokenizer, texts, seq_len=seq_len)
     print(json.dumps({"model": args.model, "split": args.split, "jokes": len(texts), **result.to_dict()}))
     return 0
 
