@@ -85,6 +85,11 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
                                        [1.0 if t is None else t for t in temperature], dtype=torch.float32)
     sampling_rows = do_sample and bool((temperature_rows > 0).any())
     row_samples = (temperature_rows > 0).expand(B).to(model.device) if sampling_rows else False
+    if sampling_rows and bool(row_samples.all()):
+        row_samples = True  # every row samples: no per-step argmax/where to pick greedy rows
+    # A scalar temperature stays a Python float so filter_logits can take its tensor-free fast path.
+    temperature_arg = (float(temperature_rows.clamp_min(1e-5)) if temperature_rows.dim() == 0
+                       else temperature_rows.clamp_min(1e-5))
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     seen = torch.zeros(B, config.vocab_size, dtype=torch.bool, device=ids.device) if repetition_penalty != 1.0 else None
     if seen is not None:
@@ -98,7 +103,8 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
     for step in range(max_new_tokens):
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        logits = filter_logits(logits, temperature_rows.clamp_min(1e-5) if sampling_rows else 1.0, top_k, top_p)
+        if sampling_rows:  # greedy needs no filtering: temperature and top-k/top-p never move the argmax
+            logits = filter_logits(logits, temperature_arg, top_k, top_p)
         tokens = sample_tokens(logits, row_samples, generator if sampling_rows else None)
         tokens = tokens.masked_fill(finished, pad)
         if eos_token_id is not None:

@@ -41,6 +41,16 @@ def filter_logits(logits: torch.Tensor, temperature: PerRow = 1.0, top_k: PerRow
     """
     B, V = logits.shape
     device = logits.device
+    if all(v is None or isinstance(v, (int, float)) for v in (temperature, top_k, top_p)):
+        # One setting for the whole batch (the usual case): no per-row tensors, topk instead of a full sort.
+        t = 1.0 if temperature is None else max(float(temperature), 1e-5)
+        k, p = int(top_k or 0), (1.0 if top_p is None else float(top_p))
+        if p >= 1.0:
+            logits = logits.float() if t == 1.0 else logits.float() / t
+            if 0 < k < V:
+                kth = logits.topk(k, dim=-1).values[:, -1:]
+                return logits.masked_fill(logits < kth, float("-inf"))
+            return logits
     temperature = _per_row(temperature, B, 1.0, device).clamp_min(1e-5)
     logits = logits.float() / temperature[:, None]
     k = _per_row(top_k, B, 0, device).long()

@@ -194,3 +194,21 @@ def test_per_row_generator_list_of_wrong_length_is_rejected():
 
     with pytest.raises(ValueError, match="one generator per row"):
         model.generate(prompts, 3, do_sample=True, generator=[seeded(1)])
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(1.0, None, None), (0.7, 5, None), (1.3, None, 0.8),
+                                                             (0.5, 4, 0.9), (0.0, 3, None)])
+def test_one_setting_for_the_batch_filters_like_the_same_setting_per_row(temperature, top_k, top_p):
+    logits = torch.randn(3, 40, generator=seeded(11))
+
+    batch_wide = filter_logits(logits, temperature, top_k, top_p)
+    per_row = filter_logits(logits, [temperature] * 3, [top_k] * 3, [top_p] * 3)
+
+    torch.testing.assert_close(batch_wide, per_row, atol=0, rtol=0)
+
+
+def test_temperature_divides_the_logits():
+    logits = torch.randn(2, 10, generator=seeded(12))
+
+    torch.testing.assert_close(filter_logits(logits, temperature=2.0), logits / 2.0)
+    torch.testing.assert_close(filter_logits(logits, temperature=[2.0, 0.5]), logits / torch.tensor([[2.0], [0.5]]))
