@@ -27,12 +27,13 @@ class AttentionInputs:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs,
-            dropout: float, scale: float | None = None) -> torch.Tensor:
+            dropout: float, scale: float | None = None, gqa: bool = False) -> torch.Tensor:
     if inputs.mask is None:
         # Only valid without a cache offset: SDPA's is_causal aligns the triangle top-left.
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scale,
+                                              enable_gqa=gqa)
     mask = inputs.mask if inputs.mask.dtype == torch.bool else inputs.mask.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=gqa)
 
 
 class GroupedQueryAttention(nn.Module):
@@ -58,11 +59,9 @@ class GroupedQueryAttention(nn.Module):
             q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
         if cache is not None:
             k, v = cache.update(inputs.start, k, v)
-        if self.n_kv_head != self.n_head:
-            # repeat_kv: each KV head serves n_head / n_kv_head consecutive query heads.
-            repeats = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        y = _attend(q, k, v, inputs, self.dropout if self.training else 0.0)
+        # GQA: each KV head serves n_head / n_kv_head consecutive query heads; SDPA broadcasts them
+        # itself (enable_gqa) instead of copying the cache every step.
+        y = _attend(q, k, v, inputs, self.dropout if self.training else 0.0, gqa=self.n_kv_head != self.n_head)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 

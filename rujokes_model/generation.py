@@ -91,9 +91,10 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
     temperature_arg = (float(temperature_rows.clamp_min(1e-5)) if temperature_rows.dim() == 0
                        else temperature_rows.clamp_min(1e-5))
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    seen = torch.zeros(B, config.vocab_size, dtype=torch.bool, device=ids.device) if repetition_penalty != 1.0 else None
-    if seen is not None:
-        seen.scatter_(1, ids, mask.bool())
+    seen = None
+    if repetition_penalty != 1.0:
+        # scatter_add, not scatter: a pad id that also occurs in a prompt must not overwrite its mark.
+        seen = torch.zeros(B, config.vocab_size, dtype=torch.long, device=ids.device).scatter_add_(1, ids, mask) > 0
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     cache = model.new_cache(B, L + max_new_tokens) if use_cache else None
 
