@@ -8,12 +8,12 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bot.protocol import DEFAULT_PREFIX
+from bot.protocol import DEFAULT_PREFIX, SamplingParams
 from bot.queue import QueueConfig
 from bot.worker import WorkerConfig
 
@@ -59,12 +59,69 @@ class Settings(BaseSettings):
     model_small: str = Field("bundled", description="Source of the small model: 'bundled', a directory, or 'hub:owner/repo@revision'.")
     default_size: Size = Field("nano", description="Size used for 'active' requests until an admin switches it.")
 
+    # -- the Telegram bot --
+    bot_token: SecretStr = Field(
+        SecretStr(""), description="Bot token from @BotFather (https://t.me/BotFather). Secret: never commit it."
+    )
+    admin_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="Comma-separated Telegram user ids allowed to use /model and /stats."
+    )
+    telegram_api_base: str = Field(
+        "", description="Bot API server base URL (a local telegram-bot-api or a test double). Empty: api.telegram.org."
+    )
+    webhook_url: str = Field(
+        "", description="Public HTTPS URL Telegram posts updates to. Empty: long polling (the default)."
+    )
+    webhook_secret: str = Field(
+        "", pattern=r"^[A-Za-z0-9_-]{0,256}$",
+        description="X-Telegram-Bot-Api-Secret-Token checked on every webhook call (1-256 of A-Z a-z 0-9 _ -). "
+                    "Empty: a random one per start.",
+    )
+    webhook_host: str = Field("0.0.0.0", description="Address the webhook HTTP server listens on.")
+    webhook_port: int = Field(8080, ge=1, le=65535, description="Port the webhook HTTP server listens on.")
+    webhook_path: str = Field("/telegram/webhook", description="Path of the webhook endpoint on that server.")
+    rate_limit_per_minute: float = Field(
+        6.0, gt=0, description="Jokes a user may ask for per minute, on average (token bucket refill rate)."
+    )
+    rate_limit_burst: int = Field(3, ge=1, description="Jokes a user may ask for at once before the rate limit applies.")
+    group_messages_per_minute: int = Field(
+        20, ge=1, description="Messages (and edits) the bot sends per group chat per minute; Telegram allows about 20."
+    )
+    prompt_max_chars: int = Field(300, ge=10, le=3000, description="Longest joke opening accepted, in characters.")
+    inline_wait_s: float = Field(
+        2.5, gt=0, le=8, description="How long an inline query waits for finished variants before answering "
+                                    "(Telegram drops answers after ~10 s)."
+    )
+    inline_variants: int = Field(3, ge=1, le=10, description="Jokes generated per inline query.")
+    edit_interval_s: float = Field(
+        1.5, ge=0, description="Least seconds between two streamed updates (draft or edit) of one joke."
+    )
+    result_grace_s: float = Field(
+        10.0, ge=0, description="Seconds past a request's deadline after which the bot stops waiting and apologises."
+    )
+    max_new_tokens: int = Field(120, ge=1, le=2048, description="Most tokens a joke may add to its opening.")
+    top_k: int = Field(10, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy).")
+
     # -- logging --
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text or one JSON object each.")
     log_level: str = Field("INFO", description="Python logging level name.")
 
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _split_admin_ids(cls, value: object) -> object:
+        # "1, 2,3" from the environment; a list when built in code
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
+
     def model_sources(self) -> dict[str, str]:
         return {"nano": self.model_nano, "mini": self.model_mini, "small": self.model_small}
+
+    def sampling_params(self) -> SamplingParams:
+        return SamplingParams(top_k=self.top_k, temperature=self.temperature, max_new_tokens=self.max_new_tokens)
 
     def queue_config(self) -> QueueConfig:
         return QueueConfig(

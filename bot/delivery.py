@@ -1,0 +1,199 @@
+"""The bot's half of the results stream: read what workers answered and show it to the users.
+
+One background task (`DeliveryLoop.run`) reads `ResultReader`; each result is delivered in a task
+of its own, chained per request so that a partial never lands after its final text. Finals are
+acked only once delivered, so a bot restart delivers what it had not. Requests whose answer never
+comes are given up on at their give-up time (kept in Redis by `OutstandingRequests`) with an
+apology: nothing hangs silently.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+from typing import Awaitable
+
+from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
+from redis.exceptions import RedisError
+
+from bot import texts
+from bot.feedback import FeedbackStore
+from bot.keyboards import joke_keyboard
+from bot.outbox import Outbox
+from bot.outstanding import Outstanding, OutstandingRequests
+from bot.prompts import clean_model_text
+from bot.protocol import JokeResult
+from bot.queue import ReceivedResult, ResultReader
+
+log = logging.getLogger(__name__)
+
+STATUS_TEXTS = {
+    "expired": texts.TIMEOUT,
+    "busy": texts.BUSY,
+    "failed": texts.FAILED,
+    "unknown_size": texts.UNKNOWN_SIZE,
+}
+
+
+class InlineWaiters:
+    """Inline queries wait in-process for their variants: after a restart nobody waits anymore."""
+
+    def __init__(self) -> None:
+        self._futures: dict[str, asyncio.Future[JokeResult]] = {}
+
+    def expect(self, request_id: str) -> asyncio.Future[JokeResult]:
+        future: asyncio.Future[JokeResult] = asyncio.get_running_loop().create_future()
+        self._futures[request_id] = future
+        return future
+
+    def discard(self, request_id: str) -> None:
+        self._futures.pop(request_id, None)
+
+    def resolve(self, result: JokeResult) -> None:
+        future = self._futures.get(result.request_id)
+        if future is not None and result.is_final and not future.done():
+            future.set_result(result)
+
+
+class DeliveryLoop:
+    def __init__(self, reader: ResultReader, outstanding: OutstandingRequests, feedback: FeedbackStore,
+                 outbox: Outbox, waiters: InlineWaiters, edit_interval_s: float, sweep_interval_s: float = 1.0) -> None:
+        self.reader = reader
+        self.outstanding = outstanding
+        self.feedback = feedback
+        self.outbox = outbox
+        self.waiters = waiters
+        self.edit_interval_s = edit_interval_s
+        self.sweep_interval_s = sweep_interval_s
+        self._tasks: dict[str, asyncio.Task] = {}       # the latest delivery task per request
+        self._last_partial: dict[str, float] = {}       # monotonic time of the last streamed update
+        self._drafts_paused_until: dict[str, float] = {}
+
+    async def run(self) -> None:
+        """Until cancelled. Redis outages are waited out, not fatal."""
+        await self.reader.ensure_group()
+        next_sweep = 0.0
+        while True:
+            try:
+                for item in await self.reader.read(count=50, block_ms=int(self.sweep_interval_s * 1000)):
+                    self._dispatch(item)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_interval_s
+                    for record in await self.outstanding.claim_overdue():
+                        self._chain(record.request_id, self._give_up(record))
+            except RedisError as error:
+                log.warning("Redis unavailable while reading results (%s); retrying", error)
+                await asyncio.sleep(1.0)
+            except Exception:  # a bug: loud in the logs, but keep delivering what can be delivered
+                log.exception("the delivery loop failed; continuing")
+                await asyncio.sleep(1.0)
+
+    async def close(self) -> None:
+        """Let deliveries in progress finish (briefly); unacked finals are re-read after a restart."""
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    # -- dispatching ---------------------------------------------------------------------------------
+
+    def _dispatch(self, item: ReceivedResult) -> None:
+        result = item.result
+        if result.delivery.inline_query_id is not None:
+            self.waiters.resolve(result)
+            if result.is_final:
+                self._chain(result.request_id, self.reader.ack(item))
+            return
+        if result.is_final:
+            self._chain(result.request_id, self._final(item))
+            return
+        running = self._tasks.get(result.request_id)
+        recent = time.monotonic() - self._last_partial.get(result.request_id, float("-inf")) < self.edit_interval_s
+        if (running is None or running.done()) and not recent:  # best effort: skip rather than pile up
+            self._last_partial[result.request_id] = time.monotonic()
+            self._chain(result.request_id, self._partial(result))
+
+    def _chain(self, request_id: str, step: Awaitable[None]) -> None:
+        """Run `step` after whatever is still being delivered for this request."""
+        previous = self._tasks.get(request_id)
+
+        async def after_previous() -> None:
+            if previous is not None:
+                with suppress(Exception):
+                    await previous
+            try:
+                await step
+            except Exception:
+                log.exception("delivering request %s failed", request_id)
+
+        def forget_if_last(done: asyncio.Task) -> None:
+            if self._tasks.get(request_id) is done:
+                del self._tasks[request_id]
+
+        task = asyncio.create_task(after_previous())
+        self._tasks[request_id] = task
+        task.add_done_callback(forget_if_last)
+
+    # -- the three kinds of delivery ------------------------------------------------------------------
+
+    async def _partial(self, result: JokeResult) -> None:
+        record = await self.outstanding.get(result.request_id)
+        text = clean_model_text(result.text)
+        if record is None or not text:
+            return  # answered already, or nothing to show yet
+        delivery = record.delivery
+        try:
+            if delivery.chat_id is not None and delivery.message_id is None:
+                if time.monotonic() < self._drafts_paused_until.get(result.request_id, 0.0):
+                    return
+                if await self.outbox.draft(delivery.chat_id, result.request_id, text):
+                    return
+                # Drafts don't work here: from now on a message shows the progress, edited in place.
+            message_id = await self.outbox.show(delivery, text + texts.TYPING_SUFFIX)
+            if message_id is not None:
+                await self.outstanding.set_message_id(result.request_id, message_id)
+        except TelegramRetryAfter as error:
+            # Flood control: pause this joke's drafts, never hammer. Edits were already waited out.
+            self._drafts_paused_until[result.request_id] = time.monotonic() + error.retry_after
+        except TelegramAPIError as error:
+            log.info("partial update of %s not shown: %s", result.request_id, error)
+
+    async def _final(self, item: ReceivedResult) -> None:
+        result = item.result
+        record = await self.outstanding.get(result.request_id)
+        delivery = record.delivery if record is not None else result.delivery
+        markup, joke = None, clean_model_text(result.text)
+        if result.status == "ok" and joke:
+            text, markup = joke, joke_keyboard(result.request_id)
+            # Before the buttons appear: a press must find the joke.
+            await self.feedback.remember_joke(result.request_id, record.prompt if record else "",
+                                              result.size or "?", result.latency_s)
+        elif result.status == "ok":
+            text = texts.EMPTY_JOKE
+        else:
+            text = STATUS_TEXTS.get(result.status, texts.FAILED)
+            log.warning("request %s answered %s (%s)", result.request_id, result.status, result.error)
+        try:
+            await self.outbox.show(delivery, text, markup)
+        except TelegramAPIError as error:  # blocked by the user, chat gone, flood ban: nothing more to do
+            log.warning("could not deliver %s to %s: %s", result.request_id, delivery, error)
+        await self.outstanding.forget(result.request_id)
+        await self.reader.ack(item)
+        self._last_partial.pop(result.request_id, None)
+        self._drafts_paused_until.pop(result.request_id, None)
+
+    async def _give_up(self, claimed: Outstanding) -> None:
+        record = await self.outstanding.get(claimed.request_id)
+        if record is None:
+            return  # its answer was delivered just before (a result read in the same round)
+        log.warning("request %s got no answer by its give-up time; telling the user", record.request_id)
+        self._last_partial.pop(record.request_id, None)
+        self._drafts_paused_until.pop(record.request_id, None)
+        await self.feedback.count_timeout()
+        try:
+            message_id = await self.outbox.show(record.delivery, texts.TIMEOUT)
+        except TelegramAPIError as error:
+            log.warning("could not tell %s about the timeout: %s", record.delivery, error)
+            return
+        if message_id is not None:  # a late answer edits this message instead of sending another
+            await self.outstanding.set_message_id(record.request_id, message_id)

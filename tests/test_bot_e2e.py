@@ -1,0 +1,248 @@
+"""The bot end to end, journey by journey: the real `rujokes-bot` and `rujokes-worker` processes
+(tiny random models) against a real Redis and a fake Telegram Bot API.
+
+The stack is shared with test_bot_e2e_limits.py (one per session); tests run in file order.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from bot import texts
+from bot.prompts import CLASSIC_OPENINGS
+from tests.e2e_stack import (ADMIN_ID, BOT_USERNAME, JOKE_BUTTONS, Stack, button_texts, calls_to, is_joke,
+                             stack, wait_until)  # noqa: F401 (stack: the fixture, shared with test_bot_e2e_limits.py)
+
+
+# -- journey 6: /start, /help, the command menu ----------------------------------------------------------
+
+def test_command_menu_is_registered_with_set_my_commands(stack):
+    def menus() -> dict[str, list[str]]:
+        return {json.loads(key)[0]["type"]: [c["command"] for c in commands]
+                for key, commands in stack.api.commands.items()}
+    menus = wait_until(lambda: len(menus()) == 2 and menus(), 10, "the public and the admin menu")
+    assert menus["default"] == ["joke", "help", "start"]
+    assert menus["chat"] == ["joke", "help", "start", "model", "stats"]  # the admin's own menu
+
+
+def test_start_and_help_explain_the_bot_in_russian(stack):
+    user = stack.new_user()
+    stack.api.private_message(user, "/start")
+    assert stack.wait_for_reply(user)["text"] == texts.START
+    stack.api.private_message(user, "/help")
+    assert f"@{BOT_USERNAME}" in stack.wait_for_reply(user, nth=2)["text"]
+
+
+# -- journey 1: private chats ---------------------------------------------------------------------------
+
+def test_private_joke_shows_typing_streams_drafts_and_ends_with_the_full_joke(stack):
+    user, since = stack.new_user(), time.time()
+    stack.api.private_message(user, "/joke Штирлиц пришел домой")
+    joke = stack.wait_for_reply(user)
+    assert joke["text"].startswith("Штирлиц пришел домой") and is_joke(joke)
+    first_action = calls_to(stack, "sendChatAction", user, since)[0]
+    assert first_action.params["action"] == "typing"
+    assert first_action.time <= calls_to(stack, "sendMessage", user)[0].time
+    drafts = stack.api.drafts[user]
+    assert drafts[0]["text"] == ""  # "Thinking…" at once
+    streamed = [d["text"] for d in drafts[1:]]
+    assert streamed and all(text.startswith("Штирлиц пришел домой") for text in streamed)
+    assert joke.get("reply_to_message", {}).get("text") == "/joke Штирлиц пришел домой"
+
+
+def test_joke_without_text_starts_from_a_classic_opening(stack):
+    user = stack.new_user()
+    stack.api.private_message(user, "/joke")
+    joke = stack.wait_for_reply(user)
+    assert is_joke(joke) and joke["text"].startswith(CLASSIC_OPENINGS)
+
+
+def test_plain_text_in_a_private_chat_is_a_prompt(stack):
+    user = stack.new_user()
+    stack.api.private_message(user, "Приходит мужик к врачу")
+    joke = stack.wait_for_reply(user)
+    assert is_joke(joke) and joke["text"].startswith("Приходит мужик к врачу")
+
+
+def test_without_drafts_a_placeholder_is_edited_into_the_joke(stack):
+    user, since = stack.new_user(), time.time()
+    stack.api.fail_next("sendMessageDraft", error_code=400, description="Bad Request: TEXTDRAFT_PEER_INVALID")
+    stack.api.private_message(user, "/joke Вовочка приходит в школу")
+    joke = stack.wait_for_reply(user)
+    assert is_joke(joke) and joke["text"].startswith("Вовочка приходит в школу")
+    assert len(stack.bot_messages(user)) == 1, "the placeholder itself became the joke"
+    placeholder = calls_to(stack, "sendMessage", user, since)[0]
+    assert placeholder.params["text"] == texts.PLACEHOLDER
+    assert calls_to(stack, "editMessageText", user, since)
+
+
+# -- journey 2: groups ----------------------------------------------------------------------------------
+
+def test_group_command_with_the_bot_mention_edits_a_placeholder_into_the_joke(stack):
+    group, user, since = stack.new_group(), stack.new_user(), time.time()
+    stack.api.group_message(group, user, f"/joke@{BOT_USERNAME} Встречаются как-то русский, немец и француз")
+    joke = stack.wait_for_reply(group)
+    assert is_joke(joke) and joke["text"].startswith("Встречаются как-то русский, немец и француз")
+    assert calls_to(stack, "sendMessage", group, since)[0].params["text"] == texts.PLACEHOLDER
+    assert group not in stack.api.drafts  # drafts exist in private chats only
+
+
+def test_a_command_for_another_bot_is_ignored(stack):
+    group, user = stack.new_group(), stack.new_user()
+    stack.api.group_message(group, user, "/joke@other_bot Штирлиц")
+    stack.api.group_message(group, user, f"/help@{BOT_USERNAME}")  # a marker: answered after the first update
+    assert stack.wait_for_reply(group)["text"].startswith("Как пользоваться")
+    time.sleep(0.5)
+    assert len(stack.bot_messages(group)) == 1
+
+
+def test_joke_as_a_reply_uses_the_replied_message_as_the_opening(stack):
+    group, author, asker = stack.new_group(), stack.new_user(), stack.new_user()
+    original = stack.api.group_message(group, author, "Поручик Ржевский на балу")["message"]
+    stack.api.group_message(group, asker, "/joke", reply_to=original)
+    joke = stack.wait_for_reply(group)
+    assert is_joke(joke) and joke["text"].startswith("Поручик Ржевский на балу")
+
+
+# -- journey 3: inline mode -----------------------------------------------------------------------------
+
+def test_inline_query_offers_ready_variants_quickly(stack):
+    user = stack.new_user()
+    started = time.monotonic()
+    query_id = stack.api.inline_query(user, "Штирлиц пришел домой")["inline_query"]["id"]
+    answer = stack.inline_answer(query_id, timeout=8)
+    assert time.monotonic() - started < 5
+    assert answer["cache_time"] == 5 and answer["is_personal"] is True
+    results = answer["results"]
+    assert 1 <= len(results) <= 2
+    for result in results:
+        assert result["type"] == "article"
+        assert result["input_message_content"]["message_text"].startswith("Штирлиц пришел домой")
+        assert [b["text"] for b in result["reply_markup"]["inline_keyboard"][0]] == JOKE_BUTTONS
+    # The variant, once sent, takes votes like any joke.
+    stack.api.chosen_inline_result(user, results[0]["id"], "Штирлиц пришел домой", inline_message_id="inl-vote")
+    press = stack.api.press_button(user, "inl-vote", texts.BUTTON_UP)
+    assert stack.callback_answer(press["callback_query"]["id"])["text"] == texts.VOTE_NEW.format(vote="👍")
+
+
+def test_empty_inline_query_gets_a_hint(stack):
+    query_id = stack.api.inline_query(stack.new_user(), "")["inline_query"]["id"]
+    answer = stack.inline_answer(query_id)
+    assert answer["results"] == [] and answer["button"]["text"] == texts.INLINE_HINT
+
+
+def test_inline_without_ready_variants_writes_the_joke_into_the_chosen_message(stack):
+    user, prompt = stack.new_user(), "Армянское радио спрашивают"
+    stack.pause_worker()
+    try:
+        query_id = stack.api.inline_query(user, prompt)["inline_query"]["id"]
+        (article,) = stack.inline_answer(query_id)["results"]
+        assert article["input_message_content"]["message_text"] == texts.PLACEHOLDER
+        assert [b["text"] for b in article["reply_markup"]["inline_keyboard"][0]] == [texts.BUTTON_WRITE]
+        stack.api.chosen_inline_result(user, article["id"], prompt, inline_message_id="inl-chosen")
+        with stack.redis() as client:
+            high = f"{stack.prefix}requests:high"
+            wait_until(lambda: any("inline_chosen" in e[1]["data"] for e in client.xrange(high)), 10,
+                       "the chosen result's request")
+    finally:
+        stack.resume_worker()
+    written = wait_until(lambda: finished_inline_joke(stack, "inl-chosen"), 20, "the joke in the inline message")
+    assert written["text"].startswith(prompt)
+    # Without inline feedback (no chosen_inline_result) the article's button starts the joke.
+    stack.api.inline_messages["inl-button"] = {"text": texts.PLACEHOLDER, "reply_markup": article["reply_markup"]}
+    stack.api.press_button(user, "inl-button", texts.BUTTON_WRITE)
+    written = wait_until(lambda: finished_inline_joke(stack, "inl-button"), 20, "the joke started by the button")
+    assert written["text"].startswith(prompt)
+
+
+def finished_inline_joke(stack: Stack, inline_message_id: str) -> dict | None:
+    message = stack.api.inline_messages.get(inline_message_id) or {}
+    return message if button_texts(message) == JOKE_BUTTONS else None
+
+
+# -- journey 4: buttons ---------------------------------------------------------------------------------
+
+def test_more_button_writes_another_joke_with_the_same_opening(stack):
+    user = stack.new_user()
+    stack.api.private_message(user, "/joke Идет медведь по лесу")
+    first = stack.wait_for_reply(user)
+    press = stack.api.press_button(user, first, texts.BUTTON_MORE)
+    assert stack.callback_answer(press["callback_query"]["id"])["text"] == texts.MORE_STARTED
+    second = stack.wait_for_reply(user, nth=2)
+    assert is_joke(second) and second["text"].startswith("Идет медведь по лесу")
+
+
+def test_votes_count_once_per_user_and_a_vote_can_be_changed(stack):
+    user, other = stack.new_user(), stack.new_user()
+    stack.api.private_message(user, "/joke Сидят два программиста")
+    joke = stack.wait_for_reply(user)
+    with stack.redis() as client:
+        def counts() -> tuple[int, int]:
+            fields = client.hgetall(f"{stack.prefix}bot:stats:size:nano")
+            return int(fields.get("up", 0)), int(fields.get("down", 0))
+
+        def vote(who: int, button: str) -> str:
+            press = stack.api.press_button(who, joke, button)
+            return stack.callback_answer(press["callback_query"]["id"])["text"]
+
+        up, down = counts()
+        assert vote(user, texts.BUTTON_UP) == texts.VOTE_NEW.format(vote="👍")
+        assert vote(user, texts.BUTTON_UP) == texts.VOTE_SAME.format(vote="👍")
+        assert counts() == (up + 1, down)
+        assert vote(user, texts.BUTTON_DOWN) == texts.VOTE_CHANGED.format(vote="👎")
+        assert counts() == (up, down + 1)
+        assert vote(other, texts.BUTTON_DOWN) == texts.VOTE_NEW.format(vote="👎")
+        assert counts() == (up, down + 2)
+
+
+# -- journey 5: admins ----------------------------------------------------------------------------------
+
+def test_model_shows_the_active_size_and_what_workers_have(stack):
+    reply = stack.admin_reply("/model")
+    assert "Активная модель: nano" in reply and "Доступны у воркеров: mini, nano" in reply
+
+
+def test_switching_to_mini_reaches_the_worker_and_is_logged(stack):
+    assert stack.admin_reply("/model mini") == texts.MODEL_SWITCHED.format(old="nano", new="mini")
+    try:
+        with stack.redis() as client:
+            assert client.hget(f"{stack.prefix}active_size", "size") == "mini"
+            before = int(client.hget(f"{stack.prefix}bot:stats:size:mini", "jokes") or 0)
+            user = stack.new_user()
+            stack.api.private_message(user, "/joke Штирлиц шел по лесу")
+            assert is_joke(stack.wait_for_reply(user))
+            assert int(client.hget(f"{stack.prefix}bot:stats:size:mini", "jokes")) == before + 1
+    finally:
+        stack.admin_reply("/model nano")
+    log = stack.bot_log.read_text()
+    assert f"admin action user_id={ADMIN_ID} chat_id={ADMIN_ID} action='model' args='mini' " \
+           "outcome='switched nano -> mini'" in log
+
+
+def test_switching_to_a_size_no_worker_has_is_refused(stack):
+    reply = stack.admin_reply("/model small")
+    assert reply == texts.MODEL_UNKNOWN.format(size="small", available="mini, nano")
+    with stack.redis() as client:
+        assert client.hget(f"{stack.prefix}active_size", "size") == "nano"
+
+
+def test_non_admins_get_a_polite_refusal_and_nothing_switches(stack):
+    user = stack.new_user()
+    assert stack.admin_reply("/model mini", user_id=user) == texts.ADMIN_ONLY
+    assert stack.admin_reply("/stats", user_id=user) == texts.ADMIN_ONLY
+    with stack.redis() as client:
+        assert client.hget(f"{stack.prefix}active_size", "size") == "nano"
+    assert f"admin action user_id={user} chat_id={user} action='model' args='mini' " \
+           "outcome='refused: not an admin'" in stack.bot_log.read_text()
+
+
+def test_stats_show_queue_workers_latency_requests_and_votes(stack):
+    reply = stack.admin_reply("/stats")
+    assert "Очередь: 0" in reply and "Живые воркеры: 1" in reply and "e2e-worker" in reply
+    assert re.search(r"Задержка: p50 \d+\.\d с, p95 \d+\.\d с \(по \d+ анекдотам\)", reply), reply
+    assert re.search(r"Запросов всего: \d+", reply)
+    with stack.redis() as client:
+        nano = client.hgetall(f"{stack.prefix}bot:stats:size:nano")
+    assert f"nano: анекдотов {nano['jokes']}, 👍 {nano.get('up', 0)}, 👎 {nano.get('down', 0)}" in reply
+    assert "mini: анекдотов 1" in reply

@@ -1,0 +1,65 @@
+"""`rujokes run` (the README's Quick start): embedded Redis + worker + bot from `.env`, one command."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_stack import BOT_TOKEN, wait_until
+from tests.fake_bot_api import FakeBotAPI
+from tests.tiny_model import make_tiny_model_dir
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def api():
+    api = FakeBotAPI.start_in_thread(token=BOT_TOKEN)
+    yield api
+    api.stop()
+
+
+def test_rujokes_run_serves_jokes_from_dotenv_and_stops_everything_on_sigint(api, tmp_path):
+    make_tiny_model_dir(tmp_path / "nano")
+    (tmp_path / ".env").write_text("\n".join([
+        f"BOT_TOKEN={BOT_TOKEN}", f"TELEGRAM_API_BASE={api.base_url}", "REDIS_URL=",
+        f"REDIS_DATA_DIR={tmp_path / 'redis'}", f"MODEL_NANO={tmp_path / 'nano'}", "MODEL_MINI=none",
+        "MODEL_SMALL=none", "DEVICE=cpu", "MAX_NEW_TOKENS=16", "SHUTDOWN_GRACE_S=5",
+    ]) + "\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("BOT_", "REDIS_", "MODEL_", "TELEGRAM_", "WEBHOOK_", "WORKER_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    rujokes = shutil.which("rujokes", path=str(Path(sys.executable).parent)) or "rujokes"
+    log = tmp_path / "run.log"
+    with open(log, "wb") as output:
+        launcher = subprocess.Popen([rujokes, "run"], cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: api.calls("setMyCommands") or launcher.poll() is not None, 90, "the bot to start")
+        assert launcher.poll() is None, log.read_text()[-3000:]
+        wait_until(lambda: "engine ready" in log.read_text() or launcher.poll() is not None, 90, "the worker")
+        api.private_message(4242, "/joke Штирлиц пришел домой")
+        wait_until(lambda: [t for t in api.messages_in_chat(4242) if t.startswith("Штирлиц пришел домой")], 60,
+                   f"a joke through the whole stack; log:\n{log.read_text()[-3000:]}")
+        assert list((tmp_path / "redis").glob("appendonly*")), "the embedded Redis keeps an AOF in REDIS_DATA_DIR"
+        pids = [int(pid) for pid in re.findall(r"started \w+ \(pid (\d+)\)", log.read_text())]
+        assert len(pids) == 2
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert all(process_gone(pid) for pid in pids)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()

@@ -1,0 +1,111 @@
+"""Rate limits, votes, /stats numbers and the record of outstanding requests, on a real Redis."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bot.feedback import FeedbackStore, percentile
+from bot.outstanding import OutstandingRequests
+from bot.protocol import Delivery, JokeRequest
+from bot.ratelimit import ChatPacer, TokenBucket, UserRateLimiter, is_group_chat
+
+
+async def test_token_bucket_allows_the_burst_then_says_how_long_to_wait(redis_client, key_prefix):
+    bucket = TokenBucket(redis_client, key_prefix, per_minute=60, burst=3)
+    assert [(await bucket.take("u")).allowed for _ in range(3)] == [True, True, True]
+    refused = await bucket.take("u")
+    assert not refused.allowed and 0.5 < refused.retry_after_s <= 1.0 and refused.retry_after_whole_s == 1
+
+
+async def test_token_bucket_refills_with_time(redis_client, key_prefix):
+    bucket = TokenBucket(redis_client, key_prefix, per_minute=600, burst=1)  # one token per 0.1 s
+    assert (await bucket.take("u")).allowed
+    assert not (await bucket.take("u")).allowed
+    await asyncio.sleep(0.12)
+    assert (await bucket.take("u")).allowed
+
+
+async def test_each_user_has_their_own_bucket(redis_client, key_prefix):
+    limiter = UserRateLimiter(redis_client, key_prefix, per_minute=1, burst=1)
+    assert (await limiter.check(1)).allowed
+    assert not (await limiter.check(1)).allowed
+    assert (await limiter.check(2)).allowed
+
+
+async def test_a_bucket_survives_a_new_limiter_object(redis_client, key_prefix):
+    """The state lives in Redis: a restarted bot does not hand out a fresh burst."""
+    assert (await UserRateLimiter(redis_client, key_prefix, per_minute=1, burst=1).check(7)).allowed
+    assert not (await UserRateLimiter(redis_client, key_prefix, per_minute=1, burst=1).check(7)).allowed
+
+
+async def test_chat_pacer_waits_for_a_slot_instead_of_refusing(redis_client, key_prefix):
+    pacer = ChatPacer(redis_client, key_prefix, per_minute=600, burst=2)  # 10 a second after the burst
+    started = time.monotonic()
+    waits = [await pacer.wait_turn(-100) for _ in range(4)]
+    assert waits[:2] == [0.0, 0.0] and all(w > 0 for w in waits[2:])
+    assert time.monotonic() - started >= 0.18
+
+
+def test_group_chats_have_negative_ids():
+    assert is_group_chat(-1001234) and is_group_chat(-5) and not is_group_chat(42) and not is_group_chat(None)
+
+
+async def test_one_vote_per_user_per_joke_and_votes_can_change(redis_client, key_prefix):
+    store = FeedbackStore(redis_client, key_prefix)
+    await store.remember_joke("j1", "Штирлиц", "mini", latency_s=0.5)
+    assert await store.vote("j1", 1, 1) == "new"
+    assert await store.vote("j1", 1, 1) == "same"
+    assert await store.vote("j1", 2, 1) == "new"
+    assert await store.vote("j1", 1, -1) == "changed"
+    (mini,) = await store.size_stats()
+    assert (mini.size, mini.jokes, mini.up, mini.down) == ("mini", 1, 1, 1)
+
+
+async def test_votes_on_forgotten_jokes_are_refused(redis_client, key_prefix):
+    assert await FeedbackStore(redis_client, key_prefix).vote("nope", 1, 1) == "unknown"
+
+
+async def test_latency_percentiles_come_from_recent_jokes(redis_client, key_prefix):
+    store = FeedbackStore(redis_client, key_prefix, latency_samples=100)
+    for i in range(1, 201):  # only the last 100 (101..200) are kept
+        await store.remember_joke(f"j{i}", "p", "nano", latency_s=i / 100)
+    latency = await store.latency()
+    assert latency.samples == 100 and latency.p50 == pytest.approx(1.50) and latency.p95 == pytest.approx(1.95)
+
+
+def test_percentile_is_nearest_rank():
+    assert percentile([1.0], 0.95) == 1.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.95) == 4.0
+
+
+def _request(deadline: float) -> JokeRequest:
+    return JokeRequest(delivery=Delivery(chat_id=5, reply_to_message_id=9), prompt="Вовочка", deadline=deadline)
+
+
+async def test_overdue_requests_are_claimed_exactly_once(redis_client, key_prefix):
+    outstanding = OutstandingRequests(redis_client, key_prefix)
+    late, fresh = _request(time.time() - 5), _request(time.time() + 60)
+    await outstanding.track(late, give_up_at=late.deadline)
+    await outstanding.track(fresh, give_up_at=fresh.deadline)
+    first, second = await asyncio.gather(outstanding.claim_overdue(), outstanding.claim_overdue())
+    assert [r.request_id for r in first + second] == [late.request_id]
+    assert (await outstanding.get(late.request_id)).prompt == "Вовочка"  # kept for a late answer
+
+
+async def test_a_message_created_later_is_remembered_for_the_request(redis_client, key_prefix):
+    outstanding = OutstandingRequests(redis_client, key_prefix)
+    request = _request(time.time() + 60)
+    await outstanding.track(request, give_up_at=request.deadline)
+    await outstanding.set_message_id(request.request_id, 77)
+    assert (await outstanding.get(request.request_id)).delivery.message_id == 77
+    await outstanding.forget(request.request_id)
+    assert await outstanding.get(request.request_id) is None
+    assert await outstanding.claim_overdue(time.time() + 120) == []
+
+
+async def test_an_inline_message_is_started_once(redis_client, key_prefix):
+    outstanding = OutstandingRequests(redis_client, key_prefix)
+    assert [await outstanding.claim_inline_message("im1") for _ in range(2)] == [True, False]
