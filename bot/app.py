@@ -2,7 +2,8 @@
 routers, and run it by long polling (default) or as a webhook server.
 
 Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`,
-`queue`, `jokes`, `feedback`, `outstanding`): handlers name what they use in their signature.
+`queue`, `jokes`, `feedback`, `outstanding`, `metrics`): handlers name what they use in their signature.
+With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
 """
 from __future__ import annotations
 
@@ -20,16 +21,19 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
 from bot import texts
 from bot.delivery import DeliveryLoop, InlineWaiters
 from bot.feedback import FeedbackStore
 from bot.jokes import JokeService
+from bot.metrics import Metrics, MetricsServer, start_http_server
 from bot.outbox import Outbox
 from bot.outstanding import OutstandingRequests
-from bot.queue import RequestQueue, ResultReader
+from bot.queue import RequestQueue
 from bot.ratelimit import ChatPacer, UserRateLimiter
+from bot.results import ResultReader
 from bot.routers import feature_routers
 from bot.settings import Settings
 from bot.telegram_middlewares import FloodControl, GroupPacing
@@ -38,12 +42,14 @@ log = logging.getLogger(__name__)
 
 # Inline queries come once per typing pause, so they get a roomier bucket than /joke.
 INLINE_RATE_FACTOR = 3
+# /healthz turns 503 when the delivery loop (it goes round every second) or Redis has been silent this long.
+HEALTH_STALE_S = 30.0
 
 
-def build_bot(settings: Settings, pacer: ChatPacer) -> Bot:
+def build_bot(settings: Settings, pacer: ChatPacer, metrics: Metrics) -> Bot:
     api = settings.telegram_api_base.rstrip("/")
     session = AiohttpSession(api=TelegramAPIServer.from_base(api)) if api else AiohttpSession()
-    session.middleware(FloodControl())
+    session.middleware(FloodControl(metrics))
     session.middleware(GroupPacing(pacer))
     # No default parse_mode: every text goes out plain, so model output is never parsed as markup.
     return Bot(settings.bot_token.get_secret_value(), session=session,
@@ -58,9 +64,10 @@ class Services:
     outstanding: OutstandingRequests
     jokes: JokeService
     delivery: DeliveryLoop
+    metrics: Metrics
 
 
-def build_services(settings: Settings, redis: Redis, bot: Bot) -> Services:
+def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics) -> Services:
     prefix = settings.redis_prefix
     queue = RequestQueue(redis, settings.queue_config())
     feedback = FeedbackStore(redis, prefix)
@@ -70,15 +77,15 @@ def build_services(settings: Settings, redis: Redis, bot: Bot) -> Services:
     limiter = UserRateLimiter(redis, prefix, settings.rate_limit_per_minute, settings.rate_limit_burst)
     inline_limiter = UserRateLimiter(redis, f"{prefix}inline:", settings.rate_limit_per_minute * INLINE_RATE_FACTOR,
                                      settings.rate_limit_burst * INLINE_RATE_FACTOR)
-    jokes = JokeService(settings, queue, outstanding, limiter, inline_limiter, feedback, outbox, waiters)
+    jokes = JokeService(settings, queue, outstanding, limiter, inline_limiter, feedback, outbox, waiters, metrics)
     reader = ResultReader(redis, settings.queue_config())
-    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, settings.edit_interval_s)
-    return Services(redis, queue, feedback, outstanding, jokes, delivery)
+    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, settings.edit_interval_s)
+    return Services(redis, queue, feedback, outstanding, jokes, delivery, metrics)
 
 
 def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
     dispatcher = Dispatcher(settings=settings, queue=services.queue, feedback=services.feedback,
-                            outstanding=services.outstanding, jokes=services.jokes)
+                            outstanding=services.outstanding, jokes=services.jokes, metrics=services.metrics)
     dispatcher.include_routers(*feature_routers())
     delivery_task: list[asyncio.Task] = []
 
@@ -150,13 +157,27 @@ async def run_webhook(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> N
         await bot.session.close()
 
 
+def start_metrics_server(settings: Settings, services: Services) -> MetricsServer | None:
+    """`/metrics` + `/healthz` on BOT_METRICS_PORT; None when it is not set."""
+    if settings.bot_metrics_port is None:
+        return None
+    return start_http_server(services.metrics.registry, settings.metrics_host, settings.bot_metrics_port,
+                             lambda: services.delivery.health(HEALTH_STALE_S))
+
+
 async def run(settings: Settings, redis: Redis) -> None:
     """Serve until SIGTERM/SIGINT. The caller owns `redis` and closes it afterwards."""
+    metrics = Metrics(CollectorRegistry())
     pacer = ChatPacer(redis, settings.redis_prefix, settings.group_messages_per_minute)
-    bot = build_bot(settings, pacer)
-    services = build_services(settings, redis, bot)
+    bot = build_bot(settings, pacer, metrics)
+    services = build_services(settings, redis, bot, metrics)
     dispatcher = build_dispatcher(settings, services)
-    if settings.webhook_url:
-        await run_webhook(bot, dispatcher, settings)
-    else:
-        await run_polling(bot, dispatcher)
+    server = start_metrics_server(settings, services)
+    try:
+        if settings.webhook_url:
+            await run_webhook(bot, dispatcher, settings)
+        else:
+            await run_polling(bot, dispatcher)
+    finally:
+        if server is not None:
+            server.stop()

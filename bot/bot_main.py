@@ -8,9 +8,9 @@ import sys
 
 from pydantic import ValidationError
 
+from bot.logging_setup import configure_logging
 from bot.redis_connection import connect
 from bot.settings import Settings
-from bot.worker_main import configure_logging
 
 log = logging.getLogger("bot.bot_main")
 

@@ -4,7 +4,8 @@ One background task (`DeliveryLoop.run`) reads `ResultReader`; each result is de
 of its own, chained per request so that a partial never lands after its final text. Finals are
 acked only once delivered, so a bot restart delivers what it had not. Requests whose answer never
 comes are given up on at their give-up time (kept in Redis by `OutstandingRequests`) with an
-apology: nothing hangs silently.
+apology: nothing hangs silently. Every final answer is logged once with its request_id, status and
+latency from the update that asked, and counted in the metrics; `health()` feeds the bot's /healthz.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 from contextlib import suppress
-from typing import Awaitable
+from typing import Any, Awaitable
 
 from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
 from redis.exceptions import RedisError
@@ -20,11 +21,12 @@ from redis.exceptions import RedisError
 from bot import texts
 from bot.feedback import FeedbackStore
 from bot.keyboards import joke_keyboard
+from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.outstanding import Outstanding, OutstandingRequests
 from bot.prompts import clean_model_text
 from bot.protocol import JokeResult
-from bot.queue import ReceivedResult, ResultReader
+from bot.results import ReceivedResult, ResultReader
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +60,22 @@ class InlineWaiters:
 
 class DeliveryLoop:
     def __init__(self, reader: ResultReader, outstanding: OutstandingRequests, feedback: FeedbackStore,
-                 outbox: Outbox, waiters: InlineWaiters, edit_interval_s: float, sweep_interval_s: float = 1.0) -> None:
+                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, edit_interval_s: float,
+                 sweep_interval_s: float = 1.0) -> None:
         self.reader = reader
         self.outstanding = outstanding
         self.feedback = feedback
         self.outbox = outbox
         self.waiters = waiters
+        self.metrics = metrics
         self.edit_interval_s = edit_interval_s
         self.sweep_interval_s = sweep_interval_s
         self._tasks: dict[str, asyncio.Task] = {}       # the latest delivery task per request
         self._last_partial: dict[str, float] = {}       # monotonic time of the last streamed update
         self._drafts_paused_until: dict[str, float] = {}
+        # For /healthz (read from the metrics server's thread; plain float writes are atomic enough).
+        self._last_loop_at: float | None = None       # monotonic: the loop went round
+        self._last_redis_ok_at: float | None = None   # monotonic: a read of the results stream succeeded
 
     async def run(self) -> None:
         """Until cancelled. Redis outages are waited out, not fatal."""
@@ -82,12 +89,24 @@ class DeliveryLoop:
                     next_sweep = time.monotonic() + self.sweep_interval_s
                     for record in await self.outstanding.claim_overdue():
                         self._chain(record.request_id, self._give_up(record))
+                self._last_redis_ok_at = time.monotonic()
             except RedisError as error:
                 log.warning("Redis unavailable while reading results (%s); retrying", error)
                 await asyncio.sleep(1.0)
             except Exception:  # a bug: loud in the logs, but keep delivering what can be delivered
                 log.exception("the delivery loop failed; continuing")
                 await asyncio.sleep(1.0)
+            self._last_loop_at = time.monotonic()
+
+    def health(self, stale_after_s: float) -> dict[str, Any]:
+        """Healthy while the loop went round and Redis answered within the last `stale_after_s`."""
+        now = time.monotonic()
+        loop_age = None if self._last_loop_at is None else round(now - self._last_loop_at, 3)
+        redis_age = None if self._last_redis_ok_at is None else round(now - self._last_redis_ok_at, 3)
+        healthy = (loop_age is not None and loop_age <= stale_after_s
+                   and redis_age is not None and redis_age <= stale_after_s)
+        return {"healthy": healthy, "delivery_loop_age_s": loop_age, "redis_ok_age_s": redis_age,
+                "delivering": len(self._tasks)}
 
     async def close(self) -> None:
         """Let deliveries in progress finish (briefly); unacked finals are re-read after a restart."""
@@ -162,21 +181,27 @@ class DeliveryLoop:
         result = item.result
         record = await self.outstanding.get(result.request_id)
         delivery = record.delivery if record is not None else result.delivery
-        markup, joke = None, clean_model_text(result.text)
+        markup, joke, outcome = None, clean_model_text(result.text), result.status
         if result.status == "ok" and joke:
             text, markup = joke, joke_keyboard(result.request_id)
             # Before the buttons appear: a press must find the joke.
             await self.feedback.remember_joke(result.request_id, record.prompt if record else "",
                                               result.size or "?", result.latency_s)
         elif result.status == "ok":
-            text = texts.EMPTY_JOKE
+            text, outcome = texts.EMPTY_JOKE, "empty"
         else:
             text = STATUS_TEXTS.get(result.status, texts.FAILED)
             log.warning("request %s answered %s (%s)", result.request_id, result.status, result.error)
         try:
             await self.outbox.show(delivery, text, markup)
         except TelegramAPIError as error:  # blocked by the user, chat gone, flood ban: nothing more to do
+            outcome = "undelivered"
             log.warning("could not deliver %s to %s: %s", result.request_id, delivery, error)
+        # From the update that asked (the record remembers it); a record from an older bot: from the worker.
+        created_at = record.created_at if record is not None and record.created_at else None
+        latency_s = time.time() - created_at if created_at else result.latency_s
+        self._shown(result.request_id, record.kind if record is not None else "unknown", result.size,
+                    result.status, outcome, latency_s)
         await self.outstanding.forget(result.request_id)
         await self.reader.ack(item)
         self._last_partial.pop(result.request_id, None)
@@ -187,6 +212,8 @@ class DeliveryLoop:
         if record is None:
             return  # its answer was delivered just before (a result read in the same round)
         log.warning("request %s got no answer by its give-up time; telling the user", record.request_id)
+        latency_s = time.time() - record.created_at if record.created_at else None
+        self._shown(record.request_id, record.kind, None, None, "no_answer", latency_s)
         self._last_partial.pop(record.request_id, None)
         self._drafts_paused_until.pop(record.request_id, None)
         await self.feedback.count_timeout()
@@ -197,3 +224,10 @@ class DeliveryLoop:
             return
         if message_id is not None:  # a late answer edits this message instead of sending another
             await self.outstanding.set_message_id(record.request_id, message_id)
+
+    def _shown(self, request_id: str, kind: str, size: str | None, status: str | None, outcome: str,
+               latency_s: float | None) -> None:
+        self.metrics.reply_shown(kind, size, outcome, latency_s)
+        fields = {"request_id": request_id, "status": status, "outcome": outcome, "size": size,
+                  "latency_s": None if latency_s is None else round(latency_s, 3), "kind": kind}
+        log.info("delivered " + " ".join(f"{key}={value}" for key, value in fields.items()), extra={"fields": fields})

@@ -97,8 +97,9 @@ class FeedbackStore:
         fields = await self._redis.hgetall(self._joke_key(joke_id))
         return Joke(fields["prompt"], fields["size"]) if fields else None
 
-    async def vote(self, joke_id: str, user_id: int, value: Literal[1, -1]) -> VoteOutcome:
-        joke = await self.joke(joke_id)
+    async def vote(self, joke_id: str, user_id: int, value: Literal[1, -1], joke: Joke | None = None) -> VoteOutcome:
+        """`joke`: the joke if the caller has looked it up already (saves a round trip)."""
+        joke = joke or await self.joke(joke_id)
         if joke is None:
             return "unknown"
         return await self._vote(

@@ -16,9 +16,9 @@ from types import FrameType
 
 from pydantic import ValidationError
 
+from bot.logging_setup import configure_logging
 from bot.redis_connection import start_embedded_redis
 from bot.settings import Settings
-from bot.worker_main import configure_logging
 
 log = logging.getLogger("bot.launcher")
 

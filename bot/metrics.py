@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from bot.protocol import CONCRETE_SIZES
+from bot.protocol import ACTIVE_SIZE, CONCRETE_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,11 @@ class Metrics:
         self.registry = registry
         # -- requests and the queue --
         self.requests = Counter(
-            "requests", "Finished joke requests by kind (command, inline, more, …; 'unknown' when answered by "
-            "the queue itself), concrete size and outcome (ok, expired, failed, busy, unknown_size).",
+            "requests", "Joke requests by kind (command, inline, more, …; 'unknown' when answered by the queue "
+            "itself), size and outcome. Workers count what they answered (ok, expired, failed, unknown_size); "
+            "the bot counts what it accepted (accepted) or refused at once (busy, rate_limited, too_long, "
+            "workers_down) and, per request, what it finally showed (ok, empty, expired, failed, no_answer, "
+            "undelivered, late).",
             ["kind", "size", "outcome"], namespace=NAMESPACE, registry=registry)
         self.queue_length = Gauge(
             "queue_length", "Outstanding requests (queued plus in flight) at the last look.",
@@ -56,6 +59,9 @@ class Metrics:
         self.request_latency = Histogram(
             "request_latency_seconds", "From a request's creation to its final answer.", ["size"],
             buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=registry)
+        self.reply_latency = Histogram(
+            "reply_latency_seconds", "Bot: from the update that asked for a joke to the finished joke shown "
+            "to the user.", ["kind", "size"], buckets=LATENCY_BUCKETS, namespace=NAMESPACE, registry=registry)
         self.generated_tokens = Counter(
             "generated_tokens", "Tokens generated (prompt tokens not counted).", ["size"],
             namespace=NAMESPACE, registry=registry)
@@ -75,12 +81,21 @@ class Metrics:
 
     # Helpers, so call sites read as one line of intent.
 
+    def request_event(self, kind: str, size: str | None, outcome: str) -> None:
+        """A request reached `outcome` (accepted, refused at once, answered, shown)."""
+        self.requests.labels(kind=kind or "unknown", size=_size_label(size), outcome=outcome).inc()
+
     def request_finished(self, kind: str, size: str | None, outcome: str, latency_s: float | None = None) -> None:
-        # A size comes from the request: bound the label values so odd input cannot grow the series.
-        size = "unknown" if not size else size if size in CONCRETE_SIZES else "other"
-        self.requests.labels(kind=kind or "unknown", size=size, outcome=outcome).inc()
+        """Worker: a request answered."""
+        self.request_event(kind, size, outcome)
         if latency_s is not None and outcome == "ok":
-            self.request_latency.labels(size=size).observe(latency_s)
+            self.request_latency.labels(size=_size_label(size)).observe(latency_s)
+
+    def reply_shown(self, kind: str, size: str | None, outcome: str, latency_s: float | None = None) -> None:
+        """Bot: a request's final answer shown to the user (or given up on); latency from its update."""
+        self.request_event(kind, size, outcome)
+        if latency_s is not None and outcome == "ok":
+            self.reply_latency.labels(kind=kind or "unknown", size=_size_label(size)).observe(latency_s)
 
     def batch_generated(self, size: str, batch_size: int, seconds: float, tokens: int) -> None:
         self.batch_size.labels(size=size).observe(batch_size)
@@ -97,6 +112,13 @@ class Metrics:
 
     def telegram_retry_after(self, method: str) -> None:
         self.telegram_retry_afters.labels(method=method).inc()
+
+
+def _size_label(size: str | None) -> str:
+    # A size comes from the request: bound the label values so odd input cannot grow the series.
+    if not size:
+        return "unknown"
+    return size if size in CONCRETE_SIZES or size == ACTIVE_SIZE else "other"
 
 
 # -- the HTTP endpoint ------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class Outstanding(BaseModel):
     kind: str
     user_id: int | None = None
     give_up_at: float
+    created_at: float | None = None  # the request's creation (its update's arrival); None in older records
 
 
 class OutstandingRequests:
@@ -43,7 +44,8 @@ class OutstandingRequests:
     async def track(self, request: JokeRequest, give_up_at: float) -> Outstanding:
         """Call before submitting: a fast worker's answer must find the record."""
         record = Outstanding(request_id=request.request_id, delivery=request.delivery, prompt=request.prompt,
-                             kind=request.kind, user_id=request.user_id, give_up_at=give_up_at)
+                             kind=request.kind, user_id=request.user_id, give_up_at=give_up_at,
+                             created_at=request.created_at)
         ttl = max(1, int(give_up_at - time.time()) + _RECORD_GRACE_S)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._record_key(request.request_id), record.model_dump_json(), ex=ttl)

@@ -1,7 +1,7 @@
-"""Async Redis Streams client for both sides of the protocol described in bot/protocol.py.
+"""Async Redis Streams client for the request side of the protocol described in bot/protocol.py.
 
-`RequestQueue` is what the bot submits to and what workers claim from and answer through;
-`ResultReader` is how the bot reads answers. The client must be created with decode_responses=True.
+`RequestQueue` is what the bot submits to and what workers claim from and answer through (the bot
+reads the answers with `bot.results.ResultReader`). The client must be created with decode_responses=True.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from bot.protocol import (
     CONCRETE_SIZES,
     DATA_FIELD,
     DEFAULT_PREFIX,
-    RESULT_GROUP,
     WORKER_GROUP,
     DeadLetter,
     JokeRequest,
@@ -111,7 +110,7 @@ class _RawEntry:
     deliveries: int
 
 
-def _stream_entries(response: Any) -> list[tuple[str, str, dict[str, str] | None]]:
+def stream_entries(response: Any) -> list[tuple[str, str, dict[str, str] | None]]:
     """Flatten an XREAD(GROUP) reply: RESP2 gives [[stream, entries]], RESP3 {stream: [entries]}."""
     if not response:
         return []
@@ -122,7 +121,7 @@ def _stream_entries(response: Any) -> list[tuple[str, str, dict[str, str] | None
     return [(stream, entry_id, fields) for stream, entries in pairs for entry_id, fields in entries]
 
 
-def _is_nogroup(error: ResponseError) -> bool:
+def is_nogroup(error: ResponseError) -> bool:
     return str(error).startswith("NOGROUP")
 
 
@@ -140,7 +139,7 @@ class RequestQueue:
     async def ensure_groups(self) -> None:
         """Idempotent. Groups start at id 0 so requests submitted before any worker existed are served."""
         for stream in self.keys.request_streams:
-            await _create_group(self._redis, stream, WORKER_GROUP)
+            await create_group(self._redis, stream, WORKER_GROUP)
 
     # -- bot side -------------------------------------------------------------------------------
 
@@ -172,7 +171,7 @@ class RequestQueue:
         try:
             raw = await self._claim_raw(consumer, max_items, block_ms)
         except ResponseError as error:
-            if not _is_nogroup(error):
+            if not is_nogroup(error):
                 raise
             log.warning("consumer group missing (Redis flushed or restarted without AOF?); recreating")
             await self.ensure_groups()
@@ -211,14 +210,14 @@ class RequestQueue:
             if len(raw) >= wanted:
                 break
             reply = await self._redis.xreadgroup(WORKER_GROUP, consumer, {stream: ">"}, count=wanted - len(raw))
-            raw += [_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in _stream_entries(reply)]
+            raw += [_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in stream_entries(reply)]
         if raw or block_ms <= 0:
             return raw
         streams = {stream: ">" for stream in self.keys.request_streams}
         reply = await self._redis.xreadgroup(WORKER_GROUP, consumer, streams, count=wanted, block=block_ms)
         order = self.keys.request_streams
         raw = sorted(
-            (_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in _stream_entries(reply)),
+            (_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in stream_entries(reply)),
             key=lambda entry: order.index(entry.stream),
         )
         # COUNT applies per stream, so both streams waking at once can overshoot; hand the extra back.
@@ -341,95 +340,9 @@ class RequestQueue:
         return sorted(workers, key=lambda info: info.worker_id)
 
 
-async def _create_group(redis: Redis, stream: str, group: str) -> None:
+async def create_group(redis: Redis, stream: str, group: str) -> None:
     try:
         await redis.xgroup_create(stream, group, id="0", mkstream=True)
     except ResponseError as error:
         if not str(error).startswith("BUSYGROUP"):
             raise
-
-
-@dataclass(frozen=True)
-class ReceivedResult:
-    entry_id: str
-    result: JokeResult
-
-
-class ResultReader:
-    """The bot's view of the results stream: its own consumer group, deduped by request_id.
-
-    Final results must be acked with `ack` once handled; until then they are re-read after a
-    restart. Partial results are acked on read and dropped once the final one has been seen.
-    """
-
-    def __init__(self, redis: Redis, config: QueueConfig, consumer: str = "bot") -> None:
-        self._redis = redis
-        self.config = config
-        self.keys = StreamKeys(config.prefix)
-        self.consumer = consumer
-        # After a restart, first re-read what this consumer read but never acked.
-        self._pending_cursor: str | None = "0"
-
-    async def ensure_group(self) -> None:
-        await _create_group(self._redis, self.keys.results, RESULT_GROUP)
-
-    async def read(self, count: int = 50, block_ms: int = 1000) -> list[ReceivedResult]:
-        try:
-            entries = await self._read_entries(count, block_ms)
-        except ResponseError as error:
-            if not _is_nogroup(error):
-                raise
-            await self.ensure_group()
-            entries = await self._read_entries(count, block_ms)
-        return await self._dedupe(entries)
-
-    async def _read_entries(self, count: int, block_ms: int) -> list[tuple[str, str, dict[str, str] | None]]:
-        if self._pending_cursor is not None:
-            reply = await self._redis.xreadgroup(
-                RESULT_GROUP, self.consumer, {self.keys.results: self._pending_cursor}, count=count
-            )
-            entries = _stream_entries(reply)
-            if entries:
-                self._pending_cursor = entries[-1][1]
-                return entries
-            self._pending_cursor = None
-        reply = await self._redis.xreadgroup(
-            RESULT_GROUP, self.consumer, {self.keys.results: ">"}, count=count,
-            block=block_ms if block_ms > 0 else None,
-        )
-        return _stream_entries(reply)
-
-    async def _dedupe(self, entries: list[tuple[str, str, dict[str, str] | None]]) -> list[ReceivedResult]:
-        parsed: list[ReceivedResult] = []
-        for _, entry_id, fields in entries:
-            try:
-                parsed.append(ReceivedResult(entry_id, JokeResult.model_validate_json((fields or {})[DATA_FIELD])))
-            except (KeyError, ValidationError) as error:
-                log.error("dropping unreadable result %s: %s", entry_id, error)
-                await self._xack(entry_id)
-        finals_here = {item.result.request_id for item in parsed if item.result.is_final}
-        latest_partial = {item.result.request_id: item.entry_id for item in parsed if not item.result.is_final}
-        fresh: list[ReceivedResult] = []
-        for item in parsed:
-            request_id = item.result.request_id
-            done_key = self.keys.result_done(request_id)
-            if item.result.is_final:
-                first = await self._redis.set(done_key, item.entry_id, nx=True, ex=self.config.dedupe_ttl_s)
-                # The key holding this very entry id means we crashed before acking it: deliver again.
-                if first or await self._redis.get(done_key) == item.entry_id:
-                    fresh.append(item)
-                else:
-                    await self._xack(item.entry_id)
-                continue
-            await self._xack(item.entry_id)
-            superseded = request_id in finals_here or latest_partial[request_id] != item.entry_id
-            if not superseded and not await self._redis.exists(done_key):
-                fresh.append(item)
-        return fresh
-
-    async def ack(self, item: ReceivedResult) -> None:
-        """Acknowledge a handled final result (partials are already acked)."""
-        await self._xack(item.entry_id)
-
-    async def _xack(self, entry_id: str) -> None:
-        await self._redis.xack(self.keys.results, RESULT_GROUP, entry_id)

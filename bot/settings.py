@@ -103,6 +103,19 @@ class Settings(BaseSettings):
     top_k: int = Field(10, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy).")
 
+    # -- metrics and health --
+    worker_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the worker's /metrics and /healthz server. Empty: no server."
+    )
+    bot_metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of the bot's /metrics and /healthz server. Empty: no server."
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address the /metrics and /healthz servers listen on.")
+    worker_health_stale_s: float = Field(
+        60.0, gt=0, description="A worker whose claim loop or Redis has been silent this long (a batch included) "
+                                "answers /healthz with 503."
+    )
+
     # -- logging --
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text or one JSON object each.")
     log_level: str = Field("INFO", description="Python logging level name.")
@@ -115,6 +128,14 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, int):
             return [value]
+        return value
+
+    @field_validator("worker_metrics_port", "bot_metrics_port", mode="before")
+    @classmethod
+    def _empty_port_is_none(cls, value: object) -> object:
+        # `WORKER_METRICS_PORT=` as copied from .env.example means "no server", not an error
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     def model_sources(self) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """Outgoing-request middlewares on the Bot's session: every Bot API call of every handler passes here.
 
-`FloodControl` waits out Telegram's 429 (TelegramRetryAfter) and retries, never sooner than told.
+`FloodControl` waits out Telegram's 429 (TelegramRetryAfter) and retries, never sooner than told;
+it also counts every failed call (telegram_errors) and every 429 (telegram_retry_afters).
 `GroupPacing` spends a group chat's message budget before each message the bot sends there.
 """
 from __future__ import annotations
@@ -11,7 +12,18 @@ from typing import Any
 
 from aiogram import Bot
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
-from aiogram.exceptions import TelegramRetryAfter
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramConflictError,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
 from aiogram.methods import (
     AnswerInlineQuery,
     EditMessageReplyMarkup,
@@ -25,6 +37,7 @@ from aiogram.methods import (
 )
 from aiogram.methods.base import Response, TelegramType
 
+from bot.metrics import Metrics
 from bot.ratelimit import ChatPacer, is_group_chat
 
 log = logging.getLogger(__name__)
@@ -33,10 +46,26 @@ log = logging.getLogger(__name__)
 # chat action is stale by the time a retry would land. Their callers treat the error as "skip".
 _NOT_RETRIED = (AnswerInlineQuery, SendMessageDraft, SendChatAction)
 _PACED = (SendMessage, EditMessageText, EditMessageReplyMarkup, SendPhoto, SendSticker)
+# aiogram's exceptions carry no status code; most specific class first.
+_ERROR_CODES: tuple[tuple[type[TelegramAPIError], str], ...] = (
+    (TelegramRetryAfter, "429"), (TelegramEntityTooLarge, "413"), (TelegramNetworkError, "network"),
+    (TelegramBadRequest, "400"), (TelegramUnauthorizedError, "401"), (TelegramForbiddenError, "403"),
+    (TelegramNotFound, "404"), (TelegramConflictError, "409"), (TelegramServerError, "5xx"),
+)
+
+
+def error_code(error: TelegramAPIError) -> str:
+    return next((code for kind, code in _ERROR_CODES if isinstance(error, kind)), "other")
+
+
+def api_method_name(method: TelegramMethod[Any]) -> str:
+    """The Bot API's name of a call ("sendMessage"), as Telegram's docs and the metrics spell it."""
+    return getattr(method, "__api_method__", type(method).__name__)
 
 
 class FloodControl(BaseRequestMiddleware):
-    def __init__(self, max_attempts: int = 4, max_retry_after_s: float = 60.0) -> None:
+    def __init__(self, metrics: Metrics, max_attempts: int = 4, max_retry_after_s: float = 60.0) -> None:
+        self.metrics = metrics
         self.max_attempts = max_attempts
         self.max_retry_after_s = max_retry_after_s  # a longer ban is better reported than slept through
 
@@ -48,6 +77,8 @@ class FloodControl(BaseRequestMiddleware):
             try:
                 return await make_request(bot, method)
             except TelegramRetryAfter as error:
+                self.metrics.telegram_error(api_method_name(method), error_code(error))
+                self.metrics.telegram_retry_after(api_method_name(method))
                 give_up = (isinstance(method, _NOT_RETRIED) or attempt >= self.max_attempts
                            or error.retry_after > self.max_retry_after_s)
                 log.warning("flood control on %s: retry after %ss (attempt %d)%s", type(method).__name__,
@@ -56,6 +87,9 @@ class FloodControl(BaseRequestMiddleware):
                     raise
                 await asyncio.sleep(error.retry_after)
                 attempt += 1
+            except TelegramAPIError as error:
+                self.metrics.telegram_error(api_method_name(method), error_code(error))
+                raise
 
 
 class GroupPacing(BaseRequestMiddleware):

@@ -50,6 +50,8 @@ def field_groups() -> list[tuple[str, list[str]]]:
 def default_text(name: str) -> str:
     field = Settings.model_fields[name]
     value = field.get_default(call_default_factory=True)
+    if value is None:  # "NAME=" reads back as None (e.g. no metrics port)
+        return ""
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if isinstance(value, (list, tuple)):

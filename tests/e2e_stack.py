@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,12 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str = "conditio
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def bot_env(api: FakeBotAPI, redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -140,6 +147,11 @@ class Stack:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
+    @property
+    def bot_metrics_url(self) -> str:
+        """Base URL of the bot's /metrics and /healthz."""
+        return f"http://127.0.0.1:{self.bot_env['BOT_METRICS_PORT']}"
+
     # -- people and chats ------------------------------------------------------------------------------
 
     def new_user(self) -> int:
@@ -208,7 +220,8 @@ def make_stack(api: FakeBotAPI, redis_url: str, prefix: str, log_dir: Path, nano
     """Short timings so waits, timeouts and retries happen within a test's patience."""
     settings = dict(REQUEST_TIMEOUT_S="8", RESULT_GRACE_S="1", INLINE_WAIT_S="1.5", INLINE_VARIANTS="2",
                     EDIT_INTERVAL_S="0.1", MAX_NEW_TOKENS="32", RATE_LIMIT_PER_MINUTE="30", RATE_LIMIT_BURST="4",
-                    PROMPT_MAX_CHARS="300", CLAIM_IDLE_MS="3000")
+                    PROMPT_MAX_CHARS="300", CLAIM_IDLE_MS="3000", BOT_METRICS_PORT=str(free_port()),
+                    METRICS_HOST="127.0.0.1")
     settings.update(bot_settings)
     workers = worker_env(redis_url, prefix, nano_dir, MODEL_MINI=str(mini_dir), WORKER_BATCH_SIZE="8",
                          PARTIAL_INTERVAL_S="0.05", HEARTBEAT_TTL_S="8", CLAIM_IDLE_MS="3000", WORKER_ID="e2e-worker")

@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,3 +38,16 @@ def test_only_bot_token_is_left_for_the_user_to_fill_in():
 def test_admin_ids_are_read_as_a_comma_separated_list(monkeypatch):
     monkeypatch.setenv("ADMIN_IDS", "123, 456,789")
     assert Settings(_env_file=None).admin_ids == [123, 456, 789]
+
+
+def test_an_empty_metrics_port_as_copied_from_env_example_means_no_server(monkeypatch):
+    monkeypatch.setenv("WORKER_METRICS_PORT", "")
+    monkeypatch.setenv("BOT_METRICS_PORT", " 9101 ")
+    settings = Settings(_env_file=None)
+    assert (settings.worker_metrics_port, settings.bot_metrics_port) == (None, 9101)
+
+
+def test_a_metrics_port_outside_0_to_65535_is_refused(monkeypatch):
+    monkeypatch.setenv("BOT_METRICS_PORT", "65536")
+    with pytest.raises(ValidationError, match="bot_metrics_port"):
+        Settings(_env_file=None)

@@ -12,6 +12,7 @@ import re
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import time
 import tomllib
@@ -33,9 +34,6 @@ UNITS = {"rujokes-bot.service": "rujokes-bot", "rujokes-worker@.service": "rujok
 APP_SERVICES = ("bot", "worker", "worker-gpu")
 DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
 
-# Read by rujokes, but not (yet) Settings fields: each must be explained in deploy/README.md.
-# Remove a name from here once it moves into bot/settings.py.
-PENDING_SETTINGS = {"WORKER_METRICS_PORT", "BOT_METRICS_PORT"}
 # Used by compose alone (to build REDIS_URL and start Redis): documented for operators instead.
 COMPOSE_ONLY = {"REDIS_PASSWORD"}
 # Read by libraries, not by rujokes.
@@ -63,7 +61,7 @@ def deploy_readme() -> str:
 
 def known_variables() -> set[str]:
     settings = {name.upper() for name in Settings.model_fields}
-    return settings | env_example_names() | PENDING_SETTINGS | COMPOSE_ONLY | LIBRARY_VARIABLES
+    return settings | env_example_names() | COMPOSE_ONLY | LIBRARY_VARIABLES
 
 
 def compose() -> dict:
@@ -149,8 +147,28 @@ def test_every_variable_compose_uses_or_sets_is_a_setting_or_documented():
 def test_variables_outside_settings_are_explained_in_the_deploy_readme():
     readme = deploy_readme()
     example = env_example_names()
-    for name in sorted(PENDING_SETTINGS | COMPOSE_ONLY):
+    for name in sorted(COMPOSE_ONLY):
         assert name in readme or name in example, f"{name} is documented nowhere"
+
+
+# -- the settings table in deploy/README.md -----------------------------------------------------
+
+
+def settings_table() -> str:
+    return deploy_readme().split("<!-- settings-table:start -->", 1)[1].split("<!-- settings-table:end -->", 1)[0]
+
+
+def test_the_readme_settings_table_is_what_the_generator_writes():
+    check = subprocess.run([sys.executable, "scripts/gen_config_table.py", "--check"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+
+
+def test_the_readme_settings_table_has_a_row_per_setting_with_its_default():
+    rows = {row.split("|")[1].strip(): row for row in settings_table().splitlines() if row.startswith("| `")}
+    assert set(rows) == {f"`{name.upper()}`" for name in Settings.model_fields}
+    assert "| `MAX_QUEUE` | `100` |" in rows["`MAX_QUEUE`"]
+    assert "| `BOT_METRICS_PORT` | *(empty)* |" in rows["`BOT_METRICS_PORT`"]
 
 
 def test_redis_publishes_no_port_and_requires_the_password():

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from bot.protocol import DATA_FIELD, WORKER_GROUP, Delivery, DeadLetter, JokeResult, WorkerInfo
-from bot.queue import QueueFull, RequestQueue, ResultReader
+from bot.queue import QueueFull, RequestQueue
 from bot.redis_connection import connect, start_embedded_redis
+from bot.results import ResultReader
 
 
 def answer_ok(claimed, worker_id: str, text: str = "анекдот") -> JokeResult:

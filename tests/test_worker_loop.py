@@ -14,12 +14,14 @@ import types
 import pytest
 
 from bot.engine_api import GenerationOutput, Job
+from bot.logging_setup import JsonFormatter
 from bot.protocol import DATA_FIELD, Delivery, DeadLetter, JokeResult
-from bot.queue import QueueConfig, RequestQueue, ResultReader
+from bot.queue import QueueConfig, RequestQueue
 from bot.redis_connection import connect
-from bot.worker import Worker, WorkerConfig
+from bot.results import ResultReader
 from bot.settings import Settings
-from bot.worker_main import JsonFormatter, serve
+from bot.worker import Worker, WorkerConfig
+from bot.worker_main import serve
 
 
 class UpperEngine:

@@ -9,7 +9,8 @@ import pytest
 import redis.asyncio
 
 from bot.protocol import Delivery, JokeRequest, SamplingParams
-from bot.queue import QueueConfig, RequestQueue, ResultReader
+from bot.queue import QueueConfig, RequestQueue
+from bot.results import ResultReader
 from tests.tiny_model import make_tiny_model_dir
 from tests.worker_process import start_worker, worker_env
 

@@ -25,6 +25,7 @@ class TrainConfig:
     eval_batches: int | None = None  # None: the whole validation split
     checkpoint_every: int = 500
     seed: int = 1337
+    card_sample_tokens: int = 120   # length of each model-card sample joke
     val_fraction: float = 0.05
     model_overrides: dict[str, Any] = field(default_factory=dict)
 

@@ -51,9 +51,9 @@ def sample_jokes(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: in
 
 def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config: dict, data_source: str,
                      n_train: int, n_val: int, tokens_seen: int, wall_time_s: float, hardware: str,
-                     final_eval: dict, steps: int) -> Path:
+                     final_eval: dict, steps: int, sample_tokens: int = 120) -> Path:
     config = model.config.to_dict()
-    samples = sample_jokes(model, tokenizer)
+    samples = sample_jokes(model, tokenizer, max_new_tokens=sample_tokens)
     lines = [
         "---", "language: ru", "license: apache-2.0", "library_name: rujokes", "tags: [text-generation, jokes]", "---",
         f"# rujokes {size}", "",

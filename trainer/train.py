@@ -166,7 +166,8 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
         write_model_card(out_dir, size=config.size, model=raw_model, tokenizer=tokenizer,
                          train_config=config.to_dict(), data_source=str(data), n_train=len(corpus.train),
                          n_val=len(corpus.val), tokens_seen=tokens_seen, wall_time_s=wall,
-                         hardware=hardware_description(accelerator), final_eval=last_eval, steps=total_steps)
+                         hardware=hardware_description(accelerator), final_eval=last_eval, steps=total_steps,
+                         sample_tokens=config.card_sample_tokens)
     return TrainResult(out_dir, total_steps, tokens_seen, wall, last_eval, raw_model, tokenizer)
 
 

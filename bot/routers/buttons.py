@@ -3,12 +3,13 @@ plus the "✍️ Написать анекдот" button of an inline placeholde
 from __future__ import annotations
 
 from aiogram import F, Router
-from aiogram.types import CallbackQuery
+from aiogram.types import CallbackQuery, Update
 
 from bot import texts
 from bot.feedback import FeedbackStore
 from bot.jokes import ChatOrigin, JokeService
 from bot.keyboards import JokeAction, WriteInline
+from bot.metrics import Metrics
 from bot.outstanding import OutstandingRequests
 
 router = Router(name="buttons")
@@ -19,13 +20,14 @@ _VOTE_TEXTS = {"new": texts.VOTE_NEW, "changed": texts.VOTE_CHANGED, "same": tex
 
 @router.callback_query(JokeAction.filter(F.action == "more"))
 async def more(callback: CallbackQuery, callback_data: JokeAction, jokes: JokeService,
-               feedback: FeedbackStore) -> None:
+               feedback: FeedbackStore, event_update: Update) -> None:
     joke = await feedback.joke(callback_data.joke_id)
     if joke is None or not joke.prompt:
         await callback.answer(texts.JOKE_FORGOTTEN)
         return
     if callback.inline_message_id is not None:
-        refusal = await jokes.more_in_inline_message(callback.inline_message_id, callback.from_user.id, joke.prompt)
+        refusal = await jokes.more_in_inline_message(callback.inline_message_id, callback.from_user.id, joke.prompt,
+                                                     update_id=event_update.update_id)
         await callback.answer(refusal or texts.MORE_STARTED)
         return
     # Answered first: the spinner on the button stops at once, the joke follows as a new message.
@@ -33,21 +35,24 @@ async def more(callback: CallbackQuery, callback_data: JokeAction, jokes: JokeSe
     if callback.message is not None:
         origin = ChatOrigin(chat_id=callback.message.chat.id, user_id=callback.from_user.id,
                             private=callback.message.chat.type == "private",
-                            reply_to_message_id=callback.message.message_id)
+                            reply_to_message_id=callback.message.message_id, update_id=event_update.update_id)
         await jokes.joke_in_chat(origin, joke.prompt, "more")
 
 
 @router.callback_query(JokeAction.filter(F.action.in_({"up", "down"})))
-async def vote(callback: CallbackQuery, callback_data: JokeAction, feedback: FeedbackStore) -> None:
+async def vote(callback: CallbackQuery, callback_data: JokeAction, feedback: FeedbackStore, metrics: Metrics) -> None:
     value = 1 if callback_data.action == "up" else -1
-    outcome = await feedback.vote(callback_data.joke_id, callback.from_user.id, value)
+    joke = await feedback.joke(callback_data.joke_id)
+    outcome = await feedback.vote(callback_data.joke_id, callback.from_user.id, value, joke=joke)
+    if outcome in ("new", "changed"):
+        metrics.vote(joke.size, callback_data.action)
     emoji = texts.BUTTON_UP if value == 1 else texts.BUTTON_DOWN
     await callback.answer(_VOTE_TEXTS[outcome].format(vote=emoji))
 
 
 @router.callback_query(WriteInline.filter())
 async def write_inline(callback: CallbackQuery, callback_data: WriteInline, jokes: JokeService,
-                       outstanding: OutstandingRequests) -> None:
+                       outstanding: OutstandingRequests, event_update: Update) -> None:
     # Works even where chosen_inline_result is off (it needs /setinlinefeedback in @BotFather).
     prompt = await outstanding.inline_prompt(callback_data.token)
     if callback.inline_message_id is None or prompt is None:
@@ -55,4 +60,5 @@ async def write_inline(callback: CallbackQuery, callback_data: WriteInline, joke
         return
     await callback.answer(texts.MORE_STARTED)
     if await outstanding.claim_inline_message(callback.inline_message_id):
-        await jokes.joke_in_inline_message(callback.inline_message_id, callback.from_user.id, prompt)
+        await jokes.joke_in_inline_message(callback.inline_message_id, callback.from_user.id, prompt,
+                                           update_id=event_update.update_id)

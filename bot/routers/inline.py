@@ -17,11 +17,13 @@ from aiogram.types import (
     InlineQueryResultArticle,
     InlineQueryResultsButton,
     InputTextMessageContent,
+    Update,
 )
 
 from bot import texts
 from bot.jokes import JokeService
 from bot.keyboards import joke_keyboard, write_keyboard
+from bot.metrics import Metrics
 from bot.outbox import fit_message
 from bot.outstanding import OutstandingRequests
 from bot.queue import QueueFull
@@ -41,23 +43,27 @@ async def _answer_hint(query: InlineQuery, hint: str) -> None:
 
 
 @router.inline_query()
-async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests) -> None:
+async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests, metrics: Metrics,
+                       event_update: Update) -> None:
     if not query.query.strip():
         await _answer_hint(query, texts.INLINE_HINT)
         return
     prompt, refusal = jokes.prompt_or_refusal(query.query)
     if refusal is not None:
+        metrics.request_event("inline", None, "too_long")
         await _answer_hint(query, texts.INLINE_TOO_LONG.format(limit=jokes.settings.prompt_max_chars))
         return
     decision = await jokes.check_inline_user(query.from_user.id)
     if not decision.allowed:
+        metrics.request_event("inline", None, "rate_limited")
         await _answer_hint(query, texts.INLINE_RATE_LIMITED.format(seconds=decision.retry_after_whole_s))
         return
     if not await jokes.workers_alive():
+        metrics.request_event("inline", None, "workers_down")
         await _answer_hint(query, texts.INLINE_WORKERS_DOWN)
         return
     try:
-        ready = await jokes.inline_variants(query.id, query.from_user.id, prompt)
+        ready = await jokes.inline_variants(query.id, query.from_user.id, prompt, update_id=event_update.update_id)
     except QueueFull:
         await _answer_hint(query, texts.INLINE_BUSY)
         return
@@ -86,10 +92,12 @@ async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: Outs
 
 
 @router.chosen_inline_result(F.result_id.startswith(PENDING_PREFIX))
-async def chosen_pending(chosen: ChosenInlineResult, jokes: JokeService, outstanding: OutstandingRequests) -> None:
+async def chosen_pending(chosen: ChosenInlineResult, jokes: JokeService, outstanding: OutstandingRequests,
+                         event_update: Update) -> None:
     """Needs inline feedback on (@BotFather → /setinlinefeedback); the article's button covers it otherwise."""
     prompt = await outstanding.inline_prompt(chosen.result_id.removeprefix(PENDING_PREFIX))
     if chosen.inline_message_id is None or prompt is None:
         return
     if await outstanding.claim_inline_message(chosen.inline_message_id):
-        await jokes.joke_in_inline_message(chosen.inline_message_id, chosen.from_user.id, prompt)
+        await jokes.joke_in_inline_message(chosen.inline_message_id, chosen.from_user.id, prompt,
+                                           update_id=event_update.update_id)

@@ -1,0 +1,255 @@
+"""What load_test.py and fault_drill.py share: the whole bot stack as real processes, and simulated
+users who ask for jokes through the fake Telegram Bot API and time the answers.
+
+The stack is the one the end-to-end tests run (tests/e2e_stack.py, tests/fake_bot_api.py,
+tests/worker_process.py, tests/conftest.py's RedisServer): a real `rujokes-bot`, real
+`rujokes-worker`s and a real redis-server, here with several workers and the rate limit raised.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bot import texts  # noqa: E402
+from tests.conftest import RedisServer  # noqa: E402
+from tests.e2e_stack import (BOT_TOKEN, BOT_USERNAME, JOKE_BUTTONS, bot_env, free_port, start_bot,  # noqa: E402
+                             stop_process, wait_until)
+from tests.fake_bot_api import Call, FakeBotAPI  # noqa: E402
+from tests.worker_process import start_worker, worker_env  # noqa: E402
+
+PROMPTS = ["Штирлиц пришел домой", "Вовочка спрашивает учительницу", "Приходит мужик к врачу",
+           "Армянское радио спросили", "Жена говорит мужу", "Встречаются два программиста"]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest rank: a latency that really occurred."""
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1] if ordered else float("nan")
+
+
+def tiny_model(directory: Path) -> Path:
+    from tests.tiny_model import make_tiny_model_dir  # torch: imported only when no --model is given
+
+    return make_tiny_model_dir(directory / "tiny-nano", seed=1)
+
+
+# -- the stack -------------------------------------------------------------------------------------
+
+
+@dataclass
+class DrillStack:
+    api: FakeBotAPI
+    redis_server: RedisServer
+    prefix: str
+    log_dir: Path
+    bot_env: dict[str, str]
+    worker_env: dict[str, str]
+    bot: subprocess.Popen | None = None
+    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, log_dir: Path, model_dir: Path, max_new_tokens: int, **bot_settings: str) -> DrillStack:
+        redis_server = RedisServer(log_dir / "redis", appendonly=True).start()
+        api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
+        prefix = f"drill-{uuid.uuid4().hex[:6]}:"
+        # Users here ask fast, and the fake Bot API has no group limit: neither limit may pace the drill.
+        settings = dict(RATE_LIMIT_PER_MINUTE="100000", RATE_LIMIT_BURST="10000", GROUP_MESSAGES_PER_MINUTE="100000",
+                        MAX_NEW_TOKENS=str(max_new_tokens), MAX_QUEUE="1000", REQUEST_TIMEOUT_S="120",
+                        BOT_METRICS_PORT=str(free_port()), METRICS_HOST="127.0.0.1", LOG_FORMAT="json")
+        settings.update(bot_settings)
+        workers = worker_env(redis_server.url, prefix, model_dir, WORKER_BATCH_SIZE="8", CLAIM_IDLE_MS="3000",
+                             HEARTBEAT_TTL_S="6", PARTIAL_INTERVAL_S="0.7")
+        return cls(api, redis_server, prefix, log_dir, bot_env(api, redis_server.url, prefix, **settings), workers)
+
+    def start(self, n_workers: int) -> DrillStack:
+        self.bot = start_bot(self.bot_env, self.log_dir / "bot.log")
+        for number in range(1, n_workers + 1):
+            self.start_worker(f"w{number}")
+        wait_until(lambda: len(self.live_workers()) == n_workers or self._any_died(), 120, "the workers' heartbeats")
+        wait_until(lambda: self.api.calls("setMyCommands") or self._any_died(), 60, "the bot to start")
+        if self._any_died():
+            raise RuntimeError(f"a process died at start; logs in {self.log_dir}")
+        return self
+
+    def start_worker(self, worker_id: str) -> None:
+        self.workers[worker_id] = start_worker({**self.worker_env, "WORKER_ID": worker_id},
+                                               self.log_dir / f"worker-{worker_id}.log")
+
+    def kill_worker(self, worker_id: str) -> None:
+        process = self.workers.pop(worker_id)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def _any_died(self) -> bool:
+        return any(p.poll() is not None for p in [self.bot, *self.workers.values()] if p is not None)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_server.url, decode_responses=True)
+
+    def live_workers(self) -> list[str]:
+        with self.redis() as client:
+            return sorted(key.rsplit(":", 1)[1] for key in client.scan_iter(f"{self.prefix}workers:*"))
+
+    def in_flight_by_worker(self) -> dict[str, int]:
+        """Claimed but unanswered requests per worker (the consumer group's pending list)."""
+        counts: dict[str, int] = {}
+        with self.redis() as client:
+            for stream in (f"{self.prefix}requests:high", f"{self.prefix}requests:normal"):
+                for consumer in client.xpending(stream, "workers").get("consumers", []):
+                    counts[consumer["name"]] = counts.get(consumer["name"], 0) + int(consumer["pending"])
+        return counts
+
+    def bot_metric(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        port = self.bot_env["BOT_METRICS_PORT"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        return sum(s.value for family in text_string_to_metric_families(body) for s in family.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    def close(self) -> None:
+        stop_process(self.bot)
+        for process in self.workers.values():
+            stop_process(process)
+        self.api.stop()
+        self.redis_server.cleanup()
+
+
+# -- simulated users -------------------------------------------------------------------------------
+
+
+@dataclass
+class Ask:
+    """One /joke and what came back for it."""
+
+    chat_id: int
+    message_id: int
+    sent_at: float
+    jokes: list[float] = field(default_factory=list)   # Bot API call times of finished jokes (one expected)
+    other: list[str] = field(default_factory=list)     # finished replies that are not jokes (refusals, apologies)
+    answered_at: float | None = None                    # the first finished reply, joke or not
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.jokes or self.other)
+
+
+@dataclass
+class User:
+    user_id: int
+    chat_id: int  # the user's id for a private chat; a group of their own otherwise
+    asks: list[Ask] = field(default_factory=list)
+
+
+class Users:
+    """Closed-loop users: each asks for a joke, waits for it, asks again (up to `requests_per_user`)."""
+
+    def __init__(self, api: FakeBotAPI, count: int, requests_per_user: int | None, group_every: int = 0) -> None:
+        """`group_every` = n: every n-th user asks in a group chat (a placeholder edited into the joke)."""
+        self.api = api
+        self.requests_per_user = requests_per_user
+        in_group = [bool(group_every) and n % group_every == group_every - 1 for n in range(count)]
+        self.users = [User(20_000 + n, -(1_000_000_000_000 + n) if in_group[n] else 20_000 + n) for n in range(count)]
+        self.asks: dict[tuple[int, int], Ask] = {}
+        self.sending = True
+        self._cursor = 0
+
+    def step(self) -> None:
+        """Read the Bot API calls made since the last step, then let idle users ask again."""
+        calls = self.api.calls()
+        for call in calls[self._cursor:]:
+            self._read(call)
+        self._cursor = len(calls)
+        if not self.sending:
+            return
+        for user in self.users:
+            if (user.asks and not user.asks[-1].answered) or (
+                    self.requests_per_user is not None and len(user.asks) >= self.requests_per_user):
+                continue
+            prompt = PROMPTS[len(self.asks) % len(PROMPTS)]
+            sent_at = time.time()
+            if user.chat_id > 0:
+                message = self.api.private_message(user.user_id, f"/joke {prompt}")["message"]
+            else:
+                message = self.api.group_message(user.chat_id, user.user_id, f"/joke {prompt}")["message"]
+            ask = Ask(user.chat_id, message["message_id"], sent_at)
+            user.asks.append(ask)
+            self.asks[(user.chat_id, ask.message_id)] = ask
+
+    def _read(self, call: Call) -> None:
+        if call.error is not None or call.method not in ("sendMessage", "editMessageText"):
+            return
+        chat_id, text = call.params.get("chat_id"), str(call.params.get("text") or "")
+        if call.method == "sendMessage":
+            asked_in = (call.params.get("reply_parameters") or {}).get("message_id")
+        else:  # an edited placeholder: it replies to the user's message
+            with self.api._lock:
+                placeholder = self.api.messages.get((chat_id, call.params.get("message_id"))) or {}
+            asked_in = (placeholder.get("reply_to_message") or {}).get("message_id")
+        ask = self.asks.get((chat_id, asked_in))
+        if ask is None:
+            return
+        markup = call.params.get("reply_markup") or {}
+        buttons = [button.get("text") for row in markup.get("inline_keyboard", []) for button in row]
+        if buttons == JOKE_BUTTONS:
+            ask.jokes.append(call.time)
+        elif text != texts.PLACEHOLDER and not text.endswith(texts.TYPING_SUFFIX):
+            ask.other.append(text)
+        else:
+            return
+        ask.answered_at = ask.answered_at or call.time
+
+    def run(self, until: float, tick: Callable[[], None] = lambda: None, interval: float = 0.02) -> None:
+        """Step until every user is done (or `until`, a time.time()); `tick` runs between steps."""
+        while time.time() < until:
+            self.step()
+            tick()
+            if self.done():
+                return
+            time.sleep(interval)
+
+    def done(self) -> bool:
+        idle = all(not user.asks or user.asks[-1].answered for user in self.users)
+        if not self.sending:
+            return idle
+        return self.requests_per_user is not None and idle and all(
+            len(user.asks) >= self.requests_per_user for user in self.users)
+
+    # -- figures ---------------------------------------------------------------------------------------
+
+    def outstanding_at(self, moment: float) -> list[Ask]:
+        return [ask for ask in self.asks.values()
+                if ask.sent_at <= moment and (ask.answered_at is None or ask.answered_at > moment)]
+
+    def joke_times(self) -> list[float]:
+        return sorted(t for ask in self.asks.values() for t in ask.jokes)
+
+    def summary(self) -> dict[str, Any]:
+        asks = list(self.asks.values())
+        latencies = [ask.jokes[0] - ask.sent_at for ask in asks if ask.jokes]
+        return {
+            "asked": len(asks),
+            "jokes": sum(1 for ask in asks if ask.jokes),
+            "other": sum(1 for ask in asks if ask.other and not ask.jokes),
+            "lost": sum(1 for ask in asks if not ask.answered),
+            "duplicates": sum(max(0, len(ask.jokes) - 1) for ask in asks),
+            "p50_s": percentile(latencies, 0.50), "p95_s": percentile(latencies, 0.95),
+            "p99_s": percentile(latencies, 0.99),
+            "first_sent": min((ask.sent_at for ask in asks), default=0.0),
+            "last_joke": max((t for ask in asks for t in ask.jokes), default=0.0),
+            "other_texts": sorted({text for ask in asks for text in ask.other}),
+        }

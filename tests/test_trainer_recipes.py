@@ -1,0 +1,31 @@
+"""The size recipes: the original settings, and the `small` recipe runs end to end (GPU-sized, tried on CPU)."""
+from __future__ import annotations
+
+import json
+
+from model_helpers import russian_sentences
+
+from rujokes_model import ModelConfig, TransformerForCausalLM
+from trainer.recipes import RECIPES, recipe
+from trainer.train import train
+
+
+def test_recipes_reproduce_the_original_settings():
+    assert (RECIPES["nano"].epochs, RECIPES["nano"].batch_size) == (1.0, 32)
+    assert (RECIPES["mini"].epochs, RECIPES["mini"].batch_size, RECIPES["mini"].lr) == (1.0, 32, 3e-4)
+    assert (RECIPES["small"].epochs, RECIPES["small"].batch_size, RECIPES["small"].lr) == (6.0, 64, 5e-4)
+
+
+def test_small_recipe_trains_a_step_with_the_small_width_and_attention(tmp_path):
+    corpus = tmp_path / "jokes.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": t}) for t in russian_sentences(120)), encoding="utf-8")
+    # small's width, heads and MHLA dims; depth, batch and rows shrunk so the step fits a CPU test
+    # (12 layers would make the checkpoint alone a gigabyte of writes).
+    config = recipe("small", steps=1, batch_size=2, seq_len=32, vocab_size=300, eval_every=1, val_fraction=0.1,
+                    card_sample_tokens=4, model_overrides={"n_layer": 1})
+    result = train(config, str(corpus), tmp_path / "small", progress=False)
+    loaded = TransformerForCausalLM.from_pretrained(tmp_path / "small")
+    expected = ModelConfig.preset("small")
+    assert (loaded.config.n_head, loaded.config.d_model, loaded.config.kv_lora_rank) == (12, 768, expected.kv_lora_rank)
+    assert (loaded.config.position, loaded.config.attention) == (expected.position, expected.attention)
+    assert result.steps == 1 and "val_bpc" in result.final_eval
