@@ -126,8 +126,10 @@ def test_eval_prints_the_val_bpc_that_evaluate_texts_computes(pushed_run, corpus
     assert eval_main(["--model", str(pushed_run.out), "--data", str(corpus_path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     _, val_texts = split_train_val(load_corpus(corpus_path), 0.05)
+    # Scored with the context the run trained with (recorded in train_config.json), as training did.
+    seq_len = json.loads((pushed_run.out / "train_config.json").read_text())["seq_len"]
     expected = evaluate_texts(TransformerForCausalLM.from_pretrained(pushed_run.out),
-                              ByteLevelBPETokenizer.from_pretrained(pushed_run.out), val_texts)
+                              ByteLevelBPETokenizer.from_pretrained(pushed_run.out), val_texts, seq_len=seq_len)
     assert printed["jokes"] == len(val_texts)
     assert printed["val_bpc"] == pytest.approx(expected.bits_per_char, abs=1e-9)
 

@@ -6,14 +6,22 @@ import json
 from model_helpers import russian_sentences
 
 from rujokes_model import ModelConfig, TransformerForCausalLM
-from trainer.recipes import RECIPES, recipe
+from trainer.recipes import ORIGINAL_RECIPES, RECIPES, recipe
 from trainer.train import train
 
 
-def test_recipes_reproduce_the_original_settings():
-    assert (RECIPES["nano"].epochs, RECIPES["nano"].batch_size) == (1.0, 32)
-    assert (RECIPES["mini"].epochs, RECIPES["mini"].batch_size, RECIPES["mini"].lr) == (1.0, 32, 3e-4)
-    assert (RECIPES["small"].epochs, RECIPES["small"].batch_size, RECIPES["small"].lr) == (6.0, 64, 5e-4)
+def test_original_recipes_reproduce_the_original_settings():
+    assert (ORIGINAL_RECIPES["nano"].epochs, ORIGINAL_RECIPES["nano"].batch_size, ORIGINAL_RECIPES["nano"].lr) == (1.0, 32, 3e-4)
+    assert (ORIGINAL_RECIPES["mini"].epochs, ORIGINAL_RECIPES["mini"].batch_size, ORIGINAL_RECIPES["mini"].lr) == (1.0, 32, 3e-4)
+    assert (ORIGINAL_RECIPES["small"].epochs, ORIGINAL_RECIPES["small"].batch_size, ORIGINAL_RECIPES["small"].lr) == (6.0, 64, 5e-4)
+    assert {r.vocab_size for r in ORIGINAL_RECIPES.values()} == {1024}
+
+
+def test_original_flag_selects_the_original_table_and_overrides_still_apply():
+    assert recipe("nano", original=True).lr == 3e-4
+    assert recipe("nano", original=True, lr=1e-3).lr == 1e-3
+    assert recipe("nano").model_overrides == RECIPES["nano"].model_overrides
+    assert recipe("nano").model_overrides is not RECIPES["nano"].model_overrides
 
 
 def test_small_recipe_trains_a_step_with_the_small_width_and_attention(tmp_path):

@@ -31,6 +31,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=["mha", "gqa", "mhla"])
     p.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
                    help="set a model config field, VALUE parsed as JSON (repeatable), e.g. n_layer=2")
+    p.add_argument("--original-recipe", action="store_true",
+                   help="the original model's settings (vocab 1024, lr 3e-4/5e-4) instead of our measured defaults")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     p.add_argument("--push-to-hub", metavar="REPO", help="push the result to REPO on revision = size")
@@ -54,7 +56,7 @@ def train_main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError:
             overrides[key] = value  # a bare word such as rope
     overrides.update({k: v for k, v in (("position", args.position), ("attention", args.attention)) if v})
-    config = recipe(args.size, steps=args.steps, epochs=args.epochs, cpu_budget_s=args.cpu_budget_s,
+    config = recipe(args.size, original=args.original_recipe, steps=args.steps, epochs=args.epochs, cpu_budget_s=args.cpu_budget_s,
                     batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seq_len=args.seq_len,
                     vocab_size=args.vocab_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                     seed=args.seed)
