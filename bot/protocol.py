@@ -22,6 +22,7 @@ Keys:
     active_size            hash {size, by_user, at}: the size that requests with size "active" use;
                            workers read it at every batch boundary
     workers:{worker_id}    WorkerInfo JSON with a TTL: the heartbeat; an expired key is a dead worker
+    workers                sorted set: worker id → heartbeat expiry (ms), so live workers are one read
     results:done:{req_id}  set NX with a TTL by the result reader: dedupes results delivered twice
 
 Delivery guarantees:
@@ -43,7 +44,6 @@ Delivery guarantees:
 """
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -103,10 +103,9 @@ class StreamKeys:
         return f"{self.prefix}workers:{worker_id}"
 
     @property
-    def workers_pattern(self) -> str:
-        """SCAN pattern for heartbeat keys; glob characters in the prefix are escaped."""
-        escaped = re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix)
-        return f"{escaped}workers:*"
+    def worker_registry(self) -> str:
+        """Sorted set of worker ids scored by heartbeat expiry (ms): live workers in one read, no SCAN."""
+        return f"{self.prefix}workers"
 
     def result_done(self, request_id: str) -> str:
         return f"{self.prefix}results:done:{request_id}"

@@ -326,16 +326,25 @@ class RequestQueue:
         await self._redis.hset(self.keys.active_size, mapping=mapping)
 
     async def publish_heartbeat(self, info: WorkerInfo, ttl_s: float) -> None:
-        await self._redis.set(self.keys.worker(info.worker_id), info.model_dump_json(), px=int(ttl_s * 1000))
+        now_ms = int(time.time() * 1000)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.worker(info.worker_id), info.model_dump_json(), px=int(ttl_s * 1000))
+            pipe.zadd(self.keys.worker_registry, {info.worker_id: now_ms + int(ttl_s * 1000)})
+            pipe.zremrangebyscore(self.keys.worker_registry, "-inf", now_ms)  # forget the long dead
+            await pipe.execute()
 
     async def remove_heartbeat(self, worker_id: str) -> None:
-        await self._redis.delete(self.keys.worker(worker_id))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.worker(worker_id))
+            pipe.zrem(self.keys.worker_registry, worker_id)
+            await pipe.execute()
 
     async def live_workers(self) -> list[WorkerInfo]:
-        names = [name async for name in self._redis.scan_iter(match=self.keys.workers_pattern, count=100)]
-        if not names:
+        # One ZRANGE instead of a multi-call SCAN, which can miss keys when Redis restarts mid-scan.
+        ids = await self._redis.zrangebyscore(self.keys.worker_registry, int(time.time() * 1000), "+inf")
+        if not ids:
             return []
-        values = await self._redis.mget(names)
+        values = await self._redis.mget([self.keys.worker(worker_id) for worker_id in ids])
         workers = [WorkerInfo.model_validate_json(value) for value in values if value is not None]
         return sorted(workers, key=lambda info: info.worker_id)
 
