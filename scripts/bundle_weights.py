@@ -1,0 +1,42 @@
+"""Copy a training run into the package as the bundled weights of its size.
+
+    python scripts/bundle_weights.py --run runs/mini --size mini --dtype bf16
+
+Writes rujokes_model/weights/<size>/: config.json, model.safetensors (in --dtype), tokenizer.json,
+the model card README.md and loss.png. Checkpoints and optimizer state stay behind.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+from rujokes_model.pretrained import WEIGHTS_ROOT
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, type=Path, help="output directory of rujokes-train")
+    p.add_argument("--size", required=True, choices=["nano", "mini", "small"])
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="storage dtype of the weights")
+    args = p.parse_args()
+    target = WEIGHTS_ROOT / args.size
+    if target.exists():
+        shutil.rmtree(target)
+    model = TransformerForCausalLM.from_pretrained(args.run)
+    model.save_pretrained(target, dtype=DTYPES[args.dtype])
+    ByteLevelBPETokenizer.from_pretrained(args.run).save_pretrained(target)
+    for name in ("README.md", "loss.png"):
+        if (args.run / name).is_file():
+            shutil.copy(args.run / name, target / name)
+    total = sum(f.stat().st_size for f in target.iterdir())
+    print(f"bundled {args.run} as {target} ({total / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
