@@ -6,11 +6,10 @@ import logging
 import re
 import sys
 
-from pydantic import ValidationError
 
 from bot.logging_setup import configure_logging
 from bot.redis_connection import connect
-from bot.settings import Settings
+from bot.settings import Settings, load_settings
 
 log = logging.getLogger("bot.bot_main")
 
@@ -48,11 +47,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        print(f"rujokes-bot: invalid settings (see .env.example):\n{error}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_settings("rujokes-bot")
     configure_logging(settings.log_format, settings.log_level)
     problem = token_problem(settings.bot_token.get_secret_value())
     if problem:

@@ -14,11 +14,10 @@ import sys
 import time
 from types import FrameType
 
-from pydantic import ValidationError
 
 from bot.logging_setup import configure_logging
 from bot.redis_connection import start_embedded_redis
-from bot.settings import Settings
+from bot.settings import load_settings
 
 log = logging.getLogger("bot.launcher")
 
@@ -45,11 +44,7 @@ def _stop_all(children: dict[str, subprocess.Popen], grace_s: float) -> None:
 
 
 def run_stack(with_bot: bool = True) -> int:
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        print(f"rujokes run: invalid settings (see .env.example):\n{error}", file=sys.stderr)
-        return 2
+    settings = load_settings("rujokes run")
     configure_logging(settings.log_format, settings.log_level)
     if with_bot:
         from bot.bot_main import TOKEN_HELP, token_problem

@@ -166,3 +166,16 @@ class Settings(BaseSettings):
             partial_interval_s=self.partial_interval_s,
             device=device or self.device,
         )
+
+
+def load_settings(program: str) -> Settings:
+    """Settings from the environment / `.env`; invalid ones end the program with exit code 2 and the reason."""
+    import sys
+
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as error:
+        print(f"{program}: invalid settings (see .env.example):\n{error}", file=sys.stderr)
+        sys.exit(2)

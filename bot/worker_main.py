@@ -8,17 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 
 from prometheus_client import CollectorRegistry
-from pydantic import ValidationError
 
 from bot.logging_setup import configure_logging
 from bot.metrics import Metrics, start_http_server
 from bot.queue import RequestQueue
 from bot.redis_connection import connect, start_embedded_redis
-from bot.settings import Settings
+from bot.settings import Settings, load_settings
 from bot.worker import Worker
 
 log = logging.getLogger("bot.worker_main")
@@ -62,11 +60,7 @@ async def serve(settings: Settings) -> Worker:
 
 
 def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        print(f"rujokes-worker: invalid settings (see .env.example):\n{error}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_settings("rujokes-worker")
     configure_logging(settings.log_format, settings.log_level)
     worker = asyncio.run(serve(settings))
     if worker.abandoned:

@@ -5,6 +5,8 @@ model suite runs in well under a minute on two shared CPU cores.
 """
 from __future__ import annotations
 
+import json
+
 import copy
 import functools
 import random
@@ -112,10 +114,21 @@ def single_byte_ids(tokenizer: ByteLevelBPETokenizer, text: str) -> list[int]:
     return ids
 
 
-@pytest.fixture(autouse=True)
-def single_torch_thread():
+def _one_torch_thread():
     """Tiny matmuls on shared cores: one intra-op thread is ~10× faster than two fighting a busy box."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+single_torch_thread = pytest.fixture(autouse=True)(_one_torch_thread)
+# For modules whose module-scoped fixtures (training runs) must run single-threaded too.
+single_torch_thread_for_module = pytest.fixture(scope="module", autouse=True)(_one_torch_thread)
+
+
+def write_jokes(path, count: int = 160, seed: int = 0):
+    """A tiny jsonl corpus of short synthetic Russian jokes (Cyrillic, ё, emoji, dialogue lines)."""
+    lines = [json.dumps({"text": text}, ensure_ascii=False) for text in russian_sentences(count, seed)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from model_helpers import russian_sentences
+from model_helpers import russian_sentences, single_torch_thread_for_module, write_jokes  # noqa: F401
 
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
 from trainer.cli import eval_main, train_main
@@ -28,11 +28,6 @@ def tiny_train_args(data: str, out: Path, *extra: str) -> list[str]:
             *TINY_MODEL_ARGS, *extra]
 
 
-def write_jokes(path: Path, count: int = 160, seed: int = 0) -> Path:
-    """A tiny jsonl corpus of short synthetic Russian jokes."""
-    lines = [json.dumps({"text": text}, ensure_ascii=False) for text in russian_sentences(count, seed)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def run_printing(main, argv: list[str]) -> tuple[int, str]:
@@ -76,12 +71,6 @@ class RecordingHub:
         return matching[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import tiny_tokenizer
+from model_helpers import single_torch_thread_for_module, tiny_tokenizer  # noqa: F401
 
 from rujokes_model import ModelConfig, TransformerForCausalLM
 from trainer.evaluate import evaluate_texts, total_nll
@@ -17,12 +17,6 @@ LONG_TEXTS = ["Поручик Ржевский пришёл на бал и ск�
               "Ёжик", "Мужик съел лёд!"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def toy_model(position: str) -> TransformerForCausalLM:

@@ -1,9 +1,7 @@
 """The size recipes: the original settings, and the `small` recipe runs end to end (GPU-sized, tried on CPU)."""
 from __future__ import annotations
 
-import json
-
-from model_helpers import russian_sentences
+from model_helpers import write_jokes
 
 from rujokes_model import ModelConfig, TransformerForCausalLM
 from trainer.recipes import ORIGINAL_RECIPES, RECIPES, recipe
@@ -25,8 +23,7 @@ def test_original_flag_selects_the_original_table_and_overrides_still_apply():
 
 
 def test_small_recipe_trains_a_step_with_the_small_width_and_attention(tmp_path):
-    corpus = tmp_path / "jokes.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": t}) for t in russian_sentences(120)), encoding="utf-8")
+    corpus = write_jokes(tmp_path / "jokes.jsonl", count=120)
     # small's width, heads and MHLA dims; depth, batch and rows shrunk so the step fits a CPU test
     # (12 layers would make the checkpoint alone a gigabyte of writes).
     config = recipe("small", steps=1, batch_size=2, seq_len=32, vocab_size=300, eval_every=1, val_fraction=0.1,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_helpers import russian_sentences
+from model_helpers import russian_sentences, single_torch_thread_for_module, write_jokes  # noqa: F401
 from safetensors.torch import load_file
 
 from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCausalLM
@@ -25,11 +25,6 @@ BOS, EOS = 1, 2
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def write_jokes(path: Path, count: int = 160, seed: int = 0) -> Path:
-    """A tiny jsonl corpus of short synthetic Russian jokes (Cyrillic, ё, emoji, dialogue lines)."""
-    lines = [json.dumps({"text": text}, ensure_ascii=False) for text in russian_sentences(count, seed)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def tiny_config(**fields) -> TrainConfig:
@@ -44,13 +39,6 @@ def synthetic_documents(lengths: list[int], seed: int = 0) -> list[list[int]]:
     return [[BOS] + torch.randint(3, 100, (n - 2,), generator=generator).tolist() + [EOS] for n in lengths]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_torch_thread():
-    """Tiny matmuls on shared cores: one intra-op thread beats two fighting a busy box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
