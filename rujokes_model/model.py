@@ -56,6 +56,15 @@ class TransformerForCausalLM(nn.Module):
             if name.endswith(("wo.weight", "down.weight")):
                 nn.init.normal_(param, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layer))
 
+    def _apply(self, fn, recurse: bool = True):
+        # model.to(bfloat16) must not round the position tables: RoPE angles at long positions and
+        # ALiBi slopes lose most of their precision in bf16. They follow the device, but stay fp32.
+        tables = {name: buf for name, buf in self._buffers.items() if name in ("rope_cos", "rope_sin", "alibi")}
+        super()._apply(fn, recurse)
+        for name, table in tables.items():
+            self._buffers[name] = table.to(self._buffers[name].device)
+        return self
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from rujokes_model import ModelConfig, TransformerForCausalLM
 from rujokes_model.layers import alibi_slopes, apply_rope, rope_tables
 from model_helpers import ATTENTIONS, POSITIONS, random_ids, single_torch_thread, tiny_model  # noqa: F401
 
@@ -123,3 +124,17 @@ def test_without_document_ids_the_second_document_does_see_the_first():
         together = model(torch.cat([first, second], dim=1))
 
     assert not torch.allclose(together[:, 6:], alone, atol=1e-3)
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+def test_position_tables_stay_fp32_when_the_model_moves_to_bf16(position):
+    config = ModelConfig.preset("nano", position=position, vocab_size=64, max_seq_len=64)
+    model = TransformerForCausalLM(config).to(torch.bfloat16)
+    assert model.embed.weight.dtype == torch.bfloat16
+    tables = [model.rope_cos, model.rope_sin] if position == "rope" else [model.alibi]
+    assert all(table.dtype == torch.float32 for table in tables)
+    reference = TransformerForCausalLM(config)
+    expected = [reference.rope_cos, reference.rope_sin] if position == "rope" else [reference.alibi]
+    assert all(torch.equal(a, b) for a, b in zip(tables, expected))
+    logits = model(torch.randint(0, 64, (1, 8)))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
