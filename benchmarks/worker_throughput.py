@@ -44,7 +44,8 @@ async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: in
     queue, reader = RequestQueue(client, config), ResultReader(client, config)
     await queue.ensure_groups()
     await reader.ensure_group()
-    env = worker_env(url, prefix, model_dir, WORKER_BATCH_SIZE=str(batch_size), OMP_NUM_THREADS=str(max(1, 2 // n_workers)))
+    # One intra-op thread per worker in every scenario: a fair split of 2 cores, and the fastest setting for nano.
+    env = worker_env(url, prefix, model_dir, WORKER_BATCH_SIZE=str(batch_size), TORCH_THREADS="1")
     workers = [start_worker({**env, "WORKER_ID": f"w{i}"}, log_dir / f"w{i}.log") for i in range(n_workers)]
     try:
         while len(await queue.live_workers()) < n_workers:

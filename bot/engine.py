@@ -83,8 +83,8 @@ class ModelEngine:
         for row, ids in enumerate(prompts):
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention_mask[row, width - len(ids):] = 1
-        generators = [torch.Generator(device=self.device).manual_seed(job.seed if job.seed is not None
-                                                                      else int(torch.randint(2**62, ()).item()))
+        # A seeded job gets its own generator (same seed, same joke, whatever the batch); the rest share one draw.
+        generators = [torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None
                       for job in jobs]
         decoders = [IncrementalDecoder(tokenizer) for _ in jobs]
         new_ids: list[list[int]] = [[] for _ in jobs]
@@ -120,6 +120,9 @@ class ModelEngine:
 def build_engine(settings) -> ModelEngine:
     """Load every configured size that can be loaded; one that can't is logged and left out, not fatal."""
     device = resolve_device(settings.device)
+    if settings.torch_threads:
+        # Small models on a shared CPU: more intra-op threads than free cores make every op slower.
+        torch.set_num_threads(settings.torch_threads)
     models: dict[str, LoadedModel] = {}
     for size, source in settings.model_sources().items():
         if not source or source == "none":

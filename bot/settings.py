@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     )
     partial_interval_s: float = Field(0.7, ge=0, description="Least seconds between two partial results of a request.")
     heartbeat_ttl_s: float = Field(15.0, gt=0, description="Lifetime of a worker's heartbeat key; refreshed at a third of it.")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads of a CPU worker; 0 keeps torch's default (one per core). "
+                               "1 is fastest for nano, and for several workers sharing a machine.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the worker runs the models.")
     model_nano: str = Field("bundled", description="Source of the nano model: 'bundled', a directory, or 'hub:owner/repo@revision'.")
     model_mini: str = Field("bundled", description="Source of the mini model: 'bundled', a directory, or 'hub:owner/repo@revision'.")

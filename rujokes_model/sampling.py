@@ -87,7 +87,11 @@ def sample_tokens(logits: torch.Tensor, do_sample: bool | torch.Tensor,
         # One generator per row: a request's tokens depend on its own seed, not on its batch mates.
         if len(generators) != probs.shape[0]:
             raise ValueError(f"expected one generator per row ({probs.shape[0]}), got {len(generators)}")
-        drawn = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+        # Rows without a generator (no seed asked for) share one draw from the default RNG.
+        drawn = torch.multinomial(probs, 1).squeeze(-1) if None in generators else torch.empty_like(greedy)
+        for i, g in enumerate(generators):
+            if g is not None:
+                drawn[i] = torch.multinomial(probs[i], 1, generator=g)[0]
     if isinstance(do_sample, torch.Tensor):
         return torch.where(do_sample, drawn, greedy)
     return drawn

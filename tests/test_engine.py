@@ -83,12 +83,12 @@ def test_unknown_size_raises_instead_of_guessing(engine):
 
 def test_build_engine_skips_sizes_that_cannot_be_loaded(tmp_path):
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", model_sources=lambda: {
+    settings = SimpleNamespace(device="cpu", torch_threads=0, model_sources=lambda: {
         "nano": str(path), "mini": str(tmp_path / "missing"), "small": ""})
     assert build_engine(settings).available_sizes() == ["nano"]
 
 
 def test_build_engine_with_nothing_loadable_names_the_training_command(tmp_path):
-    settings = SimpleNamespace(device="cpu", model_sources=lambda: {"nano": str(tmp_path / "missing")})
+    settings = SimpleNamespace(device="cpu", torch_threads=0, model_sources=lambda: {"nano": str(tmp_path / "missing")})
     with pytest.raises(RuntimeError, match="rujokes-train"):
         build_engine(settings)

@@ -212,3 +212,12 @@ def test_temperature_divides_the_logits():
 
     torch.testing.assert_close(filter_logits(logits, temperature=2.0), logits / 2.0)
     torch.testing.assert_close(filter_logits(logits, temperature=[2.0, 0.5]), logits / torch.tensor([[2.0], [0.5]]))
+
+
+def test_rows_without_a_generator_share_one_draw_and_seeded_rows_keep_theirs():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    seeded = sample_tokens(logits, True, [torch.Generator().manual_seed(7), None, torch.Generator().manual_seed(9), None])
+    alone = [sample_tokens(logits[i:i + 1], True, [torch.Generator().manual_seed(s)])[0] for i, s in ((0, 7), (2, 9))]
+    assert [seeded[0], seeded[2]] == alone
+    assert seeded.shape == (4,) and bool(((seeded >= 0) & (seeded < 50)).all())

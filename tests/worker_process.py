@@ -12,7 +12,7 @@ def worker_env(redis_url: str, prefix: str, model_dir: Path, **extra: str) -> di
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "MODEL_", "WORKER_"))}
     env.update(REDIS_URL=redis_url, REDIS_PREFIX=prefix, MODEL_NANO=str(model_dir), MODEL_MINI="none",
                MODEL_SMALL="none", DEVICE="cpu", CLAIM_IDLE_MS="1500", WORKER_BLOCK_MS="200",
-               LOG_FORMAT="json", OMP_NUM_THREADS="1")
+               LOG_FORMAT="json", TORCH_THREADS="1")
     env.update(extra)
     return env
 
