@@ -112,7 +112,9 @@ async def main() -> None:
             scenarios = {
                 "1 worker, one request at a time": (1, 1, False),
                 f"1 worker, batch ≤ {args.batch_size}, {args.requests} concurrent": (1, args.batch_size, True),
-                f"2 workers, batch ≤ {args.batch_size}, {args.requests} concurrent": (2, args.batch_size, True),
+                # Half the batch each: a worker takes up to its batch size at once, so with the full size
+                # the first worker would take the whole burst and leave the second idle.
+                f"2 workers, batch ≤ {args.batch_size // 2} each, {args.requests} concurrent": (2, args.batch_size // 2, True),
             }
             rows = {}
             for name, (n_workers, batch_size, concurrent) in scenarios.items():
