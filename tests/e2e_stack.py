@@ -7,11 +7,9 @@ the bot did through the API, at Redis, and at the processes' logs.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ import redis
 
 from bot import texts
 from tests.fake_bot_api import FakeBotAPI
-from tests.worker_process import start_worker, worker_env
+from tests.worker_process import start_console_script, start_worker, worker_env
 
 BOT_TOKEN = "123456789:AAFakeTokenForEndToEndTests_abcdefghij"
 BOT_USERNAME = "rujokes_test_bot"
@@ -61,10 +59,7 @@ def bot_env(api: FakeBotAPI, redis_url: str, prefix: str, **extra: str) -> dict[
 
 
 def start_bot(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    executable = shutil.which("rujokes-bot", path=str(Path(sys.executable).parent)) or "rujokes-bot"
-    log = open(log_path, "ab")
-    # cwd=/ so that no developer's .env leaks into the test
-    return subprocess.Popen([executable], env=env, stdout=log, stderr=subprocess.STDOUT, cwd="/")
+    return start_console_script("rujokes-bot", env, log_path)
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 20) -> int | None:

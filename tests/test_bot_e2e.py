@@ -18,10 +18,10 @@ from tests.e2e_stack import (ADMIN_ID, BOT_USERNAME, JOKE_BUTTONS, Stack, button
 # -- journey 6: /start, /help, the command menu ----------------------------------------------------------
 
 def test_command_menu_is_registered_with_set_my_commands(stack):
-    def menus() -> dict[str, list[str]]:
+    def current_menus() -> dict[str, list[str]]:
         return {json.loads(key)[0]["type"]: [c["command"] for c in commands]
                 for key, commands in stack.api.commands.items()}
-    menus = wait_until(lambda: len(menus()) == 2 and menus(), 10, "the public and the admin menu")
+    menus = wait_until(lambda: len(current_menus()) == 2 and current_menus(), 10, "the public and the admin menu")
     assert menus["default"] == ["joke", "help", "start"]
     assert menus["chat"] == ["joke", "help", "start", "model", "stats"]  # the admin's own menu
 

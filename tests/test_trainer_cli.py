@@ -9,7 +9,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from model_helpers import russian_sentences, single_torch_thread_for_module, write_jokes  # noqa: F401
 
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM

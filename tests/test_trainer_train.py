@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_helpers import russian_sentences, single_torch_thread_for_module, write_jokes  # noqa: F401
+from model_helpers import single_torch_thread_for_module, write_jokes  # noqa: F401
 from safetensors.torch import load_file
 
 from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCausalLM

@@ -17,7 +17,13 @@ def worker_env(redis_url: str, prefix: str, model_dir: Path, **extra: str) -> di
     return env
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    executable = shutil.which("rujokes-worker", path=str(Path(sys.executable).parent)) or "rujokes-worker"
+def start_console_script(name: str, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """The installed console script `name` (from this venv) as a child process logging to `log_path`."""
+    executable = shutil.which(name, path=str(Path(sys.executable).parent)) or name
     log = open(log_path, "ab")
+    # cwd=/ so that no developer's .env leaks into the test
     return subprocess.Popen([executable], env=env, stdout=log, stderr=subprocess.STDOUT, cwd="/")
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    return start_console_script("rujokes-worker", env, log_path)

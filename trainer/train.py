@@ -21,7 +21,7 @@ from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCaus
 
 from .data import Corpus, prepare_corpus
 from .evaluate import evaluate_texts
-from .packing import PackedRows, encode_documents, pack_documents
+from .packing import encode_documents, pack_documents
 from .recipes import TrainConfig
 from .report import plot_losses, write_model_card
 from .schedule import build_optimizer, lr_factor
