@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCausalLM
 
-from .data import Corpus, prepare_corpus
+from .data import DEFAULT_CORPUS, Corpus, prepare_corpus
 from .evaluate import evaluate_texts
 from .packing import encode_documents, pack_documents
 from .recipes import TrainConfig
@@ -55,6 +55,15 @@ def build_tokenizer(corpus: Corpus, vocab_size: int, out_dir: Path, resume: bool
     if resume and saved.is_file():
         return ByteLevelBPETokenizer.from_file(saved)
     return ByteLevelBPETokenizer.train_from_iterator(corpus.train, vocab_size=vocab_size)
+
+
+def describe_source(data: str) -> str:
+    """The corpus as the model card names it: no machine paths in published cards."""
+    if str(data).startswith("hf://"):
+        return str(data)
+    if Path(data).resolve() == Path(DEFAULT_CORPUS).resolve():
+        return "../shared/data/russian_jokes.jsonl"
+    return Path(data).name
 
 
 def hardware_description(accelerator: Accelerator) -> str:
@@ -164,7 +173,7 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
         raw_model.save_pretrained(out_dir)
         plot_losses(out_dir, f"rujokes {config.size}: {raw_model.num_parameters() / 1e6:.2f} M parameters")
         write_model_card(out_dir, size=config.size, model=raw_model, tokenizer=tokenizer,
-                         train_config=config.to_dict(), data_source=str(data), n_train=len(corpus.train),
+                         train_config=config.to_dict(), data_source=describe_source(data), n_train=len(corpus.train),
                          n_val=len(corpus.val), tokens_seen=tokens_seen, wall_time_s=wall,
                          hardware=hardware_description(accelerator), final_eval=last_eval, steps=total_steps,
                          sample_tokens=config.card_sample_tokens)
