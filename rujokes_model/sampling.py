@@ -80,18 +80,25 @@ def sample_tokens(logits: torch.Tensor, do_sample: bool | torch.Tensor,
     greedy = logits.argmax(-1)
     if do_sample is False:
         return greedy
-    probs = logits.softmax(-1)
+    # Draw among the tokens that survived filtering only: after top-k that is k columns, not the whole
+    # vocabulary (multinomial draws one exponential per column). Same distribution, far less work.
+    allowed = torch.isfinite(logits).sum(-1)
+    width = int(allowed.max())
+    values, columns = logits.topk(width, dim=-1)  # sorted: each row's allowed tokens come first
+    probs = values.softmax(-1)
     if generators is None or isinstance(generators, torch.Generator):
-        drawn = torch.multinomial(probs, 1, generator=generators).squeeze(-1)
+        picked = torch.multinomial(probs, 1, generator=generators).squeeze(-1)
     else:
-        # One generator per row: a request's tokens depend on its own seed, not on its batch mates.
+        # One generator per row: a request's tokens depend on its own seed, not on its batch mates,
+        # so a seeded row draws over its own allowed set only (the batch's widest set would change its draws).
         if len(generators) != probs.shape[0]:
             raise ValueError(f"expected one generator per row ({probs.shape[0]}), got {len(generators)}")
         # Rows without a generator (no seed asked for) share one draw from the default RNG.
-        drawn = torch.multinomial(probs, 1).squeeze(-1) if None in generators else torch.empty_like(greedy)
+        picked = torch.multinomial(probs, 1).squeeze(-1) if None in generators else torch.empty_like(greedy)
         for i, g in enumerate(generators):
             if g is not None:
-                drawn[i] = torch.multinomial(probs[i], 1, generator=g)[0]
+                picked[i] = torch.multinomial(probs[i, : int(allowed[i])], 1, generator=g)[0]
+    drawn = columns.gather(-1, picked[:, None]).squeeze(-1)
     if isinstance(do_sample, torch.Tensor):
         return torch.where(do_sample, drawn, greedy)
     return drawn
