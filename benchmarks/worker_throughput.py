@@ -2,7 +2,7 @@
 
     python benchmarks/worker_throughput.py [--model DIR] [--requests 16] [--max-new-tokens 120]
 
-Three scenarios in one run, same prompts and seeds: one worker fed one request at a time
+Three scenarios in one run, same prompts (no seeds, like the bot's requests, unless --seeded): one worker fed one request at a time
 (WORKER_BATCH_SIZE=1, requests sent sequentially), one worker with batching and 16 concurrent
 requests, and two batching workers. Needs `redis-server` on PATH.
 """
@@ -37,7 +37,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: int, n_requests: int,
-                       max_new_tokens: int, concurrent: bool, log_dir: Path) -> dict:
+                       max_new_tokens: int, concurrent: bool, log_dir: Path, seeded: bool) -> dict:
+    def seed_for(i: int) -> int | None:
+        return i if seeded else None  # the bot sends no seed; --seeded pins each request's draws
     prefix = f"bench-{uuid.uuid4().hex[:6]}:"
     client = redis.asyncio.from_url(url, decode_responses=True)
     config = QueueConfig(prefix=prefix, max_queue=1000)
@@ -51,7 +53,7 @@ async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: in
         while len(await queue.live_workers()) < n_workers:
             await asyncio.sleep(0.1)
         batch = [JokeRequest(prompt=PROMPTS[i % len(PROMPTS)], delivery=Delivery(chat_id=i, message_id=i),
-                             sampling=SamplingParams(max_new_tokens=max_new_tokens, seed=i), deadline=time.time() + 600)
+                             sampling=SamplingParams(max_new_tokens=max_new_tokens, seed=seed_for(i)), deadline=time.time() + 600)
                  for i in range(n_requests)]
         latencies, tokens = [], 0
         started = time.perf_counter()
@@ -100,6 +102,7 @@ async def main() -> None:
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=120)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seeded", action="store_true", help="give every request a seed (one generator per row)")
     args = p.parse_args()
     if args.model:
         model_dir = Path(args.model)
@@ -119,7 +122,7 @@ async def main() -> None:
             rows = {}
             for name, (n_workers, batch_size, concurrent) in scenarios.items():
                 rows[name] = await run_scenario(server.url, model_dir, n_workers, batch_size, args.requests,
-                                                args.max_new_tokens, concurrent, Path(tmp))
+                                                args.max_new_tokens, concurrent, Path(tmp), args.seeded)
                 print(name, rows[name], flush=True)
         finally:
             server.cleanup()
