@@ -87,6 +87,9 @@ class ModelEngine:
         generators = [torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None
                       for job in jobs]
         decoders = [IncrementalDecoder(tokenizer) for _ in jobs]
+        # Byte-level BPE decodes by concatenation: a partial is the prompt's text (decoded once) plus the
+        # decoder's text of the new tokens, with no second decode of the whole row every step.
+        prompt_texts = [tokenizer.decode(ids) for ids in prompts] if on_partial is not None else []
         new_ids: list[list[int]] = [[] for _ in jobs]
         done = [False] * len(jobs)
         forward_passes = 0
@@ -106,7 +109,7 @@ class ModelEngine:
                 new_ids[row].append(token)
                 done[row] = len(new_ids[row]) >= limits[row]
                 if on_partial is not None and decoders[row].push(token):
-                    on_partial(jobs[row].request_id, self._text(tokenizer, prompts[row], new_ids[row]))
+                    on_partial(jobs[row].request_id, (prompt_texts[row] + decoders[row].emitted).strip())
             if all(done):
                 break
         return [GenerationOutput(job.request_id, self._text(tokenizer, prompts[row], new_ids[row]),

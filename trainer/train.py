@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
@@ -133,9 +134,7 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
         for micro_rows in mine.split(micro):
             batch = {k: v.to(accelerator.device) for k, v in rows.batch(micro_rows).items()}
             with accelerator.autocast():
-                loss = raw_model.loss(batch["input_ids"], batch["targets"], document_ids=batch["document_ids"],
-                                      position_ids=batch["position_ids"]) if accelerator.num_processes == 1 else \
-                    _ddp_loss(model, batch)
+                loss = _loss(model, batch)
             accelerator.backward(loss / config.grad_accum)
             loss_sum += loss.item() / config.grad_accum
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -180,9 +179,8 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
     return TrainResult(out_dir, total_steps, tokens_seen, wall, last_eval, raw_model, tokenizer)
 
 
-def _ddp_loss(model, batch) -> torch.Tensor:
-    # Under DDP the forward must go through the wrapper so gradients are all-reduced.
-    import torch.nn.functional as F
+def _loss(model, batch) -> torch.Tensor:
+    # Through the prepared model (the DDP wrapper when there are several processes), so gradients are all-reduced.
     logits = model(batch["input_ids"], document_ids=batch["document_ids"], position_ids=batch["position_ids"])
     return F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
 
