@@ -293,3 +293,72 @@ def test_resumed_run_ends_with_the_same_weights(uninterrupted_and_resumed):
     assert straight_weights.keys() == resumed_weights.keys()
     for name, value in straight_weights.items():
         torch.testing.assert_close(resumed_weights[name], value, atol=1e-6, rtol=0, msg=name)
+
+
+def test_time_limit_stops_a_long_run_with_its_schedule_decayed(corpus_path, tmp_path):
+    config = tiny_config(steps=100_000, time_limit_s=2.0)
+    result = train(config, str(corpus_path), tmp_path, progress=False, cpu=True)
+    records = read_metrics(tmp_path)
+    assert 0 < result.steps < 100_000
+    assert records[-1]["wall_time_s"] >= 2.0
+    assert records[-1]["val_bpc"] == pytest.approx(result.final_eval["val_bpc"])
+    # The cosine followed the clock, so the last steps ran near the floor, not at the peak lr.
+    assert records[-1]["lr"] < 0.3 * config.lr
+
+
+# ---------------------------------------------------------------- best weights
+
+SCRIPTED_BPC = [5.0, 3.0, 4.0, 4.5]  # evaluations at steps 5, 10, 15, 20: the best is the second
+
+
+@pytest.fixture()
+def overfitting_run(monkeypatch, corpus_path, tmp_path):
+    """A run whose validation is scripted to get worse after step 10; remembers the weights at each evaluation."""
+    import trainer.train as train_module
+
+    real_validate, seen = train_module._validate, []
+
+    def scripted_validate(model, *args, **kwargs):
+        result = dict(real_validate(model, *args, **kwargs), val_bpc=SCRIPTED_BPC[len(seen)])
+        seen.append({name: value.clone() for name, value in model.state_dict().items()})
+        return result
+
+    monkeypatch.setattr(train_module, "_validate", scripted_validate)
+
+    def run(**fields):
+        config = tiny_config(steps=20, eval_every=5, **fields)
+        return train(config, str(corpus_path), tmp_path, progress=False, cpu=True), seen
+    return run
+
+
+def test_a_run_that_overfits_ships_its_best_evaluated_weights(overfitting_run, tmp_path):
+    result, seen = overfitting_run()
+    assert result.selected_step == 10 and result.final_eval["val_bpc"] == 3.0
+    saved = TransformerForCausalLM.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(value, seen[1][name]) for name, value in saved.items())
+    assert not all(torch.equal(value, seen[-1][name]) for name, value in saved.items())
+    card = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "| weights from step | 10 " in card and "| validation bits per character | 3.0000 |" in card
+
+
+def test_last_weights_keeps_the_final_step_even_when_worse(overfitting_run, tmp_path):
+    result, seen = overfitting_run(keep_best=False)
+    assert result.selected_step == 20 and result.final_eval["val_bpc"] == 4.5
+    saved = TransformerForCausalLM.from_pretrained(tmp_path).state_dict()
+    assert all(torch.equal(value, seen[-1][name]) for name, value in saved.items())
+    assert "weights from step" not in (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
+def test_best_weights_survive_a_checkpoint_round_trip(tmp_path):
+    from trainer.best import BestWeights
+
+    model = TransformerForCausalLM(ModelConfig(vocab_size=50, **TINY_MODEL))
+    best = BestWeights()
+    assert best.offer(5, {"val_bpc": 3.0}, model)
+    assert not best.offer(10, {"val_bpc": 3.5}, model)
+    assert best.beats({"val_bpc": 3.1}) and not best.beats({"val_bpc": 2.9})
+    best.save(tmp_path)
+    loaded = BestWeights.load(tmp_path)
+    assert loaded.step == 5 and loaded.metrics == {"val_bpc": 3.0}
+    assert all(torch.equal(loaded.state[name], value) for name, value in model.state_dict().items())
+    assert BestWeights.load(tmp_path / "missing").state is None

@@ -18,6 +18,11 @@ def _train_parser() -> argparse.ArgumentParser:
     budget.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     budget.add_argument("--epochs", type=float, help="passes over the training split")
     budget.add_argument("--cpu-budget", type=float, dest="cpu_budget_s", help="stop after this many CPU seconds")
+    p.add_argument("--time-limit", type=float, dest="time_limit_s",
+                   help="wall-clock cap in seconds on top of --steps/--epochs; the lr schedule compresses to fit")
+    p.add_argument("--last-weights", action="store_true",
+                   help="keep the last step's weights even when an earlier evaluation was better")
+    p.add_argument("--dropout", type=float, help="dropout in attention and feed-forward layers")
     p.add_argument("--out", default=None, help="output directory (default runs/<size>)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
@@ -55,17 +60,19 @@ def train_main(argv: list[str] | None = None) -> int:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value  # a bare word such as rope
-    overrides.update({k: v for k, v in (("position", args.position), ("attention", args.attention)) if v})
+    overrides.update({k: v for k, v in (("position", args.position), ("attention", args.attention),
+                                        ("dropout", args.dropout)) if v is not None})
     config = recipe(args.size, original=args.original_recipe, steps=args.steps, epochs=args.epochs, cpu_budget_s=args.cpu_budget_s,
                     batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seq_len=args.seq_len,
                     vocab_size=args.vocab_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                    seed=args.seed)
+                    seed=args.seed, time_limit_s=args.time_limit_s, keep_best=False if args.last_weights else None)
     config.model_overrides.update(overrides)
     out = Path(args.out or f"runs/{args.size}")
     result = train(config, args.data, out, resume=args.resume, hub_dir=args.hub_dir,
                    progress=not args.no_progress, cpu=args.cpu)
     print(json.dumps({"out": str(result.out_dir), "steps": result.steps, "tokens_seen": result.tokens_seen,
-                      "wall_time_s": round(result.wall_time_s, 1), **result.final_eval}, ensure_ascii=False))
+                      "wall_time_s": round(result.wall_time_s, 1), "selected_step": result.selected_step,
+                      **result.final_eval}, ensure_ascii=False))
     if args.push_to_hub:
         url = result.model.push_to_hub(args.push_to_hub, revision=args.size, tokenizer=result.tokenizer,
                                        extra_files={n: out / n for n in ("README.md", "loss.png", "metrics.jsonl")})

@@ -21,6 +21,8 @@ class TrainConfig:
     epochs: float = 1.0
     steps: int | None = None        # overrides epochs when set
     cpu_budget_s: float | None = None  # stop after this much process CPU time (equal-cost ablations)
+    time_limit_s: float | None = None  # wall-clock cap on top of steps/epochs; the schedule compresses to fit
+    keep_best: bool = True          # ship the best-validation weights if the run later overfits
     eval_every: int = 200
     eval_batches: int | None = None  # None: the whole validation split
     checkpoint_every: int = 500

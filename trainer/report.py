@@ -51,7 +51,7 @@ def sample_jokes(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: in
 
 def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config: dict, data_source: str,
                      n_train: int, n_val: int, tokens_seen: int, wall_time_s: float, hardware: str,
-                     final_eval: dict, steps: int, sample_tokens: int = 120) -> Path:
+                     final_eval: dict, steps: int, sample_tokens: int = 120, selected_step: int | None = None) -> Path:
     config = model.config.to_dict()
     samples = sample_jokes(model, tokenizer, max_new_tokens=sample_tokens)
     lines = [
@@ -72,6 +72,8 @@ def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config
         f"| parameters | {model.num_parameters():,} |",
         f"| tokens seen | {tokens_seen:,} |",
         f"| optimizer steps | {steps:,} |",
+        *([f"| weights from step | {selected_step:,} (lowest validation bits/char; later steps overfitted) |"]
+          if selected_step and selected_step != steps else []),
         f"| wall time | {wall_time_s / 60:.1f} min |",
         f"| hardware | {hardware} |", "",
         "Bits per character: summed token NLL (joke tokens and `<eos>`) in bits over the jokes' characters.", "",

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCausalLM
 
+from .best import BestWeights
 from .data import DEFAULT_CORPUS, Corpus, prepare_corpus
 from .evaluate import evaluate_texts
 from .packing import encode_documents, pack_documents
@@ -37,9 +38,10 @@ class TrainResult:
     steps: int
     tokens_seen: int
     wall_time_s: float
-    final_eval: dict
+    final_eval: dict                # the evaluation of the weights the run keeps
     model: TransformerForCausalLM
     tokenizer: ByteLevelBPETokenizer
+    selected_step: int = 0          # the step those weights come from (the last step unless an earlier was better)
 
 
 def rows_for_step(step: int, n_rows: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -101,6 +103,7 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
         accelerator.load_state(str(out_dir / CHECKPOINT_DIR))
         state = json.loads((out_dir / CHECKPOINT_DIR / "trainer_state.json").read_text())
         start_step, tokens_seen, elapsed_before = state["step"], state["tokens_seen"], state["wall_time_s"]
+    best = BestWeights.load(out_dir / CHECKPOINT_DIR) if resume else BestWeights()
     if accelerator.is_main_process:
         tokenizer.save_pretrained(out_dir)
         (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -123,6 +126,8 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
         # The budget is checked only after a step (`is_last`), so the last step always gets its evaluation.
         cpu_used = time.process_time() - cpu_started
         progress = cpu_used / config.cpu_budget_s if config.cpu_budget_s else step / total_steps
+        if config.time_limit_s:  # a wall-clock cap: whichever of steps and time runs out first sets the pace
+            progress = max(progress, (elapsed_before + time.perf_counter() - started) / config.time_limit_s)
         lr = config.lr * lr_factor(progress, config.warmup_steps / max(total_steps, 1) if not config.cpu_budget_s
                                    else config.warmup_fraction, config.min_lr_ratio)
         for group in optimizer.param_groups:
@@ -145,11 +150,14 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
         record = {"step": step + 1, "train_loss": loss_sum, "lr": lr,
                   "grad_norm": float(grad_norm), "tokens_seen": tokens_seen, "wall_time_s": round(wall, 2),
                   "tokens_per_s": round(tokens_seen / max(wall, 1e-9))}
-        is_last = step + 1 == total_steps or (
-            config.cpu_budget_s and time.process_time() - cpu_started >= config.cpu_budget_s)
+        is_last = step + 1 == total_steps or bool(
+            config.cpu_budget_s and time.process_time() - cpu_started >= config.cpu_budget_s) or bool(
+            config.time_limit_s and wall >= config.time_limit_s)
         if (step + 1) % config.eval_every == 0 or is_last:
             last_eval = _validate(raw_model, tokenizer, corpus.val, config, accelerator)
             record.update(last_eval)
+            if config.keep_best:
+                best.offer(step + 1, last_eval, raw_model)
         if accelerator.is_main_process:
             with metrics_file.open("a") as fh:
                 fh.write(json.dumps(record) + "\n")
@@ -158,25 +166,30 @@ def train(config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool =
         bar.update(1)
         pausing = stop_after is not None and step + 1 - start_step >= stop_after and not is_last
         if ((step + 1) % config.checkpoint_every == 0 or pausing) and not is_last:
-            _checkpoint(accelerator, out_dir, step + 1, tokens_seen, wall)
+            _checkpoint(accelerator, out_dir, step + 1, tokens_seen, wall, best)
         if pausing:
             bar.close()
-            return TrainResult(out_dir, step + 1, tokens_seen, wall, last_eval, raw_model, tokenizer)
+            return TrainResult(out_dir, step + 1, tokens_seen, wall, last_eval, raw_model, tokenizer, step + 1)
         if is_last:
             total_steps = step + 1
             break
     bar.close()
     wall = elapsed_before + time.perf_counter() - started
-    _checkpoint(accelerator, out_dir, total_steps, tokens_seen, wall)
+    _checkpoint(accelerator, out_dir, total_steps, tokens_seen, wall, best)
+    selected_step, selected_eval = total_steps, last_eval
+    if config.keep_best and best.beats(last_eval):
+        # The run overfitted after its best evaluation: ship those weights, and say so in the card.
+        raw_model.load_state_dict(best.state)
+        selected_step, selected_eval = best.step, best.metrics
     if accelerator.is_main_process:
         raw_model.save_pretrained(out_dir)
         plot_losses(out_dir, f"rujokes {config.size}: {raw_model.num_parameters() / 1e6:.2f} M parameters")
         write_model_card(out_dir, size=config.size, model=raw_model, tokenizer=tokenizer,
                          train_config=config.to_dict(), data_source=describe_source(data), n_train=len(corpus.train),
                          n_val=len(corpus.val), tokens_seen=tokens_seen, wall_time_s=wall,
-                         hardware=hardware_description(accelerator), final_eval=last_eval, steps=total_steps,
-                         sample_tokens=config.card_sample_tokens)
-    return TrainResult(out_dir, total_steps, tokens_seen, wall, last_eval, raw_model, tokenizer)
+                         hardware=hardware_description(accelerator), final_eval=selected_eval, steps=total_steps,
+                         sample_tokens=config.card_sample_tokens, selected_step=selected_step)
+    return TrainResult(out_dir, total_steps, tokens_seen, wall, selected_eval, raw_model, tokenizer, selected_step)
 
 
 def _loss(model, batch) -> torch.Tensor:
@@ -192,9 +205,11 @@ def _validate(model, tokenizer, val_texts, config: TrainConfig, accelerator: Acc
     return result.to_dict()
 
 
-def _checkpoint(accelerator: Accelerator, out_dir: Path, step: int, tokens_seen: int, wall: float) -> None:
+def _checkpoint(accelerator: Accelerator, out_dir: Path, step: int, tokens_seen: int, wall: float,
+                best: BestWeights) -> None:
     path = out_dir / CHECKPOINT_DIR
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
+        best.save(path)
         (path / "trainer_state.json").write_text(json.dumps(
             {"step": step, "tokens_seen": tokens_seen, "wall_time_s": wall}))
