@@ -59,16 +59,19 @@ def hf_llama(config: ModelConfig, kv_heads: int, context: int):
 
 def seconds(run: Callable[[], torch.Tensor]) -> float:
     start = time.perf_counter()
-    run()
+    out = run()
+    if out.is_cuda:
+        torch.cuda.synchronize()  # kernels run asynchronously: time their end, not their launch
     return time.perf_counter() - start
 
 
-def bench_variant(variant: Variant, batch: int, new_tokens: int, repeats: int, sample: bool) -> tuple[float, float]:
+def bench_variant(variant: Variant, batch: int, new_tokens: int, repeats: int, sample: bool,
+                  device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[float, float]:
     """(ours tok/s, HF tok/s) for one variant at one batch size."""
     torch.manual_seed(0)
-    ours = TransformerForCausalLM(variant.config).eval()
-    theirs = hf_llama(variant.config, variant.hf_kv_heads, variant.config.max_seq_len)
-    prompt = torch.randint(3, VOCAB_SIZE, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+    ours = TransformerForCausalLM(variant.config).eval().to(device=device, dtype=dtype)
+    theirs = hf_llama(variant.config, variant.hf_kv_heads, variant.config.max_seq_len).to(device=device, dtype=dtype)
+    prompt = torch.randint(3, VOCAB_SIZE, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones_like(prompt)
     sampling = dict(do_sample=True, top_k=10) if sample else dict(do_sample=False)
 
@@ -101,14 +104,17 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--sample", action="store_true", help="top-k 10 sampling instead of greedy")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if args.threads:
         torch.set_num_threads(args.threads)
 
     import transformers
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"{'top-k 10 sampling' if args.sample else 'greedy'}, prompt {PROMPT_LEN}, new tokens {args.new_tokens}, "
-          f"median of {args.repeats}")
+          f"median of {args.repeats}, {args.device} {args.dtype}")
     header = f"{'variant':<28} {'params':>7} {'batch':>5} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8}"
     print(header)
     print("-" * len(header))
@@ -117,7 +123,8 @@ def main() -> None:
             with torch.device("meta"):
                 params = TransformerForCausalLM(variant.config).num_parameters()
             for batch in args.batches:
-                ours, theirs = bench_variant(variant, batch, args.new_tokens, args.repeats, args.sample)
+                ours, theirs = bench_variant(variant, batch, args.new_tokens, args.repeats, args.sample,
+                                             args.device, dtype)
                 print(f"{variant.label:<28} {params / 1e6:>6.1f}M {batch:>5} {ours:>11.1f} {theirs:>10.1f} "
                       f"{ours / theirs:>7.2f}×", flush=True)
 

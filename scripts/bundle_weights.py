@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
-from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
-from rujokes_model.pretrained import WEIGHTS_ROOT
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout, installed or not
+
+from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM  # noqa: E402
+from rujokes_model.pretrained import WEIGHTS_ROOT  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -34,3 +34,4 @@ def test_small_recipe_trains_a_step_with_the_small_width_and_attention(tmp_path)
     assert (loaded.config.n_head, loaded.config.d_model, loaded.config.kv_lora_rank) == (12, 768, expected.kv_lora_rank)
     assert (loaded.config.position, loaded.config.attention) == (expected.position, expected.attention)
     assert result.steps == 1 and "val_bpc" in result.final_eval
+
