@@ -4,6 +4,15 @@ routers, and run it by long polling (default) or as a webhook server.
 Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`,
 `queue`, `jokes`, `feedback`, `outstanding`, `metrics`): handlers name what they use in their signature.
 With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
+
+SIGTERM/SIGINT start a bounded shutdown (bot/shutdown.py), in stages that each log their start, end
+and duration: stop taking updates (`polling` or `webhook`), let the updates in hand finish
+(`updates`), stop reading results (`results_reader`), let deliveries in progress finish (`delivery`),
+then close the metrics server, Redis and the Telegram session. The whole takes at most
+BOT_SHUTDOWN_TIMEOUT_S; a stage that overruns its share is cancelled with a warning. Nothing
+accepted is lost that way: a result is acked only once shown, so one cut short is re-read after a restart.
+Should even that not end the process (a blocked event loop), a watchdog exits with code 1
+WATCHDOG_MARGIN_S later.
 """
 from __future__ import annotations
 
@@ -11,7 +20,7 @@ import asyncio
 import logging
 import secrets
 import signal
-from contextlib import suppress
+import time
 from dataclasses import dataclass
 
 from aiogram import Bot, Dispatcher
@@ -36,6 +45,7 @@ from bot.ratelimit import ChatPacer, UserRateLimiter
 from bot.results import ResultReader
 from bot.routers import feature_routers
 from bot.settings import Settings
+from bot.shutdown import InFlightUpdates, Stage, run_stages, start_watchdog
 from bot.telegram_middlewares import FloodControl, GroupPacing
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,12 @@ log = logging.getLogger(__name__)
 INLINE_RATE_FACTOR = 3
 # /healthz turns 503 when the delivery loop (it goes round every second) or Redis has been silent this long.
 HEALTH_STALE_S = 30.0
+# Relative shares of BOT_SHUTDOWN_TIMEOUT_S per shutdown stage; time a stage leaves unused passes on
+# to the later ones (see bot/shutdown.py).
+STAGE_SHARES = {"receiver": 0.2, "updates": 0.2, "results_reader": 0.05, "delivery": 0.25, "metrics": 0.1,
+                "redis": 0.1, "session": 0.1}
+# After the shutdown's budget, this much longer before the watchdog ends the process regardless.
+WATCHDOG_MARGIN_S = 5.0
 
 
 def build_bot(settings: Settings, pacer: ChatPacer, metrics: Metrics) -> Bot:
@@ -87,24 +103,15 @@ def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
     dispatcher = Dispatcher(settings=settings, queue=services.queue, feedback=services.feedback,
                             outstanding=services.outstanding, jokes=services.jokes, metrics=services.metrics)
     dispatcher.include_routers(*feature_routers())
-    delivery_task: list[asyncio.Task] = []
 
     async def on_startup(bot: Bot) -> None:
         await set_commands(bot, settings)
-        delivery_task.append(asyncio.create_task(services.delivery.run(), name="delivery"))
+        services.delivery.start()
         me = await bot.me()
         log.info("bot @%s started; admins %s", me.username, settings.admin_ids)
 
-    async def on_shutdown() -> None:
-        for task in delivery_task:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-        await services.delivery.close()
-        log.info("bot stopped")
-
+    # No shutdown hook: `run` stops everything itself, stage by stage, within a time limit.
     dispatcher.startup.register(on_startup)
-    dispatcher.shutdown.register(on_shutdown)
     return dispatcher
 
 
@@ -120,41 +127,65 @@ async def set_commands(bot: Bot, settings: Settings) -> None:
             log.warning("admin command menu for %s not set: %s", admin_id, error)
 
 
-async def run_polling(bot: Bot, dispatcher: Dispatcher) -> None:
-    # A webhook left over from an earlier deployment would make getUpdates fail with 409.
-    await bot.delete_webhook(drop_pending_updates=False)
-    await dispatcher.start_polling(bot, polling_timeout=25, handle_signals=True, close_bot_session=True)
+class Polling:
+    """Long polling; `stop` is aiogram's own (it ends getUpdates and its polling tasks)."""
+
+    name = "polling"
+
+    def __init__(self, bot: Bot, dispatcher: Dispatcher) -> None:
+        self.bot, self.dispatcher = bot, dispatcher
+
+    async def serve(self) -> None:
+        # A webhook left over from an earlier deployment would make getUpdates fail with 409.
+        await self.bot.delete_webhook(drop_pending_updates=False)
+        await self.dispatcher.start_polling(self.bot, polling_timeout=25, handle_signals=False,
+                                            close_bot_session=False)
+
+    async def stop(self, serving: asyncio.Task) -> None:
+        try:
+            if not serving.done():
+                try:
+                    await self.dispatcher.stop_polling()
+                except RuntimeError:  # "Polling is not started": still starting up
+                    serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+        finally:
+            serving.cancel()  # a no-op once it has returned
 
 
-async def run_webhook(bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:
-    from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+class Webhook:
+    """An aiohttp server that Telegram posts updates to, with the secret it was registered with."""
 
-    # Telegram sends this secret in X-Telegram-Bot-Api-Secret-Token; requests without it get 401.
-    secret = settings.webhook_secret or secrets.token_urlsafe(32)
-    app = web.Application()
-    SimpleRequestHandler(dispatcher, bot, secret_token=secret).register(app, path=settings.webhook_path)
-    setup_application(app, dispatcher, bot=bot)
+    name = "webhook"
 
-    async def register_webhook(_: web.Application) -> None:
-        await bot.set_webhook(settings.webhook_url, secret_token=secret,
-                              allowed_updates=dispatcher.resolve_used_update_types())
+    def __init__(self, bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:
+        from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+
+        self.bot, self.dispatcher, self.settings = bot, dispatcher, settings
+        # Telegram sends this secret in X-Telegram-Bot-Api-Secret-Token; requests without it get 401.
+        self.secret = settings.webhook_secret or secrets.token_urlsafe(32)
+        app = web.Application()
+        SimpleRequestHandler(dispatcher, bot, secret_token=self.secret).register(app, path=settings.webhook_path)
+        setup_application(app, dispatcher, bot=bot)
+        app.on_startup.append(self._register_webhook)
+        self.runner = web.AppRunner(app, access_log=None)
+
+    async def _register_webhook(self, _: web.Application) -> None:
+        settings = self.settings
+        await self.bot.set_webhook(settings.webhook_url, secret_token=self.secret,
+                                   allowed_updates=self.dispatcher.resolve_used_update_types())
         log.info("webhook %s registered; listening on %s:%s%s", settings.webhook_url, settings.webhook_host,
                  settings.webhook_port, settings.webhook_path)
 
-    app.on_startup.append(register_webhook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await web.TCPSite(runner, settings.webhook_host, settings.webhook_port).start()
-        await stop.wait()
-        log.info("stopping the webhook server")
-    finally:
-        await runner.cleanup()  # runs the dispatcher's shutdown
-        await bot.session.close()
+    async def serve(self) -> None:
+        await self.runner.setup()  # runs the startup hooks
+        await web.TCPSite(self.runner, self.settings.webhook_host, self.settings.webhook_port).start()
+        await asyncio.Event().wait()  # until cancelled
+
+    async def stop(self, serving: asyncio.Task) -> None:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await self.runner.cleanup()
 
 
 def start_metrics_server(settings: Settings, services: Services) -> MetricsServer | None:
@@ -165,19 +196,53 @@ def start_metrics_server(settings: Settings, services: Services) -> MetricsServe
                              lambda: services.delivery.health(HEALTH_STALE_S))
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM and SIGINT set."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def requested(sig: signal.Signals) -> None:
+        log.info("received %s; shutting down", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, requested, sig)
+    return stop
+
+
 async def run(settings: Settings, redis: Redis) -> None:
-    """Serve until SIGTERM/SIGINT. The caller owns `redis` and closes it afterwards."""
+    """Serve until SIGTERM/SIGINT, then shut down within settings.bot_shutdown_timeout_s; closes `redis`."""
+    stop = stop_on_signals()
     metrics = Metrics(CollectorRegistry())
     pacer = ChatPacer(redis, settings.redis_prefix, settings.group_messages_per_minute)
     bot = build_bot(settings, pacer, metrics)
     services = build_services(settings, redis, bot, metrics)
     dispatcher = build_dispatcher(settings, services)
+    in_flight = InFlightUpdates()
+    dispatcher.update.outer_middleware(in_flight)
+    receiver = Webhook(bot, dispatcher, settings) if settings.webhook_url else Polling(bot, dispatcher)
     server = start_metrics_server(settings, services)
+    serving = asyncio.create_task(receiver.serve(), name=receiver.name)
+    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
     try:
-        if settings.webhook_url:
-            await run_webhook(bot, dispatcher, settings)
-        else:
-            await run_polling(bot, dispatcher)
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        if server is not None:
-            server.stop()
+        stopping.cancel()
+        budget = settings.bot_shutdown_timeout_s
+        start_watchdog(budget + WATCHDOG_MARGIN_S)
+        started = time.monotonic()
+        stages = [
+            Stage(receiver.name, lambda: receiver.stop(serving), STAGE_SHARES["receiver"]),
+            Stage("updates", in_flight.drain, STAGE_SHARES["updates"]),
+            Stage("results_reader", services.delivery.stop_reading, STAGE_SHARES["results_reader"]),
+            Stage("delivery", services.delivery.close, STAGE_SHARES["delivery"]),
+            *([Stage("metrics", lambda: asyncio.to_thread(server.stop), STAGE_SHARES["metrics"])] if server else []),
+            Stage("redis", redis.aclose, STAGE_SHARES["redis"]),
+            Stage("session", bot.session.close, STAGE_SHARES["session"]),
+        ]
+        reports = await run_stages(stages, budget)
+        late = [report.name for report in reports if report.outcome != "ok"]
+        cut_short = f"; cut short: {', '.join(late)}" if late else ""
+        log.info("bot stopped in %.2fs%s", time.monotonic() - started, cut_short)
+    if serving.done() and not serving.cancelled() and serving.exception() is not None:
+        raise serving.exception()  # e.g. Telegram rejected the token at startup

@@ -1,15 +1,15 @@
 """`rujokes-bot`: read Settings, check the token, serve Telegram until SIGTERM/SIGINT."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+import signal
 import sys
-
 
 from bot.logging_setup import configure_logging
 from bot.redis_connection import connect
 from bot.settings import Settings, load_settings
+from bot.shutdown import run_bounded
 
 log = logging.getLogger("bot.bot_main")
 
@@ -39,11 +39,7 @@ async def serve(settings: Settings) -> None:
     if not settings.redis_url:
         log.warning("REDIS_URL is empty: this bot starts its own Redis, which no worker shares; "
                     "use `rujokes run` or point REDIS_URL at the workers' Redis")
-    redis = connect(settings.redis_url, settings.redis_data_dir)
-    try:
-        await run(settings, redis)
-    finally:
-        await redis.aclose()
+    await run(settings, connect(settings.redis_url, settings.redis_data_dir))  # run closes it when it stops
 
 
 def main() -> None:
@@ -53,10 +49,12 @@ def main() -> None:
     if problem:
         print(f"rujokes-bot: {problem}\n{TOKEN_HELP}", file=sys.stderr)
         sys.exit(2)
+    # Until the bot's own handlers take over (bot/app.py), SIGTERM stops it as Ctrl+C does: exit code 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from aiogram.exceptions import TelegramUnauthorizedError  # after the checks: fail fast, import late
 
     try:
-        asyncio.run(serve(settings))
+        run_bounded(serve(settings))  # unlike asyncio.run, never waits forever for a task that will not end
     except TelegramUnauthorizedError:
         print(f"rujokes-bot: Telegram rejected BOT_TOKEN (401 Unauthorized) / Telegram отклонил BOT_TOKEN\n"
               f"{TOKEN_HELP}", file=sys.stderr)

@@ -76,6 +76,7 @@ class DeliveryLoop:
         # For /healthz (read from the metrics server's thread; plain float writes are atomic enough).
         self._last_loop_at: float | None = None       # monotonic: the loop went round
         self._last_redis_ok_at: float | None = None   # monotonic: a read of the results stream succeeded
+        self._reading: asyncio.Task | None = None
 
     async def run(self) -> None:
         """Until cancelled. Redis outages are waited out, not fatal."""
@@ -108,11 +109,26 @@ class DeliveryLoop:
         return {"healthy": healthy, "delivery_loop_age_s": loop_age, "redis_ok_age_s": redis_age,
                 "delivering": len(self._tasks)}
 
+    def start(self) -> None:
+        """Run the loop in a background task, until `stop_reading`."""
+        if self._reading is None:
+            self._reading = asyncio.create_task(self.run(), name="results-reader")
+
+    async def stop_reading(self) -> None:
+        """Stop reading results. What was read and not delivered stays unacked: re-read after a restart."""
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.gather(self._reading, return_exceptions=True)
+
     async def close(self) -> None:
-        """Let deliveries in progress finish (briefly); unacked finals are re-read after a restart."""
+        """Wait for the deliveries in progress (after `stop_reading`).
+
+        Cancelled (the shutdown's time is up), it cancels them: a final result is acked only once
+        shown, so one cut short is re-read and delivered after a restart.
+        """
         tasks = list(self._tasks.values())
         if tasks:
-            await asyncio.wait(tasks, timeout=5)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- dispatching ---------------------------------------------------------------------------------
 

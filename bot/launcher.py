@@ -82,7 +82,7 @@ def run_stack(with_bot: bool = True) -> int:
                 break
             time.sleep(0.2)
     finally:
-        _stop_all(children, settings.shutdown_grace_s + 5)
+        _stop_all(children, max(settings.shutdown_grace_s, settings.bot_shutdown_timeout_s) + 5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if stop_redis is not None:

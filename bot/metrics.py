@@ -182,7 +182,9 @@ def start_http_server(registry: CollectorRegistry, host: str, port: int, health:
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    # A short poll interval: stop() (shutdown) waits for the serving loop to notice, up to that long.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics-http",
+                              daemon=True)
     thread.start()
     log.info("metrics on http://%s:%d/metrics, health on /healthz", host, server.server_address[1])
     return MetricsServer(server, thread)

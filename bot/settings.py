@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     result_grace_s: float = Field(
         10.0, ge=0, description="Seconds past a request's deadline after which the bot stops waiting and apologises."
     )
+    bot_shutdown_timeout_s: float = Field(
+        10.0, gt=0, description="Most seconds the bot takes to stop on SIGTERM; a shutdown stage that overruns its share "
+                                "is cancelled (results it did not deliver are re-read on the next start)."
+    )
     max_new_tokens: int = Field(120, ge=1, le=2048, description="Most tokens a joke may add to its opening.")
     top_k: int = Field(10, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy).")

@@ -34,7 +34,7 @@ def webhook_bot(redis_server, tmp_path_factory):
     try:
         wait_until(lambda: api.calls("setWebhook") or bot.poll() is not None, 60, "setWebhook")
         assert bot.poll() is None, log.read_text()[-3000:]
-        yield api, f"http://127.0.0.1:{port}/tg", bot
+        yield api, f"http://127.0.0.1:{port}/tg", bot, log
     finally:
         stop_process(bot)
         api.stop()
@@ -67,7 +67,7 @@ def start_update(update_id: int, user_id: int) -> dict:
 
 
 def test_the_webhook_is_registered_with_its_url_and_secret(webhook_bot):
-    api, _, _ = webhook_bot
+    api, _, _, _ = webhook_bot
     (call,) = api.calls("setWebhook")
     assert call.params["url"] == "https://bot.example.com/tg" and call.params["secret_token"] == SECRET
     assert "message" in call.params["allowed_updates"] and "inline_query" in call.params["allowed_updates"]
@@ -75,18 +75,21 @@ def test_the_webhook_is_registered_with_its_url_and_secret(webhook_bot):
 
 @pytest.mark.parametrize("secret", [None, "wrong-secret"])
 def test_updates_without_the_secret_are_rejected(webhook_bot, secret):
-    api, url, _ = webhook_bot
+    api, url, _, _ = webhook_bot
     assert post_update(url, start_update(100, 501), secret) == 401
     time.sleep(0.3)
     assert api.messages_in_chat(501) == []
 
 
 def test_updates_with_the_secret_are_handled(webhook_bot):
-    api, url, _ = webhook_bot
+    api, url, _, _ = webhook_bot
     assert post_update(url, start_update(101, 502), SECRET) == 200
     wait_until(lambda: api.messages_in_chat(502) == [texts.START], 10, "the answer to /start")
 
 
 def test_the_webhook_server_stops_cleanly_on_sigterm(webhook_bot):
-    _, _, bot = webhook_bot
+    _, _, bot, log = webhook_bot
     assert stop_process(bot) == 0
+    text = log.read_text()
+    assert "shutdown stage=webhook event=start" in text and "shutdown stage=webhook event=end outcome=ok" in text
+    assert "shutdown stage=session event=end outcome=ok" in text
