@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from bot.protocol import DATA_FIELD, RESULT_GROUP, JokeResult, StreamKeys
-from bot.queue import QueueConfig, create_group, is_nogroup, stream_entries
+from bot.queue import QueueConfig
+from bot.streams import create_group, is_nogroup, stream_entries
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bot.claims import ClaimedRequest
 from bot.engine_api import Engine, GenerationOutput, Job
 from bot.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
-from bot.queue import ClaimedRequest, RequestQueue
+from bot.queue import RequestQueue
 
 if TYPE_CHECKING:
     from bot.metrics import Metrics

@@ -1,4 +1,4 @@
-"""The Redis Streams protocol (bot/queue.py) against a real redis-server."""
+"""The Redis Streams protocol (bot/queue.py, bot/claims.py) against a real redis-server."""
 from __future__ import annotations
 
 import asyncio
