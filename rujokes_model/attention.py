@@ -1,7 +1,8 @@
 """Self-attention variants: grouped-query (MHA is the n_kv_head == n_head case) and DeepSeek-V2 MHLA.
 
-Both take an `AttentionInputs` bundle built once per forward by the model: the additive mask/bias
-(causal + padding + documents + ALiBi) and the RoPE cos/sin at each row's positions.
+Both take an `AttentionInputs` bundle built once per forward by the model (or once per generation
+by a DecodePlan): the additive mask/bias (causal + padding + documents + ALiBi) and the RoPE rotation
+at each row's positions.
 """
 from __future__ import annotations
 
@@ -15,15 +16,14 @@ from torch import nn
 
 from .config import ModelConfig
 from .kv_cache import KVCache, LatentCache
-from .layers import RMSNorm, apply_rope
+from .layers import RMSNorm, rotate_pairs
 
 
 @dataclass
 class AttentionInputs:
     start: int                          # cache column of the first new token
-    mask: torch.Tensor | None           # additive (B|1, H|1, T, S) float, or None for plain causal
-    cos: torch.Tensor | None            # (B, T, rope_dim/2) for RoPE models
-    sin: torch.Tensor | None
+    mask: torch.Tensor | None           # (B|1, H|1, T, S): bool (True = may attend) or additive float; None = causal
+    rope: torch.Tensor | None           # (B, T, rope_dim/2) complex cos + i·sin, for RoPE models
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs,
@@ -41,9 +41,9 @@ class GroupedQueryAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.use_rope = config.position == "rope"
-        self.wq = nn.Linear(config.d_model, self.n_head * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.d_model, self.n_kv_head * self.head_dim, bias=False)
+        # Queries, keys and values in one fused projection (rows: q heads, then k heads, then v heads).
+        self.split = [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim]
+        self.wqkv = nn.Linear(config.d_model, sum(self.split), bias=False)
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
         self.dropout = config.dropout
 
@@ -52,11 +52,12 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs, cache: KVCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k, v = self.wqkv(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         if self.use_rope:
-            q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+            q, k = rotate_pairs(q, inputs.rope), rotate_pairs(k, inputs.rope)
         if cache is not None:
             k, v = cache.update(inputs.start, k, v)
         # GQA: each KV head serves n_head / n_kv_head consecutive query heads; SDPA broadcasts them
@@ -94,6 +95,7 @@ class MultiHeadLatentAttention(nn.Module):
         self.wo = nn.Linear(self.n_head * self.v_dim, config.d_model, bias=False)
         self.dropout = config.dropout
         self.mode: Literal["auto", "naive", "absorbed"] = "auto"  # auto: absorbed for cached decode steps
+        self._absorbed_cache: tuple | None = None  # (weight version key, W_UK, W_UVᵀ) for inference
 
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LatentCache:
         return LatentCache(batch_size, max_len, self.rank, self.rope_dim, dtype, device)
@@ -111,13 +113,16 @@ class MultiHeadLatentAttention(nn.Module):
         latent = self.kv_norm(latent)
         rope_key = rope_key[:, None]  # (B, 1, T, rope_dim): one positional key for all heads
         if self.use_rope:
-            q_rope, rope_key = apply_rope(q_rope, inputs.cos, inputs.sin), apply_rope(rope_key, inputs.cos, inputs.sin)
+            q_rope, rope_key = rotate_pairs(q_rope, inputs.rope), rotate_pairs(rope_key, inputs.rope)
         rope_key = rope_key[:, 0]
+        absorbed = self.mode == "absorbed" or (self.mode == "auto" and cache is not None and T == 1)
         if cache is not None:
             latent, rope_key = cache.update(inputs.start, latent, rope_key)
-        absorbed = self.mode == "absorbed" or (self.mode == "auto" and cache is not None and T == 1)
+            entries = cache.entries[:, : inputs.start + T] if absorbed else None
+        elif absorbed:
+            entries = torch.cat([latent, rope_key], dim=-1)
         if absorbed:
-            y = self._absorbed(q_nope, q_rope, latent, rope_key, inputs)
+            y = self._absorbed(q_nope, q_rope, entries, inputs)
         else:
             y = self._naive(q_nope, q_rope, latent, rope_key, inputs)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
@@ -130,14 +135,51 @@ class MultiHeadLatentAttention(nn.Module):
         q = torch.cat([q_nope, q_rope], dim=-1)
         return _attend(q, k, v, inputs, self.dropout if self.training else 0.0, scale=self.scale)
 
-    def _absorbed(self, q_nope, q_rope, latent, rope_key, inputs: AttentionInputs) -> torch.Tensor:
-        B, S, _ = latent.shape
-        w_ukv = self.wkv_b.weight.view(self.n_head, self.nope_dim + self.v_dim, self.rank)
-        w_uk, w_uv = w_ukv[:, : self.nope_dim], w_ukv[:, self.nope_dim:]
-        # q·k_nope = q·(W_UK c) = (W_UKᵀ q)·c: project the query into latent space once per step.
-        q_latent = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)
-        q = torch.cat([q_latent, q_rope], dim=-1)
-        k = torch.cat([latent, rope_key], dim=-1)[:, None].expand(B, self.n_head, S, self.rank + self.rope_dim)
-        v = latent[:, None].expand(B, self.n_head, S, self.rank)
-        y_latent = _attend(q, k, v, inputs, self.dropout if self.training else 0.0, scale=self.scale)
-        return torch.einsum("bhtr,hvr->bhtv", y_latent, w_uv)  # W_UV after attention
+    def _absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK as (H, nope, rank) and W_UVᵀ as (H, rank, v), contiguous for batched matmuls.
+
+        Derived from wkv_b; at inference they are kept until the weight changes (its version counter,
+        storage, dtype or device), so decoding does not re-slice and copy them every step.
+        """
+        weight = self.wkv_b.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        if self._absorbed_cache is not None and self._absorbed_cache[0] == key:
+            return self._absorbed_cache[1:]
+        w_ukv = weight.view(self.n_head, self.nope_dim + self.v_dim, self.rank)
+        w_uk = w_ukv[:, : self.nope_dim].contiguous()
+        w_uv_t = w_ukv[:, self.nope_dim:].transpose(1, 2).contiguous()
+        if not (torch.is_grad_enabled() and weight.requires_grad):  # never cache a tensor with autograd history
+            self._absorbed_cache = (key, w_uk, w_uv_t)
+        return w_uk, w_uv_t
+
+    def _absorbed(self, q_nope, q_rope, entries, inputs: AttentionInputs) -> torch.Tensor:
+        """Attention straight over the cached [latent | rope key] entries (B, S, rank + rope_dim).
+
+        Every head attends over the same keys and values, so the heads become extra query rows of a
+        single shared head: (B, H·T, ·) queries against (B, S, ·) keys, with no per-head expansion
+        of the cache.
+        """
+        B, H, T, _ = q_nope.shape
+        S = entries.shape[1]
+        w_uk, w_uv_t = self._absorbed_weights()
+        # q·k_nope = q·(W_UK c) = (W_UKᵀ q)·c: project the query into latent space, heads as the batch.
+        q_latent = torch.bmm(q_nope.permute(1, 0, 2, 3).reshape(H, B * T, self.nope_dim), w_uk)
+        q_latent = q_latent.view(H, B, T, self.rank).permute(1, 0, 2, 3)
+        q = torch.cat([q_latent, q_rope], dim=-1).reshape(B, 1, H * T, self.rank + self.rope_dim)
+        # Attention by hand: the keys (rank + rope_dim wide) and values (rank wide) differ in width, which
+        # sends SDPA to its slow generic path; two bmm's and a softmax are all this needs.
+        scores = torch.bmm(q.view(B, H * T, -1), entries.transpose(1, 2)).mul_(self.scale)   # (B, H·T, S)
+        mask = inputs.mask
+        if mask is None:  # plain causal from column 0 (a forced-absorbed prefill)
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)[None, None]
+        if T > 1 or mask.shape[1] > 1:  # per-query-row masks: lay them out as the (head, time) rows
+            mask = mask.expand(mask.shape[0], H, T, S).reshape(mask.shape[0], 1, H * T, S)
+        mask = mask[:, 0]                                                                      # (B|1, H·T|1, S)
+        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+        probs = scores.float().softmax(-1).to(q.dtype)
+        if self.training and self.dropout > 0:
+            probs = F.dropout(probs, self.dropout)
+        y_latent = torch.bmm(probs, entries[..., : self.rank])                                 # (B, H·T, rank)
+        # W_UV after attention, heads as the batch again.
+        y = torch.bmm(y_latent.view(B, H, T, self.rank).permute(1, 0, 2, 3).reshape(H, B * T, self.rank), w_uv_t)
+        return y.view(H, B, T, self.v_dim).permute(1, 0, 2, 3)

@@ -33,12 +33,32 @@ def resolve_file(repo_or_dir: str | Path, filename: str, *, revision: str | None
     return Path(hf_hub_download(repo_id=str(repo_or_dir), filename=filename, revision=revision, **hub_kwargs))
 
 
+# Projections that checkpoints written before the fusion stored separately: fused name → its parts, in row order.
+LEGACY_FUSIONS = {"ffn.gate_up.weight": ("ffn.gate.weight", "ffn.up.weight"),
+                  "attn.wqkv.weight": ("attn.wq.weight", "attn.wk.weight", "attn.wv.weight")}
+
+
+def upgrade_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Concatenate separately stored gate/up and q/k/v projections into their fused parameters.
+
+    Exact (a concatenation of rows), and only when every part is present: anything else is left for
+    the strict key check to report.
+    """
+    state = dict(state)
+    for fused, parts in LEGACY_FUSIONS.items():
+        for key in [k for k in state if k.endswith("." + parts[0])]:
+            prefix = key[: -len(parts[0])]
+            if all(prefix + part in state for part in parts) and prefix + fused not in state:
+                state[prefix + fused] = torch.cat([state.pop(prefix + part) for part in parts])
+    return state
+
+
 def load_model(cls, repo_or_dir: str | Path, *, revision: str | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, **hub_kwargs: Any):
     config_path = resolve_file(repo_or_dir, CONFIG_FILE, revision=revision, **hub_kwargs)
     config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
     model = cls(config)
-    state = load_file(resolve_file(repo_or_dir, WEIGHTS_FILE, revision=revision, **hub_kwargs))
+    state = upgrade_legacy_keys(load_file(resolve_file(repo_or_dir, WEIGHTS_FILE, revision=revision, **hub_kwargs)))
     if config.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("embed.weight"))
     expected = set(model.state_dict())

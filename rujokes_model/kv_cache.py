@@ -23,12 +23,16 @@ class KVCache:
 
 class LatentCache:
     """MHLA cache: only the compressed KV latent (B, max_len, kv_lora_rank) and the shared,
-    already-rotated positional key (B, max_len, qk_rope_head_dim). No per-head keys or values."""
+    already-rotated positional key (B, max_len, qk_rope_head_dim). No per-head keys or values.
+
+    Both live side by side in one buffer, `entries` (B, max_len, rank + rope_dim): the absorbed decode
+    attends over [latent | rope key] as one key without concatenating the cache every step.
+    """
 
     def __init__(self, batch_size: int, max_len: int, kv_lora_rank: int, rope_dim: int,
                  dtype: torch.dtype, device: torch.device) -> None:
-        self.latent = torch.zeros((batch_size, max_len, kv_lora_rank), dtype=dtype, device=device)
-        self.rope_key = torch.zeros((batch_size, max_len, rope_dim), dtype=dtype, device=device)
+        self.entries = torch.zeros((batch_size, max_len, kv_lora_rank + rope_dim), dtype=dtype, device=device)
+        self.latent, self.rope_key = self.entries.split([kv_lora_rank, rope_dim], dim=-1)
 
     def update(self, start: int, latent: torch.Tensor, rope_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + latent.shape[1]

@@ -25,17 +25,22 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """Gated feed-forward: down(silu(gate(x)) * up(x)), no biases."""
+    """Gated feed-forward: down(silu(gate(x)) * up(x)), no biases.
+
+    gate and up are one fused projection (`gate_up`, gate rows first): one matmul instead of two,
+    which at decode sizes is one less op's overhead per layer and step.
+    """
 
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.gate = nn.Linear(d_model, d_ff, bias=False)
-        self.up = nn.Linear(d_model, d_ff, bias=False)
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)
         self.down = nn.Linear(d_ff, d_model, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        y = self.down(F.silu(gate) * up)
+        return F.dropout(y, self.dropout) if self.training and self.dropout > 0 else y
 
 
 def rope_tables(dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,11 +56,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos/sin are (B, T, D/2), already gathered at each row's own positions, so left-padded rows
     rotate from position 0 at their first real token.
     """
-    x_pairs = x.float().unflatten(-1, (-1, 2))
-    x_even, x_odd = x_pairs[..., 0], x_pairs[..., 1]
-    cos, sin = cos[:, None], sin[:, None]
-    rotated = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)
+    return rotate_pairs(x, torch.complex(cos, sin))
+
+
+def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """apply_rope with the rotation as one complex tensor (B, T, D/2) = cos + i·sin: a single
+    complex multiply instead of a dozen real ops, which matters at one token per decode step."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation[:, None]).flatten(-2).type_as(x)
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionInputs, GroupedQueryAttention, MultiHeadLatentAttention
+from .decode_plan import DecodePlan
 from .config import ModelConfig
 from .layers import RMSNorm, SwiGLU, alibi_slopes, rope_tables
 
@@ -79,32 +80,37 @@ class TransformerForCausalLM(nn.Module):
     # ---- forward ---------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, *, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, document_ids: torch.Tensor | None = None,
-                cache: list | None = None, start: int = 0) -> torch.Tensor:
+                cache: list | None = None, start: int = 0, inputs: AttentionInputs | None = None) -> torch.Tensor:
         """Logits (B, T, V) for `input_ids` (B, T) written at cache columns start..start+T.
 
         attention_mask: (B, start+T), 1 for real tokens and 0 for padding, over every column seen so far.
         position_ids: (B, T) RoPE positions; default start..start+T.
         document_ids: (B, T) for packed training rows: tokens attend only within their own document.
+        inputs: prebuilt attention inputs (a DecodePlan step's); the three arguments above are then unused.
         """
         B, T = input_ids.shape
-        if position_ids is None:
-            position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
-        inputs = self._attention_inputs(B, T, start, attention_mask, position_ids, document_ids)
-        x = self.dropout(self.embed(input_ids))
+        if inputs is None:
+            if position_ids is None:
+                position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
+            inputs = self._attention_inputs(B, T, start, attention_mask, position_ids, document_ids)
+        x = self.embed(input_ids)
+        x = self.dropout(x) if self.training and self.dropout.p > 0 else x
         for i, block in enumerate(self.blocks):
             x = block(x, inputs, cache[i] if cache is not None else None)
         return self.lm_head(self.norm(x))
 
+    def _rotation(self, position_ids: torch.Tensor) -> torch.Tensor:
+        """RoPE rotation cos + i·sin at `position_ids` (any shape), refusing positions past the context."""
+        if int(position_ids.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(position_ids.max())} is past the RoPE context "
+                             f"max_seq_len={self.config.max_seq_len}")
+        return torch.complex(self.rope_cos[position_ids], self.rope_sin[position_ids])
+
     def _attention_inputs(self, B: int, T: int, start: int, attention_mask, position_ids, document_ids) -> AttentionInputs:
-        cos = sin = None
-        if self.config.position == "rope":
-            if int(position_ids.max()) >= self.config.max_seq_len:
-                raise ValueError(f"position {int(position_ids.max())} is past the RoPE context "
-                                 f"max_seq_len={self.config.max_seq_len}")
-            cos, sin = self.rope_cos[position_ids], self.rope_sin[position_ids]
+        rope = self._rotation(position_ids) if self.config.position == "rope" else None
         plain_causal = start == 0 and attention_mask is None and document_ids is None
         if plain_causal and self.config.position == "rope":
-            return AttentionInputs(start, None, cos, sin)  # SDPA's fast causal path
+            return AttentionInputs(start, None, rope)  # SDPA's fast causal path
         S = start + T
         device = self.device
         q_cols = torch.arange(start, S, device=device)
@@ -117,12 +123,35 @@ class TransformerForCausalLM(nn.Module):
         # A padding query would see nothing at all; let it see itself so softmax stays finite.
         allowed = allowed | (k_cols[None, :] == q_cols[:, None])[None]
         if self.config.position != "alibi":
-            return AttentionInputs(start, allowed[:, None], cos, sin)                # bool (B|1, 1, T, S)
+            return AttentionInputs(start, allowed[:, None], rope)                    # bool (B|1, 1, T, S)
         # ALiBi: bias by column distance; with left padding it equals the distance between real tokens.
         distance = (q_cols[:, None] - k_cols[None, :]).float()
         bias = -self.alibi[:, None, None] * distance                                 # (H, T, S)
         mask = bias[None].masked_fill(~allowed[:, None], float("-inf"))              # (B|1, H, T, S)
-        return AttentionInputs(start, mask, cos, sin)
+        return AttentionInputs(start, mask, rope)
+
+    def decode_plan(self, attention_mask: torch.Tensor, max_new_tokens: int) -> DecodePlan:
+        """What every cached decode step after a prefill of `attention_mask` (B, L) needs, built once.
+
+        Step t feeds one token per row at cache column L + t, at RoPE position (the row's last prompt
+        position) + 1 + t, and attends over every real column so far: padding stays masked, ALiBi
+        biases by column distance. Per step the plan hands out views, not freshly built masks.
+        """
+        B, L = attention_mask.shape
+        total = L + max_new_tokens
+        dtype, device = self.embed.weight.dtype, self.device
+        padding = torch.zeros(B, 1, 1, total, dtype=torch.float32, device=device)
+        padding[:, 0, 0, :L].masked_fill_(attention_mask == 0, float("-inf"))
+        alibi = rope = None
+        if self.config.position == "alibi":
+            # distances[m] = total - 1 - m, so the last S columns are the distances of a query at column S - 1.
+            distances = torch.arange(total - 1, -1, -1, device=device, dtype=torch.float32)
+            alibi = -self.alibi[:, None, None] * distances                     # (H, 1, total)
+        else:
+            last = (attention_mask.sum(-1) - 1).clamp_min(0)                   # each row's last prompt position
+            steps = torch.arange(1, max_new_tokens + 1, device=device)
+            rope = self._rotation((last[None, :] + steps[:, None])[..., None])  # (max_new, B, 1, D/2)
+        return DecodePlan(L, padding if alibi is not None else padding.to(dtype), alibi, rope, dtype)
 
     def new_cache(self, batch_size: int, max_len: int) -> list:
         """One preallocated cache per layer, for a batch of `batch_size` rows and `max_len` columns."""

@@ -74,6 +74,25 @@ def filter_logits(logits: torch.Tensor, temperature: PerRow = 1.0, top_k: PerRow
     return logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
 
 
+def uniform(value: PerRow) -> PerRow:
+    """A per-row list whose rows all agree is that one value, so the scalar fast paths apply."""
+    if isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0 \
+            and all(v == value[0] for v in value):
+        return value[0]
+    return value
+
+
+def sample_top_k(logits: torch.Tensor, k: int, temperature: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row among its k best, at `temperature`: filter_logits + sample_tokens for one
+    k and temperature shared by the batch and one (or no) generator, fused into five ops.
+    Draws exactly what the two-step path draws (barring exact ties at the k-th logit)."""
+    values, columns = logits.topk(k, dim=-1)
+    values = values.float() if temperature == 1.0 else values.float() / max(temperature, 1e-5)
+    picked = torch.multinomial(values.softmax(-1), 1, generator=generator)
+    return columns.gather(-1, picked).squeeze(-1)
+
+
 def sample_tokens(logits: torch.Tensor, do_sample: bool | torch.Tensor,
                   generators: torch.Generator | Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
     """One token per row from filtered logits (B, V): a draw, or argmax where do_sample is False."""

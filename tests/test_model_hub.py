@@ -76,20 +76,20 @@ def test_bf16_checkpoint_loads_as_the_bf16_rounded_model(tmp_path):
 def test_checkpoint_with_a_missing_key_raises(tmp_path):
     tiny_model("rope", "gqa").save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    del weights["blocks.0.attn.wq.weight"]
+    del weights["blocks.0.attn.wqkv.weight"]
     save_file(weights, tmp_path / "model.safetensors")
 
-    with pytest.raises(ValueError, match="blocks.0.attn.wq.weight"):
+    with pytest.raises(ValueError, match="blocks.0.attn.wqkv.weight"):
         TransformerForCausalLM.from_pretrained(tmp_path)
 
 
 def test_checkpoint_with_an_extra_key_raises(tmp_path):
     tiny_model("rope", "gqa").save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    weights["blocks.0.attn.wq.bias"] = torch.zeros(64)
+    weights["blocks.0.attn.wqkv.bias"] = torch.zeros(64)
     save_file(weights, tmp_path / "model.safetensors")
 
-    with pytest.raises(ValueError, match="blocks.0.attn.wq.bias"):
+    with pytest.raises(ValueError, match="blocks.0.attn.wqkv.bias"):
         TransformerForCausalLM.from_pretrained(tmp_path)
 
 
@@ -196,3 +196,43 @@ def test_pretrained_path_finds_a_bundled_size(tmp_path, monkeypatch):
 def test_pretrained_path_of_an_unknown_size_raises():
     with pytest.raises(ValueError, match="unknown size"):
         pretrained_path("huge")
+
+
+def split_into_legacy_keys(weights: dict, model) -> dict:
+    """The checkpoint as written before the q/k/v and gate/up projections were fused."""
+    legacy = {}
+    for name, tensor in weights.items():
+        if name.endswith("attn.wqkv.weight"):
+            parts = tensor.split(model.blocks[0].attn.split)
+            legacy.update({name.replace("wqkv", part): t.clone() for part, t in zip(("wq", "wk", "wv"), parts)})
+        elif name.endswith("ffn.gate_up.weight"):
+            gate, up = tensor.chunk(2)
+            legacy.update({name.replace("gate_up", "gate"): gate.clone(), name.replace("gate_up", "up"): up.clone()})
+        else:
+            legacy[name] = tensor
+    return legacy
+
+
+@pytest.mark.parametrize("attention", ["gqa", "mhla"])
+def test_checkpoint_with_unfused_legacy_projections_loads_exactly(tmp_path, attention):
+    model = tiny_model("rope", attention)
+    model.save_pretrained(tmp_path)
+    legacy = split_into_legacy_keys(load_file(tmp_path / "model.safetensors"), model)
+    assert "blocks.0.ffn.gate.weight" in legacy and "blocks.0.ffn.gate_up.weight" not in legacy
+    save_file(legacy, tmp_path / "model.safetensors")
+
+    loaded = TransformerForCausalLM.from_pretrained(tmp_path)
+
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+def test_legacy_checkpoint_missing_one_part_still_fails_the_strict_check(tmp_path):
+    model = tiny_model("rope", "gqa")
+    model.save_pretrained(tmp_path)
+    legacy = split_into_legacy_keys(load_file(tmp_path / "model.safetensors"), model)
+    del legacy["blocks.0.attn.wv.weight"]
+    save_file(legacy, tmp_path / "model.safetensors")
+
+    with pytest.raises(ValueError, match="blocks.0.attn.wqkv.weight"):
+        TransformerForCausalLM.from_pretrained(tmp_path)

@@ -68,9 +68,13 @@ def test_latent_cache_holds_only_latent_and_shared_rope_key():
     assert len(cache) == config.n_layer
     for layer_cache in cache:
         assert isinstance(layer_cache, LatentCache)
-        assert set(vars(layer_cache)) == {"latent", "rope_key"}
         assert layer_cache.latent.shape == (3, 20, config.kv_lora_rank)
         assert layer_cache.rope_key.shape == (3, 20, config.qk_rope_head_dim)
+        # Every tensor it holds is a view of one buffer of exactly latent + rope key per column.
+        buffers = {t.untyped_storage().data_ptr() for t in vars(layer_cache).values()}
+        assert len(buffers) == 1
+        floats = layer_cache.entries.untyped_storage().nbytes() // layer_cache.entries.element_size()
+        assert floats == 3 * 20 * (config.kv_lora_rank + config.qk_rope_head_dim)
 
 
 def test_latent_cache_is_smaller_than_an_equivalent_mha_cache():

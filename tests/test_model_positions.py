@@ -89,8 +89,10 @@ def test_gqa_repeats_each_kv_head_for_consecutive_query_heads():
     state = gqa.state_dict()
     head_dim, repeats = gqa.config.head_dim, gqa.config.n_head // gqa.config.n_kv_head
     for name in list(state):
-        if name.endswith(("attn.wk.weight", "attn.wv.weight")):
-            state[name] = state[name].view(-1, head_dim, state[name].shape[-1]).repeat_interleave(repeats, 0).flatten(0, 1)
+        if name.endswith("attn.wqkv.weight"):
+            q, k, v = state[name].split(gqa.blocks[0].attn.split)
+            k, v = (w.view(-1, head_dim, w.shape[-1]).repeat_interleave(repeats, 0).flatten(0, 1) for w in (k, v))
+            state[name] = torch.cat([q, k, v])
     mha.load_state_dict(state, strict=True)
     ids = random_ids(10, gqa.config.vocab_size, seed=7)
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, ModelConfig, stream_text
+from rujokes_model.decode_plan import DecodePlan
 from rujokes_model.streaming import REPLACEMENT_CHAR
 from model_helpers import single_byte_ids, single_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
 
@@ -150,7 +151,11 @@ class ScriptedModel(torch.nn.Module):
     def new_cache(self, batch_size: int, max_len: int) -> list:
         return []
 
-    def forward(self, input_ids, *, start=0, **_) -> torch.Tensor:
+    def decode_plan(self, attention_mask: torch.Tensor, max_new_tokens: int) -> DecodePlan:
+        return DecodePlan(attention_mask.shape[1], torch.zeros(1, 1, 1, 1), None, None, torch.float32)
+
+    def forward(self, input_ids, *, start=0, inputs=None, **_) -> torch.Tensor:
+        start = inputs.start if inputs is not None else start  # decode steps come with their plan's inputs
         step = start + input_ids.shape[1] - self.prompt_len
         logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.config.vocab_size)
         logits[:, -1, self.script[min(step, len(self.script) - 1)]] = 1.0
