@@ -2,9 +2,11 @@
 
     python benchmarks/worker_throughput.py [--model DIR] [--requests 16] [--max-new-tokens 120]
 
-Three scenarios in one run, same prompts (no seeds, like the bot's requests, unless --seeded): one worker fed one request at a time
+Scenarios in one run, same prompts (no seeds, like the bot's requests, unless --seeded): one worker fed one request at a time
 (WORKER_BATCH_SIZE=1, requests sent sequentially), one worker with batching and 16 concurrent
-requests, and two batching workers. Needs `redis-server` on PATH.
+requests, and two batching workers sharing that burst. With --sustained N, also N concurrent requests
+(several full batches) through one and through two workers of the full batch size: the load under
+which a second worker should double throughput. Needs `redis-server` on PATH.
 """
 from __future__ import annotations
 
@@ -103,6 +105,8 @@ async def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=120)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seeded", action="store_true", help="give every request a seed (one generator per row)")
+    p.add_argument("--sustained", type=int, default=0, metavar="N",
+                   help="also run N concurrent requests through 1 and 2 workers of the full batch size")
     args = p.parse_args()
     if args.model:
         model_dir = Path(args.model)
@@ -113,26 +117,35 @@ async def main() -> None:
         server = RedisServer(Path(tmp) / "redis", appendonly=False).start()
         try:
             scenarios = {
-                "1 worker, one request at a time": (1, 1, False),
-                f"1 worker, batch ≤ {args.batch_size}, {args.requests} concurrent": (1, args.batch_size, True),
+                "1 worker, one request at a time": (1, 1, False, args.requests),
+                f"1 worker, batch ≤ {args.batch_size}, {args.requests} concurrent": (1, args.batch_size, True, args.requests),
                 # Half the batch each: a worker takes up to its batch size at once, so with the full size
                 # the first worker would take the whole burst and leave the second idle.
-                f"2 workers, batch ≤ {args.batch_size // 2} each, {args.requests} concurrent": (2, args.batch_size // 2, True),
+                f"2 workers, batch ≤ {args.batch_size // 2} each, {args.requests} concurrent":
+                    (2, args.batch_size // 2, True, args.requests),
             }
+            if args.sustained:
+                for n_workers in (1, 2):
+                    scenarios[f"{n_workers} worker{'s' if n_workers > 1 else ''}, batch ≤ {args.batch_size}"
+                              f"{' each' if n_workers > 1 else ''}, {args.sustained} concurrent (sustained)"] = (
+                        n_workers, args.batch_size, True, args.sustained)
             rows = {}
-            for name, (n_workers, batch_size, concurrent) in scenarios.items():
-                rows[name] = await run_scenario(server.url, model_dir, n_workers, batch_size, args.requests,
+            for name, (n_workers, batch_size, concurrent, n_requests) in scenarios.items():
+                rows[name] = await run_scenario(server.url, model_dir, n_workers, batch_size, n_requests,
                                                 args.max_new_tokens, concurrent, Path(tmp), args.seeded)
                 print(name, rows[name], flush=True)
         finally:
             server.cleanup()
     base = next(iter(rows.values()))["tokens_per_s"]
-    print(f"\n{args.requests} prompts, ≤ {args.max_new_tokens} new tokens, model {model_dir}\n")
+    print(f"\n{args.requests} prompts, ≤ {args.max_new_tokens} new tokens, model {model_dir.name}\n")
     print("| scenario | generated tokens/s | × sequential | p50 latency, s | p95 latency, s |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():
         print(f"| {name} | {row['tokens_per_s']:.0f} | {row['tokens_per_s'] / base:.2f} | "
               f"{row['p50_s']:.2f} | {row['p95_s']:.2f} |")
+    if args.sustained:
+        one, two = (row["tokens_per_s"] for name, row in rows.items() if "sustained" in name)
+        print(f"\nsustained load: 2 workers / 1 worker = {two / one:.2f}×")
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
     ids, mask = prompt.input_ids, prompt.attention_mask
     B, L = ids.shape
     top_k, top_p, temperature = uniform(top_k), uniform(top_p), uniform(temperature)
+    if isinstance(generator, Sequence) and all(g is None for g in generator):
+        generator = None  # no row asked for its own seed: one shared draw
     temperature_rows = torch.as_tensor(temperature if not isinstance(temperature, Sequence) else
                                        [1.0 if t is None else t for t in temperature], dtype=torch.float32)
     sampling_rows = do_sample and bool((temperature_rows > 0).any())

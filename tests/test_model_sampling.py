@@ -221,3 +221,28 @@ def test_rows_without_a_generator_share_one_draw_and_seeded_rows_keep_theirs():
     alone = [sample_tokens(logits[i:i + 1], True, [torch.Generator().manual_seed(s)])[0] for i, s in ((0, 7), (2, 9))]
     assert [seeded[0], seeded[2]] == alone
     assert seeded.shape == (4,) and bool(((seeded >= 0) & (seeded < 50)).all())
+
+
+def test_fused_top_k_draw_equals_filter_then_sample_with_the_same_generator():
+    from rujokes_model.sampling import sample_top_k
+
+    logits = torch.randn(6, 80, generator=seeded(21)) * 3
+    for temperature in (1.0, 0.7):
+        fused = sample_top_k(logits, 5, temperature, seeded(4))
+        two_step = sample_tokens(filter_logits(logits, temperature, 5, None), True, seeded(4))
+        assert fused.tolist() == two_step.tolist()
+
+
+def test_per_row_settings_that_agree_generate_like_one_setting_for_the_batch():
+    # The worker passes one value per row (and one generator slot per row, None without a seed);
+    # rows that all agree must take the same path, and draw the same tokens, as batch-wide settings.
+    model = tiny_model("alibi", "mhla", seed=22)
+    prompts = random_ids(6, model.config.vocab_size, seed=23, batch=3)
+
+    torch.manual_seed(5)
+    per_row = model.generate(prompts, 15, do_sample=True, top_k=[7] * 3, top_p=[None] * 3, temperature=[0.9] * 3,
+                             generator=[None] * 3)
+    torch.manual_seed(5)
+    batch_wide = model.generate(prompts, 15, do_sample=True, top_k=7, temperature=0.9)
+
+    assert per_row.tolist() == batch_wide.tolist()
