@@ -22,6 +22,12 @@ class DecodePlan:
     rope: torch.Tensor | None       # (max_new, B, 1, D/2) complex rotation of each step's position
     dtype: torch.dtype              # the model's dtype, for the additive mask
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows`, as the caches do when finished requests leave the batch."""
+        self.padding = self.padding.index_select(0, rows)
+        if self.rope is not None:
+            self.rope = self.rope.index_select(1, rows)
+
     def inputs(self, step: int) -> AttentionInputs:
         """Attention inputs for decode step `step` (0-based), whose token sits at column L + step."""
         column = self.prompt_len + step

@@ -71,8 +71,14 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
                   top_p: PerRow = None, temperature: PerRow = 1.0, repetition_penalty: float = 1.0,
                   attention_mask: torch.Tensor | None = None, use_cache: bool = True,
                   generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+                  compact: bool = True,
                   ) -> Iterator[tuple[PreparedPrompt, torch.Tensor, torch.Tensor]]:
-    """Yield (prompt, tokens, finished) after each step; tokens (B,) of finished rows are pad ids."""
+    """Yield (prompt, tokens, finished) after each step; tokens (B,) of finished rows are pad ids.
+
+    compact: with a cache, rows that finished leave the batch (their cache rows are dropped) once a
+    quarter of the batch has, so the remaining rows' steps stop paying for them. A row's tokens do
+    not depend on its batch mates either way.
+    """
     config = model.config
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     if isinstance(input_ids, torch.Tensor):  # anything else gets prepare_prompt's clear TypeError
@@ -110,6 +116,7 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
     # Prefill: the whole prompt once; later steps feed one token against the cache.
     logits = model(ids, attention_mask=mask, position_ids=positions, cache=cache, start=0)[:, -1]
     all_ids, all_mask = ids, mask
+    rows = None  # original row of each row still in the batch; None while no row has left
     for step in range(max_new_tokens):
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
@@ -124,9 +131,25 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
             finished = finished | (tokens == eos_token_id)
         if seen is not None:
             seen.scatter_(1, tokens[:, None], True)
-        yield prompt, tokens, finished
-        if bool(finished.all()) or step == max_new_tokens - 1:
+        if rows is None:
+            yield prompt, tokens, finished
+        else:  # back to the caller's rows: rows that left are finished and emit pad
+            yield prompt, torch.full((B,), pad, dtype=tokens.dtype, device=tokens.device).index_copy_(0, rows, tokens), \
+                torch.ones(B, dtype=torch.bool, device=finished.device).index_copy_(0, rows, finished)
+        n_finished = int(finished.sum())
+        if n_finished == len(finished) or step == max_new_tokens - 1:
             return
+        if use_cache and compact and n_finished >= max(1, len(finished) // 4):
+            keep = (~finished).nonzero().squeeze(1)
+            rows = keep if rows is None else rows.index_select(0, keep)
+            for layer_cache in cache:
+                layer_cache.keep_rows(keep)
+            plan.keep_rows(keep)
+            tokens, finished = tokens.index_select(0, keep), finished.index_select(0, keep)
+            seen = seen.index_select(0, keep) if seen is not None else None
+            kept = keep.tolist()
+            top_k, top_p, temperature_arg, row_samples, generator = (
+                _keep(value, keep, kept) for value in (top_k, top_p, temperature_arg, row_samples, generator))
         if use_cache:
             logits = model(tokens[:, None], cache=cache, inputs=plan.inputs(step))[:, -1]
         else:
@@ -134,6 +157,15 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
             all_ids = torch.cat([all_ids, tokens[:, None]], dim=1)
             full_positions = (all_mask.cumsum(-1) - 1).clamp_min(0)
             logits = model(all_ids, attention_mask=all_mask, position_ids=full_positions)[:, -1]
+
+
+def _keep(value, keep: torch.Tensor, kept: list[int]):
+    """A per-row setting (tensor or list) restricted to the rows still in the batch; scalars pass through."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0:
+        return value.index_select(0, keep.to(value.device))
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [value[i] for i in kept]
+    return value
 
 
 def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *,

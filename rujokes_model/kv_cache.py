@@ -20,6 +20,10 @@ class KVCache:
         self.values[:, :, start:end] = values
         return self.keys[:, :, :end], self.values[:, :, :end]
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (finished requests leave the batch)."""
+        self.keys, self.values = self.keys.index_select(0, rows), self.values.index_select(0, rows)
+
 
 class LatentCache:
     """MHLA cache: only the compressed KV latent (B, max_len, kv_lora_rank) and the shared,
@@ -39,3 +43,8 @@ class LatentCache:
         self.latent[:, start:end] = latent
         self.rope_key[:, start:end] = rope_key
         return self.latent[:, :end], self.rope_key[:, :end]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (finished requests leave the batch)."""
+        self.entries = self.entries.index_select(0, rows)
+        self.latent, self.rope_key = self.entries.split([self.latent.shape[-1], self.rope_key.shape[-1]], dim=-1)

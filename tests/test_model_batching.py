@@ -76,3 +76,61 @@ def test_uncached_padded_batch_equals_cached_padded_batch(position, attention):
     uncached = model.generate(ids, NEW_TOKENS, attention_mask=mask, do_sample=False, use_cache=False)
 
     assert cached.tolist() == uncached.tolist()
+
+
+# ---------------------------------------------------------------- finished rows leave the batch
+
+def eos_that_ends_rows_at_different_steps(free: torch.Tensor) -> int:
+    """A token that some rows, but not all, produce early in `free` (new tokens generated without eos):
+    used as eos it finishes rows one by one."""
+    rows = free.tolist()
+    candidates = {token for row in rows for token in row[:NEW_TOKENS // 2]}
+    return max(candidates, key=lambda t: (0 < sum(t in row[:NEW_TOKENS - 2] for row in rows) < len(rows),
+                                          sum(t in row[:NEW_TOKENS // 2] for row in rows)))
+
+
+@pytest.fixture()
+def compactions(monkeypatch):
+    """Counts how often generation drops finished rows from a cache."""
+    from rujokes_model.kv_cache import KVCache, LatentCache
+
+    calls = []
+    for cls in (KVCache, LatentCache):
+        original = cls.keep_rows
+        monkeypatch.setattr(cls, "keep_rows", lambda self, rows, original=original: (calls.append(len(rows)),
+                                                                                     original(self, rows))[1])
+    return calls
+
+
+@pytest.mark.parametrize(("position", "attention"), COMBINATIONS)
+def test_finished_rows_leave_the_batch_without_changing_anyones_tokens(position, attention, compactions):
+    model = tiny_model(position, attention, seed=31)
+    ids, mask = left_pad(mixed_prompts(model.config.vocab_size) * 2)  # 8 rows
+    free = model.generate(ids, NEW_TOKENS, attention_mask=mask, do_sample=False)[:, ids.shape[1]:]
+    eos = eos_that_ends_rows_at_different_steps(free)
+    kwargs = dict(attention_mask=mask, do_sample=False, eos_token_id=eos, pad_token_id=0)
+
+    kept = model.generate(ids, NEW_TOKENS, compact=False, **kwargs)
+    assert compactions == []
+    compacted = model.generate(ids, NEW_TOKENS, **kwargs)
+
+    assert compactions, "no row left the batch: the test's eos never finished a row early"
+    assert compacted.tolist() == kept.tolist()
+
+
+def test_seeded_rows_draw_the_same_tokens_after_their_batch_mates_leave(compactions):
+    model = tiny_model("rope", "mhla", seed=32)
+    ids, mask = left_pad(mixed_prompts(model.config.vocab_size) * 2)
+
+    def run(compact: bool, eos: int | None) -> torch.Tensor:
+        generators = [torch.Generator().manual_seed(s) for s in range(8)]
+        return model.generate(ids, NEW_TOKENS, attention_mask=mask, do_sample=True, top_k=[5, 9] * 4,
+                              temperature=[1.0, 0.8] * 4, eos_token_id=eos, pad_token_id=0,
+                              generator=generators, compact=compact)
+
+    # Seeded rows draw the same tokens whatever eos is, until they stop: pick eos from a free run.
+    eos = eos_that_ends_rows_at_different_steps(run(False, None)[:, ids.shape[1]:])
+    kept = run(False, eos).tolist()
+    assert compactions == []
+    assert run(True, eos).tolist() == kept
+    assert compactions
