@@ -9,6 +9,7 @@ Each measurement is the median of --repeats timed runs after one warm-up; runs o
 interleaved so that load from other processes hits both alike. tok/s counts generated tokens over all
 rows (batch × new tokens), prefill included. The Llama baseline mirrors our dims (vocab, hidden, ffn,
 layers, heads, kv heads); MHLA has no Llama counterpart, so it is compared with full MHA (kv = heads).
+Denormal floats are flushed to zero for both models, as the worker does (--keep-denormals to compare without).
 """
 from __future__ import annotations
 
@@ -106,7 +107,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="leave denormal floats on (the worker flushes them; applies to both models alike)")
     args = parser.parse_args()
+    if not args.keep_denormals:
+        torch.set_flush_denormal(True)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,7 +119,7 @@ def main() -> None:
     import transformers
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"{'top-k 10 sampling' if args.sample else 'greedy'}, prompt {PROMPT_LEN}, new tokens {args.new_tokens}, "
-          f"median of {args.repeats}, {args.device} {args.dtype}")
+          f"median of {args.repeats}, {args.device} {args.dtype}, denormals {'kept' if args.keep_denormals else 'flushed'}")
     header = f"{'variant':<28} {'params':>7} {'batch':>5} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8}"
     print(header)
     print("-" * len(header))
