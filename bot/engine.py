@@ -16,7 +16,7 @@ import torch
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM, iter_generate
 from rujokes_model.pretrained import pretrained_path
 
-from .engine_api import GenerationOutput, Job, PartialCallback
+from .engine_api import DoneCallback, GenerationOutput, Job, PartialCallback
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,17 @@ class ModelEngine:
     def available_sizes(self) -> list[str]:
         return list(self.models)
 
-    def generate(self, size: str, jobs: list[Job], on_partial: PartialCallback | None = None) -> list[GenerationOutput]:
+    def generate(self, size: str, jobs: list[Job], on_partial: PartialCallback | None = None,
+                 on_done: DoneCallback | None = None) -> list[GenerationOutput]:
         if size not in self.models:
             raise KeyError(f"size {size!r} is not loaded")
         if not jobs:
             return []
         with self._lock:
-            return self._generate(self.models[size], jobs, on_partial)
+            return self._generate(self.models[size], jobs, on_partial, on_done)
 
-    def _generate(self, loaded: LoadedModel, jobs: list[Job], on_partial: PartialCallback | None) -> list[GenerationOutput]:
+    def _generate(self, loaded: LoadedModel, jobs: list[Job], on_partial: PartialCallback | None,
+                  on_done: DoneCallback | None) -> list[GenerationOutput]:
         model, tokenizer = loaded.model, loaded.tokenizer
         context = model.config.max_seq_len
         limits = [max(1, min(job.max_new_tokens, context // 2)) for job in jobs]
@@ -97,7 +99,16 @@ class ModelEngine:
         prompt_texts = [tokenizer.decode(ids) for ids in prompts] if on_partial is not None else []
         new_ids: list[list[int]] = [[] for _ in jobs]
         done = [False] * len(jobs)
+        outputs: list[GenerationOutput | None] = [None] * len(jobs)
         forward_passes = 0
+
+        def finish(row: int) -> None:
+            done[row] = True
+            outputs[row] = GenerationOutput(jobs[row].request_id, self._text(tokenizer, prompts[row], new_ids[row]),
+                                            len(new_ids[row]), forward_passes)
+            if on_done is not None:
+                on_done(outputs[row])
+
         steps = iter_generate(model, input_ids, max_new, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id, do_sample=True,
                               top_k=[job.top_k for job in jobs], top_p=[job.top_p for job in jobs],
@@ -109,16 +120,19 @@ class ModelEngine:
                 if done[row]:
                     continue
                 if token == tokenizer.eos_token_id:
-                    done[row] = True
+                    finish(row)
                     continue
                 new_ids[row].append(token)
-                done[row] = len(new_ids[row]) >= limits[row]
                 if on_partial is not None and decoders[row].push(token):
                     on_partial(jobs[row].request_id, (prompt_texts[row] + decoders[row].emitted).strip())
+                if len(new_ids[row]) >= limits[row]:
+                    finish(row)
             if all(done):
                 break
-        return [GenerationOutput(job.request_id, self._text(tokenizer, prompts[row], new_ids[row]),
-                                 len(new_ids[row]), forward_passes) for row, job in enumerate(jobs)]
+        for row in range(len(jobs)):  # rows still open when generation stopped (every step used)
+            if not done[row]:
+                finish(row)
+        return outputs
 
     @staticmethod
     def _text(tokenizer: ByteLevelBPETokenizer, prompt: list[int], new: list[int]) -> str:

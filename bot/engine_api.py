@@ -10,6 +10,8 @@ from typing import Callable, Protocol
 
 # on_partial(request_id, text_so_far); called from the engine's thread, must not block for long.
 PartialCallback = Callable[[str, str], None]
+# on_done(output) the moment a job's row finishes, before the rest of its batch; engine's thread too.
+DoneCallback = Callable[["GenerationOutput"], None]
 
 
 @dataclass
@@ -40,7 +42,12 @@ class Engine(Protocol):
         ...
 
     def generate(
-        self, size: str, jobs: list[Job], on_partial: PartialCallback | None = None
+        self, size: str, jobs: list[Job], on_partial: PartialCallback | None = None,
+        on_done: DoneCallback | None = None,
     ) -> list[GenerationOutput]:
-        """Generate one text per job (same order or matched by request_id); blocking, runs in a thread."""
+        """Generate one text per job (same order or matched by request_id); blocking, runs in a thread.
+
+        on_done, if given, receives each job's output as soon as that job is finished (a short joke
+        need not wait for its batch's longest); the returned list still holds every output.
+        """
         ...

@@ -38,7 +38,7 @@ def test_a_batch_of_eight_matches_each_job_generated_alone_with_the_same_seed(en
 def test_batching_needs_far_fewer_forward_passes_than_one_per_token_per_request(engine):
     outputs = engine.generate("nano", [job(i, p) for i, p in enumerate(PROMPTS)])
     total_tokens = sum(o.new_tokens for o in outputs)
-    passes = outputs[0].forward_passes
+    passes = max(o.forward_passes for o in outputs)  # each output: the passes until its row finished
     assert total_tokens > 8 * 5
     assert passes <= 30  # one pass per step for the whole batch, not per request
     assert passes < total_tokens / 4
@@ -49,6 +49,16 @@ def test_every_text_starts_with_its_prompt_and_respects_its_own_token_limit(engi
     short, long = engine.generate("nano", jobs)
     assert short.new_tokens <= 3 and long.new_tokens <= 25
     assert short.text.startswith("Штирлиц пришел домой") and long.text.startswith("Вовочка")
+
+
+def test_each_job_is_reported_done_once_as_its_row_finishes_and_short_ones_first(engine):
+    jobs = [job(0, "Вовочка", max_new_tokens=25), job(1, "Кот", max_new_tokens=2), job(2, "Колобок", max_new_tokens=9)]
+    done = []
+    outputs = engine.generate("nano", jobs, on_done=done.append)
+    assert sorted(done, key=lambda o: o.request_id) == sorted(outputs, key=lambda o: o.request_id)
+    passes = [o.forward_passes for o in done]
+    assert passes == sorted(passes)  # reported in the order the rows finished
+    assert done[0].request_id == "r1" and done[0].forward_passes <= 3 < done[-1].forward_passes
 
 
 def test_rows_keep_their_own_sampling_settings(engine):

@@ -25,21 +25,23 @@ from bot.worker_main import serve
 
 
 class UpperEngine:
-    """Answers "<size>:<PROMPT>"; records calls; can fail, stream partials, or wait on a gate."""
+    """Answers "<size>:<PROMPT>"; records calls; can fail, stream partials, finish its first job
+    early (on_done before the rest of the batch), or wait on a gate."""
 
     def __init__(self, sizes=("nano", "mini"), *, fail: bool = False, partial: bool = False,
-                 gate: threading.Event | None = None) -> None:
+                 gate: threading.Event | None = None, first_done_early: bool = False) -> None:
         self.sizes = list(sizes)
         self.fail = fail
         self.partial = partial
         self.gate = gate
+        self.first_done_early = first_done_early
         self.started = threading.Event()
         self.calls: list[tuple[str, list[str]]] = []
 
     def available_sizes(self) -> list[str]:
         return self.sizes
 
-    def generate(self, size: str, jobs: list[Job], on_partial=None) -> list[GenerationOutput]:
+    def generate(self, size: str, jobs: list[Job], on_partial=None, on_done=None) -> list[GenerationOutput]:
         self.calls.append((size, [job.prompt for job in jobs]))
         self.started.set()
         if self.fail:
@@ -48,10 +50,13 @@ class UpperEngine:
         if self.partial and on_partial:
             for request_id, text in texts.items():
                 on_partial(request_id, text[:6])
+        outputs = [GenerationOutput(rid, text, new_tokens=len(text), forward_passes=len(text) + 1)
+                   for rid, text in texts.items()]
+        if self.first_done_early and on_done:
+            on_done(outputs[0])
         if self.gate is not None:
             self.gate.wait(timeout=10)
-        return [GenerationOutput(rid, text, new_tokens=len(text), forward_passes=len(text) + 1)
-                for rid, text in texts.items()]
+        return outputs
 
 
 @pytest.fixture
@@ -316,3 +321,61 @@ def test_json_log_lines_carry_the_request_fields():
     record.fields = {"request_id": "abc", "status": "ok", "latency_s": 0.5}
     line = json.loads(JsonFormatter().format(record))
     assert (line["request_id"], line["status"], line["level"]) == ("abc", "ok", "INFO")
+
+
+async def test_a_row_that_finishes_early_is_answered_before_its_batch_ends(queue, reader, make_worker, make_request):
+    gate = threading.Event()
+    worker = make_worker(UpperEngine(gate=gate, first_done_early=True))
+    for prompt in ("раз", "два", "три"):
+        await queue.submit(make_request(prompt))
+    running = asyncio.create_task(worker.run_once())
+    try:
+        [early] = await final_results(reader, 1)  # the engine is still blocked on the gate
+        assert early.text == "nano:РАЗ" and not running.done()
+    finally:
+        gate.set()
+    assert await running == 3
+    rest = await final_results(reader, 2)
+    assert sorted(r.text for r in rest) == ["nano:ДВА", "nano:ТРИ"]
+    assert await reader.read(block_ms=100) == []  # each request answered exactly once
+    assert worker.processed == 3
+
+
+async def test_an_early_answer_follows_its_own_partials(queue, reader, make_worker, make_request):
+    gate = threading.Event()
+    worker = make_worker(UpperEngine(partial=True, gate=gate, first_done_early=True))
+    await queue.submit(make_request("анекдот", stream_partials=True))
+    running = asyncio.create_task(worker.run_once())
+    try:
+        statuses = []
+        async with asyncio.timeout(3):
+            while "ok" not in statuses:
+                statuses += [item.result.status for item in await reader.read(block_ms=50)]
+        assert statuses == ["partial", "ok"]
+    finally:
+        gate.set()
+    await running
+    assert [item.result.status for item in await reader.read(block_ms=100)] == []  # nothing after the final
+
+
+async def test_shutdown_hands_back_only_the_requests_not_answered_early(
+    queue, reader, make_worker, make_request, queue_config
+):
+    patient = dataclasses.replace(queue_config, claim_idle_ms=60_000)
+    gate = threading.Event()
+    engine = UpperEngine(gate=gate, first_done_early=True)
+    worker = make_worker(engine, queue=patient, shutdown_grace_s=0.1)
+    for prompt in ("первый", "второй"):
+        await queue.submit(make_request(prompt))
+    running = asyncio.create_task(worker.run())
+    try:
+        [early] = await final_results(reader, 1)
+        worker.request_stop()
+        await asyncio.wait_for(running, 2)
+        assert worker.abandoned
+        successor = make_worker(UpperEngine(), "w2", queue=patient)
+        assert await successor.run_once() == 1  # only the unanswered one comes back
+        [result] = await final_results(reader, 1)
+        assert (early.text, result.worker_id, result.text) == ("nano:ПЕРВЫЙ", "w2", "nano:ВТОРОЙ")
+    finally:
+        gate.set()
