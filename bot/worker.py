@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bot.answers import EarlyAnswers, PartialPublisher, ok_result
 from bot.claims import ClaimedRequest
 from bot.engine_api import Engine, GenerationOutput, Job
 from bot.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
@@ -129,9 +130,9 @@ class Worker:
         worker_id = self.config.worker_id
         jobs = [_job(claimed.request) for claimed in group]
         loop = asyncio.get_running_loop()
-        partials = _PartialPublisher(loop, self.queue, worker_id, group, self.config.partial_interval_s)
+        partials = PartialPublisher(loop, self.queue, worker_id, group, self.config.partial_interval_s)
         # A row that finishes early is answered at once, not when the batch's longest joke ends.
-        early = _EarlyAnswers(loop, self, size, group, partials)
+        early = EarlyAnswers(loop, self._answer, worker_id, size, group, partials)
         self._in_flight = group
         started = time.monotonic()
         try:
@@ -167,9 +168,9 @@ class Worker:
                 log.error("engine returned no output for %s; released for retry", claimed.request.request_id)
                 await self.queue.release([claimed], worker_id, penalize=True)
                 continue
-            await self._answer(claimed, _ok_result(claimed, output, worker_id, size))
+            await self._answer(claimed, ok_result(claimed, output, worker_id, size))
 
-    async def _release_unanswered(self, early: "_EarlyAnswers", *, penalize: bool) -> None:
+    async def _release_unanswered(self, early: EarlyAnswers, *, penalize: bool) -> None:
         await self.queue.release(await early.unanswered(), self.config.worker_id, penalize=penalize)
 
     async def _wait_for_generation(self, future: Future) -> list[GenerationOutput]:
@@ -253,11 +254,6 @@ class Worker:
                 extra={"fields": fields})
 
 
-def _ok_result(claimed: ClaimedRequest, output: GenerationOutput, worker_id: str, size: str) -> JokeResult:
-    return JokeResult.answer(claimed.request, "ok", worker_id, text=output.text, size=size,
-                             tokens=output.new_tokens, forward_passes=output.forward_passes)
-
-
 def _job(request: JokeRequest) -> Job:
     sampling = request.sampling
     return Job(
@@ -265,81 +261,3 @@ def _job(request: JokeRequest) -> Job:
         temperature=sampling.temperature, top_p=sampling.top_p,
         max_new_tokens=sampling.max_new_tokens, seed=sampling.seed,
     )
-
-
-class _PartialPublisher:
-    """The engine's on_partial callback: throttled, and thread-safe by handing work to the event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: RequestQueue, worker_id: str,
-                 group: list[ClaimedRequest], interval_s: float) -> None:
-        self._loop = loop
-        self._queue = queue
-        self._worker_id = worker_id
-        self._interval_s = interval_s
-        self._requests = {c.request.request_id: c.request for c in group if c.request.stream_partials}
-        self._last_sent: dict[str, float] = {}
-        self._pending: list[tuple[str, Future]] = []
-
-    @property
-    def wanted(self) -> bool:
-        return bool(self._requests)
-
-    def __call__(self, request_id: str, text_so_far: str) -> None:
-        request = self._requests.get(request_id)
-        now = time.monotonic()
-        if request is None or now - self._last_sent.get(request_id, float("-inf")) < self._interval_s:
-            return
-        self._last_sent[request_id] = now
-        result = JokeResult.answer(request, "partial", self._worker_id, text=text_so_far)
-        with suppress(RuntimeError):  # the loop is gone: the worker is exiting, partials don't matter
-            self._pending.append((request_id, asyncio.run_coroutine_threadsafe(self._queue.publish_result(result),
-                                                                               self._loop)))
-
-    async def drain(self, request_id: str | None = None) -> None:
-        """Wait until the partials sent so far (of `request_id`, or of every request) have landed."""
-        for rid, future in list(self._pending):
-            if request_id is not None and rid != request_id:
-                continue
-            try:
-                await asyncio.wrap_future(future)
-            except RedisError as error:
-                log.warning("partial result not published: %s", error)
-
-
-class _EarlyAnswers:
-    """The engine's on_done callback: answers a request as soon as its row finishes.
-
-    Called from the engine's thread; the answer runs on the event loop, after that request's own
-    partials have landed (a partial must never follow its final result). Whatever was not answered
-    this way (the callback failed, or generation stopped first) is answered or released by the
-    worker once the batch is over, as before.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, worker: Worker, size: str, group: list[ClaimedRequest],
-                 partials: _PartialPublisher) -> None:
-        self._loop, self._worker, self._size, self._partials = loop, worker, size, partials
-        self._group = group
-        self._claimed = {c.request.request_id: c for c in group}
-        self._answered: set[str] = set()
-        self._pending: list[Future] = []
-
-    def __call__(self, output: GenerationOutput) -> None:
-        claimed = self._claimed.get(output.request_id)
-        if claimed is None:
-            return
-        with suppress(RuntimeError):  # the loop is gone: the worker is exiting; reclaim answers it
-            self._pending.append(asyncio.run_coroutine_threadsafe(self._answer(claimed, output), self._loop))
-
-    async def _answer(self, claimed: ClaimedRequest, output: GenerationOutput) -> None:
-        await self._partials.drain(claimed.request.request_id)
-        await self._worker._answer(claimed, _ok_result(claimed, output, self._worker.config.worker_id, self._size))
-        self._answered.add(claimed.request.request_id)
-
-    async def unanswered(self) -> list[ClaimedRequest]:
-        """The batch's requests not answered early, once every early answer under way has settled."""
-        for future in list(self._pending):
-            try:
-                await asyncio.wrap_future(future)
-            except RedisError as error:  # answered again (or released) with the rest of the batch
-                log.warning("early answer not published: %s", error)
-        return [c for c in self._group if c.request.request_id not in self._answered]
