@@ -151,3 +151,14 @@ def test_hf_source_with_a_local_hub_dir_trains_offline(tmp_path):
     tokenizer = ByteLevelBPETokenizer.from_pretrained(out)
     assert model.config.vocab_size == tokenizer.vocab_size == 300
     assert "hf://IgorVolochay/russian_jokes" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_dropout_time_limit_and_last_weights_flags_reach_the_run(tmp_path, corpus_path):
+    out = tmp_path / "flags"
+    code, stdout = run_printing(train_main, tiny_train_args(str(corpus_path), out, "--dropout", "0.1",
+                                                            "--time-limit", "600", "--last-weights"))
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["dropout"] == 0.1
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert (recorded["time_limit_s"], recorded["keep_best"]) == (600.0, False)
+    assert json.loads(stdout.splitlines()[0])["selected_step"] == STEPS
