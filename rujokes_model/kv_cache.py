@@ -24,6 +24,10 @@ class KVCache:
         """Keep only batch rows `rows` (finished requests leave the batch)."""
         self.keys, self.values = self.keys.index_select(0, rows), self.values.index_select(0, rows)
 
+    def append_rows(self, other: "KVCache") -> None:
+        """Add `other`'s rows after ours (requests joining a running batch); same length and layout."""
+        self.keys, self.values = torch.cat([self.keys, other.keys]), torch.cat([self.values, other.values])
+
 
 class LatentCache:
     """MHLA cache: only the compressed KV latent (B, max_len, kv_lora_rank) and the shared,
@@ -46,5 +50,12 @@ class LatentCache:
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows` (finished requests leave the batch)."""
-        self.entries = self.entries.index_select(0, rows)
-        self.latent, self.rope_key = self.entries.split([self.latent.shape[-1], self.rope_key.shape[-1]], dim=-1)
+        self._set_entries(self.entries.index_select(0, rows))
+
+    def append_rows(self, other: "LatentCache") -> None:
+        """Add `other`'s rows after ours (requests joining a running batch); same length and layout."""
+        self._set_entries(torch.cat([self.entries, other.entries]))
+
+    def _set_entries(self, entries: torch.Tensor) -> None:
+        self.latent, self.rope_key = entries.split([self.latent.shape[-1], self.rope_key.shape[-1]], dim=-1)
+        self.entries = entries
