@@ -1,22 +1,24 @@
-"""Where the worker meets the model: load each size once, turn a batch of jobs into jokes.
+"""Where the worker meets the model: load each size once, turn a stream of jobs into jokes.
 
-One `generate` call is one static batch: prompts are left-padded together, every row keeps its
-own sampling settings and seed, rows leave when they hit <eos> or their token limit, and the batch
-ends when every row has. Partial texts are reported as rows grow (for streaming to Telegram).
+One `generate` call runs a continuous batch (rujokes_model.continuous): every row keeps its own
+sampling settings and seed, a row leaves the moment it hits <eos> or its token limit (and is reported
+done right then), and, when the worker offers more jobs between decode steps, new rows join the
+running batch instead of waiting for it to end. Partial texts are reported as rows grow.
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM, iter_generate
+from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
+from rujokes_model.continuous import ContinuousBatch, RowSettings
 from rujokes_model.pretrained import pretrained_path
 
-from .engine_api import DoneCallback, GenerationOutput, Job, PartialCallback
+from .engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,23 @@ def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
     return LoadedModel(model, tokenizer, source)
 
 
+# How often (in decode steps) a running batch asks for more jobs: each ask may cost a Redis round trip.
+POLL_EVERY_STEPS = 4
+
+
+@dataclass(eq=False)  # rows are compared by identity
+class _Row:
+    """One job while it is in (or waiting for) the running batch."""
+    job: Job
+    prompt: list[int]
+    limit: int
+    settings: RowSettings
+    decoder: IncrementalDecoder
+    prompt_text: str = ""
+    new_ids: list[int] = field(default_factory=list)
+    passes: int = 0
+
+
 class ModelEngine:
     def __init__(self, models: dict[str, LoadedModel], device: torch.device) -> None:
         self.models = models
@@ -67,72 +86,84 @@ class ModelEngine:
         return list(self.models)
 
     def generate(self, size: str, jobs: list[Job], on_partial: PartialCallback | None = None,
-                 on_done: DoneCallback | None = None) -> list[GenerationOutput]:
+                 on_done: DoneCallback | None = None, more_jobs: MoreJobs | None = None) -> list[GenerationOutput]:
         if size not in self.models:
             raise KeyError(f"size {size!r} is not loaded")
         if not jobs:
             return []
         with self._lock:
-            return self._generate(self.models[size], jobs, on_partial, on_done)
+            return self._generate(self.models[size], jobs, on_partial, on_done, more_jobs)
 
     def _generate(self, loaded: LoadedModel, jobs: list[Job], on_partial: PartialCallback | None,
-                  on_done: DoneCallback | None) -> list[GenerationOutput]:
+                  on_done: DoneCallback | None, more_jobs: MoreJobs | None) -> list[GenerationOutput]:
         model, tokenizer = loaded.model, loaded.tokenizer
-        context = model.config.max_seq_len
-        limits = [max(1, min(job.max_new_tokens, context // 2)) for job in jobs]
-        max_new = max(limits)
-        # Keep each prompt's last tokens that fit (its <bos> is lost only for absurdly long prompts).
-        budget = context - max_new
-        prompts = [ids[-budget:] for ids in tokenizer.encode_batch([job.prompt for job in jobs])]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(jobs), width), tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids):] = torch.tensor(ids)
-            attention_mask[row, width - len(ids):] = 1
-        # A seeded job gets its own generator (same seed, same joke, whatever the batch); the rest share one draw.
-        generators = [torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None
-                      for job in jobs]
-        decoders = [IncrementalDecoder(tokenizer) for _ in jobs]
-        # Byte-level BPE decodes by concatenation: a partial is the prompt's text (decoded once) plus the
-        # decoder's text of the new tokens, with no second decode of the whole row every step.
-        prompt_texts = [tokenizer.decode(ids) for ids in prompts] if on_partial is not None else []
-        new_ids: list[list[int]] = [[] for _ in jobs]
-        done = [False] * len(jobs)
-        outputs: list[GenerationOutput | None] = [None] * len(jobs)
-        forward_passes = 0
+        batch = ContinuousBatch(model)
+        waiting = self._rows(loaded, jobs, streaming=on_partial is not None)
+        order = [job.request_id for job in jobs]
+        live: list[_Row] = []
+        outputs: dict[str, GenerationOutput] = {}
+        steps = 0
+        while waiting or live:
+            admitted = self._admit(batch, waiting)
+            if admitted:
+                batch.join([row.prompt for row in admitted], [row.settings for row in admitted],
+                           tokenizer.pad_token_id)
+                live += admitted
+                waiting = [row for row in waiting if row not in admitted]
+            tokens = batch.sample().tolist()
+            steps += 1
+            leaving = []
+            for index, (row, token) in enumerate(zip(live, tokens)):
+                row.passes += 1
+                if token != tokenizer.eos_token_id:
+                    row.new_ids.append(token)
+                    if on_partial is not None and row.decoder.push(token):
+                        on_partial(row.job.request_id, (row.prompt_text + row.decoder.emitted).strip())
+                if token == tokenizer.eos_token_id or len(row.new_ids) >= row.limit:
+                    leaving.append(index)
+                    output = GenerationOutput(row.job.request_id, self._text(tokenizer, row.prompt, row.new_ids),
+                                              len(row.new_ids), row.passes)
+                    outputs[row.job.request_id] = output
+                    if on_done is not None:
+                        on_done(output)
+            batch.remove(leaving)
+            gone = set(leaving)
+            live = [row for index, row in enumerate(live) if index not in gone]
+            if more_jobs is not None and steps % POLL_EVERY_STEPS == 0:
+                joining = more_jobs(len(live) + len(waiting))
+                waiting += self._rows(loaded, joining, streaming=on_partial is not None)
+                order += [job.request_id for job in joining]
+            batch.feed()
+        return [outputs[request_id] for request_id in order]
 
-        def finish(row: int) -> None:
-            done[row] = True
-            outputs[row] = GenerationOutput(jobs[row].request_id, self._text(tokenizer, prompts[row], new_ids[row]),
-                                            len(new_ids[row]), forward_passes)
-            if on_done is not None:
-                on_done(outputs[row])
+    def _rows(self, loaded: LoadedModel, jobs: list[Job], streaming: bool) -> list[_Row]:
+        tokenizer, context = loaded.tokenizer, loaded.model.config.max_seq_len
+        rows = []
+        for job, ids in zip(jobs, tokenizer.encode_batch([job.prompt for job in jobs])):
+            limit = max(1, min(job.max_new_tokens, context // 2))
+            # Keep the prompt's last tokens that fit (its <bos> is lost only for absurdly long prompts).
+            prompt = ids[-(context - limit):]
+            # A seeded job gets its own generator (same seed, same joke, whatever the batch); the rest share one draw.
+            generator = (torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None)
+            settings = RowSettings(top_k=job.top_k or None, top_p=job.top_p, temperature=job.temperature,
+                                   generator=generator)
+            # Byte-level BPE decodes by concatenation: a partial is the prompt's text (decoded once) plus the
+            # decoder's text of the new tokens, with no second decode of the whole row every step.
+            rows.append(_Row(job, prompt, limit, settings, IncrementalDecoder(tokenizer),
+                             tokenizer.decode(prompt) if streaming else ""))
+        return rows
 
-        steps = iter_generate(model, input_ids, max_new, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id, do_sample=True,
-                              top_k=[job.top_k for job in jobs], top_p=[job.top_p for job in jobs],
-                              temperature=[job.temperature for job in jobs], attention_mask=attention_mask,
-                              generator=generators)
-        for _, tokens, finished in steps:
-            forward_passes += 1
-            for row, token in enumerate(tokens.tolist()):
-                if done[row]:
-                    continue
-                if token == tokenizer.eos_token_id:
-                    finish(row)
-                    continue
-                new_ids[row].append(token)
-                if on_partial is not None and decoders[row].push(token):
-                    on_partial(jobs[row].request_id, (prompt_texts[row] + decoders[row].emitted).strip())
-                if len(new_ids[row]) >= limits[row]:
-                    finish(row)
-            if all(done):
-                break
-        for row in range(len(jobs)):  # rows still open when generation stopped (every step used)
-            if not done[row]:
-                finish(row)
-        return outputs
+    @staticmethod
+    def _admit(batch: ContinuousBatch, waiting: list[_Row]) -> list[_Row]:
+        """The waiting rows that fit the running batch now (an empty batch takes the next rows that fit together)."""
+        if len(batch):
+            return [row for row in waiting if batch.can_join(len(row.prompt), row.limit)]
+        admitted: list[_Row] = []
+        for row in waiting:
+            width = max([len(row.prompt)] + [len(r.prompt) for r in admitted])
+            if all(width + r.limit <= batch.columns for r in admitted + [row]):
+                admitted.append(row)
+        return admitted
 
     @staticmethod
     def _text(tokenizer: ByteLevelBPETokenizer, prompt: list[int], new: list[int]) -> str:

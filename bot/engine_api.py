@@ -12,6 +12,8 @@ from typing import Callable, Protocol
 PartialCallback = Callable[[str, str], None]
 # on_done(output) the moment a job's row finishes, before the rest of its batch; engine's thread too.
 DoneCallback = Callable[["GenerationOutput"], None]
+# more_jobs(rows_in_batch) -> jobs to add to the running batch (possibly none); engine's thread, between steps.
+MoreJobs = Callable[[int], list["Job"]]
 
 
 @dataclass
@@ -43,11 +45,12 @@ class Engine(Protocol):
 
     def generate(
         self, size: str, jobs: list[Job], on_partial: PartialCallback | None = None,
-        on_done: DoneCallback | None = None,
+        on_done: DoneCallback | None = None, more_jobs: MoreJobs | None = None,
     ) -> list[GenerationOutput]:
         """Generate one text per job (same order or matched by request_id); blocking, runs in a thread.
 
         on_done, if given, receives each job's output as soon as that job is finished (a short joke
-        need not wait for its batch's longest); the returned list still holds every output.
+        need not wait for its batch's longest); the returned list still holds every output, the
+        jobs that more_jobs added included (after the given ones).
         """
         ...

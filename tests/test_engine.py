@@ -112,3 +112,23 @@ def test_loading_for_the_cpu_flushes_denormal_floats(tmp_path):
     assert (tiny * 0.5).item() != 0.0
     load_source("nano", str(make_tiny_model_dir(tmp_path)), torch.device("cpu"))
     assert (tiny * 0.5).item() == 0.0
+
+
+def test_jobs_offered_between_steps_join_the_running_batch_and_match_their_solo_text(engine):
+    first = [job(0, "Вовочка", max_new_tokens=20), job(1, "Кот", max_new_tokens=20)]
+    late = [job(2, "Колобок", max_new_tokens=6), job(3, "Шеф, всё пропало", max_new_tokens=8)]
+    solo = {j.request_id: engine.generate("nano", [j])[0].text for j in first + late}
+    offers, done, to_offer = [], [], list(late)
+
+    def more_jobs(rows_in_batch: int) -> list[Job]:
+        offers.append(rows_in_batch)
+        return [to_offer.pop(0)] if to_offer else []
+
+    outputs = engine.generate("nano", first, on_done=done.append, more_jobs=more_jobs)
+
+    assert [o.request_id for o in outputs] == ["r0", "r1", "r2", "r3"]
+    assert offers[0] == 2  # asked while the first two rows were running
+    # The late jobs finished before the first ones: they joined mid-batch instead of waiting for it to end.
+    finished = [o.request_id for o in done]
+    assert finished.index("r2") < finished.index("r0") and finished.index("r3") < finished.index("r0")
+    assert {o.request_id: o.text for o in outputs} == solo  # seeded: the same joke, however it was batched
