@@ -16,7 +16,7 @@ from contextlib import suppress
 from redis.exceptions import RedisError
 
 from bot.claims import ClaimedRequest
-from bot.engine_api import GenerationOutput
+from bot.engine_api import GenerationOutput, Job
 from bot.protocol import JokeResult
 from bot.queue import RequestQueue
 
@@ -42,9 +42,10 @@ class PartialPublisher:
         self._last_sent: dict[str, float] = {}
         self._pending: list[tuple[str, Future]] = []
 
-    @property
-    def wanted(self) -> bool:
-        return bool(self._requests)
+    def add(self, claimed: ClaimedRequest) -> None:
+        """A request that joined the running batch."""
+        if claimed.request.stream_partials:
+            self._requests[claimed.request.request_id] = claimed.request
 
     def __call__(self, request_id: str, text_so_far: str) -> None:
         request = self._requests.get(request_id)
@@ -85,6 +86,10 @@ class EarlyAnswers:
         self._answered: set[str] = set()
         self._pending: list[Future] = []
 
+    def add(self, claimed: ClaimedRequest) -> None:
+        """A request that joined the running batch (appended to the group by the caller)."""
+        self._claimed[claimed.request.request_id] = claimed
+
     def __call__(self, output: GenerationOutput) -> None:
         claimed = self._claimed.get(output.request_id)
         if claimed is None:
@@ -105,3 +110,41 @@ class EarlyAnswers:
             except RedisError as error:  # answered again (or released) with the rest of the batch
                 log.warning("early answer not published: %s", error)
         return [c for c in self._group if c.request.request_id not in self._answered]
+
+
+class JoiningRequests:
+    """The engine's more_jobs callback: between decode steps, claims waiting requests for the running batch.
+
+    Called from the engine's thread; the claim runs on the worker's event loop (`claim` returns nothing
+    once the worker is stopping or an admin switched the active size, so the batch drains and the switch
+    takes effect). A claimed request for another model size is carried over to the worker's next batch.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, claim: Callable[[int], Awaitable[list[ClaimedRequest]]],
+                 size_of: Callable[[ClaimedRequest], str], capacity: int, size: str,
+                 group: list[ClaimedRequest], partials: PartialPublisher, early: EarlyAnswers,
+                 carry: list[ClaimedRequest], to_job: Callable[[ClaimedRequest], Job]) -> None:
+        self._loop, self._claim, self._size_of, self._capacity, self._size = loop, claim, size_of, capacity, size
+        self._group, self._partials, self._early, self._carry, self._to_job = group, partials, early, carry, to_job
+
+    def __call__(self, rows_in_batch: int) -> list[Job]:
+        free = self._capacity - rows_in_batch
+        if free <= 0:
+            return []
+        try:
+            return asyncio.run_coroutine_threadsafe(self._join(free), self._loop).result(timeout=5)
+        except Exception as error:  # noqa: BLE001 - a failed join only means the batch goes on as it is
+            log.warning("no requests joined the running batch: %s", error)
+            return []
+
+    async def _join(self, free: int) -> list[Job]:
+        jobs = []
+        for claimed in await self._claim(free):
+            if self._size_of(claimed) != self._size:
+                self._carry.append(claimed)
+                continue
+            self._group.append(claimed)
+            self._partials.add(claimed)
+            self._early.add(claimed)
+            jobs.append(self._to_job(claimed))
+        return jobs

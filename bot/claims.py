@@ -92,24 +92,27 @@ class RequestClaims:
         for stream in self.keys.request_streams:
             await create_group(self._redis, stream, WORKER_GROUP)
 
-    async def claim_batch(self, consumer: str, max_items: int, block_ms: int = 0) -> ClaimedBatch:
+    async def claim_batch(self, consumer: str, max_items: int, block_ms: int = 0, *,
+                          reclaim: bool = True) -> ClaimedBatch:
         """Reclaim requests of dead workers, then read new ones, high priority first.
 
         Requests retried more than max_deliveries times or past their deadline are answered here
         and come back in `answered`; the rest, at most max_items, come back in `ready`.
+        reclaim=False reads new requests only: for a running batch, whose own in-flight entries
+        could look idle to XAUTOCLAIM between heartbeats and must not be claimed a second time.
         """
         try:
-            raw = await self._claim_raw(consumer, max_items, block_ms)
+            raw = await self._claim_raw(consumer, max_items, block_ms, reclaim)
         except ResponseError as error:
             if not is_nogroup(error):
                 raise
             log.warning("consumer group missing (Redis flushed or restarted without AOF?); recreating")
             await self.ensure_groups()
-            raw = await self._claim_raw(consumer, max_items, block_ms)
+            raw = await self._claim_raw(consumer, max_items, block_ms, reclaim)
         return await self._sort_out(consumer, raw)
 
-    async def _claim_raw(self, consumer: str, max_items: int, block_ms: int) -> list[_RawEntry]:
-        raw = await self._reclaim(consumer, max_items)
+    async def _claim_raw(self, consumer: str, max_items: int, block_ms: int, reclaim: bool = True) -> list[_RawEntry]:
+        raw = await self._reclaim(consumer, max_items) if reclaim else []
         if len(raw) < max_items:
             raw += await self._read_new(consumer, max_items - len(raw), 0 if raw else block_ms)
         return raw

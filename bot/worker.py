@@ -16,8 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.answers import EarlyAnswers, PartialPublisher, ok_result
-from bot.claims import ClaimedRequest
+from bot.answers import EarlyAnswers, JoiningRequests, PartialPublisher, ok_result
+from bot.claims import ClaimedBatch, ClaimedRequest
 from bot.engine_api import Engine, GenerationOutput, Job
 from bot.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
 from bot.queue import RequestQueue
@@ -55,6 +55,9 @@ class Worker:
         self.abandoned = False  # a batch was handed back while its generation thread still runs
         self._stopping = asyncio.Event()
         self._in_flight: list[ClaimedRequest] = []
+        # Claimed while a batch of another size was running: served by the next batch.
+        self._carry: list[ClaimedRequest] = []
+        self._batch_active_size: str | None = None  # the active size the running batch resolved "active" to
         self._started_at = time.time()
         # For /healthz (read from the metrics server's thread; plain float writes are atomic enough).
         self._last_loop_at: float | None = None       # monotonic: the claim loop finished an iteration
@@ -91,26 +94,49 @@ class Worker:
             with suppress(asyncio.CancelledError):
                 await heartbeat
             with suppress(RedisError):
+                if self._carry:  # claimed for a next batch that will not run: straight back to the queue
+                    await self.queue.release(self._carry, self.config.worker_id, penalize=False)
+                    self._carry = []
+            with suppress(RedisError):
                 await self.queue.remove_heartbeat(self.config.worker_id)
             self._executor.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped after %d requests", self.config.worker_id, self.processed)
 
     async def run_once(self) -> int:
         """Claim and serve one batch; returns how many requests were answered or handed back."""
-        batch = await self.queue.claim_batch(self.config.worker_id, self.config.batch_size, self.config.block_ms)
-        for result in batch.answered:
+        carry, self._carry = self._carry, []
+        wanted = self.config.batch_size - len(carry)
+        batch = (await self.queue.claim_batch(self.config.worker_id, wanted, 0 if carry else self.config.block_ms)
+                 if wanted > 0 else ClaimedBatch([], []))
+        self._note_answered(batch.answered)
+        ready = carry + batch.ready
+        if ready:
+            await self._serve(ready)
+        return len(batch.answered) + len(ready)
+
+    def _note_answered(self, answered: list[JokeResult]) -> None:
+        for result in answered:
             self._log_result(result)
             if self.metrics is not None:  # expired or dead-lettered by the queue: the request's kind is gone
                 self.metrics.request_finished("unknown", result.size, result.status)
-        if batch.ready:
-            await self._serve(batch.ready)
-        return len(batch.answered) + len(batch.ready)
+
+    async def _claim_for_running_batch(self, free: int) -> list[ClaimedRequest]:
+        """Requests to join the running batch: none once stopping, or once the active size changed."""
+        if self._stopping.is_set():
+            return []
+        if (await self.queue.get_active_size() or self.config.default_size) != self._batch_active_size:
+            return []
+        # New requests only: dead workers' requests are reclaimed at the next batch boundary.
+        batch = await self.queue.claim_batch(self.config.worker_id, free, 0, reclaim=False)
+        self._note_answered(batch.answered)
+        return batch.ready
 
     # -- one batch ------------------------------------------------------------------------------
 
     async def _serve(self, ready: list[ClaimedRequest]) -> None:
         # Read at every batch boundary, so an admin's switch reaches every worker within one batch.
         active = await self.queue.get_active_size() or self.config.default_size
+        self._batch_active_size = active
         if self.metrics is not None:
             self.metrics.queue_lag.set(max(0.0, time.time() - min(c.request.created_at for c in ready)))
         available = set(self.engine.available_sizes())
@@ -133,11 +159,16 @@ class Worker:
         partials = PartialPublisher(loop, self.queue, worker_id, group, self.config.partial_interval_s)
         # A row that finishes early is answered at once, not when the batch's longest joke ends.
         early = EarlyAnswers(loop, self._answer, worker_id, size, group, partials)
-        self._in_flight = group
+        # Between decode steps, waiting requests of this size join the running batch (continuous batching).
+        active = self._batch_active_size
+        joining = JoiningRequests(loop, self._claim_for_running_batch,
+                                  lambda c: active if c.request.size == ACTIVE_SIZE else c.request.size,
+                                  self.config.batch_size, size, group, partials, early, self._carry,
+                                  lambda c: _job(c.request))
+        self._in_flight = group  # the same list: requests that join are kept fresh too
         started = time.monotonic()
         try:
-            future = self._executor.submit(self.engine.generate, size, jobs, partials if partials.wanted else None,
-                                           early)
+            future = self._executor.submit(self.engine.generate, size, jobs, partials, early, joining)
             outputs = await self._wait_for_generation(future)
         except _Abandoned:
             self.abandoned = True
@@ -155,7 +186,7 @@ class Worker:
         finally:
             self._in_flight = []
         if self.metrics is not None:
-            self.metrics.batch_generated(size, len(jobs), time.monotonic() - started,
+            self.metrics.batch_generated(size, len(outputs), time.monotonic() - started,
                                          sum(output.new_tokens for output in outputs))
         remaining = {c.request.request_id for c in await early.unanswered()}
         await partials.drain()  # so no partial lands after its final result
@@ -231,7 +262,7 @@ class Worker:
                     self.metrics.queue_length.set(depth)
                 # Past its deadline a request is no longer kept fresh: if this worker is hung, another
                 # one reclaims it and answers "expired".
-                fresh = [c for c in self._in_flight if c.request.deadline > time.time()]
+                fresh = [c for c in self._in_flight + self._carry if c.request.deadline > time.time()]
                 if fresh:
                     await self.queue.touch(fresh, self.config.worker_id)
             except RedisError as error:

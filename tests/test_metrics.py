@@ -28,7 +28,7 @@ class EchoEngine:
     def available_sizes(self) -> list[str]:
         return ["nano"]
 
-    def generate(self, size: str, jobs: list[Job], on_partial=None, on_done=None) -> list[GenerationOutput]:
+    def generate(self, size: str, jobs: list[Job], on_partial=None, on_done=None, more_jobs=None) -> list[GenerationOutput]:
         if self.gate is not None:
             self.gate.wait(timeout=10)
         return [GenerationOutput(job.request_id, f"{size}:{job.prompt}", new_tokens=len(job.prompt),

@@ -268,3 +268,20 @@ async def test_embedded_redis_keeps_queued_requests_across_a_restart(tmp_path, q
         finally:
             await client.aclose()
             stop()
+
+
+async def test_claiming_for_a_running_batch_reads_new_requests_but_never_reclaims(
+    redis_client, queue_config, make_request
+):
+    queue = RequestQueue(redis_client, dataclasses.replace(queue_config, claim_idle_ms=50))
+    await queue.ensure_groups()
+    idle, fresh = make_request("idle"), make_request("fresh")
+    await queue.submit(idle)
+    assert [c.request.request_id for c in (await queue.claim_batch("w1", max_items=1)).ready] == [idle.request_id]
+    await asyncio.sleep(0.08)  # now idle long enough to be reclaimed: its batch could still be running
+    await queue.submit(fresh)
+
+    joining = await queue.claim_batch("w1", max_items=4, reclaim=False)
+    assert [c.request.request_id for c in joining.ready] == [fresh.request_id]
+    boundary = await queue.claim_batch("w2", max_items=4)
+    assert [c.request.request_id for c in boundary.ready] == [idle.request_id]

@@ -41,7 +41,7 @@ class UpperEngine:
     def available_sizes(self) -> list[str]:
         return self.sizes
 
-    def generate(self, size: str, jobs: list[Job], on_partial=None, on_done=None) -> list[GenerationOutput]:
+    def generate(self, size: str, jobs: list[Job], on_partial=None, on_done=None, more_jobs=None) -> list[GenerationOutput]:
         self.calls.append((size, [job.prompt for job in jobs]))
         self.started.set()
         if self.fail:

@@ -1,0 +1,140 @@
+"""Continuous batching through the worker: requests queued while a batch runs join it between decode steps.
+
+Real Redis, the real engine on tiny random weights; a gate pauses the engine's first ask for more jobs
+until the test has queued them, so the join is deterministic rather than a race with a fast model.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from bot.engine import ModelEngine, load_source
+from bot.protocol import SamplingParams
+from bot.queue import RequestQueue
+from bot.results import ResultReader
+from bot.worker import Worker, WorkerConfig, _job
+from tests.tiny_model import make_tiny_model_dir
+
+CPU = torch.device("cpu")
+
+
+class JoinGate:
+    """A real engine whose first call for more jobs waits until the test has queued them."""
+
+    def __init__(self, engine: ModelEngine) -> None:
+        self.engine = engine
+        self.asked, self.queued = threading.Event(), threading.Event()
+
+    def available_sizes(self) -> list[str]:
+        return self.engine.available_sizes()
+
+    def generate(self, size, jobs, on_partial=None, on_done=None, more_jobs=None):
+        def gated(rows_in_batch: int):
+            if not self.asked.is_set():
+                self.asked.set()
+                self.queued.wait(5)
+            return more_jobs(rows_in_batch)
+
+        return self.engine.generate(size, jobs, on_partial, on_done, gated if more_jobs else None)
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tmp_path_factory) -> ModelEngine:
+    models = {size: load_source(size, str(make_tiny_model_dir(tmp_path_factory.mktemp(size), seed=i)), CPU)
+              for i, size in enumerate(("nano", "mini"))}
+    return ModelEngine(models, CPU)
+
+
+@pytest.fixture
+async def reader(redis_client, queue_config) -> ResultReader:
+    reader = ResultReader(redis_client, queue_config)
+    await reader.ensure_group()
+    return reader
+
+
+@pytest.fixture
+async def queue(redis_client, queue_config) -> RequestQueue:
+    queue = RequestQueue(redis_client, queue_config)
+    await queue.ensure_groups()
+    return queue
+
+
+def worker_for(queue: RequestQueue, engine) -> Worker:
+    return Worker(queue, engine, WorkerConfig("w1", batch_size=4, block_ms=50, heartbeat_ttl_s=1.0,
+                                              shutdown_grace_s=1.0, partial_interval_s=0.0))
+
+
+async def finals(reader: ResultReader, count: int) -> list:
+    results = []
+    async with asyncio.timeout(10):
+        while len(results) < count:
+            for item in await reader.read(block_ms=50):
+                if item.result.is_final:
+                    results.append(item.result)
+                await reader.ack(item)
+    return results
+
+
+async def test_a_request_queued_during_a_batch_joins_it_and_its_short_joke_is_answered_first(
+    queue, reader, make_request, tiny_engine
+):
+    engine = JoinGate(tiny_engine)
+    worker = worker_for(queue, engine)
+    long = make_request("Вовочка", sampling=SamplingParams(max_new_tokens=60, seed=1))
+    short = make_request("Кот", sampling=SamplingParams(max_new_tokens=3, seed=2))
+    await queue.submit(long)
+    running = asyncio.create_task(worker.run_once())
+    await asyncio.to_thread(engine.asked.wait, 5)
+    await queue.submit(short)
+    engine.queued.set()
+
+    assert await running == 1  # one batch, claimed with one request: the other joined it
+    results = await finals(reader, 2)
+    assert [r.request_id for r in results] == [short.request_id, long.request_id]
+    assert worker.processed == 2
+    solo = {job.request_id: tiny_engine.generate("nano", [job])[0].text
+            for job in (_job(long), _job(short))}
+    assert {r.request_id: r.text for r in results} == solo  # seeded: the same jokes as served alone
+
+
+async def test_a_request_for_another_size_waits_for_the_next_batch_instead_of_joining(
+    queue, reader, make_request, tiny_engine
+):
+    engine = JoinGate(tiny_engine)
+    worker = worker_for(queue, engine)
+    await queue.submit(make_request("Вовочка", sampling=SamplingParams(max_new_tokens=20, seed=1)))
+    running = asyncio.create_task(worker.run_once())
+    await asyncio.to_thread(engine.asked.wait, 5)
+    other = make_request("Кот", size="mini", sampling=SamplingParams(max_new_tokens=3, seed=2))
+    await queue.submit(other)
+    engine.queued.set()
+
+    assert await running == 1
+    [first] = await finals(reader, 1)
+    assert first.size == "nano"
+    assert await worker.run_once() == 1  # the carried request is the next batch
+    [second] = await finals(reader, 1)
+    assert (second.request_id, second.size, second.status) == (other.request_id, "mini", "ok")
+
+
+async def test_nothing_joins_after_an_admin_switches_the_active_size(queue, reader, make_request, tiny_engine):
+    engine = JoinGate(tiny_engine)
+    worker = worker_for(queue, engine)
+    await queue.submit(make_request("Вовочка", sampling=SamplingParams(max_new_tokens=20, seed=1)))
+    running = asyncio.create_task(worker.run_once())
+    await asyncio.to_thread(engine.asked.wait, 5)
+    await queue.set_active_size("mini", by_user=1)
+    late = make_request("Кот", sampling=SamplingParams(max_new_tokens=3, seed=2))
+    await queue.submit(late)
+    engine.queued.set()
+
+    assert await running == 1
+    [first] = await finals(reader, 1)
+    assert first.size == "nano"
+    assert await worker.run_once() == 1  # still queued: served by the next batch, with the new active size
+    [second] = await finals(reader, 1)
+    assert (second.request_id, second.size) == (late.request_id, "mini")
+
