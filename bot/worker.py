@@ -1,4 +1,5 @@
-"""The worker loop: claim a batch from Redis, generate with the engine in a thread, answer, repeat."""
+"""The worker loop: claim a batch from Redis, generate with the engine in a thread (new requests join the
+running batch between decode steps; each joke is answered as it ends), repeat."""
 from __future__ import annotations
 
 import asyncio
