@@ -59,8 +59,10 @@ def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
     return LoadedModel(model, tokenizer, source)
 
 
-# How often (in decode steps) a running batch asks for more jobs: each ask may cost a Redis round trip.
+# How often (in decode steps) a running batch asks for more jobs: each ask may cost a Redis round trip,
+# so after an ask that brought nothing the interval doubles (up to the max) and resets when jobs join.
 POLL_EVERY_STEPS = 4
+POLL_EVERY_STEPS_MAX = 32
 
 
 @dataclass(eq=False)  # rows are compared by identity
@@ -102,7 +104,7 @@ class ModelEngine:
         order = [job.request_id for job in jobs]
         live: list[_Row] = []
         outputs: dict[str, GenerationOutput] = {}
-        steps = 0
+        steps, poll_every, next_poll = 0, POLL_EVERY_STEPS, POLL_EVERY_STEPS
         while waiting or live:
             admitted = self._admit(batch, waiting)
             if admitted:
@@ -129,10 +131,12 @@ class ModelEngine:
             batch.remove(leaving)
             gone = set(leaving)
             live = [row for index, row in enumerate(live) if index not in gone]
-            if more_jobs is not None and steps % POLL_EVERY_STEPS == 0:
+            if more_jobs is not None and steps >= next_poll:
                 joining = more_jobs(len(live) + len(waiting))
                 waiting += self._rows(loaded, joining, streaming=on_partial is not None)
                 order += [job.request_id for job in joining]
+                poll_every = POLL_EVERY_STEPS if joining else min(2 * poll_every, POLL_EVERY_STEPS_MAX)
+                next_poll = steps + poll_every
             batch.feed()
         return [outputs[request_id] for request_id in order]
 

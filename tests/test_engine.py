@@ -132,3 +132,27 @@ def test_jobs_offered_between_steps_join_the_running_batch_and_match_their_solo_
     finished = [o.request_id for o in done]
     assert finished.index("r2") < finished.index("r0") and finished.index("r3") < finished.index("r0")
     assert {o.request_id: o.text for o in outputs} == solo  # seeded: the same joke, however it was batched
+
+
+def test_asks_for_more_jobs_back_off_while_none_come_and_reset_when_one_joins(engine, monkeypatch):
+    model = engine.models["nano"].model
+    decode_steps = []
+    real_forward = model.forward
+
+    def counting_forward(input_ids, **kwargs):
+        if input_ids.shape[1] == 1:
+            decode_steps.append(input_ids.shape[0])
+        return real_forward(input_ids, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    asked_at, late = [], [job(9, "Колобок", max_new_tokens=4)]
+
+    def more_jobs(rows_in_batch: int) -> list[Job]:
+        asked_at.append(len(decode_steps))
+        return [late.pop()] if late and len(asked_at) == 3 else []
+
+    engine.generate("nano", [job(0, "Вовочка", max_new_tokens=60, top_k=0, temperature=0.0)], more_jobs=more_jobs)
+
+    gaps = [b - a for a, b in zip(asked_at, asked_at[1:])]
+    assert asked_at[0] == 3  # asked after the 4th draw, before its token is fed
+    assert gaps[:3] == [8, 16, 4]  # nothing came: every 4, then 8, then 16 steps; a job joined: every 4 again
