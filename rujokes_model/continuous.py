@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import AttentionInputs
-from .sampling import filter_logits, sample_tokens, sample_top_k, uniform
+from .decode_plan import DecodePlan
+from .sampling import draw_tokens
 
 
 @dataclass
@@ -33,16 +33,11 @@ class ContinuousBatch:
         if self.columns > model.config.max_seq_len and model.config.position == "rope":
             raise ValueError(f"{self.columns} columns exceed the RoPE context {model.config.max_seq_len}")
         self._reset()
-        if model.config.position == "alibi":
-            # distances[m] = columns - 1 - m: the last S entries are a query's distances at column S - 1.
-            distances = torch.arange(self.columns - 1, -1, -1, device=model.device, dtype=torch.float32)
-            self._alibi = -model.alibi[:, None, None] * distances          # (H, 1, columns)
 
     def _reset(self) -> None:
         self.cache: list | None = None
         self.next_column = 0                  # the column the next `feed` writes
-        self.first: torch.Tensor | None = None  # (B,) each row's first real column
-        self.padding: torch.Tensor | None = None  # (B, 1, 1, columns) additive: -inf before a row's first column
+        self.plan: DecodePlan | None = None     # masks and positions of every row's decode steps
         self.logits: torch.Tensor | None = None   # (B, V) next-token logits
         self.settings: list[RowSettings] = []
         self._pending: torch.Tensor | None = None  # tokens sampled, not yet fed
@@ -80,17 +75,13 @@ class ContinuousBatch:
         positions = (mask[:, -width:].cumsum(-1) - 1).clamp_min(0)
         cache = model.new_cache(n, self.columns)
         logits = model(ids, attention_mask=mask, position_ids=positions, cache=cache, start=end - width)[:, -1]
-        first = torch.tensor([end - len(p) for p in prompts], device=device)
-        padding = torch.zeros(n, 1, 1, self.columns, dtype=torch.float32, device=device)
-        padding.masked_fill_(torch.arange(self.columns, device=device)[None, None, None] < first[:, None, None, None],
-                             float("-inf"))
+        plan = model.decode_plan(mask, self.columns)
         if self.cache is None:
-            self.cache, self.first, self.padding, self.logits = cache, first, padding, logits
+            self.cache, self.plan, self.logits = cache, plan, logits
         else:
             for mine, theirs in zip(self.cache, cache):
                 mine.append_rows(theirs)
-            self.first = torch.cat([self.first, first])
-            self.padding = torch.cat([self.padding, padding])
+            self.plan.append_rows(plan)
             self.logits = torch.cat([self.logits, logits])
         self.settings += settings
 
@@ -99,22 +90,8 @@ class ContinuousBatch:
         """Each row's next token (B,), drawn with its own settings; `feed` writes them."""
         if not self.settings:
             raise RuntimeError("the batch is empty")
-        top_k = uniform([s.top_k for s in self.settings])
-        top_p = uniform([s.top_p for s in self.settings])
-        temperature = uniform([s.temperature for s in self.settings])
-        generators = [s.generator for s in self.settings]
-        generator = None if all(g is None for g in generators) else generators
-        greedy = [s.temperature <= 0 for s in self.settings]
-        if all(greedy):
-            tokens = self.logits.argmax(-1)
-        elif not any(greedy) and isinstance(top_k, int) and 0 < top_k < self.logits.shape[-1] \
-                and top_p in (None, 1.0) and not isinstance(temperature, list) and generator is None:
-            tokens = sample_top_k(self.logits, top_k, float(temperature))
-        else:
-            temperatures = [max(t, 1e-5) for t in temperature] if isinstance(temperature, list) else max(temperature, 1e-5)
-            filtered = filter_logits(self.logits, temperatures, top_k, top_p)
-            samples = True if not any(greedy) else torch.tensor([not g for g in greedy], device=self.logits.device)
-            tokens = sample_tokens(filtered, samples, generator)
+        tokens = draw_tokens(self.logits, [s.top_k for s in self.settings], [s.top_p for s in self.settings],
+                             [s.temperature for s in self.settings], [s.generator for s in self.settings])
         self._pending = tokens
         return tokens
 
@@ -127,10 +104,10 @@ class ContinuousBatch:
         if not kept:
             self._reset()
             return
-        keep = torch.tensor(kept, device=self.first.device)
+        keep = torch.tensor(kept, device=self.logits.device)
         for layer_cache in self.cache:
             layer_cache.keep_rows(keep)
-        self.first, self.padding = self.first.index_select(0, keep), self.padding.index_select(0, keep)
+        self.plan.keep_rows(keep)
         self.logits = self.logits.index_select(0, keep)
         if self._pending is not None:
             self._pending = self._pending.index_select(0, keep)
@@ -147,13 +124,7 @@ class ContinuousBatch:
         column = self.next_column
         if column >= self.columns:
             raise RuntimeError("the batch's cache is full; rows must leave within their token budgets")
-        mask = self.padding[..., : column + 1]
-        rope = None
-        if self.model.config.position == "alibi":
-            mask = mask + self._alibi[..., -(column + 1):]
-        else:
-            rope = self.model._rotation((column - self.first)[:, None])
-        inputs = AttentionInputs(column, mask.to(self.model.embed.weight.dtype), rope)
+        inputs = self.plan.inputs(column)
         self.logits = self.model(self._pending[:, None], cache=self.cache, inputs=inputs)[:, -1]
         self.next_column += 1
         self._pending = None

@@ -1,9 +1,10 @@
-"""Per-step attention inputs for cached decoding, precomputed once after the prefill (gpt-fast style).
+"""Per-step attention inputs for cached decoding, built once per batch instead of once per step (gpt-fast style).
 
-A decode step feeds one token per row and attends over every column cached so far. Everything that
-step needs (padding mask, ALiBi distances, RoPE rotation) is known when the prompt is: building it
-once per generation instead of once per step removes a dozen small ops from every step, and at
-these model sizes a decode step is mostly per-op overhead.
+Every row writes the same cache column at each decode step; a row's real tokens start at its own
+first column (left padding before it), so its position at column c is c - first. From that, the
+padding mask, the ALiBi distances and the RoPE rotation of any step are views and one gather: at
+these model sizes a decode step is mostly per-op overhead, so nothing is rebuilt per step.
+Rows can leave (`keep_rows`) and join (`append_rows`), as in continuous batching.
 """
 from __future__ import annotations
 
@@ -16,23 +17,25 @@ from .attention import AttentionInputs
 
 @dataclass
 class DecodePlan:
-    prompt_len: int                 # L: the prefill's columns; step t writes column L + t
-    padding: torch.Tensor           # (B, 1, 1, L + max_new) additive: -inf at prompt padding, else 0
-    alibi: torch.Tensor | None      # (H, 1, L + max_new): -slope · (distance), distances descending
-    rope: torch.Tensor | None       # (max_new, B, 1, D/2) complex rotation of each step's position
+    first: torch.Tensor             # (B,) each row's first real column: its position 0
+    padding: torch.Tensor           # (B, 1, 1, columns) additive: -inf before a row's first column, else 0
+    alibi: torch.Tensor | None      # (H, 1, columns): -slope · distance, distances descending
+    rotations: torch.Tensor | None  # (max_seq_len, D/2) complex RoPE rotation of each position
     dtype: torch.dtype              # the model's dtype, for the additive mask
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows`, as the caches do when finished requests leave the batch."""
-        self.padding = self.padding.index_select(0, rows)
-        if self.rope is not None:
-            self.rope = self.rope.index_select(1, rows)
+        self.first, self.padding = self.first.index_select(0, rows), self.padding.index_select(0, rows)
 
-    def inputs(self, step: int) -> AttentionInputs:
-        """Attention inputs for decode step `step` (0-based), whose token sits at column L + step."""
-        column = self.prompt_len + step
+    def append_rows(self, other: DecodePlan) -> None:
+        """Add `other`'s rows after ours, as the caches do when requests join the batch."""
+        self.first, self.padding = torch.cat([self.first, other.first]), torch.cat([self.padding, other.padding])
+
+    def inputs(self, column: int) -> AttentionInputs:
+        """Attention inputs for the decode step whose tokens sit at cache column `column`."""
         mask = self.padding[..., : column + 1]
         if self.alibi is not None:
             # The query at `column` is (column - k) from key k: the last column + 1 distances, in order.
             mask = (mask + self.alibi[..., -(column + 1):]).to(self.dtype)
-        return AttentionInputs(column, mask, self.rope[step] if self.rope is not None else None)
+        rope = self.rotations[column - self.first][:, None] if self.rotations is not None else None
+        return AttentionInputs(column, mask, rope)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .sampling import PerRow, apply_repetition_penalty, filter_logits, sample_tokens, sample_top_k, uniform
+from .sampling import PerRow, apply_repetition_penalty, draw_tokens
 
 
 @dataclass
@@ -87,18 +87,6 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
                             config.max_seq_len, max_new_tokens, pad)
     ids, mask = prompt.input_ids, prompt.attention_mask
     B, L = ids.shape
-    top_k, top_p, temperature = uniform(top_k), uniform(top_p), uniform(temperature)
-    if isinstance(generator, Sequence) and all(g is None for g in generator):
-        generator = None  # no row asked for its own seed: one shared draw
-    temperature_rows = torch.as_tensor(temperature if not isinstance(temperature, Sequence) else
-                                       [1.0 if t is None else t for t in temperature], dtype=torch.float32)
-    sampling_rows = do_sample and bool((temperature_rows > 0).any())
-    row_samples = (temperature_rows > 0).expand(B).to(model.device) if sampling_rows else False
-    if sampling_rows and bool(row_samples.all()):
-        row_samples = True  # every row samples: no per-step argmax/where to pick greedy rows
-    # A scalar temperature stays a Python float so filter_logits can take its tensor-free fast path.
-    temperature_arg = (float(temperature_rows.clamp_min(1e-5)) if temperature_rows.dim() == 0
-                       else temperature_rows.clamp_min(1e-5))
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
     seen = None
     if repetition_penalty != 1.0:
@@ -106,12 +94,7 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
         seen = torch.zeros(B, config.vocab_size, dtype=torch.long, device=ids.device).scatter_add_(1, ids, mask) > 0
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     cache = model.new_cache(B, L + max_new_tokens) if use_cache else None
-    plan = model.decode_plan(mask, max_new_tokens) if use_cache else None
-    # The common sampling case (one k and temperature for every row, no top-p, no per-row seeds)
-    # draws in one fused topk → softmax → multinomial.
-    fused_k = (int(top_k) if sampling_rows and row_samples is True and isinstance(top_k, int) and 0 < top_k < config.vocab_size
-               and (top_p is None or top_p == 1.0) and isinstance(temperature_arg, float)
-               and (generator is None or isinstance(generator, torch.Generator)) else 0)
+    plan = model.decode_plan(mask, L + max_new_tokens) if use_cache else None
 
     # Prefill: the whole prompt once; later steps feed one token against the cache.
     logits = model(ids, attention_mask=mask, position_ids=positions, cache=cache, start=0)[:, -1]
@@ -120,12 +103,7 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
     for step in range(max_new_tokens):
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        if fused_k:
-            tokens = sample_top_k(logits, fused_k, temperature_arg, generator)
-        else:
-            if sampling_rows:  # greedy needs no filtering: temperature and top-k/top-p never move the argmax
-                logits = filter_logits(logits, temperature_arg, top_k, top_p)
-            tokens = sample_tokens(logits, row_samples, generator if sampling_rows else None)
+        tokens = draw_tokens(logits, top_k, top_p, temperature, generator) if do_sample else logits.argmax(-1)
         tokens = tokens.masked_fill(finished, pad)
         if eos_token_id is not None:
             finished = finished | (tokens == eos_token_id)
@@ -148,10 +126,10 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
             tokens, finished = tokens.index_select(0, keep), finished.index_select(0, keep)
             seen = seen.index_select(0, keep) if seen is not None else None
             kept = keep.tolist()
-            top_k, top_p, temperature_arg, row_samples, generator = (
-                _keep(value, keep, kept) for value in (top_k, top_p, temperature_arg, row_samples, generator))
+            top_k, top_p, temperature, generator = (
+                _keep(value, keep, kept) for value in (top_k, top_p, temperature, generator))
         if use_cache:
-            logits = model(tokens[:, None], cache=cache, inputs=plan.inputs(step))[:, -1]
+            logits = model(tokens[:, None], cache=cache, inputs=plan.inputs(L + step))[:, -1]
         else:
             all_mask = torch.cat([all_mask, torch.ones(B, 1, dtype=all_mask.dtype, device=all_mask.device)], dim=1)
             all_ids = torch.cat([all_ids, tokens[:, None]], dim=1)

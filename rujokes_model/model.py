@@ -130,28 +130,22 @@ class TransformerForCausalLM(nn.Module):
         mask = bias[None].masked_fill(~allowed[:, None], float("-inf"))              # (B|1, H, T, S)
         return AttentionInputs(start, mask, rope)
 
-    def decode_plan(self, attention_mask: torch.Tensor, max_new_tokens: int) -> DecodePlan:
-        """What every cached decode step after a prefill of `attention_mask` (B, L) needs, built once.
+    def decode_plan(self, attention_mask: torch.Tensor, columns: int) -> DecodePlan:
+        """What cached decode steps after a prefill of `attention_mask` (B, L) need, for a cache of `columns`.
 
-        Step t feeds one token per row at cache column L + t, at RoPE position (the row's last prompt
-        position) + 1 + t, and attends over every real column so far: padding stays masked, ALiBi
-        biases by column distance. Per step the plan hands out views, not freshly built masks.
+        The prompts are left-padded (their real tokens are the last ones), so a row's first real column
+        is its position 0; each later column attends over every real column so far, and ALiBi biases by
+        column distance. Per step the plan hands out views, not freshly built masks.
         """
-        B, L = attention_mask.shape
-        total = L + max_new_tokens
         dtype, device = self.embed.weight.dtype, self.device
-        padding = torch.zeros(B, 1, 1, total, dtype=torch.float32, device=device)
-        padding[:, 0, 0, :L].masked_fill_(attention_mask == 0, float("-inf"))
-        alibi = rope = None
+        first = attention_mask.shape[1] - attention_mask.sum(-1)
+        padding = torch.zeros(len(first), 1, 1, columns, dtype=torch.float32, device=device)
+        padding.masked_fill_(torch.arange(columns, device=device) < first[:, None, None, None], float("-inf"))
         if self.config.position == "alibi":
-            # distances[m] = total - 1 - m, so the last S columns are the distances of a query at column S - 1.
-            distances = torch.arange(total - 1, -1, -1, device=device, dtype=torch.float32)
-            alibi = -self.alibi[:, None, None] * distances                     # (H, 1, total)
-        else:
-            last = (attention_mask.sum(-1) - 1).clamp_min(0)                   # each row's last prompt position
-            steps = torch.arange(1, max_new_tokens + 1, device=device)
-            rope = self._rotation((last[None, :] + steps[:, None])[..., None])  # (max_new, B, 1, D/2)
-        return DecodePlan(L, padding if alibi is not None else padding.to(dtype), alibi, rope, dtype)
+            # distances[m] = columns - 1 - m, so the last S entries are the distances of a query at column S - 1.
+            distances = torch.arange(columns - 1, -1, -1, device=device, dtype=torch.float32)
+            return DecodePlan(first, padding, -self.alibi[:, None, None] * distances, None, dtype)
+        return DecodePlan(first, padding.to(dtype), None, torch.complex(self.rope_cos, self.rope_sin), dtype)
 
     def new_cache(self, batch_size: int, max_len: int) -> list:
         """One preallocated cache per layer, for a batch of `batch_size` rows and `max_len` columns."""

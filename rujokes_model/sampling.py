@@ -93,6 +93,34 @@ def sample_top_k(logits: torch.Tensor, k: int, temperature: float = 1.0,
     return columns.gather(-1, picked).squeeze(-1)
 
 
+def draw_tokens(logits: torch.Tensor, top_k: PerRow = None, top_p: PerRow = None, temperature: PerRow = 1.0,
+                generator: torch.Generator | Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    """One token per row of `logits` (B, V) with batch-wide or per-row settings; temperature 0 is greedy.
+
+    Picks the cheapest exact path: argmax when every row is greedy, the fused top-k draw when the whole
+    batch shares one k and temperature (and no row has a seed of its own), else filter + sample.
+    """
+    top_k, top_p, temperature = uniform(top_k), uniform(top_p), uniform(temperature)
+    if isinstance(generator, Sequence) and all(g is None for g in generator):
+        generator = None  # no row asked for its own seed: one shared draw
+    per_row = isinstance(temperature, Sequence) or (isinstance(temperature, torch.Tensor) and temperature.dim() > 0)
+    if not per_row:
+        t = 1.0 if temperature is None else float(temperature)
+        if t <= 0:
+            return logits.argmax(-1)  # temperature and top-k/top-p never move the argmax
+        if isinstance(top_k, int) and 0 < top_k < logits.shape[-1] and top_p in (None, 1.0) \
+                and (generator is None or isinstance(generator, torch.Generator)):
+            return sample_top_k(logits, top_k, t, generator)
+        return sample_tokens(filter_logits(logits, t, top_k, top_p), True, generator)
+    rows = torch.as_tensor([1.0 if t is None else t for t in temperature] if isinstance(temperature, Sequence)
+                           else temperature, dtype=torch.float32, device=logits.device)
+    samples = rows > 0
+    if not bool(samples.any()):
+        return logits.argmax(-1)
+    filtered = filter_logits(logits, rows.clamp_min(1e-5), top_k, top_p)
+    return sample_tokens(filtered, True if bool(samples.all()) else samples, generator)
+
+
 def sample_tokens(logits: torch.Tensor, do_sample: bool | torch.Tensor,
                   generators: torch.Generator | Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
     """One token per row from filtered logits (B, V): a draw, or argmax where do_sample is False."""

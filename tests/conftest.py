@@ -14,8 +14,9 @@ import redis
 import redis.asyncio
 
 from bot.protocol import Delivery, JokeRequest
-from bot.queue import QueueConfig
+from bot.queue import QueueConfig, RequestQueue
 from bot.redis_connection import redis_server_binary
+from bot.results import ResultReader
 
 
 class RedisServer:
@@ -114,6 +115,22 @@ def key_prefix() -> str:
 def queue_config(key_prefix: str) -> QueueConfig:
     """Short timings so reclaim and dead-lettering happen within a test's patience."""
     return QueueConfig(prefix=key_prefix, max_queue=50, max_deliveries=3, claim_idle_ms=100, stream_maxlen=1000)
+
+
+@pytest.fixture
+async def queue(redis_client, queue_config) -> RequestQueue:
+    """The request queue with its consumer groups created."""
+    queue = RequestQueue(redis_client, queue_config)
+    await queue.ensure_groups()
+    return queue
+
+
+@pytest.fixture
+async def reader(redis_client, queue_config) -> ResultReader:
+    """The bot's side of the results stream, group created."""
+    reader = ResultReader(redis_client, queue_config)
+    await reader.ensure_group()
+    return reader
 
 
 @pytest.fixture

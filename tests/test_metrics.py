@@ -80,13 +80,6 @@ def make_worker(redis_client, queue_config, metrics):
     return make
 
 
-@pytest.fixture
-async def queue(redis_client, queue_config) -> RequestQueue:
-    queue = RequestQueue(redis_client, queue_config)
-    await queue.ensure_groups()
-    return queue
-
-
 async def test_a_served_request_moves_the_request_latency_and_token_metrics(queue, make_worker, make_request,
                                                                           serve_metrics):
     url = serve_metrics()

@@ -151,8 +151,9 @@ class ScriptedModel(torch.nn.Module):
     def new_cache(self, batch_size: int, max_len: int) -> list:
         return []
 
-    def decode_plan(self, attention_mask: torch.Tensor, max_new_tokens: int) -> DecodePlan:
-        return DecodePlan(attention_mask.shape[1], torch.zeros(1, 1, 1, 1), None, None, torch.float32)
+    def decode_plan(self, attention_mask: torch.Tensor, columns: int) -> DecodePlan:
+        first = torch.zeros(attention_mask.shape[0], dtype=torch.long)
+        return DecodePlan(first, torch.zeros(len(first), 1, 1, columns), None, None, torch.float32)
 
     def forward(self, input_ids, *, start=0, inputs=None, **_) -> torch.Tensor:
         start = inputs.start if inputs is not None else start  # decode steps come with their plan's inputs

@@ -14,8 +14,8 @@ import torch
 from bot.engine import ModelEngine, load_source
 from bot.protocol import SamplingParams
 from bot.queue import RequestQueue
-from bot.results import ResultReader
 from bot.worker import Worker, WorkerConfig, _job
+from tests.results_helpers import final_results
 from tests.tiny_model import make_tiny_model_dir
 
 CPU = torch.device("cpu")
@@ -48,34 +48,9 @@ def tiny_engine(tmp_path_factory) -> ModelEngine:
     return ModelEngine(models, CPU)
 
 
-@pytest.fixture
-async def reader(redis_client, queue_config) -> ResultReader:
-    reader = ResultReader(redis_client, queue_config)
-    await reader.ensure_group()
-    return reader
-
-
-@pytest.fixture
-async def queue(redis_client, queue_config) -> RequestQueue:
-    queue = RequestQueue(redis_client, queue_config)
-    await queue.ensure_groups()
-    return queue
-
-
 def worker_for(queue: RequestQueue, engine) -> Worker:
     return Worker(queue, engine, WorkerConfig("w1", batch_size=4, block_ms=50, heartbeat_ttl_s=1.0,
                                               shutdown_grace_s=1.0, partial_interval_s=0.0))
-
-
-async def finals(reader: ResultReader, count: int) -> list:
-    results = []
-    async with asyncio.timeout(10):
-        while len(results) < count:
-            for item in await reader.read(block_ms=50):
-                if item.result.is_final:
-                    results.append(item.result)
-                await reader.ack(item)
-    return results
 
 
 async def test_a_request_queued_during_a_batch_joins_it_and_its_short_joke_is_answered_first(
@@ -92,7 +67,7 @@ async def test_a_request_queued_during_a_batch_joins_it_and_its_short_joke_is_an
     engine.queued.set()
 
     assert await running == 1  # one batch, claimed with one request: the other joined it
-    results = await finals(reader, 2)
+    results = await final_results(reader, 2)
     assert [r.request_id for r in results] == [short.request_id, long.request_id]
     assert worker.processed == 2
     solo = {job.request_id: tiny_engine.generate("nano", [job])[0].text
@@ -113,10 +88,10 @@ async def test_a_request_for_another_size_waits_for_the_next_batch_instead_of_jo
     engine.queued.set()
 
     assert await running == 1
-    [first] = await finals(reader, 1)
+    [first] = await final_results(reader, 1)
     assert first.size == "nano"
     assert await worker.run_once() == 1  # the carried request is the next batch
-    [second] = await finals(reader, 1)
+    [second] = await final_results(reader, 1)
     assert (second.request_id, second.size, second.status) == (other.request_id, "mini", "ok")
 
 
@@ -132,9 +107,9 @@ async def test_nothing_joins_after_an_admin_switches_the_active_size(queue, read
     engine.queued.set()
 
     assert await running == 1
-    [first] = await finals(reader, 1)
+    [first] = await final_results(reader, 1)
     assert first.size == "nano"
     assert await worker.run_once() == 1  # still queued: served by the next batch, with the new active size
-    [second] = await finals(reader, 1)
+    [second] = await final_results(reader, 1)
     assert (second.request_id, second.size) == (late.request_id, "mini")
 

@@ -15,13 +15,14 @@ import pytest
 
 from bot.engine_api import GenerationOutput, Job
 from bot.logging_setup import JsonFormatter
-from bot.protocol import DATA_FIELD, Delivery, DeadLetter, JokeResult
+from bot.protocol import DATA_FIELD, Delivery, DeadLetter
 from bot.queue import QueueConfig, RequestQueue
 from bot.redis_connection import connect
 from bot.results import ResultReader
 from bot.settings import Settings
 from bot.worker import Worker, WorkerConfig
 from bot.worker_main import serve
+from tests.results_helpers import final_results
 
 
 class UpperEngine:
@@ -67,31 +68,6 @@ def make_worker(redis_client, queue_config):
         return Worker(RequestQueue(redis_client, queue or queue_config), engine, WorkerConfig(worker_id, **config))
 
     return make
-
-
-@pytest.fixture
-async def reader(redis_client, queue_config) -> ResultReader:
-    reader = ResultReader(redis_client, queue_config)
-    await reader.ensure_group()
-    return reader
-
-
-@pytest.fixture
-async def queue(redis_client, queue_config) -> RequestQueue:
-    queue = RequestQueue(redis_client, queue_config)
-    await queue.ensure_groups()
-    return queue
-
-
-async def final_results(reader: ResultReader, count: int, timeout_s: float = 3.0) -> list[JokeResult]:
-    results: list[JokeResult] = []
-    async with asyncio.timeout(timeout_s):
-        while len(results) < count:
-            for item in await reader.read(block_ms=50):
-                if item.result.is_final:
-                    results.append(item.result)
-                    await reader.ack(item)
-    return results
 
 
 async def test_worker_answers_with_the_engine_text_and_logs_one_line_per_request(
