@@ -113,19 +113,15 @@ class EarlyAnswers:
 
 
 class JoiningRequests:
-    """The engine's more_jobs callback: between decode steps, claims waiting requests for the running batch.
+    """The engine's more_jobs callback: between decode steps, asks the worker for requests to join the batch.
 
-    Called from the engine's thread; the claim runs on the worker's event loop (`claim` returns nothing
-    once the worker is stopping or an admin switched the active size, so the batch drains and the switch
-    takes effect). A claimed request for another model size is carried over to the worker's next batch.
+    Called from the engine's thread; `join(free_rows)` runs on the worker's event loop and returns the
+    jobs it added to the batch. A failed or slow join only means the batch goes on as it is.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, claim: Callable[[int], Awaitable[list[ClaimedRequest]]],
-                 size_of: Callable[[ClaimedRequest], str], capacity: int, size: str,
-                 group: list[ClaimedRequest], partials: PartialPublisher, early: EarlyAnswers,
-                 carry: list[ClaimedRequest], to_job: Callable[[ClaimedRequest], Job]) -> None:
-        self._loop, self._claim, self._size_of, self._capacity, self._size = loop, claim, size_of, capacity, size
-        self._group, self._partials, self._early, self._carry, self._to_job = group, partials, early, carry, to_job
+    def __init__(self, loop: asyncio.AbstractEventLoop, join: Callable[[int], Awaitable[list[Job]]],
+                 capacity: int) -> None:
+        self._loop, self._join, self._capacity = loop, join, capacity
 
     def __call__(self, rows_in_batch: int) -> list[Job]:
         free = self._capacity - rows_in_batch
@@ -133,18 +129,6 @@ class JoiningRequests:
             return []
         try:
             return asyncio.run_coroutine_threadsafe(self._join(free), self._loop).result(timeout=5)
-        except Exception as error:  # noqa: BLE001 - a failed join only means the batch goes on as it is
+        except Exception as error:  # noqa: BLE001 - see the class docstring
             log.warning("no requests joined the running batch: %s", error)
             return []
-
-    async def _join(self, free: int) -> list[Job]:
-        jobs = []
-        for claimed in await self._claim(free):
-            if self._size_of(claimed) != self._size:
-                self._carry.append(claimed)
-                continue
-            self._group.append(claimed)
-            self._partials.add(claimed)
-            self._early.add(claimed)
-            jobs.append(self._to_job(claimed))
-        return jobs

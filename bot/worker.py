@@ -3,6 +3,7 @@ running batch between decode steps; each joke is answered as it ends), repeat.""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -121,8 +122,13 @@ class Worker:
             if self.metrics is not None:  # expired or dead-lettered by the queue: the request's kind is gone
                 self.metrics.request_finished("unknown", result.size, result.status)
 
-    async def _claim_for_running_batch(self, free: int) -> list[ClaimedRequest]:
-        """Requests to join the running batch: none once stopping, or once the active size changed."""
+    async def _join_running_batch(self, free: int, size: str, group: list[ClaimedRequest],
+                                  partials: PartialPublisher, early: EarlyAnswers) -> list[Job]:
+        """Claim up to `free` new requests for the running batch of `size`; return the jobs that join it.
+
+        None join once the worker is stopping or an admin switched the active size (the batch then
+        drains, so the switch takes effect); a request for another size waits for the next batch.
+        """
         if self._stopping.is_set():
             return []
         if (await self.queue.get_active_size() or self.config.default_size) != self._batch_active_size:
@@ -130,7 +136,16 @@ class Worker:
         # New requests only: dead workers' requests are reclaimed at the next batch boundary.
         batch = await self.queue.claim_batch(self.config.worker_id, free, 0, reclaim=False)
         self._note_answered(batch.answered)
-        return batch.ready
+        jobs = []
+        for claimed in batch.ready:
+            if _size_of(claimed, self._batch_active_size) != size:
+                self._carry.append(claimed)
+                continue
+            group.append(claimed)
+            partials.add(claimed)
+            early.add(claimed)
+            jobs.append(_job(claimed.request))
+        return jobs
 
     # -- one batch ------------------------------------------------------------------------------
 
@@ -143,7 +158,7 @@ class Worker:
         available = set(self.engine.available_sizes())
         by_size: dict[str, list[ClaimedRequest]] = {}
         for claimed in ready:
-            size = active if claimed.request.size == ACTIVE_SIZE else claimed.request.size
+            size = _size_of(claimed, active)
             if size in available:
                 by_size.setdefault(size, []).append(claimed)
             else:
@@ -161,11 +176,8 @@ class Worker:
         # A row that finishes early is answered at once, not when the batch's longest joke ends.
         early = EarlyAnswers(loop, self._answer, worker_id, size, group, partials)
         # Between decode steps, waiting requests of this size join the running batch (continuous batching).
-        active = self._batch_active_size
-        joining = JoiningRequests(loop, self._claim_for_running_batch,
-                                  lambda c: active if c.request.size == ACTIVE_SIZE else c.request.size,
-                                  self.config.batch_size, size, group, partials, early, self._carry,
-                                  lambda c: _job(c.request))
+        joining = JoiningRequests(loop, functools.partial(self._join_running_batch, size=size, group=group,
+                                                          partials=partials, early=early), self.config.batch_size)
         self._in_flight = group  # the same list: requests that join are kept fresh too
         started = time.monotonic()
         try:
@@ -284,6 +296,11 @@ class Worker:
         level = logging.INFO if result.status == "ok" else logging.WARNING
         log.log(level, "request " + " ".join(f"{key}={value}" for key, value in fields.items()),
                 extra={"fields": fields})
+
+
+def _size_of(claimed: ClaimedRequest, active: str) -> str:
+    """The model size a request asks for, "active" resolved to the size active for the batch."""
+    return active if claimed.request.size == ACTIVE_SIZE else claimed.request.size
 
 
 def _job(request: JokeRequest) -> Job:

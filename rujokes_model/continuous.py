@@ -59,8 +59,7 @@ class ContinuousBatch:
             raise RuntimeError("join between rounds: after feed, not between sample and feed")
         model, device = self.model, self.model.device
         width = max(len(p) for p in prompts)
-        if not self.settings:
-            self._reset()
+        if not self.settings:  # a new batch (remove() reset the last one): it starts where its prompts end
             self.next_column = width
         end = self.next_column
         if width > end:

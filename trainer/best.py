@@ -37,9 +37,9 @@ class BestWeights:
     def save(self, directory: Path) -> None:
         if self.state is None:
             return
-        # safetensors refuses tensors that share memory (tied embeddings): store independent copies.
-        save_file({name: value.clone().contiguous() for name, value in self.state.items()},
-                  str(directory / BEST_WEIGHTS))
+        # The state holds independent CPU copies (tied embeddings copied once per name), which safetensors
+        # needs: it refuses tensors that share memory.
+        save_file(self.state, str(directory / BEST_WEIGHTS))
         (directory / BEST_STATE).write_text(json.dumps({"step": self.step, "metrics": self.metrics}))
 
     @classmethod
