@@ -66,18 +66,33 @@ def seconds(run: Callable[[], torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
-def bench_variant(variant: Variant, batch: int, new_tokens: int, repeats: int, sample: bool,
-                  device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[float, float]:
-    """(ours tok/s, HF tok/s) for one variant at one batch size."""
+MODES = ("eager", "compiled", "compiled+fp16w")
+
+
+def our_model(config: ModelConfig, mode: str, device: str, dtype: torch.dtype) -> TransformerForCausalLM:
+    """Our model in one of MODES; every mode gets the same random weights (seed 0)."""
     torch.manual_seed(0)
-    ours = TransformerForCausalLM(variant.config).eval().to(device=device, dtype=dtype)
+    model = TransformerForCausalLM(config).eval().to(device=device, dtype=dtype)
+    if mode.endswith("+fp16w"):
+        from rujokes_model.fp16_weights import use_fp16_weights
+        use_fp16_weights(model)
+    return model
+
+
+def bench_variant(variant: Variant, batch: int, new_tokens: int, repeats: int, sample: bool,
+                  device: str = "cpu", dtype: torch.dtype = torch.float32,
+                  modes: tuple[str, ...] = MODES) -> tuple[dict[str, float], float]:
+    """({mode: our tok/s}, HF tok/s) for one variant at one batch size."""
+    ours = {mode: our_model(variant.config, mode, device, dtype) for mode in modes}
+    torch.manual_seed(0)
     theirs = hf_llama(variant.config, variant.hf_kv_heads, variant.config.max_seq_len).to(device=device, dtype=dtype)
     prompt = torch.randint(3, VOCAB_SIZE, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones_like(prompt)
     sampling = dict(do_sample=True, top_k=10) if sample else dict(do_sample=False)
 
-    def run_ours() -> torch.Tensor:
-        out = ours.generate(prompt, new_tokens, eos_token_id=None, use_cache=True, **sampling)
+    def run_ours(mode: str) -> torch.Tensor:
+        out = ours[mode].generate(prompt, new_tokens, eos_token_id=None, use_cache=True,
+                                  compile=mode.startswith("compiled"), **sampling)
         assert out.shape == (batch, PROMPT_LEN + new_tokens)
         return out
 
@@ -88,13 +103,16 @@ def bench_variant(variant: Variant, batch: int, new_tokens: int, repeats: int, s
         assert out.shape == (batch, PROMPT_LEN + new_tokens)
         return out
 
-    run_ours(), run_hf()  # warm-up: allocator, kernels, lazy imports
-    ours_times, hf_times = [], []
-    for _ in range(repeats):  # interleaved so background load hits both alike
-        ours_times.append(seconds(run_ours))
-        hf_times.append(seconds(run_hf))
+    runs = {mode: (lambda mode=mode: run_ours(mode)) for mode in modes} | {"hf": run_hf}
+    for run in runs.values():  # warm-up: allocator, kernels, lazy imports, compiles
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):  # interleaved so background load hits every run alike
+        for name, run in runs.items():
+            times[name].append(seconds(run))
     tokens = batch * new_tokens
-    return tokens / statistics.median(ours_times), tokens / statistics.median(hf_times)
+    rates = {name: tokens / statistics.median(t) for name, t in times.items()}
+    return {mode: rates[mode] for mode in modes}, rates["hf"]
 
 
 def main() -> None:
@@ -107,6 +125,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                        help="our variants: eager steps, the compiled step, the compiled step with fp16-packed weights")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="leave denormal floats on (the worker flushes them; applies to both models alike)")
     args = parser.parse_args()
@@ -120,7 +140,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"{'top-k 10 sampling' if args.sample else 'greedy'}, prompt {PROMPT_LEN}, new tokens {args.new_tokens}, "
           f"median of {args.repeats}, {args.device} {args.dtype}, denormals {'kept' if args.keep_denormals else 'flushed'}")
-    header = f"{'variant':<28} {'params':>7} {'batch':>5} {'ours tok/s':>11} {'HF tok/s':>10} {'ours/HF':>8}"
+    modes = tuple(mode for mode in args.modes if not (mode.endswith("fp16w") and args.device != "cpu"))
+    header = f"{'variant':<28} {'params':>7} {'batch':>5} {'HF tok/s':>9} " + " ".join(
+        f"{mode + ' tok/s (×HF)':>28}" for mode in modes)
     print(header)
     print("-" * len(header))
     for size in args.sizes:
@@ -129,9 +151,9 @@ def main() -> None:
                 params = TransformerForCausalLM(variant.config).num_parameters()
             for batch in args.batches:
                 ours, theirs = bench_variant(variant, batch, args.new_tokens, args.repeats, args.sample,
-                                             args.device, dtype)
-                print(f"{variant.label:<28} {params / 1e6:>6.1f}M {batch:>5} {ours:>11.1f} {theirs:>10.1f} "
-                      f"{ours / theirs:>7.2f}×", flush=True)
+                                             args.device, dtype, modes)
+                print(f"{variant.label:<28} {params / 1e6:>6.1f}M {batch:>5} {theirs:>9.1f} " + " ".join(
+                    f"{f'{ours[mode]:.1f} ({ours[mode] / theirs:.2f}×)':>28}" for mode in modes), flush=True)
 
 
 if __name__ == "__main__":

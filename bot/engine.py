@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
 
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
+from rujokes_model.compiled_step import compiled_step
 from rujokes_model.continuous import ContinuousBatch, RowSettings
+from rujokes_model.fp16_weights import use_fp16_weights
 from rujokes_model.pretrained import pretrained_path
 
 from .engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
@@ -79,9 +82,10 @@ class _Row:
 
 
 class ModelEngine:
-    def __init__(self, models: dict[str, LoadedModel], device: torch.device) -> None:
+    def __init__(self, models: dict[str, LoadedModel], device: torch.device, *, compile: bool = False) -> None:
         self.models = models
         self.device = device
+        self.compile = compile  # decode steps through each model's compiled step (rujokes_model.compiled_step)
         self._lock = threading.Lock()  # one batch at a time per engine: models hold no per-call state, caches do
 
     def available_sizes(self) -> list[str]:
@@ -99,7 +103,7 @@ class ModelEngine:
     def _generate(self, loaded: LoadedModel, jobs: list[Job], on_partial: PartialCallback | None,
                   on_done: DoneCallback | None, more_jobs: MoreJobs | None) -> list[GenerationOutput]:
         model, tokenizer = loaded.model, loaded.tokenizer
-        batch = ContinuousBatch(model)
+        batch = ContinuousBatch(model, compile=self.compile)
         waiting = self._rows(loaded, jobs, streaming=on_partial is not None)
         order = [job.request_id for job in jobs]
         live: list[_Row] = []
@@ -192,4 +196,16 @@ def build_engine(settings) -> ModelEngine:
     if not models:
         raise RuntimeError("no model could be loaded; train one with `rujokes-train --size nano` "
                            "or point MODEL_NANO at a model directory")
-    return ModelEngine(models, device)
+    for size, loaded in models.items():
+        speed_up(size, loaded.model, fp16_weights=size in settings.cpu_fp16_sizes, compile=settings.compile_decode)
+    return ModelEngine(models, device, compile=settings.compile_decode)
+
+
+def speed_up(size: str, model: TransformerForCausalLM, *, fp16_weights: bool, compile: bool) -> None:
+    """Pack fp16 weights (CPU) and compile the decode step now, so no request waits for either."""
+    if fp16_weights and model.device.type == "cpu":
+        log.info("%s: %d layers packed with fp16 weights", size, use_fp16_weights(model))
+    if compile:
+        started = time.monotonic()
+        compiled_step(model).warm_up()
+        log.info("%s: decode step compiled in %.1f s", size, time.monotonic() - started)

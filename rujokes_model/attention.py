@@ -24,6 +24,10 @@ class AttentionInputs:
     start: int                          # cache column of the first new token
     mask: torch.Tensor | None           # (B|1, H|1, T, S): bool (True = may attend) or additive float; None = causal
     rope: torch.Tensor | None           # (B, T, rope_dim/2) complex cos + i·sin, for RoPE models
+    # Static-shape decode (a compiled step): the 0-d cache column this one-token step writes, as a tensor
+    # so one graph serves every step; attention then spans the whole cache and `mask` hides the columns
+    # not written yet. None: write at `start` and attend over the columns so far.
+    column: torch.Tensor | None = None
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs,
@@ -59,7 +63,7 @@ class GroupedQueryAttention(nn.Module):
         if self.use_rope:
             q, k = rotate_pairs(q, inputs.rope), rotate_pairs(k, inputs.rope)
         if cache is not None:
-            k, v = cache.update(inputs.start, k, v)
+            k, v = cache.update(inputs.start, k, v) if inputs.column is None else cache.write_at(inputs.column, k, v)
         # GQA: each KV head serves n_head / n_kv_head consecutive query heads; SDPA broadcasts them
         # itself (enable_gqa) instead of copying the cache every step.
         y = _attend(q, k, v, inputs, self.dropout if self.training else 0.0, gqa=self.n_kv_head != self.n_head)
@@ -116,7 +120,10 @@ class MultiHeadLatentAttention(nn.Module):
             q_rope, rope_key = rotate_pairs(q_rope, inputs.rope), rotate_pairs(rope_key, inputs.rope)
         rope_key = rope_key[:, 0]
         absorbed = self.mode == "absorbed" or (self.mode == "auto" and cache is not None and T == 1)
-        if cache is not None:
+        if cache is not None and inputs.column is not None:
+            latent, rope_key = cache.write_at(inputs.column, latent, rope_key)
+            entries = cache.entries
+        elif cache is not None:
             latent, rope_key = cache.update(inputs.start, latent, rope_key)
             entries = cache.entries[:, : inputs.start + T] if absorbed else None
         elif absorbed:
@@ -141,6 +148,8 @@ class MultiHeadLatentAttention(nn.Module):
         Derived from wkv_b; at inference they are kept until the weight changes (its version counter,
         storage, dtype or device), so decoding does not re-slice and copy them every step.
         """
+        if torch.compiler.is_compiling() and self._absorbed_cache is not None:
+            return self._absorbed_cache[1:]  # a compiled step is built after an eager one filled the cache
         weight = self.wkv_b.weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._absorbed_cache is not None and self._absorbed_cache[0] == key:

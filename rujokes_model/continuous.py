@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .compiled_step import compiled_step
 from .decode_plan import DecodePlan
 from .sampling import draw_tokens
 
@@ -27,8 +28,10 @@ class RowSettings:
 
 
 class ContinuousBatch:
-    def __init__(self, model, columns: int | None = None) -> None:
+    def __init__(self, model, columns: int | None = None, *, compile: bool = False) -> None:
         self.model = model
+        # compile: decode steps run the model's compiled static-shape step (see compiled_step.py).
+        self._step = compiled_step(model) if compile else None
         self.columns = columns or model.config.max_seq_len
         if self.columns > model.config.max_seq_len and model.config.position == "rope":
             raise ValueError(f"{self.columns} columns exceed the RoPE context {model.config.max_seq_len}")
@@ -94,6 +97,7 @@ class ContinuousBatch:
         self._pending = tokens
         return tokens
 
+    @torch.inference_mode()  # the batch's tensors stay inference tensors, as a compiled step expects
     def remove(self, rows: list[int]) -> None:
         """Drop rows (by current index) from the batch, e.g. those that just finished."""
         if not rows:
@@ -123,7 +127,9 @@ class ContinuousBatch:
         column = self.next_column
         if column >= self.columns:
             raise RuntimeError("the batch's cache is full; rows must leave within their token budgets")
-        inputs = self.plan.inputs(column)
-        self.logits = self.model(self._pending[:, None], cache=self.cache, inputs=inputs)[:, -1]
+        if self._step is not None:
+            self.logits = self._step(self._pending, self.cache, self.plan, column)
+        else:
+            self.logits = self.model(self._pending[:, None], cache=self.cache, inputs=self.plan.inputs(column))[:, -1]
         self.next_column += 1
         self._pending = None

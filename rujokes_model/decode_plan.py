@@ -23,6 +23,10 @@ class DecodePlan:
     rotations: torch.Tensor | None  # (max_seq_len, D/2) complex RoPE rotation of each position
     dtype: torch.dtype              # the model's dtype, for the additive mask
 
+    def __post_init__(self) -> None:
+        # The same rotations as real [cos, sin] pairs, for compiled steps (inductor has no complex codegen).
+        self.real_rotations = None if self.rotations is None else torch.view_as_real(self.rotations).contiguous()
+
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows`, as the caches do when finished requests leave the batch."""
         self.first, self.padding = self.first.index_select(0, rows), self.padding.index_select(0, rows)
@@ -39,3 +43,14 @@ class DecodePlan:
             mask = (mask + self.alibi[..., -(column + 1):]).to(self.dtype)
         rope = self.rotations[column - self.first][:, None] if self.rotations is not None else None
         return AttentionInputs(column, mask, rope)
+
+    def static_inputs(self, column: torch.Tensor) -> AttentionInputs:
+        """`inputs` for a static-shape step: `column` is a 0-d tensor and the mask spans every column, the
+        ones not written yet hidden, so a compiled step sees the same shapes at every column."""
+        keys = torch.arange(self.padding.shape[-1], device=column.device)
+        mask = self.padding.masked_fill(keys > column, float("-inf"))
+        if self.alibi is not None:
+            # alibi[..., -2] is -slope · 1, so the bias of key m for a query at `column` is that times (column - m).
+            mask = mask + self.alibi[..., -2:-1] * (column - keys)
+        rope = self.real_rotations[column - self.first][:, None] if self.real_rotations is not None else None
+        return AttentionInputs(0, mask.to(self.dtype), rope, column)

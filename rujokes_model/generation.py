@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .compiled_step import compiled_step
 from .sampling import PerRow, apply_repetition_penalty, draw_tokens
 
 
@@ -71,13 +72,15 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
                   top_p: PerRow = None, temperature: PerRow = 1.0, repetition_penalty: float = 1.0,
                   attention_mask: torch.Tensor | None = None, use_cache: bool = True,
                   generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
-                  compact: bool = True,
+                  compact: bool = True, compile: bool = False,
                   ) -> Iterator[tuple[PreparedPrompt, torch.Tensor, torch.Tensor]]:
     """Yield (prompt, tokens, finished) after each step; tokens (B,) of finished rows are pad ids.
 
     compact: with a cache, rows that finished leave the batch (their cache rows are dropped) once a
     quarter of the batch has, so the remaining rows' steps stop paying for them. A row's tokens do
     not depend on its batch mates either way.
+    compile: run the cached decode steps through the model's compiled static-shape step
+    (`compiled_step.py`; the first call compiles, ≈ 10–30 s on a CPU). Needs use_cache.
     """
     config = model.config
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
@@ -93,6 +96,9 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
         # scatter_add, not scatter: a pad id that also occurs in a prompt must not overwrite its mark.
         seen = torch.zeros(B, config.vocab_size, dtype=torch.long, device=ids.device).scatter_add_(1, ids, mask) > 0
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    if compile and not use_cache:
+        raise ValueError("compile=True needs use_cache=True: the compiled step is a cached decode step")
+    step_fn = compiled_step(model) if compile else None
     cache = model.new_cache(B, L + max_new_tokens) if use_cache else None
     plan = model.decode_plan(mask, L + max_new_tokens) if use_cache else None
 
@@ -128,7 +134,9 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
             kept = keep.tolist()
             top_k, top_p, temperature, generator = (
                 _keep(value, keep, kept) for value in (top_k, top_p, temperature, generator))
-        if use_cache:
+        if step_fn is not None:
+            logits = step_fn(tokens, cache, plan, L + step)
+        elif use_cache:
             logits = model(tokens[:, None], cache=cache, inputs=plan.inputs(L + step))[:, -1]
         else:
             all_mask = torch.cat([all_mask, torch.ones(B, 1, dtype=all_mask.dtype, device=all_mask.device)], dim=1)

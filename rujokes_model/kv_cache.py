@@ -20,6 +20,12 @@ class KVCache:
         self.values[:, :, start:end] = values
         return self.keys[:, :, :end], self.values[:, :, :end]
 
+    def write_at(self, column: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one step (B, KV, 1, D) at the 0-d tensor `column`; return the whole cache (static shapes)."""
+        self.keys.index_copy_(2, column.view(1), keys)
+        self.values.index_copy_(2, column.view(1), values)
+        return self.keys, self.values
+
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows` (finished requests leave the batch)."""
         self.keys, self.values = self.keys.index_select(0, rows), self.values.index_select(0, rows)
@@ -47,6 +53,11 @@ class LatentCache:
         self.latent[:, start:end] = latent
         self.rope_key[:, start:end] = rope_key
         return self.latent[:, :end], self.rope_key[:, :end]
+
+    def write_at(self, column: torch.Tensor, latent: torch.Tensor, rope_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one step at the 0-d tensor `column`; return the whole latent and rope key (static shapes)."""
+        self.entries.index_copy_(1, column.view(1), torch.cat([latent, rope_key], dim=-1))
+        return self.latent, self.rope_key
 
     def keep_rows(self, rows: torch.Tensor) -> None:
         """Keep only batch rows `rows` (finished requests leave the batch)."""

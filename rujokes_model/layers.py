@@ -61,9 +61,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """apply_rope with the rotation as one complex tensor (B, T, D/2) = cos + i·sin: a single
-    complex multiply instead of a dozen real ops, which matters at one token per decode step."""
+    complex multiply instead of a dozen real ops, which matters at one token per eager decode step.
+    A real rotation (B, T, D/2, 2) takes the real-arithmetic path instead."""
+    if not rotation.is_complex():
+        return _rotate_pairs_real(x, rotation)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation[:, None]).flatten(-2).type_as(x)
+
+
+def _rotate_pairs_real(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """rotate_pairs with the rotation as real (B, T, D/2, 2) [cos, sin] pairs, for compiled steps:
+    inductor generates no code for complex numbers, but fuses this into the ops around it."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    cos, sin = rotation[:, None, ..., 0], rotation[:, None, ..., 1]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2).type_as(x)
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:

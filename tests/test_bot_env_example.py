@@ -51,3 +51,15 @@ def test_a_metrics_port_outside_0_to_65535_is_refused(monkeypatch):
     monkeypatch.setenv("BOT_METRICS_PORT", "65536")
     with pytest.raises(ValidationError, match="bot_metrics_port"):
         Settings(_env_file=None)
+
+
+def test_cpu_fp16_sizes_are_read_as_a_comma_separated_list_of_known_sizes(monkeypatch):
+    monkeypatch.setenv("CPU_FP16_SIZES", "mini, small")
+    monkeypatch.setenv("COMPILE_DECODE", "true")
+    settings = Settings(_env_file=None)
+    assert (settings.cpu_fp16_sizes, settings.compile_decode) == (["mini", "small"], True)
+    monkeypatch.setenv("CPU_FP16_SIZES", "")
+    assert Settings(_env_file=None).cpu_fp16_sizes == []
+    monkeypatch.setenv("CPU_FP16_SIZES", "mini,huge")
+    with pytest.raises(ValidationError, match="huge"):
+        Settings(_env_file=None)

@@ -1,0 +1,98 @@
+"""A compiled decode step (gpt-fast style): one `torch.compile`d graph for every cached one-token step.
+
+At these model sizes an eager decode step is mostly per-op overhead (dozens of tiny ops a layer), so
+the step is compiled once and reused: the cache column is a 0-d tensor and attention spans the whole
+preallocated cache with a mask (`DecodePlan.static_inputs`), so nothing in the graph changes from one
+step to the next. Shapes are symbolic (`dynamic=True`): one graph serves every batch size ≥ 2 and every
+cache length, and one more serves a batch of one (PyTorch specialises sizes 0 and 1). Rows leaving or
+joining a running batch therefore never recompile after `warm_up`.
+
+On the CPU, inductor turns the step into C++ (`cpp_wrapper`: no Python between kernels). That needs a
+C++ compiler and the Python headers at the first call (≈ 10–30 s on two cores; later processes reuse
+inductor's on-disk cache). Tokens are exactly those of the eager step up to float rounding order.
+"""
+from __future__ import annotations
+
+import itertools
+import types
+
+import torch
+import torch.fx.experimental._config
+
+from .decode_plan import DecodePlan
+
+_numbers = itertools.count()
+
+
+def _decode_step(model, plan: DecodePlan, cache: list, tokens: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+    return model(tokens[:, None], cache=cache, inputs=plan.static_inputs(column))[:, -1]
+
+
+def _own_copy(function: types.FunctionType) -> types.FunctionType:
+    """A copy of `function` with its own code object. torch.compile keeps its graphs per code object, so
+    each model gets graphs of its own: nothing else can hit their cache entries, which is what makes
+    skipping the guards on the model's modules safe."""
+    code = function.__code__.replace(co_name=f"{function.__name__}_{next(_numbers)}")
+    return types.FunctionType(code, function.__globals__, code.co_name)
+
+
+class CompiledDecodeStep:
+    """`step(tokens (B,), cache, plan, column)` → next-token logits (B, V), compiled on first use."""
+
+    def __init__(self, model, *, cpp_wrapper: bool | None = None) -> None:
+        self.model = model
+        self._compiled_for: set[bool] = set()  # batch kinds compiled so far: a lone row (True), several (False)
+        if cpp_wrapper is None:
+            cpp_wrapper = model.device.type == "cpu"
+        # Guards: checking every parameter and module attribute of the model before each call cost more
+        # than the step itself (≈ 0.6 ms for mini). The graph is tied to this one model, so only the
+        # tensors passed per call (tokens, column, cache, plan) are guarded.
+        self._step = torch.compile(_own_copy(_decode_step), fullgraph=True, dynamic=True,
+                                   options={"cpp_wrapper": cpp_wrapper,
+                                            "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
+
+    def __call__(self, tokens: torch.Tensor, cache: list, plan: DecodePlan, column: int | torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # the caller's cache and plan must be inference tensors too
+            if not isinstance(column, torch.Tensor):
+                column = torch.tensor(column, device=tokens.device)
+            # MHLA's absorbed weights are derived and cached eagerly; the graph reads that cache.
+            for block in self.model.blocks:
+                if hasattr(block.attn, "_absorbed_weights"):
+                    block.attn._absorbed_weights()
+            lone = tokens.shape[0] == 1
+            if lone not in self._compiled_for:  # first call of its kind: guards checked, graph compiled
+                # No duck sizing: two dims that happen to be equal now (a batch of 2 and 2 KV heads)
+                # must not share a symbol, as later calls skip the guard that would tell them apart.
+                with torch.fx.experimental._config.patch(use_duck_shape=False):
+                    logits = self._step(self.model, plan, cache, tokens, column)
+                self._compiled_for.add(lone)
+                return logits
+            # Later calls skip re-checking guards that cannot fail: shapes are symbolic and the graphs
+            # serve this model alone; only what tells them apart (one row or more) is checked.
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return self._step(self.model, plan, cache, tokens, column)
+
+    @torch.inference_mode()  # inference tensors, like those of generate and ContinuousBatch: guards tell them apart
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), columns: int = 8) -> None:
+        """Compile now, for a lone row and for batches, so no request waits for a compile later."""
+        device = self.model.device
+        for batch in batch_sizes:
+            mask = torch.ones(batch, 1, dtype=torch.long, device=device)
+            cache = self.model.new_cache(batch, columns)
+            plan = self.model.decode_plan(mask, columns)
+            self(torch.zeros(batch, dtype=torch.long, device=device), cache, plan, 1)
+
+
+def compiled_step(model) -> CompiledDecodeStep:
+    """The model's compiled decode step, made on first request and kept on the model.
+
+    Its graphs are built for the model's dtype and device: after moving or casting the model, the next
+    request gets a fresh step (and compile).
+    """
+    key = (model.embed.weight.dtype, model.device)
+    step = getattr(model, "_compiled_step", None)
+    if step is None or step.key != key:
+        step = CompiledDecodeStep(model)
+        step.key = key
+        object.__setattr__(model, "_compiled_step", step)  # not a submodule: no state_dict entry
+    return step
