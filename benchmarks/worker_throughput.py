@@ -1,6 +1,6 @@
 """Throughput and latency of real workers behind real Redis (run by hand; prints figures).
 
-    python benchmarks/worker_throughput.py [--model DIR] [--requests 16] [--max-new-tokens 120]
+    python benchmarks/worker_throughput.py [--model DIR] [--requests 16] [--max-new-tokens 120] [--compile]
 
 Scenarios in one run, same prompts (no seeds, like the bot's requests, unless --seeded): one worker fed one request at a time
 (WORKER_BATCH_SIZE=1, requests sent sequentially), one worker with batching and 16 concurrent
@@ -39,7 +39,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: int, n_requests: int,
-                       max_new_tokens: int, concurrent: bool, log_dir: Path, seeded: bool) -> dict:
+                       max_new_tokens: int, concurrent: bool, log_dir: Path, seeded: bool,
+                       compile_decode: bool = False) -> dict:
     def seed_for(i: int) -> int | None:
         return i if seeded else None  # the bot sends no seed; --seeded pins each request's draws
     prefix = f"bench-{uuid.uuid4().hex[:6]}:"
@@ -49,7 +50,8 @@ async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: in
     await queue.ensure_groups()
     await reader.ensure_group()
     # One intra-op thread per worker in every scenario: a fair split of 2 cores, and the fastest setting for nano.
-    env = worker_env(url, prefix, model_dir, WORKER_BATCH_SIZE=str(batch_size), TORCH_THREADS="1")
+    env = worker_env(url, prefix, model_dir, WORKER_BATCH_SIZE=str(batch_size), TORCH_THREADS="1",
+                     COMPILE_DECODE=str(compile_decode).lower())
     workers = [start_worker({**env, "WORKER_ID": f"w{i}"}, log_dir / f"w{i}.log") for i in range(n_workers)]
     try:
         while len(await queue.live_workers()) < n_workers:
@@ -105,6 +107,7 @@ async def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=120)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seeded", action="store_true", help="give every request a seed (one generator per row)")
+    p.add_argument("--compile", action="store_true", help="workers compile their decode step (COMPILE_DECODE=true)")
     p.add_argument("--sustained", type=int, default=0, metavar="N",
                    help="also run N concurrent requests through 1 and 2 workers of the full batch size")
     args = p.parse_args()
@@ -132,12 +135,14 @@ async def main() -> None:
             rows = {}
             for name, (n_workers, batch_size, concurrent, n_requests) in scenarios.items():
                 rows[name] = await run_scenario(server.url, model_dir, n_workers, batch_size, n_requests,
-                                                args.max_new_tokens, concurrent, Path(tmp), args.seeded)
+                                                args.max_new_tokens, concurrent, Path(tmp), args.seeded,
+                                                args.compile)
                 print(name, rows[name], flush=True)
         finally:
             server.cleanup()
     base = next(iter(rows.values()))["tokens_per_s"]
-    print(f"\n{args.requests} prompts, ≤ {args.max_new_tokens} new tokens, model {model_dir.name}\n")
+    print(f"\n{args.requests} prompts, ≤ {args.max_new_tokens} new tokens, model {model_dir.name}"
+          f"{', compiled decode step' if args.compile else ''}\n")
     print("| scenario | generated tokens/s | × sequential | p50 latency, s | p95 latency, s |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():
