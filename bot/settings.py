@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     compile_decode: bool = Field(
         False, description="Compile each model's decode step (torch.compile) at worker start: nano decodes ≈ 2× faster "
                            "on a CPU. Costs 10-60 s per size at start, and a C++ compiler (g++) on CPU workers.")
-    cpu_fp16_sizes: Annotated[list[str], NoDecode] = Field(
+    cpu_fp16_sizes: Annotated[list[Size], NoDecode] = Field(
         default_factory=list, description="Comma-separated sizes whose weights a CPU worker packs in fp16 (fp32 "
                                           "arithmetic): half the memory traffic per step. Worth it for mini and small, "
                                           "not nano; lossless for the bf16 weights we ship. Empty: none.")
@@ -133,10 +133,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text or one JSON object each.")
     log_level: str = Field("INFO", description="Python logging level name.")
 
-    @field_validator("admin_ids", mode="before")
+    @field_validator("admin_ids", "cpu_fp16_sizes", mode="before")
     @classmethod
-    def _split_admin_ids(cls, value: object) -> object:
-        # "1, 2,3" from the environment; a list when built in code
+    def _split_csv(cls, value: object) -> object:
+        # "1, 2,3" or "mini,small" from the environment; a list when built in code
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, int):
@@ -149,16 +149,6 @@ class Settings(BaseSettings):
         # `WORKER_METRICS_PORT=` as copied from .env.example means "no server", not an error
         if isinstance(value, str) and not value.strip():
             return None
-        return value
-
-    @field_validator("cpu_fp16_sizes", mode="before")
-    @classmethod
-    def _sizes_from_csv(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [size.strip() for size in value.split(",") if size.strip()]
-        unknown = [size for size in value if size not in ("nano", "mini", "small")] if isinstance(value, list) else []
-        if unknown:
-            raise ValueError(f"unknown sizes {unknown}: use nano, mini or small")
         return value
 
     def model_sources(self) -> dict[str, str]:

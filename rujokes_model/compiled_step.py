@@ -55,12 +55,12 @@ class CompiledDecodeStep:
         with torch.inference_mode():  # the caller's cache and plan must be inference tensors too
             if not isinstance(column, torch.Tensor):
                 column = torch.tensor(column, device=tokens.device)
-            # MHLA's absorbed weights are derived and cached eagerly; the graph reads that cache.
-            for block in self.model.blocks:
-                if hasattr(block.attn, "_absorbed_weights"):
-                    block.attn._absorbed_weights()
             lone = tokens.shape[0] == 1
             if lone not in self._compiled_for:  # first call of its kind: guards checked, graph compiled
+                # MHLA's absorbed weights are derived and cached eagerly; the graph reads that cache.
+                for block in self.model.blocks:
+                    if hasattr(block.attn, "_absorbed_weights"):
+                        block.attn._absorbed_weights()
                 # No duck sizing: two dims that happen to be equal now (a batch of 2 and 2 KV heads)
                 # must not share a symbol, as later calls skip the guard that would tell them apart.
                 with torch.fx.experimental._config.patch(use_duck_shape=False):
