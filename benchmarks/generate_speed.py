@@ -34,14 +34,14 @@ class Variant:
     hf_kv_heads: int           # KV heads of the matching Llama
 
 
-def variants(size: str, new_tokens: int) -> list[Variant]:
+def variants(size: str, new_tokens: int, preset_only: bool = False) -> list[Variant]:
     """The preset as shipped, plus the other attention kind for the sizes that default to MHLA."""
     context = max(256, PROMPT_LEN + new_tokens)
     context = max(context, ModelConfig.preset(size).max_seq_len)
     default = ModelConfig.preset(size, vocab_size=VOCAB_SIZE, max_seq_len=context)
     kv_heads = default.n_head if default.attention == "mhla" else default.n_kv_head
     found = [Variant(f"{size} {default.position}+{default.attention}", default, kv_heads)]
-    if default.attention == "mhla":
+    if default.attention == "mhla" and not preset_only:
         gqa = ModelConfig.preset(size, vocab_size=VOCAB_SIZE, max_seq_len=context, attention="gqa")
         found.append(Variant(f"{size} {gqa.position}+gqa(kv={gqa.n_kv_head})", gqa, gqa.n_kv_head))
     return found
@@ -66,16 +66,16 @@ def seconds(run: Callable[[], torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
-MODES = ("eager", "compiled", "compiled+fp16w")
+MODES = ("eager", "compiled", "compiled+bf16w", "compiled+int8w")
 
 
 def our_model(config: ModelConfig, mode: str, device: str, dtype: torch.dtype) -> TransformerForCausalLM:
     """Our model in one of MODES; every mode gets the same random weights (seed 0)."""
     torch.manual_seed(0)
     model = TransformerForCausalLM(config).eval().to(device=device, dtype=dtype)
-    if mode.endswith("+fp16w"):
-        from rujokes_model.fp16_weights import use_fp16_weights
-        use_fp16_weights(model)
+    if mode.endswith(("+bf16w", "+int8w")):
+        from rujokes_model.lowbit_weights import use_lowbit_weights
+        use_lowbit_weights(model, mode[-5:-1])
     return model
 
 
@@ -121,12 +121,13 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--preset-only", action="store_true", help="skip the GQA variant of the MHLA sizes")
     parser.add_argument("--sample", action="store_true", help="top-k 10 sampling instead of greedy")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
-                        help="our variants: eager steps, the compiled step, the compiled step with fp16-packed weights")
+                        help="our variants: eager steps, the compiled step, the compiled step with our bf16 or int8 CPU weight kernels")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="leave denormal floats on (the worker flushes them; applies to both models alike)")
     args = parser.parse_args()
@@ -140,13 +141,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"{'top-k 10 sampling' if args.sample else 'greedy'}, prompt {PROMPT_LEN}, new tokens {args.new_tokens}, "
           f"median of {args.repeats}, {args.device} {args.dtype}, denormals {'kept' if args.keep_denormals else 'flushed'}")
-    modes = tuple(mode for mode in args.modes if not (mode.endswith("fp16w") and args.device != "cpu"))
+    modes = tuple(mode for mode in args.modes if not (mode.endswith("w") and args.device != "cpu"))
     header = f"{'variant':<28} {'params':>7} {'batch':>5} {'HF tok/s':>9} " + " ".join(
         f"{mode + ' tok/s (×HF)':>28}" for mode in modes)
     print(header)
     print("-" * len(header))
     for size in args.sizes:
-        for variant in variants(size, args.new_tokens):
+        for variant in variants(size, args.new_tokens, args.preset_only):
             with torch.device("meta"):
                 params = TransformerForCausalLM(variant.config).num_parameters()
             for batch in args.batches:

@@ -18,7 +18,8 @@ import torch
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.continuous import ContinuousBatch, RowSettings
-from rujokes_model.fp16_weights import use_fp16_weights
+from rujokes_model.cpu_kernels import KernelBuildError
+from rujokes_model.lowbit_weights import use_lowbit_weights
 from rujokes_model.pretrained import pretrained_path
 
 from .engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
@@ -197,14 +198,18 @@ def build_engine(settings) -> ModelEngine:
         raise RuntimeError("no model could be loaded; train one with `rujokes-train --size nano` "
                            "or point MODEL_NANO at a model directory")
     for size, loaded in models.items():
-        speed_up(size, loaded.model, fp16_weights=size in settings.cpu_fp16_sizes, compile=settings.compile_decode)
+        weights = "int8" if size in settings.cpu_int8_sizes else "bf16" if size in settings.cpu_bf16_sizes else None
+        speed_up(size, loaded.model, cpu_weights=weights, compile=settings.compile_decode)
     return ModelEngine(models, device, compile=settings.compile_decode)
 
 
-def speed_up(size: str, model: TransformerForCausalLM, *, fp16_weights: bool, compile: bool) -> None:
-    """Pack fp16 weights (CPU) and compile the decode step now, so no request waits for either."""
-    if fp16_weights and model.device.type == "cpu":
-        log.info("%s: %d layers packed with fp16 weights", size, use_fp16_weights(model))
+def speed_up(size: str, model: TransformerForCausalLM, *, cpu_weights: str | None, compile: bool) -> None:
+    """Swap in low-bit CPU weights and compile the decode step now, so no request waits for either."""
+    if cpu_weights and model.device.type == "cpu":
+        try:
+            log.info("%s: %d layers use %s weights", size, use_lowbit_weights(model, cpu_weights), cpu_weights)
+        except KernelBuildError as error:  # slower, not broken: serve with the fp32 weights
+            log.error("%s: keeping fp32 weights, the %s kernels are unavailable: %s", size, cpu_weights, error)
     if compile:
         started = time.monotonic()
         compiled_step(model).warm_up()

@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.protocol import DEFAULT_PREFIX, SamplingParams
@@ -59,10 +59,15 @@ class Settings(BaseSettings):
     compile_decode: bool = Field(
         False, description="Compile each model's decode step (torch.compile) at worker start: nano decodes ≈ 2× faster "
                            "on a CPU. Costs 10-60 s per size at start, and a C++ compiler (g++) on CPU workers.")
-    cpu_fp16_sizes: Annotated[list[Size], NoDecode] = Field(
-        default_factory=list, description="Comma-separated sizes whose weights a CPU worker packs in fp16 (fp32 "
-                                          "arithmetic): half the memory traffic per step. Worth it for mini and small, "
-                                          "not nano; lossless for the bf16 weights we ship. Empty: none.")
+    cpu_bf16_sizes: Annotated[list[Size], NoDecode] = Field(
+        default_factory=list, description="Comma-separated sizes whose weights a CPU worker keeps in bf16 (our AVX2 "
+                                          "kernel, fp32 arithmetic): half the memory traffic per step, lossless for "
+                                          "the bf16 weights we ship. Worth it for mini and small, not nano. Empty: none.")
+    cpu_int8_sizes: Annotated[list[Size], NoDecode] = Field(
+        default_factory=list, description="Comma-separated sizes whose weights a CPU worker rounds to int8 (one scale "
+                                          "per row): a quarter of fp32's traffic, ≈ 1.5-2× faster decoding than bf16 "
+                                          "for mini and small, at a small measured quality cost (BENCHMARKS.md). "
+                                          "Empty: none.")
     model_nano: str = Field("bundled", description="Source of the nano model: 'bundled', a directory, or 'hub:owner/repo@revision'.")
     model_mini: str = Field("bundled", description="Source of the mini model: 'bundled', a directory, or 'hub:owner/repo@revision'.")
     model_small: str = Field("bundled", description="Source of the small model: 'bundled', a directory, or 'hub:owner/repo@revision'.")
@@ -133,7 +138,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text or one JSON object each.")
     log_level: str = Field("INFO", description="Python logging level name.")
 
-    @field_validator("admin_ids", "cpu_fp16_sizes", mode="before")
+    @field_validator("admin_ids", "cpu_bf16_sizes", "cpu_int8_sizes", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # "1, 2,3" or "mini,small" from the environment; a list when built in code
@@ -150,6 +155,13 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @model_validator(mode="after")
+    def _one_weight_format_a_size(self) -> "Settings":
+        both = sorted(set(self.cpu_bf16_sizes) & set(self.cpu_int8_sizes))
+        if both:
+            raise ValueError(f"{', '.join(both)}: listed in both CPU_BF16_SIZES and CPU_INT8_SIZES; choose one")
+        return self
 
     def model_sources(self) -> dict[str, str]:
         return {"nano": self.model_nano, "mini": self.model_mini, "small": self.model_small}

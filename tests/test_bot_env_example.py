@@ -53,13 +53,17 @@ def test_a_metrics_port_outside_0_to_65535_is_refused(monkeypatch):
         Settings(_env_file=None)
 
 
-def test_cpu_fp16_sizes_are_read_as_a_comma_separated_list_of_known_sizes(monkeypatch):
-    monkeypatch.setenv("CPU_FP16_SIZES", "mini, small")
+def test_cpu_weight_sizes_are_comma_separated_known_sizes_and_exclusive(monkeypatch):
+    monkeypatch.setenv("CPU_INT8_SIZES", "mini, small")
+    monkeypatch.setenv("CPU_BF16_SIZES", "nano")
     monkeypatch.setenv("COMPILE_DECODE", "true")
     settings = Settings(_env_file=None)
-    assert (settings.cpu_fp16_sizes, settings.compile_decode) == (["mini", "small"], True)
-    monkeypatch.setenv("CPU_FP16_SIZES", "")
-    assert Settings(_env_file=None).cpu_fp16_sizes == []
-    monkeypatch.setenv("CPU_FP16_SIZES", "mini,huge")
+    assert (settings.cpu_int8_sizes, settings.cpu_bf16_sizes, settings.compile_decode) == (["mini", "small"], ["nano"], True)
+    monkeypatch.setenv("CPU_INT8_SIZES", "")
+    assert Settings(_env_file=None).cpu_int8_sizes == []
+    monkeypatch.setenv("CPU_INT8_SIZES", "mini,huge")
     with pytest.raises(ValidationError, match="huge"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("CPU_INT8_SIZES", "mini,nano")
+    with pytest.raises(ValidationError, match="nano: listed in both"):
         Settings(_env_file=None)

@@ -9,7 +9,7 @@ import torch
 from bot.engine import ModelEngine, build_engine, load_source
 from bot.engine_api import Job
 from rujokes_model.compiled_step import compiled_step
-from rujokes_model.fp16_weights import FP16Linear
+from rujokes_model.lowbit_weights import LowBitLinear
 from tests.tiny_model import make_tiny_model_dir
 
 PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",
@@ -95,30 +95,31 @@ def test_unknown_size_raises_instead_of_guessing(engine):
 
 def test_build_engine_skips_sizes_that_cannot_be_loaded(tmp_path):
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=False, cpu_fp16_sizes=[], model_sources=lambda: {
+    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[], model_sources=lambda: {
         "nano": str(path), "mini": str(tmp_path / "missing"), "small": ""})
     assert build_engine(settings).available_sizes() == ["nano"]
 
 
 def test_build_engine_with_nothing_loadable_names_the_training_command(tmp_path):
-    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=False, cpu_fp16_sizes=[],
+    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[],
                                model_sources=lambda: {"nano": str(tmp_path / "missing")})
     with pytest.raises(RuntimeError, match="rujokes-train"):
         build_engine(settings)
 
 
-def test_a_compiled_fp16_engine_is_ready_at_start_and_writes_the_jokes_of_an_eager_one(tmp_path):
-    """COMPILE_DECODE and CPU_FP16_SIZES: both graphs are compiled by build_engine (no request waits for
+def test_a_compiled_int8_engine_is_ready_at_start_and_writes_the_jokes_of_an_eager_one(tmp_path):
+    """COMPILE_DECODE and CPU_INT8_SIZES: both graphs are compiled by build_engine (no request waits for
     a compile), and seeded jobs, joining a running batch, get the texts the same weights give eagerly."""
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=True, cpu_fp16_sizes=["nano"],
+    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=True, cpu_bf16_sizes=[], cpu_int8_sizes=["nano"],
                                model_sources=lambda: {"nano": str(path)})
     fast = build_engine(settings)
     model = fast.models["nano"].model
-    assert any(isinstance(m, FP16Linear) for m in model.modules())
+    assert all(m.kind == "int8" for m in model.modules() if isinstance(m, LowBitLinear))
+    assert any(isinstance(m, LowBitLinear) for m in model.modules())
     assert compiled_step(model)._compiled_for == {True, False}
 
-    eager = ModelEngine({"nano": fast.models["nano"]}, torch.device("cpu"), compile=False)  # same fp16 weights
+    eager = ModelEngine({"nano": fast.models["nano"]}, torch.device("cpu"), compile=False)  # same int8 weights
     first = [job(0, "Вовочка", max_new_tokens=16), job(1, "Кот", max_new_tokens=5)]
     late = [job(2, "Колобок", max_new_tokens=7)]
 

@@ -12,6 +12,7 @@ import pytest
 from model_helpers import russian_sentences, single_torch_thread_for_module, write_jokes  # noqa: F401
 
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+from rujokes_model.cpu_kernels import cpu_kernels_supported
 from trainer.cli import eval_main, train_main
 from trainer.data import load_corpus, split_train_val
 from trainer.evaluate import evaluate_texts
@@ -120,6 +121,19 @@ def test_eval_prints_the_val_bpc_that_evaluate_texts_computes(pushed_run, corpus
                               ByteLevelBPETokenizer.from_pretrained(pushed_run.out), val_texts, seq_len=seq_len)
     assert printed["jokes"] == len(val_texts)
     assert printed["val_bpc"] == pytest.approx(expected.bits_per_char, abs=1e-9)
+
+
+@pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
+def test_eval_scores_the_model_as_a_cpu_worker_with_int8_weights_would_run_it(pushed_run, corpus_path, capsys):
+    assert eval_main(["--model", str(pushed_run.out), "--data", str(corpus_path)]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert eval_main(["--model", str(pushed_run.out), "--data", str(corpus_path), "--cpu-weights", "int8"]) == 0
+    rounded = json.loads(capsys.readouterr().out)
+    assert (full["cpu_weights"], rounded["cpu_weights"]) == ("fp32", "int8")
+    assert rounded["val_tokens"] == full["val_tokens"]
+    # The same model up to rounding: close, but really computed with other weights.
+    assert rounded["val_bpc"] != full["val_bpc"]
+    assert rounded["val_bpc"] == pytest.approx(full["val_bpc"], rel=0.02)
 
 
 def test_push_uploads_to_a_branch_named_after_the_size(pushed_run):

@@ -94,8 +94,13 @@ def eval_main(argv: list[str] | None = None) -> int:
                    help="which part of the corpus (the same hash split as training)")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--limit", type=int, help="evaluate only the first N jokes")
+    p.add_argument("--cpu-weights", choices=["fp32", "bf16", "int8"], default="fp32",
+                   help="score the model as a CPU worker with CPU_BF16_SIZES / CPU_INT8_SIZES would run it")
     args = p.parse_args(argv)
     model = TransformerForCausalLM.from_pretrained(args.model, revision=args.revision)
+    if args.cpu_weights != "fp32":
+        from rujokes_model.lowbit_weights import use_lowbit_weights
+        use_lowbit_weights(model.float(), args.cpu_weights)
     tokenizer = ByteLevelBPETokenizer.from_pretrained(args.model, revision=args.revision)
     texts = load_corpus(args.data)
     if args.split != "all":
@@ -108,7 +113,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     if train_config.is_file():
         seq_len = json.loads(train_config.read_text()).get("seq_len")
     result = evaluate_texts(model, tokenizer, texts, seq_len=seq_len)
-    print(json.dumps({"model": args.model, "split": args.split, "jokes": len(texts), **result.to_dict()}))
+    print(json.dumps({"model": args.model, "split": args.split, "jokes": len(texts), "cpu_weights": args.cpu_weights,
+                      **result.to_dict()}))
     return 0
 
 

@@ -1,0 +1,97 @@
+"""Our C++ CPU kernels (`kernels/*.cpp`): compiled on first use, cached on disk, registered as torch ops.
+
+The kernels register under `torch.ops.rujokes_cpu` from C++ (TORCH_LIBRARY), shape functions included,
+so a compiled decode graph calls them through the dispatcher with no Python in between. Building needs
+a C++ compiler (g++, as torch.compile does; ≈ 15 s on two cores) but not ninja or setuptools: one
+compiler call against torch's own headers and libraries. The library lands in `RUJOKES_KERNEL_DIR`
+(default `~/.cache/rujokes/kernels`) under a name hashed from the source, torch's version and the flags,
+so a changed kernel or torch never loads a stale build; concurrent builders each write a temporary file
+and rename it into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+SOURCE = "lowbit_linear.cpp"
+_FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++20", "-shared", "-fPIC", "-w")
+_lock = threading.Lock()
+_loaded: Path | None = None
+
+
+class KernelBuildError(RuntimeError):
+    """The CPU kernels could not be built or loaded; the message says what to install or set."""
+
+
+def cpu_kernels_supported() -> bool:
+    """x86-64 with AVX2 (the kernels' instruction set) and a torch that exposes its C++ headers."""
+    return (platform.machine() in ("x86_64", "AMD64")
+            and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+            and (Path(torch.__file__).parent / "include" / "torch" / "library.h").is_file())
+
+
+def kernel_dir() -> Path:
+    configured = os.environ.get("RUJOKES_KERNEL_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "rujokes" / "kernels"
+
+
+def _compiler() -> str:
+    for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    raise KernelBuildError("no C++ compiler found: install g++ (apt-get install g++) or set CXX")
+
+
+def _command(compiler: str, source: Path, output: Path) -> list[str]:
+    torch_dir = Path(torch.__file__).parent
+    return [compiler, *_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
+            str(source), "-o", str(output), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
+            f"-Wl,-rpath,{torch_dir / 'lib'}"]
+
+
+def build() -> Path:
+    """The shared library for this source and torch, compiled now unless already cached."""
+    source = resources.files(__package__) / "kernels" / SOURCE
+    code = source.read_bytes()
+    key = hashlib.sha256(code + torch.__version__.encode() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    target = kernel_dir() / f"{Path(SOURCE).stem}-{key}.so"
+    if target.is_file():
+        return target
+    compiler = _compiler()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        copied = Path(scratch) / SOURCE  # a real file, even when the package is zipped
+        copied.write_bytes(code)
+        built = Path(scratch) / target.name
+        done = subprocess.run(_command(compiler, copied, built), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise KernelBuildError(f"compiling {SOURCE} failed ({compiler}):\n{done.stderr[-3000:]}")
+        os.replace(built, target)  # atomic: a concurrent builder sees the whole file or none
+    return target
+
+
+def load_cpu_kernels() -> Path:
+    """Build (once per source and torch) and load the kernels into this process; returns the library."""
+    global _loaded
+    with _lock:
+        if _loaded is None:
+            if not cpu_kernels_supported():
+                raise KernelBuildError("the int8 CPU kernels need an x86-64 CPU with AVX2 and torch's C++ headers")
+            library = build()
+            torch.ops.load_library(str(library))
+            _loaded = library
+        return _loaded
+
+
+if __name__ == "__main__":  # `python -m rujokes_model.cpu_kernels`: build ahead of time (images, CI)
+    print(build())  # compiling needs no AVX2 on the build machine; loading checks for it

@@ -1,0 +1,246 @@
+// Low-bit weights for CPU decoding: y = x·Wᵀ with the weights stored as int8 or bf16.
+//
+// Why: a decode step of mini/small reads every weight once for a handful of rows, so it is bound by the
+// bytes it streams (and, once those shrink, by the work of widening them). int8 weights are a quarter of
+// fp32's bytes, bf16 half (and exactly the checkpoints we ship).
+//   int8_linear(x, w, scale): w int8 (N, K), one fp32 scale per output row. Each row of x is scaled to
+//     int16 (its largest element to ±2^14: finer than the bf16 the models trained in) and multiplied with
+//     vpmaddwd, 16 products per instruction, summed exactly in int32.
+//   bf16_linear(x, w): w bf16 (N, K), widened to fp32 in registers, fp32 FMAs.
+// A row's result never depends on its batch mates or the thread count: int8 sums are exact integers and
+// bf16 sums run in one fixed order whatever the number of rows (seeded jokes must not change with who
+// shares the batch). Built by rujokes_model/cpu_kernels.py with -mavx2 -mfma; used only on AVX2 CPUs.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kRowBlock = 16;  // weight rows kept hot in L1 while every chunk of x rows uses them
+
+std::vector<int64_t> out_shape(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = n;
+  return shape;
+}
+
+// Threads split the weight rows (each reads its own slice of the weights once), in blocks of ≥ 64k weights.
+// `chunk(rows_begin, rows, n)` computes out[rows_begin : rows_begin + rows, n].
+template <int MaxRows, typename Chunk>
+void for_each_block(int64_t M, int64_t N, int64_t K, const Chunk& chunk) {
+  const int64_t grain = std::max<int64_t>(kRowBlock, (int64_t{1} << 16) / std::max<int64_t>(K, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t n0 = begin; n0 < end; n0 += kRowBlock) {
+      const int64_t n1 = std::min(end, n0 + kRowBlock);
+      for (int64_t m = 0; m < M; m += MaxRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(MaxRows, M - m));
+        for (int64_t n = n0; n < n1; ++n) chunk(m, rows, n);
+      }
+    }
+  });
+}
+
+void check_common(const char* op, const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), op, " runs on the CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, op, " takes fp32 activations, got ", x.scalar_type());
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), op, " wants a contiguous (out, in) weight");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), op, ": x has ", x.size(-1),
+              " features, the weight expects ", weight.size(1));
+}
+
+// ---- int8 weights × int16 activations ----------------------------------------------------------------
+
+constexpr float kXMax = 16384.0f;  // a row's largest |x| maps to 2^14
+constexpr int64_t kMaxK = 8192;    // keeps each int32 lane below 2^31: (K/8 products)·2^14·127
+constexpr int kIntRows = 4;        // rows sharing each widened weight vector: 4 × 2 accumulators
+
+struct QuantRows {
+  std::vector<int16_t> values;  // M × K
+  std::vector<float> scales;    // one a row: x ≈ values · scale
+};
+
+QuantRows quantize_rows(const float* x, int64_t M, int64_t K) {
+  QuantRows q{std::vector<int16_t>(M * K), std::vector<float>(M)};
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t r = 0; r < M; ++r) {
+    const float* row = x + r * K;
+    int16_t* out = q.values.data() + r * K;
+    __m256 vmax = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(row + k), abs_mask));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, vmax);
+    float amax = *std::max_element(lanes, lanes + 8);
+    bool finite = true;
+    for (; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
+    for (int64_t t = 0; t < K; ++t) finite &= std::isfinite(row[t]);  // max_ps drops NaNs: look again
+    if (!finite) {  // as fp32 arithmetic would: this row's outputs become NaN
+      std::fill(out, out + K, int16_t{0});
+      q.scales[r] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    const float inv = amax > 0.0f ? kXMax / amax : 0.0f;
+    q.scales[r] = amax > 0.0f ? amax / kXMax : 0.0f;
+    const __m256 vinv = _mm256_set1_ps(inv);
+    k = 0;
+    for (; k + 16 <= K; k += 16) {
+      const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + k), vinv));  // nearest even
+      const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + k + 8), vinv));
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);  // back in order
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + k), packed);
+    }
+    for (; k < K; ++k) out[k] = static_cast<int16_t>(std::nearbyint(row[k] * inv));
+  }
+  return q;
+}
+
+// out[r·ldo] = xs[r]·ws·Σ_k xq[r, k]·w[k] for R quantized rows and one int8 weight row.
+template <int R>
+inline void int8_dot(const int16_t* xq, const float* xs, int64_t K, const int8_t* w, float ws, float* out, int64_t ldo) {
+  __m256i acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k)));
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k + 16)));
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const auto* x = reinterpret_cast<const __m256i*>(xq + r * K + k);
+      acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(w0, _mm256_loadu_si256(x)));
+      acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(w1, _mm256_loadu_si256(x + 1)));
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    alignas(32) int32_t lanes[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), _mm256_add_epi32(acc[r][0], acc[r][1]));
+    int64_t total = 0;
+    for (int32_t lane : lanes) total += lane;
+    for (int64_t t = k; t < K; ++t) total += int64_t{xq[r * K + t]} * w[t];  // K not a multiple of 32
+    out[r * ldo] = static_cast<float>(static_cast<double>(total) * xs[r] * ws);
+  }
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale) {
+  check_common("int8_linear", x, weight);
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "int8_linear: the weight must be int8");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == weight.size(0),
+              "int8_linear: one fp32 scale per output feature");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  TORCH_CHECK(K <= kMaxK, "int8_linear: at most ", kMaxK, " input features (int32 sums), got ", K);
+  const at::Tensor rows = x.reshape({-1, K}).contiguous();
+  const int64_t M = rows.size(0);
+  const QuantRows q = quantize_rows(rows.const_data_ptr<float>(), M, K);
+  at::Tensor out = at::empty({M, N}, x.options());
+  const int8_t* w = weight.const_data_ptr<int8_t>();
+  const float* ws = scale.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
+  for_each_block<kIntRows>(M, N, K, [&](int64_t m, int rows_here, int64_t n) {
+    const int16_t* xq = q.values.data() + m * K;
+    const float* xs = q.scales.data() + m;
+    switch (rows_here) {
+      case 1: return int8_dot<1>(xq, xs, K, w + n * K, ws[n], o + m * N + n, N);
+      case 2: return int8_dot<2>(xq, xs, K, w + n * K, ws[n], o + m * N + n, N);
+      case 3: return int8_dot<3>(xq, xs, K, w + n * K, ws[n], o + m * N + n, N);
+      default: return int8_dot<4>(xq, xs, K, w + n * K, ws[n], o + m * N + n, N);
+    }
+  });
+  return out.view(out_shape(x, N));
+}
+
+// ---- bf16 weights × fp32 activations -----------------------------------------------------------------
+
+constexpr int kFloatRows = 3;  // rows sharing each widened weight vector: 3 × 4 accumulators of 16 registers
+
+inline __m256 widen_bf16(const c10::BFloat16* w) {
+  // bf16 is the upper half of an fp32: widen to 32 bits and shift into place (exact).
+  const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+}
+
+inline float sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// out[r·ldo] = Σ_k x[r, k]·w[k] for R rows and one bf16 weight row; four accumulators a row hide the
+// FMA latency, in the same layout for every R, so the sum order is fixed.
+template <int R>
+inline void bf16_dot(const float* x, int64_t K, const c10::BFloat16* w, float* out, int64_t ldo) {
+  __m256 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int a = 0; a < 4; ++a) acc[r][a] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 4
+    for (int a = 0; a < 4; ++a) {
+      const __m256 wv = widen_bf16(w + k + 8 * a);
+#pragma GCC unroll 3
+      for (int r = 0; r < R; ++r)
+        acc[r][a] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k + 8 * a), wv, acc[r][a]);
+    }
+  }
+#pragma GCC unroll 3
+  for (int r = 0; r < R; ++r) {
+    float s = sum8(_mm256_add_ps(_mm256_add_ps(acc[r][0], acc[r][1]), _mm256_add_ps(acc[r][2], acc[r][3])));
+    for (int64_t t = k; t < K; ++t) s += x[r * K + t] * static_cast<float>(w[t]);  // K not a multiple of 32
+    out[r * ldo] = s;
+  }
+}
+
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
+  check_common("bf16_linear", x, weight);
+  TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "bf16_linear: the weight must be bf16");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  const at::Tensor rows = x.reshape({-1, K}).contiguous();
+  const int64_t M = rows.size(0);
+  at::Tensor out = at::empty({M, N}, x.options());
+  const float* xp = rows.const_data_ptr<float>();
+  const c10::BFloat16* w = weight.const_data_ptr<c10::BFloat16>();
+  float* o = out.mutable_data_ptr<float>();
+  for_each_block<kFloatRows>(M, N, K, [&](int64_t m, int rows_here, int64_t n) {
+    switch (rows_here) {
+      case 1: return bf16_dot<1>(xp + m * K, K, w + n * K, o + m * N + n, N);
+      case 2: return bf16_dot<2>(xp + m * K, K, w + n * K, o + m * N + n, N);
+      default: return bf16_dot<3>(xp + m * K, K, w + n * K, o + m * N + n, N);
+    }
+  });
+  return out.view(out_shape(x, N));
+}
+
+// Shapes only: torch.compile traces with these, so compiled graphs call the kernels straight from C++.
+at::Tensor bf16_linear_meta(const at::Tensor& x, const at::Tensor& weight) {
+  return at::empty(out_shape(x, weight.size(0)), x.options());
+}
+at::Tensor int8_linear_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&) {
+  return bf16_linear_meta(x, weight);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rujokes_cpu, m) {
+  m.def("int8_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
+  m.def("bf16_linear(Tensor x, Tensor weight) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(rujokes_cpu, CPU, m) {
+  m.impl("int8_linear", &int8_linear);
+  m.impl("bf16_linear", &bf16_linear);
+}
+
+TORCH_LIBRARY_IMPL(rujokes_cpu, Meta, m) {
+  m.impl("int8_linear", &int8_linear_meta);
+  m.impl("bf16_linear", &bf16_linear_meta);
+}

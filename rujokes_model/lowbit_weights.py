@@ -1,0 +1,90 @@
+"""Low-bit weights for CPU decoding: int8 (a quarter of fp32's bytes) or bf16 (half), fp32 arithmetic.
+
+A decode step of mini or small reads every weight once for a few rows, and on a CPU it is bound by those
+bytes. `use_lowbit_weights(model, "int8")` swaps each Linear for a `LowBitLinear` that multiplies with
+our AVX2 kernel (`kernels/lowbit_linear.cpp`), widening the stored weights to fp32 in registers:
+- **int8**: symmetric, one fp32 scale per output row (absmax / 127). Lossy: the model *becomes* its
+  rounding — each fp32 weight Parameter is overwritten with the dequantized values, so the tied embedding,
+  MHLA's absorbed weights, checkpoints saved later and any fallback path all see one consistent model.
+  Its cost in quality is measured in BENCHMARKS.md.
+- **bf16**: exact for the bf16 checkpoints we ship (others are rounded to bf16 the same way).
+
+Rows are computed independently and in a fixed order, so a row's output never depends on its batch mates.
+For inference on the CPU with fp32 activations; anything else (a GPU, autograd) falls back to F.linear on
+the (dequantized) fp32 weight. Call `repack()` after changing weights.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cpu_kernels import load_cpu_kernels
+
+KINDS = ("int8", "bf16")
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: (q, scale) with weight ≈ q · scale[:, None], |q| ≤ 127."""
+    weight = weight.detach().float()
+    scale = weight.abs().amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+    q = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+class LowBitLinear(nn.Linear):
+    """A bias-free Linear that multiplies with a low-bit copy of its weight (fp32 in, fp32 out)."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, kind: str) -> "LowBitLinear":
+        if kind not in KINDS:
+            raise ValueError(f"unknown low-bit kind {kind!r}; choose one of {', '.join(KINDS)}")
+        if linear.bias is not None:
+            raise ValueError("LowBitLinear converts bias-free layers only")
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.in_features, new.out_features, new.kind = linear.in_features, linear.out_features, kind
+        new.weight = linear.weight  # the same Parameter: ties and checkpoints keep working
+        new.register_parameter("bias", None)
+        new.repack()
+        return new
+
+    @torch.no_grad()
+    def repack(self) -> None:
+        # Plain attributes, not buffers: the checkpoint keeps its one fp32 weight.
+        if self.kind == "int8":
+            self.qweight, self.scale = quantize_int8(self.weight)
+            # The model is its rounding. copy_ bumps the weight's version, which renews derived weights
+            # such as MHLA's absorbed matrices.
+            self.weight.copy_(self.qweight.float() * self.scale[:, None])
+        else:
+            self.qweight, self.scale = self.weight.detach().to(torch.bfloat16).contiguous(), None
+            self.weight.copy_(self.qweight.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+            return F.linear(x, self.weight)
+        if self.kind == "int8":
+            return torch.ops.rujokes_cpu.int8_linear(x, self.qweight, self.scale)
+        return torch.ops.rujokes_cpu.bf16_linear(x, self.qweight)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, weights={self.kind}"
+
+
+def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
+    """Swap the model's Linear layers for LowBitLinear in place (CPU, fp32); returns how many were swapped.
+
+    Builds the kernels on first use (a C++ compiler is needed once; see cpu_kernels.py).
+    """
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
+        raise ValueError("low-bit weights are for fp32 models on the CPU; on a GPU keep the model's own dtype")
+    load_cpu_kernels()
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, LowBitLinear.from_linear(child, kind))
+                swapped += 1
+    return swapped

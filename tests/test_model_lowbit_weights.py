@@ -1,0 +1,173 @@
+"""Low-bit CPU weights: our C++ int8 and bf16 kernels against plain fp32 arithmetic, and in the model."""
+import subprocess
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_helpers import random_ids, tiny_model
+from rujokes_model import TransformerForCausalLM
+from rujokes_model.cpu_kernels import KernelBuildError, build, cpu_kernels_supported, load_cpu_kernels
+from rujokes_model.lowbit_weights import LowBitLinear, quantize_int8, use_lowbit_weights
+
+pytestmark = pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    load_cpu_kernels()
+
+
+def int8_op(x, q, scale):
+    return torch.ops.rujokes_cpu.int8_linear(x, q, scale)
+
+
+def test_int8_quantization_is_per_row_symmetric_and_within_half_a_step():
+    weight = torch.randn(37, 70) * torch.logspace(-3, 0, 37)[:, None]  # rows of very different ranges
+    q, scale = quantize_int8(weight)
+    assert q.dtype == torch.int8 and q.abs().max() == 127 and scale.shape == (37,)
+    assert ((q.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 + 1e-9).all()
+    assert (q.abs().amax(dim=1) == 127).all()  # each row uses its whole range
+
+
+@pytest.mark.parametrize("in_features", [384, 1024, 100, 31])  # multiples of 32 and the scalar tail
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+def test_int8_kernel_matches_fp32_math_on_the_dequantized_weight(rows, in_features):
+    """Only the activations are rounded (to 14 bits of their row's largest value): a relative error
+    of ~1e-4, far below the int8 weights' own."""
+    torch.manual_seed(rows * 1000 + in_features)
+    q, scale = quantize_int8(torch.randn(53, in_features) * 0.05)
+    x = torch.randn(rows, in_features)
+    expected = F.linear(x, q.float() * scale[:, None])
+    bound = (x.abs().amax(dim=1, keepdim=True) / 2 ** 14) * (q.float().abs() * scale[:, None]).sum(dim=1)
+    assert ((int8_op(x, q, scale) - expected).abs() <= bound + 1e-6).all()
+    torch.testing.assert_close(int8_op(x, q, scale), expected, rtol=2e-3, atol=2e-3 * expected.abs().max().item())
+
+
+def test_bf16_kernel_is_fp32_math_on_bf16_weights():
+    torch.manual_seed(0)
+    weight = (torch.randn(45, 100) * 0.05).bfloat16()
+    for rows in (1, 2, 3, 4, 7):
+        x = torch.randn(rows, 100)
+        torch.testing.assert_close(torch.ops.rujokes_cpu.bf16_linear(x, weight), F.linear(x, weight.float()),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_a_rows_output_is_bit_identical_whatever_its_batch_mates_and_threads(kind):
+    """Seeded jokes must not depend on who shares the batch: every row, alone or in any batch, at any
+    position and with any thread count, gets exactly the same numbers."""
+    torch.manual_seed(1)
+    linear = LowBitLinear.from_linear(nn.Linear(384, 300, bias=False), kind)
+    x = torch.randn(11, 384)
+    alone = torch.cat([linear(x[i:i + 1]) for i in range(11)])
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            assert torch.equal(linear(x), alone)
+            assert torch.equal(linear(x.flip(0)).flip(0), alone)
+            assert torch.equal(linear(x[3:8]), alone[3:8])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_any_leading_shape_and_non_contiguous_input():
+    torch.manual_seed(2)
+    linear = LowBitLinear.from_linear(nn.Linear(64, 40, bias=False), "int8")
+    x = torch.randn(2, 3, 128)[..., ::2]  # (2, 3, 64), strided
+    out = linear(x)
+    assert out.shape == (2, 3, 40)
+    torch.testing.assert_close(out, F.linear(x, linear.weight), rtol=1e-3, atol=1e-3)
+
+
+def test_a_non_finite_activation_poisons_only_its_row():
+    q, scale = quantize_int8(torch.randn(8, 64))
+    x = torch.randn(3, 64)
+    x[1, 7] = float("nan")
+    x[2, 0] = float("inf")
+    out = int8_op(x, q, scale)
+    assert out[0].isfinite().all() and out[1].isnan().all() and out[2].isnan().all()
+
+
+def test_bad_inputs_are_refused_with_a_clear_message():
+    q, scale = quantize_int8(torch.randn(8, 64))
+    with pytest.raises(RuntimeError, match="fp32 activations"):
+        int8_op(torch.randn(2, 64, dtype=torch.float64), q, scale)
+    with pytest.raises(RuntimeError, match="features"):
+        int8_op(torch.randn(2, 63), q, scale)
+    with pytest.raises(RuntimeError, match="scale"):
+        int8_op(torch.randn(2, 64), q, scale[:4])
+    with pytest.raises(RuntimeError, match="int8"):
+        int8_op(torch.randn(2, 64), q.float(), scale)
+    with pytest.raises(ValueError, match="unknown low-bit kind"):
+        LowBitLinear.from_linear(nn.Linear(4, 4, bias=False), "int4")
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_the_model_becomes_its_rounding_and_keeps_checkpoint_ties_and_cache_paths(kind, tmp_path):
+    """After the swap the fp32 Parameters hold the rounded weights, so the tied embedding, MHLA's absorbed
+    decode (derived from wkv_b) and a saved checkpoint are all the same model as the kernels compute."""
+    model = tiny_model("rope", "mhla", seed=2, tie_embeddings=True)
+    keys = list(model.state_dict())
+    n_linear = sum(type(m) is nn.Linear for m in model.modules())
+    ids = random_ids(6, model.config.vocab_size, seed=1, batch=2)
+    with torch.inference_mode():
+        before = model(ids)
+
+    assert use_lowbit_weights(model, kind) == n_linear
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert model.lm_head.weight is model.embed.weight
+    assert list(model.state_dict()) == keys
+    for module in model.modules():
+        if isinstance(module, LowBitLinear):
+            stored = module.qweight.float() * (module.scale[:, None] if kind == "int8" else 1)
+            assert torch.equal(module.weight, stored)
+    with torch.inference_mode():
+        after = model(ids)
+    torch.testing.assert_close(after, before, rtol=0, atol=0.05 * before.abs().max().item())
+
+    # Cached decoding (absorbed MHLA) agrees with uncached decoding of the rounded model.
+    assert torch.equal(model.generate(ids, 10, do_sample=False),
+                       model.generate(ids, 10, do_sample=False, use_cache=False))
+    model.save_pretrained(tmp_path)
+    reloaded = TransformerForCausalLM.from_pretrained(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), model.state_dict().values()))
+
+
+def test_training_and_other_devices_fall_back_to_plain_fp32_on_the_rounded_weight():
+    linear = LowBitLinear.from_linear(nn.Linear(32, 16, bias=False), "int8")
+    x = torch.randn(4, 32, requires_grad=True)
+    out = linear(x)
+    out.sum().backward()  # autograd works: F.linear on the dequantized weight
+    assert torch.equal(out, F.linear(x, linear.weight)) and x.grad is not None
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_lowbit_weights_through_the_compiled_step_give_the_eager_tokens(kind):
+    """The kernels register their shapes in C++, so a compiled step calls them without Python."""
+    model = tiny_model("alibi", "gqa", seed=4)
+    use_lowbit_weights(model, kind)
+    ids = random_ids(6, model.config.vocab_size, seed=6, batch=3)
+    assert torch.equal(model.generate(ids, 12, do_sample=False, compile=True),
+                       model.generate(ids, 12, do_sample=False))
+
+
+def test_a_model_off_the_cpu_or_not_fp32_is_refused():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="fp32 models on the CPU"):
+        use_lowbit_weights(model.to(torch.bfloat16), "int8")
+
+
+def test_the_build_is_cached_by_source_and_a_missing_compiler_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUJOKES_KERNEL_DIR", str(tmp_path / "kernels"))
+    monkeypatch.setenv("CXX", "definitely-not-a-compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ either
+    with pytest.raises(KernelBuildError, match="g\\+\\+"):
+        build()
+    monkeypatch.undo()
+    # The default cache already holds this source's build (the fixture loaded it): no compiler runs.
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
+    assert build().is_file() and calls == []
