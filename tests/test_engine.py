@@ -133,6 +133,24 @@ def test_a_compiled_int8_engine_is_ready_at_start_and_writes_the_jokes_of_an_eag
     assert compiled == texts(eager)
 
 
+def test_a_worker_without_a_compiler_serves_the_size_with_fp32_weights(tmp_path, monkeypatch, caplog):
+    """CPU_INT8_SIZES on a machine where the kernels cannot be built: slower, not down."""
+    import rujokes_model.cpu_kernels as cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "_loaded", None)  # as in a fresh process
+    monkeypatch.setenv("RUJOKES_KERNEL_DIR", str(tmp_path / "no-build-yet"))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    path = make_tiny_model_dir(tmp_path / "nano")
+    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=False, cpu_bf16_sizes=[],
+                               cpu_int8_sizes=["nano"], model_sources=lambda: {"nano": str(path)})
+    engine = build_engine(settings)
+    assert not any(isinstance(m, LowBitLinear) for m in engine.models["nano"].model.modules())
+    assert "keeping fp32 weights" in caplog.text and "g++" in caplog.text
+    [output] = engine.generate("nano", [job(0, "Кот", max_new_tokens=4)])
+    assert output.request_id == "r0" and output.text
+
+
 def test_loading_for_the_cpu_flushes_denormal_floats(tmp_path):
     # Denormals cost x86 cores 10-100x per op (nano decoded 1.5x slower with them); the serving process owns
     # its float environment and turns them off when it loads a model for the CPU.
