@@ -1,13 +1,15 @@
-"""Low-bit weights for CPU decoding: int8 (a quarter of fp32's bytes) or bf16 (half), fp32 arithmetic.
+"""Low-bit weights for CPU decoding: int8 (a quarter of fp32's bytes) or bf16 (half), fp32 in and out.
 
 A decode step of mini or small reads every weight once for a few rows, and on a CPU it is bound by those
 bytes. `use_lowbit_weights(model, "int8")` swaps each Linear for a `LowBitLinear` that multiplies with
-our AVX2 kernel (`kernels/lowbit_linear.cpp`), widening the stored weights to fp32 in registers:
-- **int8**: symmetric, one fp32 scale per output row (absmax / 127). Lossy: the model *becomes* its
+our AVX2 kernels (`kernels/lowbit_linear.cpp`):
+- **int8**: symmetric, one fp32 scale per output row (absmax / 127); each activation row is scaled to int16
+  (14 bits of its largest value) and the products are summed exactly in int32. Lossy: the model *becomes* its
   rounding — each fp32 weight Parameter is overwritten with the dequantized values, so the tied embedding,
   MHLA's absorbed weights, checkpoints saved later and any fallback path all see one consistent model.
   Its cost in quality is measured in BENCHMARKS.md.
-- **bf16**: exact for the bf16 checkpoints we ship (others are rounded to bf16 the same way).
+- **bf16**: widened to fp32 in registers, fp32 FMAs; exact for the bf16 checkpoints we ship (others are
+  rounded to bf16 the same way).
 
 Rows are computed independently and in a fixed order, so a row's output never depends on its batch mates.
 For inference on the CPU with fp32 activations; anything else (a GPU, autograd) falls back to F.linear on
@@ -87,4 +89,7 @@ def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
             if type(child) is nn.Linear:
                 setattr(parent, name, LowBitLinear.from_linear(child, kind))
                 swapped += 1
+    # A decode step compiled before the swap skips its module guards and would keep calling the old
+    # layers: drop it, so the next compiled generation traces the new ones.
+    model.__dict__.pop("_compiled_step", None)
     return swapped

@@ -221,8 +221,11 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
 }
 
 // Shapes only: torch.compile traces with these, so compiled graphs call the kernels straight from C++.
+// Symbolic sizes (sym_sizes, not sizes) keep a batch dimension symbolic: one graph for every batch size.
 at::Tensor bf16_linear_meta(const at::Tensor& x, const at::Tensor& weight) {
-  return at::empty(out_shape(x, weight.size(0)), x.options());
+  std::vector<c10::SymInt> shape(x.sym_sizes().begin(), x.sym_sizes().end());
+  shape.back() = weight.sym_size(0);
+  return at::empty_symint(shape, x.options());
 }
 at::Tensor int8_linear_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&) {
   return bf16_linear_meta(x, weight);
