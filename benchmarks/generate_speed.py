@@ -69,13 +69,19 @@ def seconds(run: Callable[[], torch.Tensor]) -> float:
 MODES = ("eager", "compiled", "compiled+bf16w", "compiled+int8w")
 
 
+def cpu_weights(mode: str) -> str | None:
+    """"compiled+int8w" -> "int8": the low-bit CPU weights a mode uses, if any."""
+    return mode.partition("+")[2].removesuffix("w") or None
+
+
 def our_model(config: ModelConfig, mode: str, device: str, dtype: torch.dtype) -> TransformerForCausalLM:
     """Our model in one of MODES; every mode gets the same random weights (seed 0)."""
     torch.manual_seed(0)
     model = TransformerForCausalLM(config).eval().to(device=device, dtype=dtype)
-    if mode.endswith(("+bf16w", "+int8w")):
+    weights = cpu_weights(mode)
+    if weights:
         from rujokes_model.lowbit_weights import use_lowbit_weights
-        use_lowbit_weights(model, mode[-5:-1])
+        use_lowbit_weights(model, weights)
     return model
 
 
@@ -141,7 +147,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"{'top-k 10 sampling' if args.sample else 'greedy'}, prompt {PROMPT_LEN}, new tokens {args.new_tokens}, "
           f"median of {args.repeats}, {args.device} {args.dtype}, denormals {'kept' if args.keep_denormals else 'flushed'}")
-    modes = tuple(mode for mode in args.modes if not (mode.endswith("w") and args.device != "cpu"))
+    modes = tuple(mode for mode in args.modes if not (cpu_weights(mode) and args.device != "cpu"))
     header = f"{'variant':<28} {'params':>7} {'batch':>5} {'HF tok/s':>9} " + " ".join(
         f"{mode + ' tok/s (×HF)':>28}" for mode in modes)
     print(header)

@@ -82,6 +82,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def eval_main(argv: list[str] | None = None) -> int:
     from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+    from rujokes_model.lowbit_weights import KINDS as LOWBIT_KINDS, use_lowbit_weights
 
     from .data import load_corpus, split_train_val
     from .evaluate import evaluate_texts
@@ -94,13 +95,12 @@ def eval_main(argv: list[str] | None = None) -> int:
                    help="which part of the corpus (the same hash split as training)")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--limit", type=int, help="evaluate only the first N jokes")
-    p.add_argument("--cpu-weights", choices=["fp32", "bf16", "int8"], default="fp32",
+    p.add_argument("--cpu-weights", choices=["fp32", *LOWBIT_KINDS], default="fp32",
                    help="score the model as a CPU worker with CPU_BF16_SIZES / CPU_INT8_SIZES would run it")
     args = p.parse_args(argv)
     model = TransformerForCausalLM.from_pretrained(args.model, revision=args.revision)
-    if args.cpu_weights != "fp32":
-        from rujokes_model.lowbit_weights import use_lowbit_weights
-        use_lowbit_weights(model.float(), args.cpu_weights)
+    if args.cpu_weights != "fp32":  # from_pretrained gives fp32, what the kernels take
+        use_lowbit_weights(model, args.cpu_weights)
     tokenizer = ByteLevelBPETokenizer.from_pretrained(args.model, revision=args.revision)
     texts = load_corpus(args.data)
     if args.split != "all":

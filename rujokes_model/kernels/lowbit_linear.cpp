@@ -76,15 +76,22 @@ QuantRows quantize_rows(const float* x, int64_t M, int64_t K) {
     const float* row = x + r * K;
     int16_t* out = q.values.data() + r * K;
     __m256 vmax = _mm256_setzero_ps();
+    __m256 nans = _mm256_setzero_ps();  // max_ps drops NaNs, so they are looked for alongside
     int64_t k = 0;
-    for (; k + 8 <= K; k += 8) vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(row + k), abs_mask));
+    for (; k + 8 <= K; k += 8) {
+      const __m256 v = _mm256_loadu_ps(row + k);
+      vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, abs_mask));
+      nans = _mm256_or_ps(nans, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, vmax);
     float amax = *std::max_element(lanes, lanes + 8);
-    bool finite = true;
-    for (; k < K; ++k) amax = std::max(amax, std::fabs(row[k]));
-    for (int64_t t = 0; t < K; ++t) finite &= std::isfinite(row[t]);  // max_ps drops NaNs: look again
-    if (!finite) {  // as fp32 arithmetic would: this row's outputs become NaN
+    bool has_nan = _mm256_movemask_ps(nans) != 0;
+    for (; k < K; ++k) {
+      amax = std::max(amax, std::fabs(row[k]));
+      has_nan |= std::isnan(row[k]);
+    }
+    if (has_nan || std::isinf(amax)) {  // as fp32 arithmetic would: this row's outputs become NaN
       std::fill(out, out + K, int16_t{0});
       q.scales[r] = std::numeric_limits<float>::quiet_NaN();
       continue;
