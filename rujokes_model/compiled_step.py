@@ -49,6 +49,9 @@ class CompiledDecodeStep:
         # tensors passed per call (tokens, column, cache, plan) are guarded.
         self._step = torch.compile(_own_copy(_decode_step), fullgraph=True, dynamic=True,
                                    options={"cpp_wrapper": cpp_wrapper,
+                                            # Inputs are checked by the guards of the first call; re-checking
+                                            # every size and stride at each step costs more than small kernels.
+                                            "size_asserts": False, "alignment_asserts": False,
                                             "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
     def __call__(self, tokens: torch.Tensor, cache: list, plan: DecodePlan, column: int | torch.Tensor) -> torch.Tensor:
@@ -63,7 +66,10 @@ class CompiledDecodeStep:
                         block.attn._absorbed_weights()
                 # No duck sizing: two dims that happen to be equal now (a batch of 2 and 2 KV heads)
                 # must not share a symbol, as later calls skip the guard that would tell them apart.
-                with torch.fx.experimental._config.patch(use_duck_shape=False):
+                # Floats (norm eps, attention scale) are constants of the model: specialised, not graph inputs
+                # that would be boxed into tensors and read back at every call.
+                with torch.fx.experimental._config.patch(use_duck_shape=False), \
+                        torch._dynamo.config.patch(specialize_float=True):
                     logits = self._step(self.model, plan, cache, tokens, column)
                 self._compiled_for.add(lone)
                 return logits

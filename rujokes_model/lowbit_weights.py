@@ -62,6 +62,11 @@ class LowBitLinear(nn.Linear):
         else:
             self.qweight, self.scale = self.weight.detach().to(torch.bfloat16).contiguous(), None
             self.weight.copy_(self.qweight.float())
+        # Fixed shapes for torch.compile: a compiled step with dynamic=True would otherwise give every
+        # dimension of these plain attributes a symbol, passed in and checked at every call.
+        for tensor in (self.qweight, self.scale):
+            if tensor is not None:
+                torch._dynamo.mark_static(tensor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
