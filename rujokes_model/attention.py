@@ -167,6 +167,7 @@ class MultiHeadLatentAttention(nn.Module):
         """
         if torch.compiler.is_compiling() and self._absorbed_cache is not None:
             return self._absorbed_cache[1:]  # a compiled step is built after an eager one filled the cache
+        self._lowbit_heads()  # made here, eagerly, never while a compiled step is traced
         weight = self.wkv_b.weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._absorbed_cache is not None and self._absorbed_cache[0] == key:
@@ -178,6 +179,13 @@ class MultiHeadLatentAttention(nn.Module):
             self._absorbed_cache = (key, w_uk, w_uv_t)
         return w_uk, w_uv_t
 
+    def _lowbit_heads(self, x: torch.Tensor | None = None):
+        """W_UK and W_UV as int8 products when wkv_b holds int8 CPU weights (lowbit_weights.py) and its
+        kernels serve input `x`; else None (plain fp32 products)."""
+        if not hasattr(self.wkv_b, "absorbed_heads") or (x is not None and not self.wkv_b.kernels_apply(x)):
+            return None
+        return self.wkv_b.absorbed_heads(self.n_head, self.nope_dim)
+
     def _absorbed(self, q_nope, q_rope, entries, inputs: AttentionInputs) -> torch.Tensor:
         """Attention straight over the cached [latent | rope key] entries (B, S, rank + rope_dim).
 
@@ -188,8 +196,10 @@ class MultiHeadLatentAttention(nn.Module):
         B, H, T, _ = q_nope.shape
         S = entries.shape[1]
         w_uk, w_uv_t = self._absorbed_weights()
+        lowbit = self._lowbit_heads(q_nope)
         # q·k_nope = q·(W_UK c) = (W_UKᵀ q)·c: project the query into latent space, heads as the batch.
-        q_latent = torch.bmm(q_nope.permute(1, 0, 2, 3).reshape(H, B * T, self.nope_dim), w_uk)
+        q_heads = q_nope.permute(1, 0, 2, 3).reshape(H, B * T, self.nope_dim)
+        q_latent = lowbit.to_latent(q_heads) if lowbit is not None else torch.bmm(q_heads, w_uk)
         q_latent = q_latent.view(H, B, T, self.rank).permute(1, 0, 2, 3)
         q = torch.cat([q_latent, q_rope], dim=-1).reshape(B, 1, H * T, self.rank + self.rope_dim)
         # Attention by hand: the keys (rank + rope_dim wide) and values (rank wide) differ in width, which
@@ -207,5 +217,6 @@ class MultiHeadLatentAttention(nn.Module):
             probs = F.dropout(probs, self.dropout)
         y_latent = torch.bmm(probs, entries[..., : self.rank])                                 # (B, H·T, rank)
         # W_UV after attention, heads as the batch again.
-        y = torch.bmm(y_latent.view(B, H, T, self.rank).permute(1, 0, 2, 3).reshape(H, B * T, self.rank), w_uv_t)
+        y_heads = y_latent.view(B, H, T, self.rank).permute(1, 0, 2, 3).reshape(H, B * T, self.rank)
+        y = lowbit.from_latent(y_heads) if lowbit is not None else torch.bmm(y_heads, w_uv_t)
         return y.view(H, B, T, self.v_dim).permute(1, 0, 2, 3)

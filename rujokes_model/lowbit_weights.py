@@ -53,6 +53,7 @@ class LowBitLinear(nn.Linear):
 
     @torch.no_grad()
     def repack(self) -> None:
+        self._heads: AbsorbedHeads | None = None
         # Plain attributes, not buffers: the checkpoint keeps its one fp32 weight.
         if self.kind == "int8":
             self.qweight, self.scale = quantize_int8(self.weight)
@@ -68,8 +69,21 @@ class LowBitLinear(nn.Linear):
             if tensor is not None:
                 torch._dynamo.mark_static(tensor)
 
+    @staticmethod
+    def kernels_apply(x: torch.Tensor) -> bool:
+        """Whether the kernels serve input `x`: fp32 on the CPU, no autograd (else F.linear on the fp32 weight)."""
+        return x.dtype == torch.float32 and x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled())
+
+    def absorbed_heads(self, n_head: int, keys_per_head: int) -> AbsorbedHeads | None:
+        """This layer as MHLA's `wkv_b` split into int8 W_UK and W_UV per head (None for bf16 weights)."""
+        if self.kind != "int8":
+            return None
+        if self._heads is None or self._heads.layout != (n_head, keys_per_head):
+            self._heads = AbsorbedHeads(self.qweight, self.scale, n_head, keys_per_head)
+        return self._heads
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or x.device.type != "cpu" or (x.requires_grad and torch.is_grad_enabled()):
+        if not self.kernels_apply(x):
             return F.linear(x, self.weight)
         if self.kind == "int8":
             return torch.ops.rujokes_cpu.int8_linear(x, self.qweight, self.scale)
@@ -77,6 +91,38 @@ class LowBitLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weights={self.kind}"
+
+
+class AbsorbedHeads:
+    """MHLA's absorbed matrices (see MultiHeadLatentAttention._absorbed) read from wkv_b's int8 rows.
+
+    For small they are a fifth of a decode step's bytes if kept in fp32. wkv_b's rows are, per head, `keys`
+    rows of W_UK then the rows of W_UV, each a row of `rank` int8 values with its own scale:
+    - W_UV is already in the kernel's layout: (head, v, rank) rows with their scales.
+    - W_UK is used transposed (the query goes from key space into latent space), so a row's scale
+      multiplies an input feature: it is applied to the query first, then the int8 product runs at scale 1.
+    Both give the fp32 products with the dequantized weight, up to the int16 rounding of the activations.
+    """
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, n_head: int, keys_per_head: int) -> None:
+        self.layout = (n_head, keys_per_head)
+        rows, rank = qweight.view(n_head, -1, qweight.shape[-1]), qweight.shape[-1]
+        scales = scale.view(n_head, -1)
+        self.uk_t = rows[:, :keys_per_head].transpose(1, 2).contiguous()   # (H, rank, keys)
+        self.uk_scale = scales[:, None, :keys_per_head].contiguous()       # (H, 1, keys): scales the query
+        self.ones = torch.ones(n_head, rank)
+        self.uv = rows[:, keys_per_head:].contiguous()                      # (H, v, rank)
+        self.uv_scale = scales[:, keys_per_head:].contiguous()              # (H, v)
+        for tensor in (self.uk_t, self.uk_scale, self.ones, self.uv, self.uv_scale):
+            torch._dynamo.mark_static(tensor)  # fixed shapes in a compiled step, as for LowBitLinear
+
+    def to_latent(self, q: torch.Tensor) -> torch.Tensor:
+        """(H, M, keys) queries → (H, M, rank): q · W_UK per head."""
+        return torch.ops.rujokes_cpu.int8_head_linear((q * self.uk_scale).contiguous(), self.uk_t, self.ones)
+
+    def from_latent(self, y: torch.Tensor) -> torch.Tensor:
+        """(H, M, rank) attention outputs → (H, M, v): y · W_UVᵀ per head."""
+        return torch.ops.rujokes_cpu.int8_head_linear(y.contiguous(), self.uv, self.uv_scale)
 
 
 def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:

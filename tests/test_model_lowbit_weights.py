@@ -10,7 +10,7 @@ from model_helpers import random_ids, tiny_model
 from rujokes_model import TransformerForCausalLM
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.cpu_kernels import KernelBuildError, build, cpu_kernels_supported, load_cpu_kernels
-from rujokes_model.lowbit_weights import LowBitLinear, quantize_int8, use_lowbit_weights
+from rujokes_model.lowbit_weights import AbsorbedHeads, LowBitLinear, quantize_int8, use_lowbit_weights
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
 
@@ -44,6 +44,46 @@ def test_int8_kernel_matches_fp32_math_on_the_dequantized_weight(rows, in_featur
     bound = (x.abs().amax(dim=1, keepdim=True) / 2 ** 14) * (q.float().abs() * scale[:, None]).sum(dim=1)
     assert ((int8_op(x, q, scale) - expected).abs() <= bound + 1e-6).all()
     torch.testing.assert_close(int8_op(x, q, scale), expected, rtol=2e-3, atol=2e-3 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("in_features", [64, 100])
+def test_the_per_head_int8_kernel_is_one_int8_linear_per_head(in_features):
+    """int8_head_linear (MHLA's absorbed matrices) computes each head exactly as int8_linear would: same
+    rounding, so the same bits, and each row stays independent of the other rows of its head."""
+    torch.manual_seed(in_features)
+    heads = [quantize_int8(torch.randn(24, in_features) * 0.05) for _ in range(3)]
+    q, scale = torch.stack([h[0] for h in heads]), torch.stack([h[1] for h in heads])
+    x = torch.randn(3, 5, in_features)
+    out = torch.ops.rujokes_cpu.int8_head_linear(x, q, scale)
+    assert out.shape == (3, 5, 24)
+    for h in range(3):
+        assert torch.equal(out[h], int8_op(x[h], q[h], scale[h]))
+    assert torch.equal(torch.ops.rujokes_cpu.int8_head_linear(x[:, 2:3], q, scale), out[:, 2:3])
+    with pytest.raises(RuntimeError, match="heads, rows, in"):
+        torch.ops.rujokes_cpu.int8_head_linear(x[:2], q, scale)
+    with pytest.raises(RuntimeError, match="scale"):
+        torch.ops.rujokes_cpu.int8_head_linear(x, q, scale[:, :3])
+
+
+def test_absorbed_mhla_matrices_come_from_wkv_b_int8_rows():
+    """Decoding with int8 weights reads W_UK and W_UV as int8 too: the same products as fp32 math on the
+    dequantized wkv_b, up to the activations' int16 rounding; training and bf16 weights keep fp32 ones."""
+    model = tiny_model("rope", "mhla", seed=9)
+    use_lowbit_weights(model, "int8")
+    attn = model.blocks[0].attn
+    heads = attn._lowbit_heads(torch.zeros(1))
+    assert isinstance(heads, AbsorbedHeads) and heads.uk_t.dtype == heads.uv.dtype == torch.int8
+    w_uk, w_uv_t = attn._absorbed_weights()  # fp32, from the dequantized weight
+    H, nope, rank = w_uk.shape
+    q, y = torch.randn(H, 4, nope), torch.randn(H, 4, rank)
+    torch.testing.assert_close(heads.to_latent(q), torch.bmm(q, w_uk), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(heads.from_latent(y), torch.bmm(y, w_uv_t), rtol=1e-3, atol=1e-3)
+    assert attn._lowbit_heads(torch.zeros(1, requires_grad=True)) is None  # autograd: fp32 products
+    assert attn._lowbit_heads(torch.zeros(1, dtype=torch.float64)) is None
+
+    bf16 = tiny_model("rope", "mhla", seed=9)
+    use_lowbit_weights(bf16, "bf16")
+    assert bf16.blocks[0].attn._lowbit_heads(torch.zeros(1)) is None
 
 
 def test_bf16_kernel_is_fp32_math_on_bf16_weights():
