@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .cpu_kernels import kernels_loaded
 from .kv_cache import KVCache, LatentCache
 from .layers import RMSNorm, rotate_pairs
 
@@ -204,6 +205,13 @@ class MultiHeadLatentAttention(nn.Module):
         q = torch.cat([q_latent, q_rope], dim=-1).reshape(B, 1, H * T, self.rank + self.rope_dim)
         # Attention by hand: the keys (rank + rope_dim wide) and values (rank wide) differ in width, which
         # sends SDPA to its slow generic path; two bmm's and a softmax are all this needs.
+        if self._decode_kernel_applies(q, inputs.mask, T):
+            # One new token a row on the CPU: our kernel (kernels/lowbit_linear.cpp) does scores, softmax and
+            # values in one pass over each row's cache; two bmm calls would pack the whole cache into MKL's
+            # layout for a handful of query rows (a third of mini's step at batch 8).
+            y_latent = torch.ops.rujokes_cpu.latent_attention(q.view(B, H, -1), entries, inputs.mask[:, :, 0],
+                                                              self.scale, self.rank)
+            return self._from_latent(y_latent.view(B, H * T, self.rank), lowbit, w_uv_t, B, H, T)
         scores = torch.bmm(q.view(B, H * T, -1), entries.transpose(1, 2)).mul_(self.scale)   # (B, H·T, S)
         mask = inputs.mask
         if mask is None:  # plain causal from column 0 (a forced-absorbed prefill)
@@ -216,7 +224,17 @@ class MultiHeadLatentAttention(nn.Module):
         if self.training and self.dropout > 0:
             probs = F.dropout(probs, self.dropout)
         y_latent = torch.bmm(probs, entries[..., : self.rank])                                 # (B, H·T, rank)
-        # W_UV after attention, heads as the batch again.
+        return self._from_latent(y_latent, lowbit, w_uv_t, B, H, T)
+
+    def _from_latent(self, y_latent, lowbit, w_uv_t, B: int, H: int, T: int) -> torch.Tensor:
+        """W_UV after attention, heads as the batch again: (B, H·T, rank) → (B, H, T, v)."""
         y_heads = y_latent.view(B, H, T, self.rank).permute(1, 0, 2, 3).reshape(H, B * T, self.rank)
         y = lowbit.from_latent(y_heads) if lowbit is not None else torch.bmm(y_heads, w_uv_t)
         return y.view(H, B, T, self.v_dim).permute(1, 0, 2, 3)
+
+    def _decode_kernel_applies(self, q: torch.Tensor, mask: torch.Tensor | None, T: int) -> bool:
+        """Our CPU attention kernel serves one-token decode steps: fp32 on the CPU, no autograd or dropout,
+        an additive mask, and the kernels loaded (they are built with low-bit weights, lowbit_weights.py)."""
+        return (T == 1 and mask is not None and mask.dtype == torch.float32 and q.dtype == torch.float32
+                and q.device.type == "cpu" and not (torch.is_grad_enabled() and q.requires_grad)
+                and not self.training and kernels_loaded())

@@ -93,5 +93,10 @@ def load_cpu_kernels() -> Path:
         return _loaded
 
 
+def kernels_loaded() -> bool:
+    """Whether this process has loaded the kernels (load_cpu_kernels; use_lowbit_weights calls it)."""
+    return _loaded is not None
+
+
 if __name__ == "__main__":  # `python -m rujokes_model.cpu_kernels`: build ahead of time (images, CI)
     print(build())  # compiling needs no AVX2 on the build machine; loading checks for it

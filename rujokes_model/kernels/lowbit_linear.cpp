@@ -264,6 +264,148 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
   return out.view(out_shape(x, N));
 }
 
+// ---- MHLA decode attention over the latent cache --------------------------------------------------------
+
+// e^x for x ≤ 0 (softmax after subtracting the max), 8 lanes; Cephes' polynomial: relative error ≈ 2e-7.
+inline __m256 exp_nonpositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));  // e^-87 is below what a probability can tell from 0
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // x - n·ln2, in two parts for precision
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
+}
+
+constexpr int kHeadGroup = 6;  // heads sharing each load of the cache: 6 × 2 accumulators + loads fit 16 registers
+
+// One batch row: out (H, rank) = softmax(q·entriesᵀ·scale + mask) · entries[:, :rank], over the live columns.
+void latent_attention_row(const float* q, int64_t H, int64_t D, const float* entries, int64_t S,
+                          const float* mask, int64_t mask_heads, int64_t mask_head_stride, float scale,
+                          int64_t rank, float* out) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  // Columns hidden from every head (left padding, not yet written) cost nothing: the static step spans
+  // the whole preallocated cache.
+  std::vector<int64_t> live;
+  live.reserve(S);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t h = 0; h < mask_heads; ++h)
+      if (mask[h * mask_head_stride + s] != kNegInf) {
+        live.push_back(s);
+        break;
+      }
+  const int64_t L = static_cast<int64_t>(live.size());
+  std::vector<float> probs(H * std::max<int64_t>(L, 1));  // (H, L): scores, then probabilities
+  for (int64_t i = 0; i < L; ++i) {
+    const float* e = entries + live[i] * D;
+    for (int64_t h0 = 0; h0 < H; h0 += 8) {
+      const int heads = static_cast<int>(std::min<int64_t>(8, H - h0));
+      __m256 acc[8];
+      for (int h = 0; h < 8; ++h) acc[h] = _mm256_setzero_ps();
+      int64_t d = 0;
+      for (; d + 8 <= D; d += 8) {
+        const __m256 ev = _mm256_loadu_ps(e + d);
+        for (int h = 0; h < heads; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (h0 + h) * D + d), ev, acc[h]);
+      }
+      for (int h = 0; h < heads; ++h) {
+        float dot = sum8(acc[h]);
+        for (int64_t t = d; t < D; ++t) dot += q[(h0 + h) * D + t] * e[t];
+        const float m = mask[(mask_heads == 1 ? 0 : h0 + h) * mask_head_stride + live[i]];
+        probs[(h0 + h) * L + i] = dot * scale + m;
+      }
+    }
+  }
+  std::vector<float> inv_sum(H);
+  for (int64_t h = 0; h < H; ++h) {
+    float* p = probs.data() + h * L;
+    float top = kNegInf;
+    for (int64_t i = 0; i < L; ++i) top = std::max(top, p[i]);
+    const __m256 vtop = _mm256_set1_ps(top), vneg = _mm256_set1_ps(kNegInf);
+    __m256 vsum = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= L; i += 8) {
+      const __m256 v = _mm256_loadu_ps(p + i);
+      // exp(-inf) is exactly 0 (a column hidden from this head only, as with ALiBi over a padded row).
+      const __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(v, vneg, _CMP_EQ_OQ), exp_nonpositive(_mm256_sub_ps(v, vtop)));
+      _mm256_storeu_ps(p + i, e);
+      vsum = _mm256_add_ps(vsum, e);
+    }
+    float total = sum8(vsum);
+    for (; i < L; ++i) {
+      p[i] = p[i] == kNegInf ? 0.0f : std::exp(p[i] - top);
+      total += p[i];
+    }
+    inv_sum[h] = 1.0f / total;  // a row hidden everywhere gives 0/0 = NaN, as torch's softmax does
+  }
+  for (int64_t h0 = 0; h0 < H; h0 += kHeadGroup) {
+    const int heads = static_cast<int>(std::min<int64_t>(kHeadGroup, H - h0));
+    int64_t r = 0;
+    for (; r + 16 <= rank; r += 16) {
+      __m256 acc[kHeadGroup][2];
+      for (int h = 0; h < kHeadGroup; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+      for (int64_t i = 0; i < L; ++i) {
+        const float* e = entries + live[i] * D + r;
+        const __m256 e0 = _mm256_loadu_ps(e), e1 = _mm256_loadu_ps(e + 8);
+        for (int h = 0; h < heads; ++h) {
+          const __m256 pv = _mm256_broadcast_ss(probs.data() + (h0 + h) * L + i);
+          acc[h][0] = _mm256_fmadd_ps(pv, e0, acc[h][0]);
+          acc[h][1] = _mm256_fmadd_ps(pv, e1, acc[h][1]);
+        }
+      }
+      for (int h = 0; h < heads; ++h) {
+        const __m256 norm = _mm256_set1_ps(inv_sum[h0 + h]);
+        _mm256_storeu_ps(out + (h0 + h) * rank + r, _mm256_mul_ps(acc[h][0], norm));
+        _mm256_storeu_ps(out + (h0 + h) * rank + r + 8, _mm256_mul_ps(acc[h][1], norm));
+      }
+    }
+    for (; r < rank; ++r)  // rank not a multiple of 16
+      for (int h = 0; h < heads; ++h) {
+        float total = 0.0f;
+        for (int64_t i = 0; i < L; ++i) total += probs[(h0 + h) * L + i] * entries[live[i] * D + r];
+        out[(h0 + h) * rank + r] = total * inv_sum[h0 + h];
+      }
+  }
+}
+
+// MHLA's absorbed decode attention for one new token a row, in one pass over each row's latent cache:
+// q (B, H, D) latent-space queries with their RoPE part, entries (B, S, D) the cache [latent | rope key],
+// mask (B|1, H|1, S) additive → (B, H, rank). Replaces two bmm calls that packed the whole cache into
+// MKL's layout for a handful of query rows, and skips the columns hidden from every head.
+at::Tensor latent_attention(const at::Tensor& q, const at::Tensor& entries, const at::Tensor& mask, double scale,
+                            int64_t rank) {
+  TORCH_CHECK(q.device().is_cpu() && entries.device().is_cpu() && mask.device().is_cpu(), "latent_attention runs on the CPU");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && entries.scalar_type() == at::kFloat && mask.scalar_type() == at::kFloat,
+              "latent_attention takes fp32 queries, cache and additive mask");
+  TORCH_CHECK(q.dim() == 3 && entries.dim() == 3 && mask.dim() == 3, "latent_attention: q (B, H, D), entries (B, S, D), mask (B|1, H|1, S)");
+  const int64_t B = q.size(0), H = q.size(1), D = q.size(2), S = entries.size(1);
+  TORCH_CHECK(entries.size(0) == B && entries.size(2) == D && entries.stride(2) == 1 && entries.stride(1) == D,
+              "latent_attention: entries must be (B, S, D) with contiguous rows, got ", entries.sizes());
+  TORCH_CHECK((mask.size(0) == B || mask.size(0) == 1) && (mask.size(1) == H || mask.size(1) == 1) &&
+                  mask.size(2) == S && mask.stride(2) == 1,
+              "latent_attention: mask must be (B|1, H|1, S), got ", mask.sizes());
+  TORCH_CHECK(rank > 0 && rank <= D, "latent_attention: rank must be in (0, D]");
+  const at::Tensor qc = q.contiguous();
+  at::Tensor out = at::empty({B, H, rank}, q.options());
+  const float* qp = qc.const_data_ptr<float>();
+  const float* ep = entries.const_data_ptr<float>();
+  const float* mp = mask.const_data_ptr<float>();
+  float* op = out.mutable_data_ptr<float>();
+  const int64_t mask_b = mask.size(0) == 1 ? 0 : mask.stride(0), mask_h = mask.stride(1);
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      latent_attention_row(qp + b * H * D, H, D, ep + b * entries.stride(0), S, mp + b * mask_b, mask.size(1),
+                           mask_h, static_cast<float>(scale), rank, op + b * H * rank);
+  });
+  return out;
+}
+
 // Shapes only: torch.compile traces with these, so compiled graphs call the kernels straight from C++.
 // Symbolic sizes (sym_sizes, not sizes) keep a batch dimension symbolic: one graph for every batch size.
 at::Tensor bf16_linear_meta(const at::Tensor& x, const at::Tensor& weight) {
@@ -273,6 +415,9 @@ at::Tensor bf16_linear_meta(const at::Tensor& x, const at::Tensor& weight) {
 }
 at::Tensor int8_linear_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&) {
   return bf16_linear_meta(x, weight);
+}
+at::Tensor latent_attention_meta(const at::Tensor& q, const at::Tensor&, const at::Tensor&, double, int64_t rank) {
+  return at::empty_symint({q.sym_size(0), q.sym_size(1), c10::SymInt(rank)}, q.options());
 }
 at::Tensor int8_head_linear_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor&) {
   return at::empty_symint({x.sym_size(0), x.sym_size(1), weight.sym_size(1)}, x.options());
@@ -284,16 +429,19 @@ TORCH_LIBRARY(rujokes_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("bf16_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("int8_head_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
+  m.def("latent_attention(Tensor q, Tensor entries, Tensor mask, float scale, int rank) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(rujokes_cpu, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("bf16_linear", &bf16_linear);
   m.impl("int8_head_linear", &int8_head_linear);
+  m.impl("latent_attention", &latent_attention);
 }
 
 TORCH_LIBRARY_IMPL(rujokes_cpu, Meta, m) {
   m.impl("int8_linear", &int8_linear_meta);
   m.impl("bf16_linear", &bf16_linear_meta);
   m.impl("int8_head_linear", &int8_head_linear_meta);
+  m.impl("latent_attention", &latent_attention_meta);
 }
