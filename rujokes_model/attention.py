@@ -206,7 +206,7 @@ class MultiHeadLatentAttention(nn.Module):
         # Attention by hand: the keys (rank + rope_dim wide) and values (rank wide) differ in width, which
         # sends SDPA to its slow generic path; two bmm's and a softmax are all this needs.
         if self._decode_kernel_applies(q, inputs.mask, T):
-            # One new token a row on the CPU: our kernel (kernels/lowbit_linear.cpp) does scores, softmax and
+            # One new token a row on the CPU: our kernel (kernels/decode_kernels.cpp) does scores, softmax and
             # values in one pass over each row's cache; two bmm calls would pack the whole cache into MKL's
             # layout for a handful of query rows (a third of mini's step at batch 8).
             y_latent = torch.ops.rujokes_cpu.latent_attention(q.view(B, H, -1), entries, inputs.mask[:, :, 0],

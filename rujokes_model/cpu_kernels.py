@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = "lowbit_linear.cpp"
+SOURCE = "decode_kernels.cpp"
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++20", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _loaded: Path | None = None

@@ -2,18 +2,20 @@
 
 A decode step of mini or small reads every weight once for a few rows, and on a CPU it is bound by those
 bytes. `use_lowbit_weights(model, "int8")` swaps each Linear for a `LowBitLinear` that multiplies with
-our AVX2 kernels (`kernels/lowbit_linear.cpp`):
+our AVX2 kernels (`kernels/decode_kernels.cpp`):
 - **int8**: symmetric, one fp32 scale per output row (absmax / 127); each activation row is scaled to int16
   (14 bits of its largest value) and the products are summed exactly in int32. Lossy: the model *becomes* its
   rounding — each fp32 weight Parameter is overwritten with the dequantized values, so the tied embedding,
   MHLA's absorbed weights, checkpoints saved later and any fallback path all see one consistent model.
+  MHLA's absorbed matrices are then read from wkv_b's int8 rows too (`AbsorbedHeads`).
   Its cost in quality is measured in BENCHMARKS.md.
 - **bf16**: widened to fp32 in registers, fp32 FMAs; exact for the bf16 checkpoints we ship (others are
   rounded to bf16 the same way).
 
 Rows are computed independently and in a fixed order, so a row's output never depends on its batch mates.
 For inference on the CPU with fp32 activations; anything else (a GPU, autograd) falls back to F.linear on
-the (dequantized) fp32 weight. Call `repack()` after changing weights.
+the (dequantized) fp32 weight. Call `repack()` after changing weights. Loading the kernels also turns on
+their MHLA decode attention (attention.py) for every model in the process: exact math, not a rounding.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-// Low-bit weights for CPU decoding: y = x·Wᵀ with the weights stored as int8 or bf16.
+// CPU kernels for decoding: low-bit weights (y = x·Wᵀ with W stored as int8 or bf16) and MHLA's attention.
 //
 // Why: a decode step of mini/small reads every weight once for a handful of rows, so it is bound by the
 // bytes it streams (and, once those shrink, by the work of widening them). int8 weights are a quarter of
@@ -6,9 +6,12 @@
 //   int8_linear(x, w, scale): w int8 (N, K), one fp32 scale per output row. Each row of x is scaled to
 //     int16 (its largest element to ±2^14: finer than the bf16 the models trained in) and multiplied with
 //     vpmaddwd, 16 products per instruction, summed exactly in int32.
+//   int8_head_linear(x, w, scale): the same, one weight matrix per head (MHLA's absorbed W_UK and W_UV).
 //   bf16_linear(x, w): w bf16 (N, K), widened to fp32 in registers, fp32 FMAs.
+//   latent_attention(q, entries, mask, scale, rank): MHLA's absorbed attention for one new token a row,
+//     scores, softmax and values in one pass over the row's latent cache.
 // A row's result never depends on its batch mates or the thread count: int8 sums are exact integers and
-// bf16 sums run in one fixed order whatever the number of rows (seeded jokes must not change with who
+// fp32 sums run in one fixed order whatever the number of rows (seeded jokes must not change with who
 // shares the batch). Built by rujokes_model/cpu_kernels.py with -mavx2 -mfma; used only on AVX2 CPUs.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
