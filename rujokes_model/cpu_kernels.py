@@ -98,5 +98,11 @@ def kernels_loaded() -> bool:
     return _loaded is not None
 
 
-if __name__ == "__main__":  # `python -m rujokes_model.cpu_kernels`: build ahead of time (images, CI)
-    print(build())  # compiling needs no AVX2 on the build machine; loading checks for it
+def main() -> None:
+    """`rujokes-build-kernels`: build ahead of time (images, CI). Compiling needs no AVX2 on the build
+    machine; loading checks for it."""
+    print(build())
+
+
+if __name__ == "__main__":
+    main()
