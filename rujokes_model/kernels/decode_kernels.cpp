@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -287,7 +288,60 @@ inline __m256 exp_nonpositive(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
 }
 
-constexpr int kHeadGroup = 6;  // heads sharing each load of the cache: 6 × 2 accumulators + loads fit 16 registers
+constexpr int kScoreHeads = 8;  // query heads sharing each load of a cached column's key
+constexpr int kValueHeads = 6;  // heads sharing each load of a value tile: 6 × 2 accumulators + loads fit 16 registers
+
+// scores[h·L + i] = q[h]·key for G heads and one cached column; G is a template argument so that the
+// accumulators stay in registers.
+template <int G>
+inline void score_heads(const float* q, int64_t D, const float* key, float* scores, int64_t L) {
+  __m256 acc[G];
+  for (int h = 0; h < G; ++h) acc[h] = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) {
+    const __m256 kv = _mm256_loadu_ps(key + d);
+#pragma GCC unroll 8
+    for (int h = 0; h < G; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + h * D + d), kv, acc[h]);
+  }
+  for (int h = 0; h < G; ++h) {
+    float dot = sum8(acc[h]);
+    for (int64_t t = d; t < D; ++t) dot += q[h * D + t] * key[t];  // D not a multiple of 8
+    scores[h * L] = dot;
+  }
+}
+
+// out[h, r : r + 16] = Σ_i probs[h·L + i] · values[i][r : r + 16] for G heads.
+template <int G>
+inline void value_tile(const float* probs, int64_t L, const float* entries, const int64_t* live, int64_t D,
+                       int64_t r, float* out, int64_t rank) {
+  __m256 acc[G][2];
+  for (int h = 0; h < G; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < L; ++i) {
+    const float* v = entries + live[i] * D + r;
+    const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+#pragma GCC unroll 6
+    for (int h = 0; h < G; ++h) {
+      const __m256 p = _mm256_broadcast_ss(probs + h * L + i);
+      acc[h][0] = _mm256_fmadd_ps(p, v0, acc[h][0]);
+      acc[h][1] = _mm256_fmadd_ps(p, v1, acc[h][1]);
+    }
+  }
+  for (int h = 0; h < G; ++h) {
+    _mm256_storeu_ps(out + h * rank + r, acc[h][0]);
+    _mm256_storeu_ps(out + h * rank + r + 8, acc[h][1]);
+  }
+}
+
+template <int... G>
+inline void score_dispatch(int heads, std::integer_sequence<int, G...>, const float* q, int64_t D,
+                           const float* key, float* scores, int64_t L) {
+  ((heads == G + 1 ? score_heads<G + 1>(q, D, key, scores, L) : void()), ...);
+}
+template <int... G>
+inline void value_dispatch(int heads, std::integer_sequence<int, G...>, const float* probs, int64_t L,
+                           const float* entries, const int64_t* live, int64_t D, int64_t r, float* out, int64_t rank) {
+  ((heads == G + 1 ? value_tile<G + 1>(probs, L, entries, live, D, r, out, rank) : void()), ...);
+}
 
 // One batch row: out (H, rank) = softmax(q·entriesᵀ·scale + mask) · entries[:, :rank], over the live columns.
 void latent_attention_row(const float* q, int64_t H, int64_t D, const float* entries, int64_t S,
@@ -306,25 +360,15 @@ void latent_attention_row(const float* q, int64_t H, int64_t D, const float* ent
       }
   const int64_t L = static_cast<int64_t>(live.size());
   std::vector<float> probs(H * std::max<int64_t>(L, 1));  // (H, L): scores, then probabilities
-  for (int64_t i = 0; i < L; ++i) {
-    const float* e = entries + live[i] * D;
-    for (int64_t h0 = 0; h0 < H; h0 += 8) {
-      const int heads = static_cast<int>(std::min<int64_t>(8, H - h0));
-      __m256 acc[8];
-      for (int h = 0; h < 8; ++h) acc[h] = _mm256_setzero_ps();
-      int64_t d = 0;
-      for (; d + 8 <= D; d += 8) {
-        const __m256 ev = _mm256_loadu_ps(e + d);
-        for (int h = 0; h < heads; ++h) acc[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (h0 + h) * D + d), ev, acc[h]);
-      }
-      for (int h = 0; h < heads; ++h) {
-        float dot = sum8(acc[h]);
-        for (int64_t t = d; t < D; ++t) dot += q[(h0 + h) * D + t] * e[t];
-        const float m = mask[(mask_heads == 1 ? 0 : h0 + h) * mask_head_stride + live[i]];
-        probs[(h0 + h) * L + i] = dot * scale + m;
-      }
+  for (int64_t i = 0; i < L; ++i)
+    for (int64_t h0 = 0; h0 < H; h0 += kScoreHeads) {
+      const int heads = static_cast<int>(std::min<int64_t>(kScoreHeads, H - h0));
+      score_dispatch(heads, std::make_integer_sequence<int, kScoreHeads>{}, q + h0 * D, D, entries + live[i] * D,
+                     probs.data() + h0 * L + i, L);
     }
-  }
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t i = 0; i < L; ++i)
+      probs[h * L + i] = probs[h * L + i] * scale + mask[(mask_heads == 1 ? 0 : h) * mask_head_stride + live[i]];
   std::vector<float> inv_sum(H);
   for (int64_t h = 0; h < H; ++h) {
     float* p = probs.data() + h * L;
@@ -347,34 +391,21 @@ void latent_attention_row(const float* q, int64_t H, int64_t D, const float* ent
     }
     inv_sum[h] = 1.0f / total;  // a row hidden everywhere gives 0/0 = NaN, as torch's softmax does
   }
-  for (int64_t h0 = 0; h0 < H; h0 += kHeadGroup) {
-    const int heads = static_cast<int>(std::min<int64_t>(kHeadGroup, H - h0));
+  for (int64_t h0 = 0; h0 < H; h0 += kValueHeads) {
+    const int heads = static_cast<int>(std::min<int64_t>(kValueHeads, H - h0));
     int64_t r = 0;
-    for (; r + 16 <= rank; r += 16) {
-      __m256 acc[kHeadGroup][2];
-      for (int h = 0; h < kHeadGroup; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
-      for (int64_t i = 0; i < L; ++i) {
-        const float* e = entries + live[i] * D + r;
-        const __m256 e0 = _mm256_loadu_ps(e), e1 = _mm256_loadu_ps(e + 8);
-        for (int h = 0; h < heads; ++h) {
-          const __m256 pv = _mm256_broadcast_ss(probs.data() + (h0 + h) * L + i);
-          acc[h][0] = _mm256_fmadd_ps(pv, e0, acc[h][0]);
-          acc[h][1] = _mm256_fmadd_ps(pv, e1, acc[h][1]);
-        }
-      }
-      for (int h = 0; h < heads; ++h) {
-        const __m256 norm = _mm256_set1_ps(inv_sum[h0 + h]);
-        _mm256_storeu_ps(out + (h0 + h) * rank + r, _mm256_mul_ps(acc[h][0], norm));
-        _mm256_storeu_ps(out + (h0 + h) * rank + r + 8, _mm256_mul_ps(acc[h][1], norm));
-      }
-    }
+    for (; r + 16 <= rank; r += 16)
+      value_dispatch(heads, std::make_integer_sequence<int, kValueHeads>{}, probs.data() + h0 * L, L, entries,
+                     live.data(), D, r, out + h0 * rank, rank);
     for (; r < rank; ++r)  // rank not a multiple of 16
       for (int h = 0; h < heads; ++h) {
         float total = 0.0f;
         for (int64_t i = 0; i < L; ++i) total += probs[(h0 + h) * L + i] * entries[live[i] * D + r];
-        out[(h0 + h) * rank + r] = total * inv_sum[h0 + h];
+        out[(h0 + h) * rank + r] = total;
       }
   }
+  for (int64_t h = 0; h < H; ++h)  // the softmax's normalisation, once per output
+    for (int64_t r = 0; r < rank; ++r) out[h * rank + r] *= inv_sum[h];
 }
 
 // MHLA's absorbed decode attention for one new token a row, in one pass over each row's latent cache:
