@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+import rujokes_model.attention
 from model_helpers import POSITIONS, random_ids, tiny_model
 from rujokes_model.cpu_kernels import cpu_kernels_supported, kernels_loaded, load_cpu_kernels
 
@@ -85,3 +86,21 @@ def test_mhla_decoding_runs_on_the_kernel_and_keeps_the_uncached_tokens(position
     calls = [event for event in profiler.events() if event.name == "rujokes_cpu::latent_attention"]
     assert len(calls) == 11 * model.config.n_layer  # every decode step after the prefill, every layer
     assert torch.equal(cached, model.generate(ids, 12, attention_mask=mask, do_sample=False, use_cache=False))
+
+
+def test_kernel_and_bmm_decode_steps_give_the_same_logits(monkeypatch):
+    """Which path a step takes depends on whether this process loaded the kernels; both must be one model."""
+    model = tiny_model("rope", "mhla", seed=12)
+    ids = random_ids(9, model.config.vocab_size, seed=4, batch=2)
+    logits = {}
+    for kernel in (True, False):
+        monkeypatch.setattr(rujokes_model.attention, "kernels_loaded", lambda kernel=kernel: kernel)
+        with torch.inference_mode(), torch.profiler.profile() as profiler:
+            cache = model.new_cache(2, 12)
+            plan = model.decode_plan(torch.ones_like(ids), 12)
+            model(ids, cache=cache, start=0)
+            logits[kernel] = torch.stack([model(ids[:, i:i + 1], cache=cache, inputs=plan.inputs(9 + i))[:, -1]
+                                          for i in range(3)])
+        used = any(event.name == "rujokes_cpu::latent_attention" for event in profiler.events())
+        assert used == kernel
+    torch.testing.assert_close(logits[True], logits[False], rtol=1e-5, atol=1e-5)
