@@ -18,7 +18,7 @@ import torch
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.continuous import ContinuousBatch, RowSettings
-from rujokes_model.cpu_kernels import KernelBuildError
+from rujokes_model.cpu_kernels import KernelBuildError, kernel_threads
 from rujokes_model.lowbit_weights import use_lowbit_weights
 from rujokes_model.pretrained import pretrained_path
 
@@ -207,7 +207,8 @@ def speed_up(size: str, model: TransformerForCausalLM, *, cpu_weights: str | Non
     """Swap in low-bit CPU weights and compile the decode step now, so no request waits for either."""
     if cpu_weights and model.device.type == "cpu":
         try:
-            log.info("%s: %d layers use %s weights", size, use_lowbit_weights(model, cpu_weights), cpu_weights)
+            layers = use_lowbit_weights(model, cpu_weights)
+            log.info("%s: %d layers use %s weights, kernels on %d threads", size, layers, cpu_weights, kernel_threads())
         except KernelBuildError as error:  # slower, not broken: serve with the fp32 weights
             log.error("%s: keeping fp32 weights, the %s kernels are unavailable: %s", size, cpu_weights, error)
     if compile:

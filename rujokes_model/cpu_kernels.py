@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 SOURCE = "decode_kernels.cpp"
-_FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++20", "-shared", "-fPIC", "-w")
+# -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers; without it every kernel runs on one thread.
+_FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _loaded: Path | None = None
 
@@ -96,6 +97,12 @@ def load_cpu_kernels() -> Path:
 def kernels_loaded() -> bool:
     """Whether this process has loaded the kernels (load_cpu_kernels; use_lowbit_weights calls it)."""
     return _loaded is not None
+
+
+def kernel_threads() -> int:
+    """How many threads the loaded kernels split their work over now (torch.get_num_threads() when built right)."""
+    load_cpu_kernels()
+    return int(torch.ops.rujokes_cpu.parallel_threads())
 
 
 def main() -> None:

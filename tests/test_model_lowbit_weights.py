@@ -1,4 +1,5 @@
 """Low-bit CPU weights: our C++ int8 and bf16 kernels against plain fp32 arithmetic, and in the model."""
+import contextlib
 import subprocess
 
 import pytest
@@ -9,7 +10,7 @@ from torch import nn
 from model_helpers import random_ids, tiny_model
 from rujokes_model import TransformerForCausalLM
 from rujokes_model.compiled_step import compiled_step
-from rujokes_model.cpu_kernels import KernelBuildError, build, cpu_kernels_supported, load_cpu_kernels
+from rujokes_model.cpu_kernels import KernelBuildError, build, cpu_kernels_supported, kernel_threads, load_cpu_kernels
 from rujokes_model.lowbit_weights import AbsorbedHeads, LowBitLinear, quantize_int8, use_lowbit_weights
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
@@ -59,6 +60,8 @@ def test_the_per_head_int8_kernel_is_one_int8_linear_per_head(in_features):
     for h in range(3):
         assert torch.equal(out[h], int8_op(x[h], q[h], scale[h]))
     assert torch.equal(torch.ops.rujokes_cpu.int8_head_linear(x[:, 2:3], q, scale), out[:, 2:3])
+    with torch_threads(2):  # threads split the heads; each head's numbers stay the same
+        assert torch.equal(torch.ops.rujokes_cpu.int8_head_linear(x, q, scale), out)
     with pytest.raises(RuntimeError, match="heads, rows, in"):
         torch.ops.rujokes_cpu.int8_head_linear(x[:2], q, scale)
     with pytest.raises(RuntimeError, match="scale"):
@@ -93,6 +96,24 @@ def test_bf16_kernel_is_fp32_math_on_bf16_weights():
         x = torch.randn(rows, 100)
         torch.testing.assert_close(torch.ops.rujokes_cpu.bf16_linear(x, weight), F.linear(x, weight.float()),
                                    rtol=1e-5, atol=1e-5)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_the_kernels_run_on_as_many_threads_as_torch_is_given():
+    """at::parallel_for is OpenMP pragmas in torch's headers: a build without -fopenmp drops them and
+    leaves every kernel on one core (it did, and a second core then gave nothing)."""
+    for count in (2, 1):
+        with torch_threads(count):
+            assert kernel_threads() == count
 
 
 @pytest.mark.parametrize("kind", ["int8", "bf16"])

@@ -12,7 +12,9 @@
 //     scores, softmax and values in one pass over the row's latent cache.
 // A row's result never depends on its batch mates or the thread count: int8 sums are exact integers and
 // fp32 sums run in one fixed order whatever the number of rows (seeded jokes must not change with who
-// shares the batch). Built by rujokes_model/cpu_kernels.py with -mavx2 -mfma; used only on AVX2 CPUs.
+// shares the batch). Built by rujokes_model/cpu_kernels.py with -mavx2 -mfma -fopenmp; used only on AVX2 CPUs.
+// at::parallel_for is a header template over OpenMP pragmas: without -fopenmp it silently runs on one
+// thread whatever torch.set_num_threads says (parallel_threads() checks).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -22,6 +24,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -197,10 +201,15 @@ at::Tensor int8_head_linear(const at::Tensor& x, const at::Tensor& weight, const
   const at::Tensor rows = x.contiguous();
   const QuantRows q = quantize_rows(rows.const_data_ptr<float>(), H * M, K);
   at::Tensor out = at::empty({H, M, N}, x.options());
-  for (int64_t h = 0; h < H; ++h)
-    int8_matmul(q.values.data() + h * M * K, q.scales.data() + h * M, M, K,
-                weight.const_data_ptr<int8_t>() + h * N * K, scale.const_data_ptr<float>() + h * N, N,
-                out.mutable_data_ptr<float>() + h * M * N);
+  const int8_t* w = weight.const_data_ptr<int8_t>();
+  const float* ws = scale.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
+  // Threads split the heads: one head's matrix is too small to share (int8_matmul then runs inline).
+  at::parallel_for(0, H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t h = begin; h < end; ++h)
+      int8_matmul(q.values.data() + h * M * K, q.scales.data() + h * M, M, K, w + h * N * K, ws + h * N, N,
+                  o + h * M * N);
+  });
   return out;
 }
 
@@ -440,6 +449,16 @@ at::Tensor latent_attention(const at::Tensor& q, const at::Tensor& entries, cons
   return out;
 }
 
+// How many threads at::parallel_for runs on here: torch's thread count when the library was built with
+// OpenMP, 1 when its pragmas were dropped. A build check, for tests and the worker's start-up log.
+int64_t parallel_threads() {
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, 256, 1, [&](int64_t, int64_t) {
+    seen |= uint64_t{1} << std::min(at::get_thread_num(), 63);
+  });
+  return std::popcount(seen.load());
+}
+
 // Shapes only: torch.compile traces with these, so compiled graphs call the kernels straight from C++.
 // Symbolic sizes (sym_sizes, not sizes) keep a batch dimension symbolic: one graph for every batch size.
 at::Tensor bf16_linear_meta(const at::Tensor& x, const at::Tensor& weight) {
@@ -464,6 +483,7 @@ TORCH_LIBRARY(rujokes_cpu, m) {
   m.def("bf16_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("int8_head_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("latent_attention(Tensor q, Tensor entries, Tensor mask, float scale, int rank) -> Tensor");
+  m.def("parallel_threads() -> int", &parallel_threads);  // no tensor arguments: one kernel for every backend
 }
 
 TORCH_LIBRARY_IMPL(rujokes_cpu, CPU, m) {
