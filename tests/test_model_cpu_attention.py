@@ -60,6 +60,27 @@ def test_a_row_depends_on_nothing_but_itself():
     assert torch.equal(together, alone)
 
 
+@pytest.mark.parametrize("batch, heads, mask_heads", [(1, 12, 1), (1, 6, 6), (2, 5, 5)])
+def test_heads_split_between_threads_give_the_same_bits(batch, heads, mask_heads):
+    """Fewer rows than threads: a row's heads are shared out. Each head's numbers must not depend on the
+    split, even where columns are hidden from some heads only (the live columns are the row's)."""
+    torch.manual_seed(heads)
+    q, entries = torch.randn(batch, heads, 40), torch.randn(batch, 50, 40)
+    mask = torch.randn(batch, mask_heads, 50)
+    mask[:, :, 30:] = NEG_INF
+    mask[:, :max(1, mask_heads // 2), 5:12] = NEG_INF  # hidden from the first half of the heads only
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = torch.ops.rujokes_cpu.latent_attention(q, entries, mask, 0.2, 32)
+        for threads in (2, 3, 4):
+            torch.set_num_threads(threads)
+            assert torch.equal(torch.ops.rujokes_cpu.latent_attention(q, entries, mask, 0.2, 32), expected)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(expected, reference(q, entries, mask, 0.2, 32), rtol=1e-5, atol=2e-6)
+
+
 def test_bad_inputs_are_refused_with_a_clear_message():
     q, entries, mask = torch.randn(2, 3, 16), torch.randn(2, 9, 16), torch.zeros(2, 1, 9)
     with pytest.raises(RuntimeError, match="fp32"):

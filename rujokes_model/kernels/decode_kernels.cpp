@@ -352,13 +352,19 @@ inline void value_dispatch(int heads, std::integer_sequence<int, G...>, const fl
   ((heads == G + 1 ? value_tile<G + 1>(probs, L, entries, live, D, r, out, rank) : void()), ...);
 }
 
-// One batch row: out (H, rank) = softmax(q·entriesᵀ·scale + mask) · entries[:, :rank], over the live columns.
-void latent_attention_row(const float* q, int64_t H, int64_t D, const float* entries, int64_t S,
-                          const float* mask, int64_t mask_heads, int64_t mask_head_stride, float scale,
-                          int64_t rank, float* out) {
+// Heads [h_begin, h_end) of one batch row: out (H, rank) = softmax(q·entriesᵀ·scale + mask) ·
+// entries[:, :rank], over the live columns. A row's heads may be split between threads (a lone row would
+// otherwise leave every core but one idle); each head's numbers are the same whatever the split.
+void latent_attention_row(const float* q_row, int64_t h_begin, int64_t h_end, int64_t D, const float* entries,
+                          int64_t S, const float* mask, int64_t mask_heads, int64_t mask_head_stride, float scale,
+                          int64_t rank, float* out_row) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  // Columns hidden from every head (left padding, not yet written) cost nothing: the static step spans
-  // the whole preallocated cache.
+  const int64_t H = h_end - h_begin;
+  const float* q = q_row + h_begin * D;
+  float* out = out_row + h_begin * rank;
+  // Columns hidden from every head of the row (left padding, not yet written) cost nothing: the static
+  // step spans the whole preallocated cache. All of the row's heads decide, so the columns (and with them
+  // each head's summation order) do not depend on how the heads are split.
   std::vector<int64_t> live;
   live.reserve(S);
   for (int64_t s = 0; s < S; ++s)
@@ -377,7 +383,7 @@ void latent_attention_row(const float* q, int64_t H, int64_t D, const float* ent
     }
   for (int64_t h = 0; h < H; ++h)
     for (int64_t i = 0; i < L; ++i)
-      probs[h * L + i] = probs[h * L + i] * scale + mask[(mask_heads == 1 ? 0 : h) * mask_head_stride + live[i]];
+      probs[h * L + i] = probs[h * L + i] * scale + mask[(mask_heads == 1 ? 0 : h_begin + h) * mask_head_stride + live[i]];
   std::vector<float> inv_sum(H);
   for (int64_t h = 0; h < H; ++h) {
     float* p = probs.data() + h * L;
@@ -441,10 +447,17 @@ at::Tensor latent_attention(const at::Tensor& q, const at::Tensor& entries, cons
   const float* mp = mask.const_data_ptr<float>();
   float* op = out.mutable_data_ptr<float>();
   const int64_t mask_b = mask.size(0) == 1 ? 0 : mask.stride(0), mask_h = mask.stride(1);
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b)
-      latent_attention_row(qp + b * H * D, H, D, ep + b * entries.stride(0), S, mp + b * mask_b, mask.size(1),
-                           mask_h, static_cast<float>(scale), rank, op + b * H * rank);
+  // Work items are (row, group of heads): rows alone when there are enough to go round the threads.
+  const int64_t splits = std::clamp<int64_t>(at::get_num_threads() / std::max<int64_t>(B, 1), 1, H);
+  const int64_t heads_per_item = (H + splits - 1) / splits;
+  at::parallel_for(0, B * splits, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / splits, h_begin = (item % splits) * heads_per_item;
+      const int64_t h_end = std::min(H, h_begin + heads_per_item);
+      if (h_begin >= h_end) continue;
+      latent_attention_row(qp + b * H * D, h_begin, h_end, D, ep + b * entries.stride(0), S, mp + b * mask_b,
+                           mask.size(1), mask_h, static_cast<float>(scale), rank, op + b * H * rank);
+    }
   });
   return out;
 }
