@@ -1,7 +1,7 @@
 """Throughput and latency of real workers behind real Redis (run by hand; prints figures).
 
     python benchmarks/worker_throughput.py [--model DIR] [--requests 16] [--max-new-tokens 120] [--compile]
-                                           [--cpu-weights fp32|bf16|int8]
+                                           [--cpu-weights fp32|bf16|int8] [--threads 1]
 
 Scenarios in one run, same prompts (no seeds, like the bot's requests, unless --seeded): one worker fed one request at a time
 (WORKER_BATCH_SIZE=1, requests sent sequentially), one worker with batching and 16 concurrent
@@ -41,7 +41,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: int, n_requests: int,
                        max_new_tokens: int, concurrent: bool, log_dir: Path, seeded: bool,
-                       compile_decode: bool = False, cpu_weights: str = "fp32") -> dict:
+                       compile_decode: bool = False, cpu_weights: str = "fp32", threads: int = 1) -> dict:
     def seed_for(i: int) -> int | None:
         return i if seeded else None  # the bot sends no seed; --seeded pins each request's draws
     prefix = f"bench-{uuid.uuid4().hex[:6]}:"
@@ -50,8 +50,8 @@ async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: in
     queue, reader = RequestQueue(client, config), ResultReader(client, config)
     await queue.ensure_groups()
     await reader.ensure_group()
-    # One intra-op thread per worker in every scenario: a fair split of 2 cores, and the fastest setting for nano.
-    env = worker_env(url, prefix, model_dir, WORKER_BATCH_SIZE=str(batch_size), TORCH_THREADS="1",
+    # One intra-op thread per worker by default: a fair split of 2 cores, and the fastest setting for nano.
+    env = worker_env(url, prefix, model_dir, WORKER_BATCH_SIZE=str(batch_size), TORCH_THREADS=str(threads),
                      COMPILE_DECODE=str(compile_decode).lower(),
                      # The model is served in the nano slot, whatever its size.
                      CPU_INT8_SIZES="nano" if cpu_weights == "int8" else "",
@@ -114,6 +114,8 @@ async def main() -> None:
     p.add_argument("--compile", action="store_true", help="workers compile their decode step (COMPILE_DECODE=true)")
     p.add_argument("--cpu-weights", choices=["fp32", "bf16", "int8"], default="fp32",
                    help="the workers' Linear weights (CPU_INT8_SIZES / CPU_BF16_SIZES)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads of a lone worker (TORCH_THREADS); two workers keep one each")
     p.add_argument("--sustained", type=int, default=0, metavar="N",
                    help="also run N concurrent requests through 1 and 2 workers of the full batch size")
     args = p.parse_args()
@@ -142,13 +144,15 @@ async def main() -> None:
             for name, (n_workers, batch_size, concurrent, n_requests) in scenarios.items():
                 rows[name] = await run_scenario(server.url, model_dir, n_workers, batch_size, n_requests,
                                                 args.max_new_tokens, concurrent, Path(tmp), args.seeded,
-                                                args.compile, args.cpu_weights)
+                                                args.compile, args.cpu_weights,
+                                                threads=args.threads if n_workers == 1 else 1)
                 print(name, rows[name], flush=True)
         finally:
             server.cleanup()
     base = next(iter(rows.values()))["tokens_per_s"]
     print(f"\n{args.requests} prompts, ≤ {args.max_new_tokens} new tokens, model {model_dir.name}"
-          f"{', compiled decode step' if args.compile else ''}, {args.cpu_weights} weights\n")
+          f"{', compiled decode step' if args.compile else ''}, {args.cpu_weights} weights, "
+          f"{args.threads} thread{'s' if args.threads > 1 else ''} in a lone worker\n")
     print("| scenario | generated tokens/s | × sequential | p50 latency, s | p95 latency, s |")
     print("|---|---|---|---|---|")
     for name, row in rows.items():

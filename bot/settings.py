@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     )
     partial_interval_s: float = Field(0.7, ge=0, description="Least seconds between two partial results of a request.")
     heartbeat_ttl_s: float = Field(15.0, gt=0, description="Lifetime of a worker's heartbeat key; refreshed at a third of it.")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads of a CPU worker; 0 keeps torch's default (one per core). "
-                               "1 is fastest for nano, and for several workers sharing a machine.")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads of a CPU worker (torch's ops and our int8/bf16 kernels); "
+                               "0 keeps torch's default (one per core). 1 is fastest for nano and for lone requests, "
+                               "more speed up mini's and small's batches; several workers on one machine share its cores.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the worker runs the models.")
     compile_decode: bool = Field(
         False, description="Compile each model's decode step (torch.compile) at worker start: nano decodes ≈ 2× faster "
