@@ -41,7 +41,9 @@ class CompiledDecodeStep:
 
     def __init__(self, model, *, cpp_wrapper: bool | None = None) -> None:
         self.model = model
-        self._compiled_for: set[bool] = set()  # batch kinds compiled so far: a lone row (True), several (False)
+        # Graph kinds compiled so far: (a lone row?, intra-op threads). Dynamo guards on the thread count
+        # (inductor's C++ is built for it), so a process that changes torch.set_num_threads needs new graphs.
+        self._compiled_for: set[tuple[bool, int]] = set()
         if cpp_wrapper is None:
             cpp_wrapper = model.device.type == "cpu"
         # Guards: checking every parameter and module attribute of the model before each call cost more
@@ -58,8 +60,8 @@ class CompiledDecodeStep:
         with torch.inference_mode():  # the caller's cache and plan must be inference tensors too
             if not isinstance(column, torch.Tensor):
                 column = torch.tensor(column, device=tokens.device)
-            lone = tokens.shape[0] == 1
-            if lone not in self._compiled_for:  # first call of its kind: guards checked, graph compiled
+            kind = (tokens.shape[0] == 1, torch.get_num_threads())
+            if kind not in self._compiled_for:  # first call of its kind: guards checked, graph compiled
                 # MHLA's absorbed weights are derived and cached eagerly; the graph reads that cache.
                 for block in self.model.blocks:
                     if hasattr(block.attn, "_absorbed_weights"):
@@ -71,10 +73,10 @@ class CompiledDecodeStep:
                 with torch.fx.experimental._config.patch(use_duck_shape=False), \
                         torch._dynamo.config.patch(specialize_float=True):
                     logits = self._step(self.model, plan, cache, tokens, column)
-                self._compiled_for.add(lone)
+                self._compiled_for.add(kind)
                 return logits
             # Later calls skip re-checking guards that cannot fail: shapes are symbolic and the graphs
-            # serve this model alone; only what tells them apart (one row or more) is checked.
+            # serve this model alone; only what tells them apart (rows, threads) is checked.
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return self._step(self.model, plan, cache, tokens, column)
 

@@ -57,7 +57,25 @@ def test_compiled_generate_gives_the_eager_tokens_for_a_batch_and_for_a_lone_row
     lone = prompts[1][None]
     assert torch.equal(model.generate(lone, 14, do_sample=False, compile=True),
                        model.generate(lone, 14, do_sample=False))
-    assert compiled_step(model)._compiled_for == {True, False}  # one graph for a lone row, one for batches
+    threads = torch.get_num_threads()
+    # one graph for a lone row, one for batches
+    assert compiled_step(model)._compiled_for == {(True, threads), (False, threads)}
+
+
+def test_a_changed_thread_count_compiles_anew_instead_of_failing(model):
+    """Dynamo guards on torch's thread count, and later calls run under a stance that refuses to
+    recompile: a program that changes torch.set_num_threads between calls got an error, not a joke."""
+    lone = random_ids(4, model.config.vocab_size, seed=21)
+    expected = model.generate(lone, 8, do_sample=False)
+    previous = torch.get_num_threads()
+    other = 1 if previous > 1 else 2
+    try:
+        torch.set_num_threads(other)
+        assert torch.equal(model.generate(lone, 8, do_sample=False, compile=True), expected)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(model.generate(lone, 8, do_sample=False, compile=True), expected)
+    assert (True, other) in compiled_step(model)._compiled_for
 
 
 def test_seeded_sampling_through_the_compiled_step_reproduces_eager_draws(model):
