@@ -5,10 +5,10 @@ model suite runs in well under a minute on two shared CPU cores.
 """
 from __future__ import annotations
 
-import json
-
+import contextlib
 import copy
 import functools
+import json
 import random
 
 import pytest
@@ -114,12 +114,21 @@ def single_byte_ids(tokenizer: ByteLevelBPETokenizer, text: str) -> list[int]:
     return ids
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op thread count set to `count` for the block, then put back."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _one_torch_thread():
     """Tiny matmuls on shared cores: one intra-op thread is ~10× faster than two fighting a busy box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+    with torch_threads(1):
+        yield
 
 
 single_torch_thread = pytest.fixture(autouse=True)(_one_torch_thread)

@@ -8,7 +8,7 @@ so a wrong reuse would show up as wrong tokens, not as a recompile).
 import pytest
 import torch
 
-from model_helpers import ATTENTIONS, POSITIONS, left_pad, random_ids, tiny_model
+from model_helpers import ATTENTIONS, POSITIONS, left_pad, random_ids, tiny_model, torch_threads
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.continuous import ContinuousBatch, RowSettings
 
@@ -67,13 +67,9 @@ def test_a_changed_thread_count_compiles_anew_instead_of_failing(model):
     recompile: a program that changes torch.set_num_threads between calls got an error, not a joke."""
     lone = random_ids(4, model.config.vocab_size, seed=21)
     expected = model.generate(lone, 8, do_sample=False)
-    previous = torch.get_num_threads()
-    other = 1 if previous > 1 else 2
-    try:
-        torch.set_num_threads(other)
+    other = 1 if torch.get_num_threads() > 1 else 2
+    with torch_threads(other):
         assert torch.equal(model.generate(lone, 8, do_sample=False, compile=True), expected)
-    finally:
-        torch.set_num_threads(previous)
     assert torch.equal(model.generate(lone, 8, do_sample=False, compile=True), expected)
     assert (True, other) in compiled_step(model)._compiled_for
 

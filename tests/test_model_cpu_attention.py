@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import rujokes_model.attention
-from model_helpers import POSITIONS, random_ids, tiny_model
+from model_helpers import POSITIONS, random_ids, tiny_model, torch_threads
 from rujokes_model.cpu_kernels import cpu_kernels_supported, kernels_loaded, load_cpu_kernels
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
@@ -69,15 +69,11 @@ def test_heads_split_between_threads_give_the_same_bits(batch, heads, mask_heads
     mask = torch.randn(batch, mask_heads, 50)
     mask[:, :, 30:] = NEG_INF
     mask[:, :max(1, mask_heads // 2), 5:12] = NEG_INF  # hidden from the first half of the heads only
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         expected = torch.ops.rujokes_cpu.latent_attention(q, entries, mask, 0.2, 32)
-        for threads in (2, 3, 4):
-            torch.set_num_threads(threads)
+    for threads in (2, 3, 4):
+        with torch_threads(threads):
             assert torch.equal(torch.ops.rujokes_cpu.latent_attention(q, entries, mask, 0.2, 32), expected)
-    finally:
-        torch.set_num_threads(previous)
     torch.testing.assert_close(expected, reference(q, entries, mask, 0.2, 32), rtol=1e-5, atol=2e-6)
 
 

@@ -1,5 +1,4 @@
 """Low-bit CPU weights: our C++ int8 and bf16 kernels against plain fp32 arithmetic, and in the model."""
-import contextlib
 import subprocess
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_helpers import random_ids, tiny_model
+from model_helpers import random_ids, tiny_model, torch_threads
 from rujokes_model import TransformerForCausalLM
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.cpu_kernels import KernelBuildError, build, cpu_kernels_supported, kernel_threads, load_cpu_kernels
@@ -98,16 +97,6 @@ def test_bf16_kernel_is_fp32_math_on_bf16_weights():
                                    rtol=1e-5, atol=1e-5)
 
 
-@contextlib.contextmanager
-def torch_threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def test_the_kernels_run_on_as_many_threads_as_torch_is_given():
     """at::parallel_for is OpenMP pragmas in torch's headers: a build without -fopenmp drops them and
     leaves every kernel on one core (it did, and a second core then gave nothing)."""
@@ -124,15 +113,11 @@ def test_a_rows_output_is_bit_identical_whatever_its_batch_mates_and_threads(kin
     linear = LowBitLinear.from_linear(nn.Linear(384, 300, bias=False), kind)
     x = torch.randn(11, 384)
     alone = torch.cat([linear(x[i:i + 1]) for i in range(11)])
-    threads = torch.get_num_threads()
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
+    for count in (1, 2):
+        with torch_threads(count):
             assert torch.equal(linear(x), alone)
             assert torch.equal(linear(x.flip(0)).flip(0), alone)
             assert torch.equal(linear(x[3:8]), alone[3:8])
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_any_leading_shape_and_non_contiguous_input():
