@@ -65,9 +65,11 @@ def test_heads_split_between_threads_give_the_same_bits(batch, heads, mask_heads
     """Fewer rows than threads: a row's heads are shared out. Each head's numbers must not depend on the
     split, even where columns are hidden from some heads only (the live columns are the row's)."""
     torch.manual_seed(heads)
-    q, entries = torch.randn(batch, heads, 40), torch.randn(batch, 50, 40)
-    mask = torch.randn(batch, mask_heads, 50)
-    mask[:, :, 30:] = NEG_INF
+    # Many near-equal probabilities, so that summing them in another order shows in the last bits: a split
+    # that took its live columns from its own heads only (here 7 fewer for the first heads) is caught.
+    q, entries = torch.randn(batch, heads, 40) * 0.1, torch.randn(batch, 200, 40)
+    mask = torch.zeros(batch, mask_heads, 200)
+    mask[:, :, 150:] = NEG_INF
     mask[:, :max(1, mask_heads // 2), 5:12] = NEG_INF  # hidden from the first half of the heads only
     with torch_threads(1):
         expected = torch.ops.rujokes_cpu.latent_attention(q, entries, mask, 0.2, 32)
