@@ -1,6 +1,7 @@
 """Equal-CPU-time ablations: which position/attention/vocab/lr gives the best validation bits/char.
 
     python benchmarks/train_ablation.py --size nano --cpu-budget 240 --out runs/ablation
+    python benchmarks/train_ablation.py --group stages --size nano --cpu-budget 600   # pretraining, EMA
 
 Each variant trains for the same process CPU time (all threads), then is evaluated on the whole
 validation split. Prints a markdown table; the winner per size becomes its recipe default.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from trainer.data import DEFAULT_CORPUS
 from trainer.recipes import recipe
+from trainer.stages import DEFAULT_PRETRAIN_CORPUS, train_two_stage
 from trainer.train import train
 
 VARIANTS = {
@@ -26,6 +28,33 @@ VARIANTS = {
     "alibi+gqa V4096": dict(position="alibi", attention="gqa", vocab_size=4096),
 }
 
+# Two-stage variants on the size's own recipe: the budget covers both stages (the tokenizer's training,
+# outside the loop, is not counted). `pretrain_share` of it goes to the literature first.
+STAGE_VARIANTS = {
+    "jokes only (recipe)": dict(),
+    "lit→jokes 50%, tokenizer on both": dict(pretrain_share=0.5, tokenizer_corpus="both"),
+    "lit→jokes 50%, tokenizer on jokes": dict(pretrain_share=0.5, tokenizer_corpus="jokes"),
+    "lit→jokes 25%, tokenizer on both": dict(pretrain_share=0.25, tokenizer_corpus="both"),
+    "lit→jokes 50%, tokenizer on both, V4096": dict(pretrain_share=0.5, tokenizer_corpus="both", vocab_size=4096),
+    "jokes only + EMA 0.98": dict(ema_decay=0.98),
+    "lit→jokes 50%, tokenizer on both + EMA 0.98": dict(pretrain_share=0.5, tokenizer_corpus="both", ema_decay=0.98),
+}
+
+
+def run_stage_variant(size: str, name: str, variant: dict, args) -> tuple:
+    variant = dict(variant)
+    share, tokenizer_corpus = variant.pop("pretrain_share", None), variant.pop("tokenizer_corpus", "both")
+    config = recipe(size, cpu_budget_s=args.cpu_budget, eval_every=10**9, **variant)
+    out = Path(args.out) / size / "stages" / slug(name)
+    if share is None:
+        return train(config, args.data, out, progress=False)
+    return train_two_stage(config, args.pretrain_data, args.data, out, pretrain_share=share,
+                           tokenizer_corpus=tokenizer_corpus, progress=False)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,10 +64,20 @@ def main() -> None:
     p.add_argument("--data", default=DEFAULT_CORPUS)
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--only", nargs="*", help="substrings of variant names to run")
+    p.add_argument("--group", choices=["architecture", "stages"], default="architecture")
+    p.add_argument("--pretrain-data", default=DEFAULT_PRETRAIN_CORPUS)
     args = p.parse_args()
     rows = []
-    for name, variant in VARIANTS.items():
+    for name, variant in (STAGE_VARIANTS if args.group == "stages" else VARIANTS).items():
         if args.only and not any(s in name for s in args.only):
+            continue
+        if args.group == "stages":
+            started = time.perf_counter()
+            result = run_stage_variant(args.size, name, variant, args)
+            rows.append((name, result.model.num_parameters(), result.steps, result.tokens_seen,
+                         time.perf_counter() - started, result.final_eval))
+            print(json.dumps({"variant": name, "steps": result.steps, **result.final_eval}, ensure_ascii=False),
+                  flush=True)
             continue
         variant = dict(variant)
         model_overrides = {"position": variant.pop("position"), "attention": variant.pop("attention")}

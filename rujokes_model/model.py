@@ -156,8 +156,7 @@ class TransformerForCausalLM(nn.Module):
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, **forward_kwargs: Any) -> torch.Tensor:
         """Mean next-token cross-entropy; targets of -100 are ignored."""
-        logits = self(input_ids, **forward_kwargs)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return causal_lm_loss(self(input_ids, **forward_kwargs), targets)
 
     # ---- generation and files (thin wrappers so users keep the original API) ----------------------
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
@@ -176,3 +175,8 @@ class TransformerForCausalLM(nn.Module):
     def push_to_hub(self, repo_id: str, *, revision: str, tokenizer=None, **kwargs: Any) -> str:
         from .hub import push_to_hub
         return push_to_hub(self, repo_id, revision=revision, tokenizer=tokenizer, **kwargs)
+
+
+def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in fp32 (logits may be bf16 under autocast); targets of -100 are ignored."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .data import DEFAULT_CORPUS
+from .stages import DEFAULT_PRETRAIN_CORPUS, TOKENIZER_CORPORA
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,21 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--original-recipe", action="store_true",
                    help="the original model's settings (vocab 1024, lr 3e-4/5e-4) instead of our measured defaults")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    stages = p.add_argument_group("stages", "pretrain on a general corpus, then fine-tune on the jokes")
+    start = stages.add_mutually_exclusive_group()
+    start.add_argument("--init-from", metavar="DIR",
+                       help="continue from a saved model (its weights, config and tokenizer): a second stage")
+    start.add_argument("--pretrain-data", nargs="?", const=DEFAULT_PRETRAIN_CORPUS, metavar="PATH",
+                       help="first train on this general corpus (default: ../shared/data/russian_literature.jsonl),"
+                            " into <out>/pretrain, then on --data from those weights")
+    stages.add_argument("--pretrain-share", type=float, default=0.5,
+                        help="the first stage's share of --steps / --cpu-budget / --time-limit")
+    stages.add_argument("--pretrain-epochs", type=float, default=1.0,
+                        help="passes over the general corpus when the budget is in epochs")
+    stages.add_argument("--tokenizer-corpus", choices=TOKENIZER_CORPORA, default="both",
+                        help="train the two-stage tokenizer on both corpora or on the jokes alone")
+    p.add_argument("--ema-decay", type=float,
+                   help="evaluate and ship an exponential moving average of the weights (e.g. 0.99)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     p.add_argument("--push-to-hub", metavar="REPO", help="push the result to REPO on revision = size")
     p.add_argument("--no-progress", action="store_true")
@@ -47,6 +63,7 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def train_main(argv: list[str] | None = None) -> int:
     from .recipes import recipe
+    from .stages import train_two_stage
     from .train import train
 
     parser = _train_parser()
@@ -65,11 +82,17 @@ def train_main(argv: list[str] | None = None) -> int:
     config = recipe(args.size, original=args.original_recipe, steps=args.steps, epochs=args.epochs, cpu_budget_s=args.cpu_budget_s,
                     batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seq_len=args.seq_len,
                     vocab_size=args.vocab_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                    seed=args.seed, time_limit_s=args.time_limit_s, keep_best=False if args.last_weights else None)
+                    seed=args.seed, time_limit_s=args.time_limit_s, keep_best=False if args.last_weights else None,
+                    init_from=args.init_from, ema_decay=args.ema_decay)
     config.model_overrides.update(overrides)
     out = Path(args.out or f"runs/{args.size}")
-    result = train(config, args.data, out, resume=args.resume, hub_dir=args.hub_dir,
-                   progress=not args.no_progress, cpu=args.cpu)
+    if args.pretrain_data:
+        result = train_two_stage(config, args.pretrain_data, args.data, out, pretrain_share=args.pretrain_share,
+                                 pretrain_epochs=args.pretrain_epochs, tokenizer_corpus=args.tokenizer_corpus,
+                                 resume=args.resume, hub_dir=args.hub_dir, progress=not args.no_progress, cpu=args.cpu)
+    else:
+        result = train(config, args.data, out, resume=args.resume, hub_dir=args.hub_dir,
+                       progress=not args.no_progress, cpu=args.cpu)
     print(json.dumps({"out": str(result.out_dir), "steps": result.steps, "tokens_seen": result.tokens_seen,
                       "wall_time_s": round(result.wall_time_s, 1), "selected_step": result.selected_step,
                       **result.final_eval}, ensure_ascii=False))

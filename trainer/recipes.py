@@ -30,6 +30,9 @@ class TrainConfig:
     card_sample_tokens: int = 120   # length of each model-card sample joke
     val_fraction: float = 0.05
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None    # a saved model (weights, config, tokenizer) to continue from: a later stage
+    stage_name: str | None = None   # how the card names this stage (default: the size)
+    ema_decay: float | None = None  # evaluate and ship an exponential moving average of the weights
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -51,7 +51,8 @@ def sample_jokes(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: in
 
 def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config: dict, data_source: str,
                      n_train: int, n_val: int, tokens_seen: int, wall_time_s: float, hardware: str,
-                     final_eval: dict, steps: int, sample_tokens: int = 120, selected_step: int | None = None) -> Path:
+                     final_eval: dict, steps: int, sample_tokens: int = 120, selected_step: int | None = None,
+                     training_stages: list[dict] | None = None) -> Path:
     config = model.config.to_dict()
     samples = sample_jokes(model, tokenizer, max_new_tokens=sample_tokens)
     lines = [
@@ -81,6 +82,7 @@ def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config
         "## Data", "",
         f"`{data_source}`: {n_train:,} training and {n_val:,} validation jokes (deterministic split by a hash of "
         "the text; see `trainer/data.py`).", "",
+        *stage_lines(training_stages),
         "## Model config", "", "```json", json.dumps(config, indent=2), "```", "",
         "## Training config", "", "```json", json.dumps(train_config, indent=2), "```", "",
         "## Samples (top-k 10, seed 0)", "",
@@ -90,3 +92,17 @@ def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config
     path = Path(out_dir) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def stage_lines(stages: list[dict] | None) -> list[str]:
+    """A "Training stages" table: what each stage (pretraining, then the jokes) saw, oldest first."""
+    if not stages:
+        return []
+    lines = ["## Training stages", "", "| stage | corpus | documents | optimizer steps | tokens seen | val bits/char |",
+             "|---|---|---|---|---|---|"]
+    for stage in stages:
+        bpc = stage.get("val_bpc")
+        lines.append(f"| {stage.get('name', '?')} | `{stage.get('corpus', '?')}` | {stage.get('documents', 0):,} | "
+                     f"{stage.get('steps', 0):,} | {stage.get('tokens', 0):,} | "
+                     f"{'' if bpc is None else f'{bpc:.4f}'} |")
+    return [*lines, "", "Each stage's bits/char is on its own corpus's validation split.", ""]
