@@ -16,6 +16,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
+from .int8_storage import pack_int8, unpack_int8
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -58,7 +59,9 @@ def load_model(cls, repo_or_dir: str | Path, *, revision: str | None = None, dev
     config_path = resolve_file(repo_or_dir, CONFIG_FILE, revision=revision, **hub_kwargs)
     config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
     model = cls(config)
-    state = upgrade_legacy_keys(load_file(resolve_file(repo_or_dir, WEIGHTS_FILE, revision=revision, **hub_kwargs)))
+    # int8 checkpoints dequantize here, so they load for a GPU or any path without the CPU kernels.
+    state = upgrade_legacy_keys(unpack_int8(load_file(resolve_file(repo_or_dir, WEIGHTS_FILE, revision=revision,
+                                                                   **hub_kwargs))))
     if config.tie_embeddings:
         state.setdefault("lm_head.weight", state.get("embed.weight"))
     expected = set(model.state_dict())
@@ -70,15 +73,22 @@ def load_model(cls, repo_or_dir: str | Path, *, revision: str | None = None, dev
     return model.to(device=device, dtype=dtype).eval()
 
 
-def save_model(model, save_directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-    """Write config.json and model.safetensors; tied lm_head is stored once (as embed.weight)."""
+def save_model(model, save_directory: str | Path, *, dtype: torch.dtype | str | None = None) -> Path:
+    """Write config.json and model.safetensors; tied lm_head is stored once (as embed.weight).
+    `dtype="int8"` stores matrices as int8 rows with per-row scales (`int8_storage`)."""
     path = Path(save_directory)
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    int8 = dtype == "int8"
+    state = {k: v.detach().to("cpu", None if int8 else dtype or v.dtype).contiguous()
+             for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")
-    save_file(state, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    metadata = {"format": "pt"}
+    if int8:
+        state, int8_metadata = pack_int8(state)
+        metadata.update(int8_metadata)
+    save_file(state, str(path / WEIGHTS_FILE), metadata=metadata)
     return path
 
 

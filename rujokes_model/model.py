@@ -168,7 +168,7 @@ class TransformerForCausalLM(nn.Module):
         from .hub import load_model
         return load_model(cls, repo_or_dir, revision=revision, **hub_kwargs)
 
-    def save_pretrained(self, save_directory: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    def save_pretrained(self, save_directory: str | Path, *, dtype: torch.dtype | str | None = None) -> Path:
         from .hub import save_model
         return save_model(self, save_directory, dtype=dtype)
 

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM  # noqa: E402
 from rujokes_model.pretrained import WEIGHTS_ROOT  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# int8: per-row int8 matrices (the CPU worker's own rounding), a quarter of fp32; dequantized on load.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": "int8"}
 
 
 def main() -> None:
