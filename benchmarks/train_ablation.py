@@ -68,8 +68,10 @@ def main() -> None:
     p.add_argument("--pretrain-data", default=DEFAULT_PRETRAIN_CORPUS)
     args = p.parse_args()
     rows = []
-    for name, variant in (STAGE_VARIANTS if args.group == "stages" else VARIANTS).items():
-        if args.only and not any(s in name for s in args.only):
+    variants = STAGE_VARIANTS if args.group == "stages" else VARIANTS
+    exact = set(args.only or ()) & set(variants)  # exact names select only themselves
+    for name, variant in variants.items():
+        if args.only and not (name in exact if exact else any(s in name for s in args.only)):
             continue
         if args.group == "stages":
             started = time.perf_counter()

@@ -22,7 +22,8 @@ TINY_MODEL = {"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1, "d_ff": 
 
 def tiny_config(**fields) -> TrainConfig:
     defaults = dict(size="nano", vocab_size=300, seq_len=32, batch_size=4, lr=3e-3, steps=24, warmup_steps=2,
-                    eval_every=1000, checkpoint_every=1000, val_fraction=0.1, model_overrides=dict(TINY_MODEL))
+                    eval_every=1000, checkpoint_every=1000, val_fraction=0.1, model_overrides=dict(TINY_MODEL),
+                    card_memorisation_samples=0)
     return TrainConfig(**{**defaults, **fields})
 
 
@@ -45,8 +46,8 @@ def corpora(tmp_path_factory) -> tuple[str, str]:
 def two_stage_run(tmp_path_factory, corpora):
     general, jokes = corpora
     out = tmp_path_factory.mktemp("two_stage")
-    result = train_two_stage(tiny_config(steps=40), general, jokes, out, pretrain_share=0.5, progress=False,
-                             cpu=True)
+    result = train_two_stage(tiny_config(steps=40, card_memorisation_samples=10), general, jokes, out,
+                             pretrain_share=0.5, progress=False, cpu=True)
     return out, result
 
 
@@ -85,6 +86,15 @@ def test_stages_file_and_card_name_both_corpora(two_stage_run):
     card = (out / "README.md").read_text(encoding="utf-8")
     assert "## Training stages" in card
     assert "`literature.jsonl`" in card and "`jokes.jsonl`" in card
+
+
+def test_card_reports_how_often_samples_copy_the_training_jokes(two_stage_run):
+    out, _ = two_stage_run
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "## Memorisation" in card
+    assert "of 10 samples" in card
+    # The first stage's card checks no literature samples against literature.
+    assert "## Memorisation" not in (out / PRETRAIN_DIR / "README.md").read_text(encoding="utf-8")
 
 
 def test_budget_is_shared_between_the_stages(tmp_path):

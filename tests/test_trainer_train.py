@@ -29,7 +29,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def tiny_config(**fields) -> TrainConfig:
     defaults = dict(size="nano", vocab_size=300, seq_len=32, batch_size=4, lr=3e-3, steps=30, warmup_steps=3,
-                    eval_every=1000, checkpoint_every=1000, val_fraction=0.1, model_overrides=dict(TINY_MODEL))
+                    eval_every=1000, checkpoint_every=1000, val_fraction=0.1, model_overrides=dict(TINY_MODEL),
+                    card_memorisation_samples=0)
     return TrainConfig(**{**defaults, **fields})
 
 

@@ -28,6 +28,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 1337
     card_sample_tokens: int = 120   # length of each model-card sample joke
+    card_memorisation_samples: int = 200  # samples checked for verbatim copies of the training set (0: skip)
     val_fraction: float = 0.05
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None    # a saved model (weights, config, tokenizer) to continue from: a later stage

@@ -52,7 +52,7 @@ def sample_jokes(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: in
 def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config: dict, data_source: str,
                      n_train: int, n_val: int, tokens_seen: int, wall_time_s: float, hardware: str,
                      final_eval: dict, steps: int, sample_tokens: int = 120, selected_step: int | None = None,
-                     training_stages: list[dict] | None = None) -> Path:
+                     training_stages: list[dict] | None = None, memorisation: dict | None = None) -> Path:
     config = model.config.to_dict()
     samples = sample_jokes(model, tokenizer, max_new_tokens=sample_tokens)
     lines = [
@@ -83,6 +83,7 @@ def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config
         f"`{data_source}`: {n_train:,} training and {n_val:,} validation jokes (deterministic split by a hash of "
         "the text; see `trainer/data.py`).", "",
         *stage_lines(training_stages),
+        *memorisation_lines(memorisation),
         "## Model config", "", "```json", json.dumps(config, indent=2), "```", "",
         "## Training config", "", "```json", json.dumps(train_config, indent=2), "```", "",
         "## Samples (top-k 10, seed 0)", "",
@@ -106,3 +107,13 @@ def stage_lines(stages: list[dict] | None) -> list[str]:
                      f"{stage.get('steps', 0):,} | {stage.get('tokens', 0):,} | "
                      f"{'' if bpc is None else f'{bpc:.4f}'} |")
     return [*lines, "", "Each stage's bits/char is on its own corpus's validation split.", ""]
+
+
+def memorisation_lines(report: dict | None) -> list[str]:
+    """How often samples copy the training set verbatim (trainer/memorisation.py)."""
+    if not report:
+        return []
+    return ["## Memorisation", "",
+            f"{report['copying']} of {report['samples']} samples ({100 * report['copy_rate']:.1f}%; top-k 10, "
+            f"temperature 1) share a run of ≥ {report['min_words']} consecutive words with a training joke; the "
+            f"longest shared run is {report['longest_run_words']} words.", ""]

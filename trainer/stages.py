@@ -33,6 +33,7 @@ def stage_configs(config: TrainConfig, pretrain_dir: Path, *, pretrain_share: fl
     if config.init_from:
         raise ValueError("a two-stage run trains its own first stage; init_from is for the second stage alone")
     first = replace(config, model_overrides=dict(config.model_overrides), stage_name="pretrain", ema_decay=None,
+                    card_memorisation_samples=0,  # literature samples copying literature says nothing
                     eval_batches=min(config.eval_batches or PRETRAIN_EVAL_BATCHES, PRETRAIN_EVAL_BATCHES))
     second = replace(config, model_overrides=dict(config.model_overrides), stage_name="jokes",
                      init_from=str(pretrain_dir))

@@ -27,7 +27,8 @@ from .ema import EMAWeights
 from .evaluate import evaluate_texts
 from .packing import PackedRows, encode_documents, pack_documents
 from .recipes import TrainConfig
-from .report import plot_losses, write_model_card
+from .memorisation import VerbatimIndex, memorisation_report, sample_texts
+from .report import SAMPLE_PROMPTS, plot_losses, write_model_card
 from .schedule import build_optimizer, lr_factor
 
 CHECKPOINT_DIR = "checkpoint"
@@ -294,6 +295,7 @@ def _finish(run: _Run, data: str, wall: float, last_eval: dict) -> TrainResult:
                                    "documents": len(run.corpus.train), "steps": run.total_steps,
                                    "tokens": run.tokens_seen, "val_bpc": selected_eval.get("val_bpc")}]
     if run.accelerator.is_main_process:
+        memorisation = _memorisation(run) if config.card_memorisation_samples else None
         raw_model.save_pretrained(run.out_dir)
         (run.out_dir / STAGES_FILE).write_text(json.dumps(stages, indent=2, ensure_ascii=False) + "\n")
         plot_losses(run.out_dir, f"rujokes {config.size}: {raw_model.num_parameters() / 1e6:.2f} M parameters")
@@ -302,9 +304,18 @@ def _finish(run: _Run, data: str, wall: float, last_eval: dict) -> TrainResult:
                          n_train=len(run.corpus.train), n_val=len(run.corpus.val), tokens_seen=run.tokens_seen,
                          wall_time_s=wall, hardware=hardware_description(run.accelerator), final_eval=selected_eval,
                          steps=run.total_steps, sample_tokens=config.card_sample_tokens, selected_step=selected_step,
-                         training_stages=stages if len(stages) > 1 else None)
+                         training_stages=stages if len(stages) > 1 else None, memorisation=memorisation)
     return TrainResult(run.out_dir, run.total_steps, run.tokens_seen, wall, selected_eval, raw_model, run.tokenizer,
                        selected_step)
+
+
+def _memorisation(run: _Run) -> dict:
+    """How many of the card's samples copy a training document verbatim (trainer/memorisation.py)."""
+    config = run.config
+    per_prompt = math.ceil(config.card_memorisation_samples / len(SAMPLE_PROMPTS))
+    texts = sample_texts(run.raw_model, run.tokenizer, SAMPLE_PROMPTS, per_prompt,
+                         max_new_tokens=config.card_sample_tokens)[: config.card_memorisation_samples]
+    return memorisation_report(VerbatimIndex(run.corpus.train), texts).to_dict()
 
 
 def read_stages(model_dir: Path) -> list[dict]:
