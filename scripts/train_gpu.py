@@ -1,17 +1,22 @@
-"""Train nano, mini and small on one GPU, then bundle the best nano and mini into the package.
+"""Train nano, mini and small on one GPU with the two-stage recipe, bundle them, and pack them for the trip back.
 
-    python scripts/train_gpu.py [--runs runs/gpu] [--data PATH] [--time-scale 1.0] [--only mini ...]
+    python scripts/train_gpu.py [--runs runs/gpu] [--time-scale 1.0] [--only mini ...] [--export DIR]
+    python scripts/train_gpu.py --smoke --no-bundle          # a few tiny steps of every run, on any machine
 
-A few minutes on one H100/H200 (the corpus is ~2.5 M tokens an epoch). Each run uses its size's default
-recipe with more epochs than a CPU allows, a wall-clock cap (the lr schedule compresses to fit it) and
-ships its best-validation weights. mini is tried with and without dropout; the lower validation
-bits/char is bundled. small (~170 MB in bf16) is too large to bundle: push its run directory to the Hub.
+About 8 minutes on one H100/H200. Every size first learns Russian from the literature corpus
+(../shared/data/russian_literature.jsonl), then the jokes from those weights (trainer/stages.py); one
+tokenizer, trained once on both corpora, serves every size. Each run has a wall-clock cap (the lr schedule
+compresses to fit) and ships its best-validation weights. Bundled: nano fp32, mini bf16, small int8 (the
+CPU worker's own rounding; dequantized on load for a GPU). `--export DIR` copies the bundled weights and
+every run's card and summary to DIR with files over 60 MB split into checksummed parts; on the CPU side
+`python scripts/install_gpu_weights.py DIR` joins, verifies and installs them.
 Writes <runs>/summary.json with every run's figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -21,64 +26,120 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.data import DEFAULT_CORPUS  # noqa: E402
+from trainer.data import DEFAULT_CORPUS, prepare_corpus  # noqa: E402
+from trainer.parts import DEFAULT_PART_BYTES, split_file  # noqa: E402
 from trainer.recipes import recipe  # noqa: E402
+from trainer.stages import DEFAULT_PRETRAIN_CORPUS, joint_tokenizer  # noqa: E402
 
-# run name → (size, recipe overrides, model overrides, bundle dtype or None)
+# run name → (size, recipe overrides, model overrides, first stage's share of the cap, bundle dtype)
 PLAN = {
-    "nano": ("nano", dict(epochs=10, eval_every=100, time_limit_s=40), {}, "fp32"),
-    "mini": ("mini", dict(epochs=8, eval_every=100, time_limit_s=60), {}, "bf16"),
-    "mini-dropout": ("mini", dict(epochs=8, eval_every=100, time_limit_s=60), {"dropout": 0.1}, "bf16"),
-    "small-dropout": ("small", dict(epochs=6, eval_every=50, time_limit_s=120), {"dropout": 0.1}, None),
+    "nano": ("nano", dict(epochs=10, eval_every=100, time_limit_s=60), {}, 0.5, "fp32"),
+    "mini": ("mini", dict(epochs=8, eval_every=100, time_limit_s=110), {}, 0.5, "bf16"),
+    "small": ("small", dict(epochs=6, eval_every=50, time_limit_s=200), {"dropout": 0.1}, 0.5, "int8"),
 }
 # A few steps of every run at toy sizes: checks the plan end to end on a CPU before spending GPU time.
-SMOKE = dict(steps=2, time_limit_s=None, batch_size=4, seq_len=32, eval_every=1000, eval_batches=1,
-             card_sample_tokens=4)
+SMOKE = dict(steps=4, time_limit_s=None, batch_size=4, seq_len=32, eval_every=1000, eval_batches=1,
+             card_sample_tokens=4, card_memorisation_samples=5)
+SMOKE_MODEL = dict(n_layer=1, d_model=32, n_head=2, n_kv_head=2, d_ff=64, kv_lora_rank=16, qk_rope_head_dim=8,
+                   qk_nope_head_dim=8, v_head_dim=8)
 
 
-def run_one(name: str, data: str, runs: Path, time_scale: float, smoke: bool) -> dict:
+def shared_tokenizer(runs: Path, data: str, pretrain_data: str, vocab_size: int, smoke: bool):
+    """One BPE on both training splits for every size (trained once: it is the slowest CPU step)."""
+    from rujokes_model import ByteLevelBPETokenizer
+
+    path = runs / "tokenizer" / "tokenizer.json"
+    if path.is_file():
+        return ByteLevelBPETokenizer.from_file(path)
+    jokes, general = prepare_corpus(data).train, prepare_corpus(pretrain_data).train
+    if smoke:
+        jokes, general = jokes[:300], general[:30]
+    tokenizer = joint_tokenizer(jokes, general, vocab_size)
+    tokenizer.save_pretrained(path.parent)
+    return tokenizer
+
+
+def run_one(name: str, args, tokenizer) -> dict:
+    from trainer.stages import PRETRAIN_DIR, stage_configs
     from trainer.train import train
 
-    size, overrides, model_overrides, _ = PLAN[name]
-    overrides = dict(overrides, **(SMOKE if smoke else {}))
+    size, overrides, model_overrides, share, _ = PLAN[name]
+    overrides = dict(overrides, **(SMOKE if args.smoke else {}))
     if overrides.get("time_limit_s"):
-        overrides["time_limit_s"] *= time_scale
+        overrides["time_limit_s"] *= args.time_scale
     config = recipe(size, **overrides)  # None values keep the recipe's own
-    config.model_overrides.update(model_overrides)
+    config.model_overrides.update(model_overrides, **(SMOKE_MODEL if args.smoke else {}))
+    out = args.runs / name
+    first, second = stage_configs(config, out / PRETRAIN_DIR, pretrain_share=share, pretrain_epochs=1.0)
     started = time.perf_counter()
-    result = train(config, data, runs / name, progress=False)
-    return {"size": size, "steps": result.steps, "selected_step": result.selected_step,
-            "tokens_seen": result.tokens_seen, "wall_time_s": round(time.perf_counter() - started, 1),
+    pretrain_data = args.pretrain_data
+    if args.smoke:  # a few chunks of literature, so the smoke run does not pack 38 M characters
+        pretrain_data = str(args.runs / "smoke_literature.jsonl")
+    pretrained = train(first, pretrain_data, out / PRETRAIN_DIR, progress=False, tokenizer=tokenizer)
+    result = train(second, args.data, out, progress=False)
+    return {"size": size, "pretrain_steps": pretrained.steps, "pretrain_val_bpc": pretrained.final_eval.get("val_bpc"),
+            "steps": result.steps, "selected_step": result.selected_step, "tokens_seen": result.tokens_seen,
+            "wall_time_s": round(time.perf_counter() - started, 1),
             "train_tokens_per_s": round(result.tokens_seen / max(result.wall_time_s, 1e-9)), **result.final_eval}
+
+
+def export(runs: Path, target: Path, summary: dict, sizes: list[str]) -> None:
+    """Bundled weights, cards and the summary into `target`, big files as checksummed parts."""
+    from rujokes_model.pretrained import WEIGHTS_ROOT
+
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for size in sizes:
+        if (WEIGHTS_ROOT / size / "model.safetensors").is_file():
+            shutil.copytree(WEIGHTS_ROOT / size, target / "weights" / size, dirs_exist_ok=True)
+    for name in summary:
+        for file in ("README.md", "metrics.jsonl", "loss.png", "stages.json", "train_config.json"):
+            if (runs / name / file).is_file():
+                (target / "runs" / name).mkdir(parents=True, exist_ok=True)
+                shutil.copy(runs / name / file, target / "runs" / name / file)
+    for path in sorted(target.rglob("*")):
+        if path.is_file() and path.stat().st_size > DEFAULT_PART_BYTES:
+            split_file(path, DEFAULT_PART_BYTES, remove=True)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "gpu")
     p.add_argument("--data", default=DEFAULT_CORPUS)
+    p.add_argument("--pretrain-data", default=DEFAULT_PRETRAIN_CORPUS)
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every run's wall-clock cap")
     p.add_argument("--only", nargs="+", choices=sorted(PLAN), help="run these plan entries only")
-    p.add_argument("--smoke", action="store_true", help="2 tiny steps per run, to check the script itself")
+    p.add_argument("--smoke", action="store_true", help="4 tiny steps per run, to check the script itself")
     p.add_argument("--no-bundle", action="store_true", help="leave rujokes_model/weights alone")
+    p.add_argument("--export", type=Path, help="copy weights, cards and summary here, big files split in parts")
     args = p.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        # Both halves of the hash split: the split of these chunks is the same as in the whole corpus.
+        literature = prepare_corpus(args.pretrain_data)
+        chunks = [json.dumps({"text": t}, ensure_ascii=False) for t in literature.train[:60] + literature.val[:10]]
+        (args.runs / "smoke_literature.jsonl").write_text("\n".join(chunks) + "\n", encoding="utf-8")
+    tokenizer = shared_tokenizer(args.runs, args.data, args.pretrain_data, recipe("nano").vocab_size, args.smoke)
     summary: dict[str, dict] = {}
     for name in args.only or PLAN:
         print(f"== {name}", flush=True)
         try:
-            summary[name] = run_one(name, args.data, args.runs, args.time_scale, args.smoke)
+            summary[name] = run_one(name, args, tokenizer)
         except Exception:  # one failed run must not cost the others their GPU time
             traceback.print_exc()
             summary[name] = {"error": traceback.format_exc(limit=3)}
         print(json.dumps({name: summary[name]}), flush=True)
         (args.runs / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    bundled = []
     if not args.no_bundle:
-        for size in ("nano", "mini"):
-            done = {n: s for n, s in summary.items() if s.get("size") == size and "val_bpc" in s}
-            if done:
-                best = min(done, key=lambda n: done[n]["val_bpc"])
+        for name, figures in summary.items():
+            if "val_bpc" in figures:
                 subprocess.run([sys.executable, str(ROOT / "scripts" / "bundle_weights.py"), "--run",
-                                str(args.runs / best), "--size", size, "--dtype", PLAN[best][3]], check=True)
+                                str(args.runs / name), "--size", figures["size"], "--dtype", PLAN[name][4]],
+                               check=True)
+                bundled.append(figures["size"])
+    if args.export:
+        export(args.runs, args.export, summary, bundled)
     return 0 if all("error" not in s for s in summary.values()) else 1
 
 
