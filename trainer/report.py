@@ -49,21 +49,74 @@ def sample_jokes(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: in
     return samples
 
 
+def card_metadata(*, size: str, data_source: str, final_eval: dict, datasets: list[str] | None = None):
+    """The card's YAML header: license, language, library, pipeline, datasets and the validation scores as
+    model-index eval results (what the Hub shows next to the model)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = (datasets or [None])[0] or (data_source.removeprefix("hf://") if data_source.startswith("hf://")
+                                          else Path(data_source).stem)
+    metrics = [("val_bpc", "bits_per_character", "validation bits per character"),
+               ("val_loss", "loss", "validation loss, nats/token")]
+    results = [EvalResult(task_type="text-generation", task_name="Russian jokes", dataset_type=dataset,
+                          dataset_name=dataset.rsplit("/", 1)[-1], dataset_split="validation",
+                          metric_type=kind, metric_name=name, metric_value=round(float(final_eval[key]), 4))
+               for key, kind, name in metrics if key in final_eval]
+    return ModelCardData(language="ru", license="apache-2.0", library_name="rujokes", pipeline_tag="text-generation",
+                         tags=["text-generation", "jokes"], datasets=datasets or None,
+                         model_name=f"rujokes {size}", eval_results=results or None)
+
+
+def usage_lines(size: str) -> list[str]:
+    """Install line and a snippet that runs as is in the directory holding the card (or from the Hub repo)."""
+    return [
+        "```bash",
+        "# from a checkout of the rujokes repository",
+        "pip install torch==2.13.0 && pip install -e .",
+        "```", "",
+        "```python",
+        "import torch",
+        "from rujokes_model import TransformerForCausalLM, ByteLevelBPETokenizer",
+        "",
+        "path = \".\"  # the directory of this card; or the Hub repo id (same revision)",
+        f"model = TransformerForCausalLM.from_pretrained(path, revision=\"{size}\")",
+        f"tokenizer = ByteLevelBPETokenizer.from_pretrained(path, revision=\"{size}\")",
+        "ids = torch.tensor([tokenizer.encode(\"Штирлиц пришел домой\")])",
+        "out = model.generate(ids, max_new_tokens=120, eos_token_id=tokenizer.eos_token_id, do_sample=True, top_k=10)",
+        "print(tokenizer.decode(out[0].tolist()))",
+        "```",
+    ]
+
+
+def stage_lines(training_stages: list[dict] | None) -> list[str]:
+    if not training_stages:
+        return []
+    lines = ["## Training stages", "", "| stage | corpus | steps | tokens |", "|---|---|---|---|"]
+    for stage in training_stages:
+        steps, tokens = stage.get("steps"), stage.get("tokens")
+        lines.append(f"| {stage.get('name', '')} | {stage.get('corpus', '')} | "
+                     f"{f'{steps:,}' if isinstance(steps, int) else steps or ''} | "
+                     f"{f'{tokens:,}' if isinstance(tokens, int) else tokens or ''} |")
+    return lines + [""]
+
+
 def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config: dict, data_source: str,
                      n_train: int, n_val: int, tokens_seen: int, wall_time_s: float, hardware: str,
-                     final_eval: dict, steps: int, sample_tokens: int = 120, selected_step: int | None = None) -> Path:
+                     final_eval: dict, steps: int, sample_tokens: int = 120, selected_step: int | None = None,
+                     datasets: list[str] | None = None, training_stages: list[dict] | None = None) -> Path:
+    """README.md as a huggingface_hub ModelCard. datasets: Hub dataset ids for the metadata (default: the
+    hf:// source, if any); training_stages: dicts of name, corpus, steps, tokens, shown as a table."""
+    from huggingface_hub import ModelCard
+
+    if datasets is None and data_source.startswith("hf://"):
+        datasets = [data_source.removeprefix("hf://")]
     config = model.config.to_dict()
     samples = sample_jokes(model, tokenizer, max_new_tokens=sample_tokens)
     lines = [
-        "---", "language: ru", "license: apache-2.0", "library_name: rujokes", "tags: [text-generation, jokes]", "---",
         f"# rujokes {size}", "",
         f"A {model.num_parameters() / 1e6:.2f} M-parameter decoder-only Transformer that writes Russian jokes "
         f"(анекдоты), trained by `rujokes-train --size {size}`.", "",
-        "```python",
-        "from rujokes_model import TransformerForCausalLM, ByteLevelBPETokenizer",
-        f"model = TransformerForCausalLM.from_pretrained(path_or_repo, revision=\"{size}\")",
-        "tokenizer = ByteLevelBPETokenizer.from_pretrained(path_or_repo, revision=\"" + size + "\")",
-        "```", "",
+        *usage_lines(size), "",
         "## Results", "",
         "| metric | value |", "|---|---|",
         f"| validation loss, nats/token | {final_eval.get('val_loss', float('nan')):.4f} |",
@@ -81,12 +134,15 @@ def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config
         "## Data", "",
         f"`{data_source}`: {n_train:,} training and {n_val:,} validation jokes (deterministic split by a hash of "
         "the text; see `trainer/data.py`).", "",
+        *stage_lines(training_stages),
         "## Model config", "", "```json", json.dumps(config, indent=2), "```", "",
         "## Training config", "", "```json", json.dumps(train_config, indent=2), "```", "",
         "## Samples (top-k 10, seed 0)", "",
     ]
     for prompt, text in samples:
         lines += [f"**{prompt}** →", "", "> " + text.replace("\n", "\n> "), ""]
+    data = card_metadata(size=size, data_source=data_source, final_eval=final_eval, datasets=datasets)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(lines))
     path = Path(out_dir) / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    card.save(path)
     return path
