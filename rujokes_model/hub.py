@@ -19,6 +19,7 @@ from .config import ModelConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+NATIVE_MODEL_TYPE = "rujokes"  # a config.json that names this model_type is ours (its `architectures` are ignored)
 
 
 def resolve_file(repo_or_dir: str | Path, filename: str, *, revision: str | None = None, **hub_kwargs: Any) -> Path:
@@ -58,6 +59,8 @@ def load_config(repo_or_dir: str | Path, *, revision: str | None = None, **hub_k
     config.json names a transformers `model_type` and `architectures` instead of our fields."""
     config_path = resolve_file(repo_or_dir, CONFIG_FILE, revision=revision, **hub_kwargs)
     data = json.loads(config_path.read_text(encoding="utf-8"))
+    if data.get("model_type") == NATIVE_MODEL_TYPE:  # Hub metadata on our own format: not config fields
+        data = {k: v for k, v in data.items() if k not in ("model_type", "architectures")}
     if "model_type" in data or "architectures" in data:
         raise ValueError(f"{repo_or_dir} holds a transformers model (model_type={data.get('model_type')!r}, "
                          f"architectures={data.get('architectures')}), not rujokes weights: load it with "

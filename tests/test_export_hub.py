@@ -93,3 +93,12 @@ def test_rujokes_model_imports_without_transformers_or_gguf():
             "assert target_architecture(ModelConfig.preset('mini')) == 'deepseek_v2'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_our_loader_accepts_hub_metadata_keys_on_our_own_config(rope_model, tmp_path):
+    model, tokenizer = rope_model
+    folder = stage_upload(model, tmp_path / "ours", tokenizer=tokenizer)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {"model_type": "rujokes", "architectures": ["TransformerForCausalLM"]}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert TransformerForCausalLM.from_pretrained(folder).config == model.config
