@@ -40,7 +40,7 @@ def transformers_usage(path: str = ".") -> list[str]:
 
 
 def write_export_card(model_dir: str | Path, out_dir: str | Path, config: ModelConfig, *,
-                      revision: str | None = None, architecture: str = "") -> Path:
+                      revision: str | None = None) -> Path:
     from huggingface_hub import ModelCard, ModelCardData
 
     from .architecture import target_architecture
@@ -51,8 +51,7 @@ def write_export_card(model_dir: str | Path, out_dir: str | Path, config: ModelC
     data.setdefault("license", "apache-2.0")
     data["tags"] = list(dict.fromkeys([*(data.get("tags") or []), "rujokes", "text-generation"]))
     card_data = ModelCardData(**data)
-    kind = architecture or {"llama": "LlamaForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM"}[
-        target_architecture(config)]
+    kind = {"llama": "LlamaForCausalLM", "deepseek_v2": "DeepseekV2ForCausalLM"}[target_architecture(config)]
     name = data.get("model_name") or "rujokes"
     lines = [
         f"# {name} — transformers export", "",
