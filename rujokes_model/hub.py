@@ -20,6 +20,7 @@ from .int8_storage import pack_int8, unpack_int8
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+NATIVE_MODEL_TYPE = "rujokes"  # a config.json that names this model_type is ours (its `architectures` are ignored)
 
 
 def resolve_file(repo_or_dir: str | Path, filename: str, *, revision: str | None = None, **hub_kwargs: Any) -> Path:
@@ -54,10 +55,23 @@ def upgrade_legacy_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return state
 
 
+def load_config(repo_or_dir: str | Path, *, revision: str | None = None, **hub_kwargs: Any) -> ModelConfig:
+    """The ModelConfig in config.json; a clear error for a transformers export (rujokes_model/export/), whose
+    config.json names a transformers `model_type` and `architectures` instead of our fields."""
+    config_path = resolve_file(repo_or_dir, CONFIG_FILE, revision=revision, **hub_kwargs)
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    if data.get("model_type") == NATIVE_MODEL_TYPE:  # Hub metadata on our own format: not config fields
+        data = {k: v for k, v in data.items() if k not in ("model_type", "architectures")}
+    if "model_type" in data or "architectures" in data:
+        raise ValueError(f"{repo_or_dir} holds a transformers model (model_type={data.get('model_type')!r}, "
+                         f"architectures={data.get('architectures')}), not rujokes weights: load it with "
+                         "transformers' AutoModelForCausalLM.from_pretrained")
+    return ModelConfig.from_dict(data)
+
+
 def load_model(cls, repo_or_dir: str | Path, *, revision: str | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, **hub_kwargs: Any):
-    config_path = resolve_file(repo_or_dir, CONFIG_FILE, revision=revision, **hub_kwargs)
-    config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    config = load_config(repo_or_dir, revision=revision, **hub_kwargs)
     model = cls(config)
     # int8 checkpoints dequantize here, so they load for a GPU or any path without the CPU kernels.
     state = upgrade_legacy_keys(unpack_int8(load_file(resolve_file(repo_or_dir, WEIGHTS_FILE, revision=revision,
@@ -92,19 +106,42 @@ def save_model(model, save_directory: str | Path, *, dtype: torch.dtype | str | 
     return path
 
 
+# Where push_to_hub(export_transformers=True) puts the transformers export on the same revision: a subfolder,
+# because both formats name their files config.json and model.safetensors.
+TRANSFORMERS_SUBFOLDER = "transformers"
+
+
+def stage_upload(model, folder: str | Path, *, tokenizer=None, extra_files: dict[str, Path] | None = None,
+                 export_transformers: bool = False) -> Path:
+    """Write what push_to_hub uploads into `folder`: our files at the top, and with `export_transformers`
+    the transformers export (rujokes_model/export/) under `transformers/`, with its own card."""
+    folder = Path(folder)
+    save_model(model, folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    for name, source in (extra_files or {}).items():
+        Path(folder, name).write_bytes(Path(source).read_bytes())
+    if export_transformers:
+        if tokenizer is None:
+            raise ValueError("export_transformers=True needs the tokenizer: the export carries its own")
+        from .export.transformers_export import export_transformers as export
+        export(folder, folder / TRANSFORMERS_SUBFOLDER)
+    return folder
+
+
 def push_to_hub(model, repo_id: str, *, revision: str, tokenizer=None, extra_files: dict[str, Path] | None = None,
                 private: bool | None = None, token: str | None = None, api: HfApi | None = None,
-                commit_message: str | None = None) -> str:
-    """Upload model (+ tokenizer, model card, …) to `repo_id` on branch `revision`, creating both if needed."""
+                commit_message: str | None = None, export_transformers: bool = False) -> str:
+    """Upload model (+ tokenizer, model card, …) to `repo_id` on branch `revision`, creating both if needed.
+
+    export_transformers: also upload the transformers export in the `transformers/` subfolder of the same
+    commit (load it with `AutoModelForCausalLM.from_pretrained(repo_id, revision=..., subfolder="transformers")`).
+    """
     api = api or HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     api.create_branch(repo_id, branch=revision, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        save_model(model, tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        for name, source in (extra_files or {}).items():
-            Path(tmp, name).write_bytes(Path(source).read_bytes())
+        stage_upload(model, tmp, tokenizer=tokenizer, extra_files=extra_files, export_transformers=export_transformers)
         info = api.upload_folder(repo_id=repo_id, folder_path=tmp, revision=revision,
                                  commit_message=commit_message or f"Upload {revision} weights")
     return str(getattr(info, "commit_url", info))

@@ -49,22 +49,64 @@ def sample_jokes(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: in
     return samples
 
 
+def card_metadata(*, size: str, data_source: str, final_eval: dict, datasets: list[str] | None = None):
+    """The card's YAML header: license, language, library, pipeline, datasets and the validation scores as
+    model-index eval results (what the Hub shows next to the model)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = (datasets or [None])[0] or (data_source.removeprefix("hf://") if data_source.startswith("hf://")
+                                          else Path(data_source).stem)
+    metrics = [("val_bpc", "bits_per_character", "validation bits per character"),
+               ("val_loss", "loss", "validation loss, nats/token")]
+    results = [EvalResult(task_type="text-generation", task_name="Russian jokes", dataset_type=dataset,
+                          dataset_name=dataset.rsplit("/", 1)[-1], dataset_split="validation",
+                          metric_type=kind, metric_name=name, metric_value=round(float(final_eval[key]), 4))
+               for key, kind, name in metrics if key in final_eval]
+    return ModelCardData(language="ru", license="apache-2.0", library_name="rujokes", pipeline_tag="text-generation",
+                         tags=["text-generation", "jokes"], datasets=datasets or None,
+                         model_name=f"rujokes {size}", eval_results=results or None)
+
+
+def usage_lines(size: str) -> list[str]:
+    """Install line and a snippet that runs as is in the directory holding the card (or from the Hub repo)."""
+    return [
+        "```bash",
+        "# from a checkout of the rujokes repository",
+        "pip install torch==2.13.0 && pip install -e .",
+        "```", "",
+        "```python",
+        "import torch",
+        "from rujokes_model import TransformerForCausalLM, ByteLevelBPETokenizer",
+        "",
+        "path = \".\"  # the directory of this card; or the Hub repo id (same revision)",
+        f"model = TransformerForCausalLM.from_pretrained(path, revision=\"{size}\")",
+        f"tokenizer = ByteLevelBPETokenizer.from_pretrained(path, revision=\"{size}\")",
+        "ids = torch.tensor([tokenizer.encode(\"Штирлиц пришел домой\")])",
+        "out = model.generate(ids, max_new_tokens=120, eos_token_id=tokenizer.eos_token_id, do_sample=True, top_k=10)",
+        "print(tokenizer.decode(out[0].tolist()))",
+        "```",
+    ]
+
+
 def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config: dict, data_source: str,
                      n_train: int, n_val: int, tokens_seen: int, wall_time_s: float, hardware: str,
                      final_eval: dict, steps: int, sample_tokens: int = 120, selected_step: int | None = None,
-                     training_stages: list[dict] | None = None, memorisation: dict | None = None) -> Path:
+                     datasets: list[str] | None = None, training_stages: list[dict] | None = None,
+                     memorisation: dict | None = None) -> Path:
+    """README.md as a huggingface_hub ModelCard. datasets: Hub dataset ids for the metadata (default: the
+    hf:// source, if any); training_stages: dicts of name, corpus, steps, tokens, shown as a table;
+    memorisation: `MemorisationReport.to_dict()` of the run's samples."""
+    from huggingface_hub import ModelCard
+
+    if datasets is None and data_source.startswith("hf://"):
+        datasets = [data_source.removeprefix("hf://")]
     config = model.config.to_dict()
     samples = sample_jokes(model, tokenizer, max_new_tokens=sample_tokens)
     lines = [
-        "---", "language: ru", "license: apache-2.0", "library_name: rujokes", "tags: [text-generation, jokes]", "---",
         f"# rujokes {size}", "",
         f"A {model.num_parameters() / 1e6:.2f} M-parameter decoder-only Transformer that writes Russian jokes "
         f"(анекдоты), trained by `rujokes-train --size {size}`.", "",
-        "```python",
-        "from rujokes_model import TransformerForCausalLM, ByteLevelBPETokenizer",
-        f"model = TransformerForCausalLM.from_pretrained(path_or_repo, revision=\"{size}\")",
-        "tokenizer = ByteLevelBPETokenizer.from_pretrained(path_or_repo, revision=\"" + size + "\")",
-        "```", "",
+        *usage_lines(size), "",
         "## Results", "",
         "| metric | value |", "|---|---|",
         f"| validation loss, nats/token | {final_eval.get('val_loss', float('nan')):.4f} |",
@@ -90,8 +132,10 @@ def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config
     ]
     for prompt, text in samples:
         lines += [f"**{prompt}** →", "", "> " + text.replace("\n", "\n> "), ""]
+    data = card_metadata(size=size, data_source=data_source, final_eval=final_eval, datasets=datasets)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n" + "\n".join(lines))
     path = Path(out_dir) / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    card.save(path)
     return path
 
 
@@ -103,8 +147,8 @@ def stage_lines(stages: list[dict] | None) -> list[str]:
              "|---|---|---|---|---|---|"]
     for stage in stages:
         bpc = stage.get("val_bpc")
-        lines.append(f"| {stage.get('name', '?')} | `{stage.get('corpus', '?')}` | {stage.get('documents', 0):,} | "
-                     f"{stage.get('steps', 0):,} | {stage.get('tokens', 0):,} | "
+        cells = [f"{stage[k]:,}" if isinstance(stage.get(k), int) else "" for k in ("documents", "steps", "tokens")]
+        lines.append(f"| {stage.get('name', '?')} | `{stage.get('corpus', '?')}` | {' | '.join(cells)} | "
                      f"{'' if bpc is None else f'{bpc:.4f}'} |")
     return [*lines, "", "Each stage's bits/char is on its own corpus's validation split.", ""]
 
