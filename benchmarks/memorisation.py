@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -37,14 +36,12 @@ def main() -> None:
     started = time.perf_counter()
     index = VerbatimIndex(prepare_corpus(args.data).train, args.min_words)
     print(f"indexed {len(index):,} {args.min_words}-word windows in {time.perf_counter() - started:.1f} s", flush=True)
-    per_prompt = math.ceil(args.samples / len(SAMPLE_PROMPTS))
     rows = []
     for name in args.models:
         path = resolve(name)
         model = TransformerForCausalLM.from_pretrained(path)
         tokenizer = ByteLevelBPETokenizer.from_pretrained(path)
-        texts = sample_texts(model, tokenizer, SAMPLE_PROMPTS, per_prompt,
-                             max_new_tokens=args.max_new_tokens)[: args.samples]
+        texts = sample_texts(model, tokenizer, SAMPLE_PROMPTS, args.samples, max_new_tokens=args.max_new_tokens)
         report = memorisation_report(index, texts)
         rows.append((name, report))
         print(json.dumps({"model": name, **report.to_dict()}, ensure_ascii=False), flush=True)

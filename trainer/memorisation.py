@@ -67,13 +67,16 @@ def memorisation_report(index: VerbatimIndex, samples: list[str]) -> Memorisatio
     return MemorisationReport(len(samples), sum(run > 0 for run in runs), max(runs, default=0), index.min_words)
 
 
-def sample_texts(model, tokenizer, prompts: list[str], per_prompt: int, *, max_new_tokens: int = 120, top_k: int = 10,
+def sample_texts(model, tokenizer, prompts: list[str], count: int, *, max_new_tokens: int = 120, top_k: int = 10,
                  temperature: float = 1.0, seed: int = 0) -> list[str]:
-    """`per_prompt` samples of each prompt with the bot's sampling settings (top-k 10, temperature 1),
-    the copies of one prompt decoded together as one batch."""
+    """`count` samples spread evenly over the prompts, with the bot's sampling settings (top-k 10,
+    temperature 1); the copies of one prompt are decoded together as one batch."""
+    import math
+
     import torch
 
     generator = torch.Generator(device=model.device).manual_seed(seed)
+    per_prompt = math.ceil(count / len(prompts))
     texts = []
     for prompt in prompts:
         ids = torch.tensor([tokenizer.encode(prompt)] * per_prompt, device=model.device)
@@ -81,4 +84,4 @@ def sample_texts(model, tokenizer, prompts: list[str], per_prompt: int, *, max_n
                              pad_token_id=tokenizer.pad_token_id, do_sample=True, top_k=top_k,
                              temperature=temperature, generator=generator)
         texts += [tokenizer.decode([t for t in row.tolist() if t != tokenizer.pad_token_id]) for row in out]
-    return texts
+    return texts[:count]

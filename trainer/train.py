@@ -312,9 +312,8 @@ def _finish(run: _Run, data: str, wall: float, last_eval: dict) -> TrainResult:
 def _memorisation(run: _Run) -> dict:
     """How many of the card's samples copy a training document verbatim (trainer/memorisation.py)."""
     config = run.config
-    per_prompt = math.ceil(config.card_memorisation_samples / len(SAMPLE_PROMPTS))
-    texts = sample_texts(run.raw_model, run.tokenizer, SAMPLE_PROMPTS, per_prompt,
-                         max_new_tokens=config.card_sample_tokens)[: config.card_memorisation_samples]
+    texts = sample_texts(run.raw_model, run.tokenizer, SAMPLE_PROMPTS, config.card_memorisation_samples,
+                         max_new_tokens=config.card_sample_tokens)
     return memorisation_report(VerbatimIndex(run.corpus.train), texts).to_dict()
 
 
