@@ -1,4 +1,4 @@
-"""The serving engine on a GPU: bundled models in bf16 through `bot.engine`, as a CUDA worker loads them.
+"""The serving engine on a GPU: bundled models in bf16 through `bot.worker`, as a CUDA worker loads them.
 
 Run by hand on a machine with a GPU (falls back to the CPU, slowly):
 
@@ -15,8 +15,9 @@ import time
 
 import torch
 
-from bot.engine import ModelEngine, load_source, resolve_device
-from bot.engine_api import Job
+from bot.worker.engine import ModelEngine
+from bot.worker.loading import load_source, resolve_device
+from bot.worker.engine_api import Job
 from rujokes_model import bundled_sizes
 
 PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",

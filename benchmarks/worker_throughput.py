@@ -24,9 +24,10 @@ import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.protocol import Delivery, JokeRequest, SamplingParams  # noqa: E402
-from bot.queue import QueueConfig, RequestQueue  # noqa: E402
-from bot.results import ResultReader  # noqa: E402
+from bot.queue.protocol import Delivery, JokeRequest, SamplingParams  # noqa: E402
+from bot.queue.client import RequestQueue  # noqa: E402
+from bot.queue.config import QueueConfig  # noqa: E402
+from bot.queue.results import ResultReader  # noqa: E402
 from tests.conftest import RedisServer  # noqa: E402
 from tests.worker_process import start_worker, worker_env  # noqa: E402
 

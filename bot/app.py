@@ -40,9 +40,9 @@ from bot.jokes import JokeService
 from bot.metrics import Metrics, MetricsServer, start_http_server
 from bot.outbox import Outbox
 from bot.outstanding import OutstandingRequests
-from bot.queue import RequestQueue
+from bot.queue.client import RequestQueue
 from bot.ratelimit import ChatPacer, UserRateLimiter
-from bot.results import ResultReader
+from bot.queue.results import ResultReader
 from bot.routers import feature_routers
 from bot.settings import Settings
 from bot.shutdown import InFlightUpdates, Stage, run_stages, start_watchdog

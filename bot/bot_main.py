@@ -7,7 +7,7 @@ import signal
 import sys
 
 from bot.logging_setup import configure_logging
-from bot.redis_connection import connect
+from bot.queue.connection import connect
 from bot.settings import Settings, load_settings
 from bot.shutdown import run_bounded
 

@@ -9,7 +9,7 @@ import sys
 def _joke(args: argparse.Namespace) -> int:
     import torch
 
-    from .engine import load_source, resolve_device
+    from bot.worker.loading import load_source, resolve_device
 
     source = args.model or "bundled"
     try:

@@ -25,8 +25,8 @@ from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.outstanding import Outstanding, OutstandingRequests
 from bot.prompts import clean_model_text
-from bot.protocol import JokeResult
-from bot.results import ReceivedResult, ResultReader
+from bot.queue.protocol import JokeResult
+from bot.queue.results import ReceivedResult, ResultReader
 
 log = logging.getLogger(__name__)
 

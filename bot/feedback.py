@@ -15,7 +15,7 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from bot.protocol import CONCRETE_SIZES
+from bot.queue.protocol import CONCRETE_SIZES
 
 VoteOutcome = Literal["new", "changed", "same", "unknown"]
 

@@ -20,8 +20,9 @@ from bot.metrics import Metrics
 from bot.outbox import Outbox
 from bot.outstanding import OutstandingRequests
 from bot.prompts import PromptTooLong, clean_model_text, clean_prompt, random_opening
-from bot.protocol import Delivery, JokeRequest, JokeResult
-from bot.queue import QueueFull, RequestQueue
+from bot.queue.protocol import Delivery, JokeRequest, JokeResult
+from bot.queue.client import RequestQueue
+from bot.queue.submit import QueueFull
 from bot.ratelimit import Decision, UserRateLimiter
 from bot.settings import Settings
 

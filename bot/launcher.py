@@ -16,7 +16,7 @@ from types import FrameType
 
 
 from bot.logging_setup import configure_logging
-from bot.redis_connection import start_embedded_redis
+from bot.queue.connection import start_embedded_redis
 from bot.settings import load_settings
 
 log = logging.getLogger("bot.launcher")
@@ -71,7 +71,7 @@ def run_stack(with_bot: bool = True) -> int:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     exit_code = 0
     try:
-        children["worker"] = _start("worker", "bot.worker_main", env)
+        children["worker"] = _start("worker", "bot.worker.main", env)
         if with_bot:
             children["bot"] = _start("bot", "bot.bot_main", env)
         while not stopping:

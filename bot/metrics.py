@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from bot.protocol import ACTIVE_SIZE, CONCRETE_SIZES
+from bot.queue.protocol import ACTIVE_SIZE, CONCRETE_SIZES
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
 from aiogram.types import InlineKeyboardMarkup, Message, ReplyParameters
 
-from bot.protocol import Delivery
+from bot.queue.protocol import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import time
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from bot.protocol import Delivery, JokeRequest
+from bot.queue.protocol import Delivery, JokeRequest
 
 _RECORD_GRACE_S = 3600  # keep a record this long past give-up, so a late joke still finds its message
 

@@ -13,9 +13,9 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bot.protocol import DEFAULT_PREFIX, SamplingParams
-from bot.queue import QueueConfig
-from bot.worker import WorkerConfig
+from bot.queue.protocol import DEFAULT_PREFIX, SamplingParams
+from bot.queue.config import QueueConfig
+from bot.worker.config import WorkerConfig
 
 Size = Literal["nano", "mini", "small"]
 

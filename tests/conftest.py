@@ -13,10 +13,11 @@ import pytest
 import redis
 import redis.asyncio
 
-from bot.protocol import Delivery, JokeRequest
-from bot.queue import QueueConfig, RequestQueue
-from bot.redis_connection import redis_server_binary
-from bot.results import ResultReader
+from bot.queue.protocol import Delivery, JokeRequest
+from bot.queue.client import RequestQueue
+from bot.queue.config import QueueConfig
+from bot.queue.connection import redis_server_binary
+from bot.queue.results import ResultReader
 
 
 class RedisServer:

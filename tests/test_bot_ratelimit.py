@@ -8,7 +8,7 @@ import pytest
 
 from bot.feedback import FeedbackStore, percentile
 from bot.outstanding import OutstandingRequests
-from bot.protocol import Delivery, JokeRequest
+from bot.queue.protocol import Delivery, JokeRequest
 from bot.ratelimit import ChatPacer, TokenBucket, UserRateLimiter, is_group_chat
 
 

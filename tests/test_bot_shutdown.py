@@ -13,7 +13,7 @@ import uuid
 import pytest
 import redis
 
-from bot.protocol import DATA_FIELD, RESULT_GROUP, Delivery, JokeResult, StreamKeys
+from bot.queue.protocol import DATA_FIELD, RESULT_GROUP, Delivery, JokeResult, StreamKeys
 from bot.shutdown import InFlightUpdates, Stage, run_bounded, run_stages
 from tests.e2e_stack import BOT_TOKEN, bot_env, free_port, start_bot, wait_until
 from tests.fake_bot_api import FakeBotAPI

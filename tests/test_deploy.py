@@ -23,7 +23,8 @@ import pytest
 import redis.asyncio
 import yaml
 
-from bot.queue import QueueConfig, RequestQueue
+from bot.queue.client import RequestQueue
+from bot.queue.config import QueueConfig
 from bot.settings import Settings
 from tests.tiny_model import make_tiny_model_dir
 from tests.worker_process import worker_env

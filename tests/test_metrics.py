@@ -13,10 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.engine_api import GenerationOutput, Job
+from bot.worker.engine_api import GenerationOutput, Job
 from bot.metrics import Metrics, start_http_server
-from bot.queue import RequestQueue
-from bot.worker import Worker, WorkerConfig
+from bot.queue.client import RequestQueue
+from bot.worker.config import WorkerConfig
+from bot.worker.loop import Worker
 
 
 class EchoEngine:

@@ -11,10 +11,12 @@ import threading
 import pytest
 import torch
 
-from bot.engine import ModelEngine, load_source
-from bot.protocol import SamplingParams
-from bot.queue import RequestQueue
-from bot.worker import Worker, WorkerConfig, _job
+from bot.worker.engine import ModelEngine
+from bot.worker.loading import load_source
+from bot.queue.protocol import SamplingParams
+from bot.queue.client import RequestQueue
+from bot.worker.config import WorkerConfig
+from bot.worker.loop import Worker, _job
 from tests.results_helpers import final_results
 from tests.tiny_model import make_tiny_model_dir
 

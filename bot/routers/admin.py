@@ -13,7 +13,7 @@ from aiogram.types import Message
 
 from bot import texts
 from bot.feedback import FeedbackStore
-from bot.queue import RequestQueue
+from bot.queue.client import RequestQueue
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)

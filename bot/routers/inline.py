@@ -26,7 +26,7 @@ from bot.keyboards import joke_keyboard, write_keyboard
 from bot.metrics import Metrics
 from bot.outbox import fit_message
 from bot.outstanding import OutstandingRequests
-from bot.queue import QueueFull
+from bot.queue.submit import QueueFull
 
 log = logging.getLogger(__name__)
 router = Router(name="inline")

@@ -14,17 +14,17 @@ from prometheus_client import CollectorRegistry
 
 from bot.logging_setup import configure_logging
 from bot.metrics import Metrics, start_http_server
-from bot.queue import RequestQueue
-from bot.redis_connection import connect, start_embedded_redis
+from bot.queue.client import RequestQueue
+from bot.queue.connection import connect, start_embedded_redis
 from bot.settings import Settings, load_settings
-from bot.worker import Worker
+from bot.worker.loop import Worker
 
-log = logging.getLogger("bot.worker_main")
+log = logging.getLogger("bot.worker.main")
 
 
 async def serve(settings: Settings) -> Worker:
     """Serve until stopped. WORKER_METRICS_PORT (0: any free port) starts the `/metrics` + `/healthz` server."""
-    from bot.engine import build_engine  # lazy: pulls in torch and the models
+    from bot.worker.loading import build_engine  # lazy: pulls in torch and the models
 
     worker: Worker | None = None
     metrics, server = None, None

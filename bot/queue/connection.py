@@ -31,7 +31,7 @@ def connect(url: str | None, data_dir: Path = DEFAULT_DATA_DIR) -> redis.asyncio
         url, stop = start_embedded_redis(data_dir)
         atexit.register(stop)
     # Reconnect through short outages (a Redis restart) instead of failing the first command.
-    # Retrying is safe here: every protocol step tolerates running twice (see bot/protocol.py).
+    # Retrying is safe here: every protocol step tolerates running twice (see bot/queue/protocol.py).
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=6)
     # The protocol code works with str, not bytes.
     return redis.asyncio.from_url(url, decode_responses=True, retry=retry)

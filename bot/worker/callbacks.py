@@ -15,10 +15,10 @@ from contextlib import suppress
 
 from redis.exceptions import RedisError
 
-from bot.claims import ClaimedRequest
-from bot.engine_api import GenerationOutput, Job
-from bot.protocol import JokeResult
-from bot.queue import RequestQueue
+from bot.queue.claims import ClaimedRequest
+from bot.worker.engine_api import GenerationOutput, Job
+from bot.queue.protocol import JokeResult
+from bot.queue.client import RequestQueue
 
 log = logging.getLogger(__name__)
 

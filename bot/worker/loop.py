@@ -11,35 +11,23 @@ import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bot.answers import EarlyAnswers, JoiningRequests, PartialPublisher, ok_result
-from bot.claims import ClaimedBatch, ClaimedRequest
-from bot.engine_api import Engine, GenerationOutput, Job
-from bot.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
-from bot.queue import RequestQueue
+from bot.queue.claims import ClaimedBatch, ClaimedRequest
+from bot.queue.client import RequestQueue
+from bot.queue.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
+from bot.worker.callbacks import EarlyAnswers, JoiningRequests, PartialPublisher, ok_result
+from bot.worker.config import WorkerConfig
+from bot.worker.engine_api import Engine, GenerationOutput, Job
 
 if TYPE_CHECKING:
     from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    worker_id: str                  # also the consumer name in the Redis group: keep it stable across restarts
-    batch_size: int = 8             # most requests per engine.generate call
-    block_ms: int = 1000            # idle poll; also bounds how long a stop request waits for Redis
-    default_size: str = "nano"      # for "active" requests until an admin sets an active size
-    heartbeat_ttl_s: float = 15.0
-    shutdown_grace_s: float = 30.0  # how long a stop waits for the running batch before handing it back
-    partial_interval_s: float = 0.7  # throttle: partial edits cost Telegram API calls
-    device: str = "cpu"             # reported in the heartbeat only
 
 
 class _Abandoned(Exception):

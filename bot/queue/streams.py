@@ -1,11 +1,26 @@
-"""Redis Streams plumbing shared by the request side (bot/queue.py, bot/claims.py) and the result
-side (bot/results.py) of the protocol described in bot/protocol.py."""
+"""Redis Streams plumbing shared by the clients of the protocol described in bot/queue/protocol.py:
+the request side (submit, claims, registry) and the result side (results)."""
 from __future__ import annotations
 
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+
+from bot.queue.config import QueueConfig
+from bot.queue.protocol import StreamKeys
+
+
+class StreamsClient:
+    """What every client of the streams holds: the connection, the config and the names derived from it.
+
+    The client must be created with decode_responses=True.
+    """
+
+    def __init__(self, redis: Redis, config: QueueConfig) -> None:
+        self._redis = redis
+        self.config = config
+        self.keys = StreamKeys(config.prefix)
 
 
 def stream_entries(response: Any) -> list[tuple[str, str, dict[str, str] | None]]:

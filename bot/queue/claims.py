@@ -1,27 +1,21 @@
-"""The workers' side of the request streams (protocol: bot/protocol.py): claim new requests and
+"""The workers' side of the request streams (protocol: bot/queue/protocol.py): claim new requests and
 reclaim those of dead workers (XAUTOCLAIM), answer them, hand them back, and dead-letter the ones
 that cannot be served (unparseable, or delivered more than max_deliveries times).
-
-`RequestClaims` is the base of `bot.queue.RequestQueue`, which adds the bot's side (submitting
-with backpressure) and the shared state; workers use it through that class. The client must be
-created with decode_responses=True.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from bot.protocol import DATA_FIELD, WORKER_GROUP, DeadLetter, JokeRequest, JokeResult, StreamKeys
-from bot.streams import create_group, is_nogroup, stream_entries
-
-if TYPE_CHECKING:
-    from bot.queue import QueueConfig
+from bot.queue.config import QueueConfig
+from bot.queue.protocol import DATA_FIELD, WORKER_GROUP, DeadLetter, JokeRequest, JokeResult
+from bot.queue.streams import StreamsClient, create_group, is_nogroup, stream_entries
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +71,11 @@ class _RawEntry:
     deliveries: int
 
 
-class RequestClaims:
+class RequestClaims(StreamsClient):
     """Claim, answer, keep fresh and hand back requests: what a worker does with the request streams."""
 
     def __init__(self, redis: Redis, config: QueueConfig) -> None:
-        self._redis = redis
-        self.config = config
-        self.keys = StreamKeys(config.prefix)
+        super().__init__(redis, config)
         self._finish_script = redis.register_script(_FINISH_LUA)
         self._own_script = redis.register_script(_OWN_LUA)
 

@@ -1,4 +1,4 @@
-"""The bot's side of the results stream (see bot/protocol.py): `ResultReader` reads what workers
+"""The bot's side of the results stream (see bot/queue/protocol.py): `ResultReader` reads what workers
 answered, deduplicated by request id, in the bot's own consumer group. The client must be created
 with decode_responses=True.
 """
@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from bot.protocol import DATA_FIELD, RESULT_GROUP, JokeResult, StreamKeys
-from bot.queue import QueueConfig
-from bot.streams import create_group, is_nogroup, stream_entries
+from bot.queue.config import QueueConfig
+from bot.queue.protocol import DATA_FIELD, RESULT_GROUP, JokeResult
+from bot.queue.streams import StreamsClient, create_group, is_nogroup, stream_entries
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class ReceivedResult:
     result: JokeResult
 
 
-class ResultReader:
+class ResultReader(StreamsClient):
     """The bot's view of the results stream: its own consumer group, deduped by request_id.
 
     Final results must be acked with `ack` once handled; until then they are re-read after a
@@ -32,9 +32,7 @@ class ResultReader:
     """
 
     def __init__(self, redis: Redis, config: QueueConfig, consumer: str = "bot") -> None:
-        self._redis = redis
-        self.config = config
-        self.keys = StreamKeys(config.prefix)
+        super().__init__(redis, config)
         self.consumer = consumer
         # After a restart, first re-read what this consumer read but never acked.
         self._pending_cursor: str | None = "0"

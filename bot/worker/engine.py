@@ -1,4 +1,4 @@
-"""Where the worker meets the model: load each size once, turn a stream of jobs into jokes.
+"""Where the worker meets the model: turn a stream of jobs into jokes (the models are loaded by `loading`).
 
 One `generate` call runs a continuous batch (rujokes_model.continuous): every row keeps its own
 sampling settings and seed, a row leaves the moment it hits <eos> or its token limit (and is reported
@@ -7,24 +7,14 @@ running batch instead of waiting for it to end. Partial texts are reported as ro
 """
 from __future__ import annotations
 
-import logging
-import os
 import threading
-import time
 from dataclasses import dataclass, field
 
 import torch
 
+from bot.worker.engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
-from rujokes_model.compiled_step import compiled_step
 from rujokes_model.continuous import ContinuousBatch, RowSettings
-from rujokes_model.cpu_kernels import KernelBuildError, kernel_threads
-from rujokes_model.lowbit_weights import use_lowbit_weights
-from rujokes_model.pretrained import pretrained_path
-
-from .engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,35 +22,6 @@ class LoadedModel:
     model: TransformerForCausalLM
     tokenizer: ByteLevelBPETokenizer
     source: str
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
-    """`source`: "bundled" (shipped in the package), "hub:owner/repo@revision", or a local directory."""
-    revision = None
-    if source == "bundled":
-        location: str = str(pretrained_path(size))
-    elif source.startswith("hub:"):
-        location, _, revision = source[4:].partition("@")
-        revision = revision or size  # one branch per size
-    else:
-        location = os.path.expanduser(source)
-        if not os.path.isdir(location):
-            raise FileNotFoundError(f"model directory {location} for {size} does not exist")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cpu":
-        # Serving processes own their float environment: denormal floats (the far tail of a softmax,
-        # near-zero activations) cost x86 cores 10-100× per op and change no sampled token. Measured:
-        # nano decodes 1.5-1.7× faster with them flushed to zero.
-        torch.set_flush_denormal(True)
-    model = TransformerForCausalLM.from_pretrained(location, revision=revision, device=device, dtype=dtype)
-    tokenizer = ByteLevelBPETokenizer.from_pretrained(location, revision=revision)
-    return LoadedModel(model, tokenizer, source)
 
 
 # How often (in decode steps) a running batch asks for more jobs: each ask may cost a Redis round trip,
@@ -177,41 +138,3 @@ class ModelEngine:
     @staticmethod
     def _text(tokenizer: ByteLevelBPETokenizer, prompt: list[int], new: list[int]) -> str:
         return tokenizer.decode(prompt + new).strip()
-
-
-def build_engine(settings) -> ModelEngine:
-    """Load every configured size that can be loaded; one that can't is logged and left out, not fatal."""
-    device = resolve_device(settings.device)
-    if settings.torch_threads:
-        # Small models on a shared CPU: more intra-op threads than free cores make every op slower.
-        torch.set_num_threads(settings.torch_threads)
-    models: dict[str, LoadedModel] = {}
-    for size, source in settings.model_sources().items():
-        if not source or source == "none":
-            continue
-        try:
-            models[size] = load_source(size, source, device)
-            log.info("loaded %s from %s on %s", size, source, device)
-        except (FileNotFoundError, OSError, ValueError) as error:
-            log.warning("size %s unavailable (%s): %s", size, source, error)
-    if not models:
-        raise RuntimeError("no model could be loaded; train one with `rujokes-train --size nano` "
-                           "or point MODEL_NANO at a model directory")
-    for size, loaded in models.items():
-        weights = "int8" if size in settings.cpu_int8_sizes else "bf16" if size in settings.cpu_bf16_sizes else None
-        speed_up(size, loaded.model, cpu_weights=weights, compile=settings.compile_decode)
-    return ModelEngine(models, device, compile=settings.compile_decode)
-
-
-def speed_up(size: str, model: TransformerForCausalLM, *, cpu_weights: str | None, compile: bool) -> None:
-    """Swap in low-bit CPU weights and compile the decode step now, so no request waits for either."""
-    if cpu_weights and model.device.type == "cpu":
-        try:
-            layers = use_lowbit_weights(model, cpu_weights)
-            log.info("%s: %d layers use %s weights, kernels on %d threads", size, layers, cpu_weights, kernel_threads())
-        except KernelBuildError as error:  # slower, not broken: serve with the fp32 weights
-            log.error("%s: keeping fp32 weights, the %s kernels are unavailable: %s", size, cpu_weights, error)
-    if compile:
-        started = time.monotonic()
-        compiled_step(model).warm_up()
-        log.info("%s: decode step compiled in %.1f s", size, time.monotonic() - started)
