@@ -16,8 +16,8 @@ import time
 import torch
 
 from bot.worker.engine import ModelEngine
-from bot.worker.loading import load_source, resolve_device
 from bot.worker.engine_api import Job
+from bot.worker.loading import load_source, resolve_device
 from rujokes_model import bundled_sizes
 
 PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",
@@ -46,7 +46,8 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__} on {name}; {args.requests} requests, ≤ {args.max_new_tokens} new tokens, top-k 10")
+    print(f"torch {torch.__version__} on {name}; {args.requests} requests, ≤ {args.max_new_tokens} new tokens, "
+          "top-k 10")
     for size in args.sizes:
         engine = ModelEngine({size: load_source(size, "bundled", device)}, device)
         work = jobs(args.requests, args.max_new_tokens)

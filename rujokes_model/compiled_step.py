@@ -46,8 +46,8 @@ class CompiledDecodeStep:
         self._compiled_for: set[tuple[bool, int]] = set()
         if cpp_wrapper is None:
             cpp_wrapper = model.device.type == "cpu"
-        # Guards: checking every parameter and module attribute of the model before each call cost more
-        # than the step itself (≈ 0.6 ms for mini). The graph is tied to this one model, so only the
+        # Guards: checking every parameter and module attribute of the model before each call costs more
+        # than the step itself (BENCHMARKS.md). The graph is tied to this one model, so only the
         # tensors passed per call (tokens, column, cache, plan) are guarded.
         self._step = torch.compile(_own_copy(_decode_step), fullgraph=True, dynamic=True,
                                    options={"cpp_wrapper": cpp_wrapper,

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from bot.queue.protocol import DATA_FIELD, WORKER_GROUP, Delivery, DeadLetter, JokeResult, WorkerInfo
 from bot.queue.client import RequestQueue
-from bot.queue.submit import QueueFull
 from bot.queue.connection import connect, start_embedded_redis
+from bot.queue.protocol import DATA_FIELD, WORKER_GROUP, DeadLetter, Delivery, JokeResult, WorkerInfo
 from bot.queue.results import ResultReader
+from bot.queue.submit import QueueFull
 
 
 def answer_ok(claimed, worker_id: str, text: str = "анекдот") -> JokeResult:

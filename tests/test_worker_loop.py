@@ -13,15 +13,15 @@ import types
 
 import pytest
 
-from bot.worker.engine_api import GenerationOutput, Job
-from bot.logging_setup import JsonFormatter
-from bot.queue.protocol import DATA_FIELD, Delivery, DeadLetter
+from bot.common.logs import JsonFormatter
+from bot.common.settings import Settings
 from bot.queue.client import RequestQueue
 from bot.queue.config import QueueConfig
 from bot.queue.connection import connect
+from bot.queue.protocol import DATA_FIELD, DeadLetter, Delivery
 from bot.queue.results import ResultReader
-from bot.settings import Settings
 from bot.worker.config import WorkerConfig
+from bot.worker.engine_api import GenerationOutput, Job
 from bot.worker.loop import Worker
 from bot.worker.main import serve
 from tests.results_helpers import final_results

@@ -51,12 +51,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from rujokes_model.config import SIZES
+
 DEFAULT_PREFIX = "rujokes:"
 WORKER_GROUP = "workers"
 RESULT_GROUP = "bot"
 DATA_FIELD = "data"
 
-CONCRETE_SIZES = ("nano", "mini", "small")
+CONCRETE_SIZES = SIZES  # the model library's presets; a request may also ask for ACTIVE_SIZE
 # "active" means "whatever the admin last switched to"; the worker resolves it per batch.
 ACTIVE_SIZE = "active"
 

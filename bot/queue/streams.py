@@ -28,7 +28,8 @@ def stream_entries(response: Any) -> list[tuple[str, str, dict[str, str] | None]
     if not response:
         return []
     if isinstance(response, dict):
-        pairs = [(stream, value[0] if value and isinstance(value[0], list) else value) for stream, value in response.items()]
+        pairs = [(stream, value[0] if value and isinstance(value[0], list) else value)
+                 for stream, value in response.items()]
     else:
         pairs = response
     return [(stream, entry_id, fields) for stream, entries in pairs for entry_id, fields in entries]

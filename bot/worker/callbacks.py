@@ -16,9 +16,9 @@ from contextlib import suppress
 from redis.exceptions import RedisError
 
 from bot.queue.claims import ClaimedRequest
-from bot.worker.engine_api import GenerationOutput, Job
-from bot.queue.protocol import JokeResult
 from bot.queue.client import RequestQueue
+from bot.queue.protocol import JokeResult
+from bot.worker.engine_api import GenerationOutput, Job
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ class EarlyAnswers:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, answer: Callable[[ClaimedRequest, JokeResult], Awaitable[None]],
                  worker_id: str, size: str, group: list[ClaimedRequest], partials: PartialPublisher) -> None:
-        self._loop, self._answer_with, self._worker_id, self._size, self._partials = loop, answer, worker_id, size, partials
+        self._loop, self._answer_with, self._worker_id = loop, answer, worker_id
+        self._size, self._partials = size, partials
         self._group = group
         self._claimed = {c.request.request_id: c for c in group}
         self._answered: set[str] = set()

@@ -37,7 +37,7 @@ class GenerationOutput:
 
 class Engine(Protocol):
     def available_sizes(self) -> list[str]:
-        """Concrete sizes ("nano", "mini", "small") this engine can generate with.
+        """Concrete sizes (of rujokes_model.config.SIZES) this engine can generate with.
 
         Called from the event loop while generate runs in its thread: keep it cheap and thread-safe.
         """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+
 import torch
 
 from bot.worker.engine import LoadedModel, ModelEngine
@@ -38,8 +39,8 @@ def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cpu":
         # Serving processes own their float environment: denormal floats (the far tail of a softmax,
-        # near-zero activations) cost x86 cores 10-100× per op and change no sampled token. Measured:
-        # nano decodes 1.5-1.7× faster with them flushed to zero.
+        # near-zero activations) are slow paths on x86 cores and change no sampled token (figures in
+        # BENCHMARKS.md, "Figures behind code comments").
         torch.set_flush_denormal(True)
     model = TransformerForCausalLM.from_pretrained(location, revision=revision, device=device, dtype=dtype)
     tokenizer = ByteLevelBPETokenizer.from_pretrained(location, revision=revision)

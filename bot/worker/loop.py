@@ -17,6 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from bot.common.health import Liveness
+from bot.common.logs import log_event
 from bot.queue.claims import ClaimedBatch, ClaimedRequest
 from bot.queue.client import RequestQueue
 from bot.queue.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
@@ -25,7 +27,7 @@ from bot.worker.config import WorkerConfig
 from bot.worker.engine_api import Engine, GenerationOutput, Job
 
 if TYPE_CHECKING:
-    from bot.metrics import Metrics
+    from bot.common.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +51,7 @@ class Worker:
         self._carry: list[ClaimedRequest] = []
         self._batch_active_size: str | None = None  # the active size the running batch resolved "active" to
         self._started_at = time.time()
-        # For /healthz (read from the metrics server's thread; plain float writes are atomic enough).
-        self._last_loop_at: float | None = None       # monotonic: the claim loop finished an iteration
-        self._last_redis_ok_at: float | None = None   # monotonic: a Redis round trip succeeded
+        self._liveness = Liveness()  # for /healthz: the claim loop went round, Redis answered
         # One dedicated thread: generate calls never overlap, and asyncio.run does not wait for it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
@@ -74,11 +74,11 @@ class Worker:
             while not self._stopping.is_set():
                 try:
                     await self.run_once()
-                    self._last_redis_ok_at = time.monotonic()
+                    self._liveness.redis_answered()
                 except (RedisConnectionError, RedisTimeoutError) as error:
                     log.warning("Redis unavailable (%s); retrying", error)
                     await self._sleep_unless_stopping(1.0)
-                self._last_loop_at = time.monotonic()
+                self._liveness.loop_went_round()
         finally:
             heartbeat.cancel()
             with suppress(asyncio.CancelledError):
@@ -242,13 +242,9 @@ class Worker:
 
         A batch that generates for longer than that also reads as unhealthy: a hung engine looks the same.
         """
-        now = time.monotonic()
-        loop_age = None if self._last_loop_at is None else round(now - self._last_loop_at, 3)
-        redis_age = None if self._last_redis_ok_at is None else round(now - self._last_redis_ok_at, 3)
-        healthy = (loop_age is not None and loop_age <= stale_after_s
-                   and redis_age is not None and redis_age <= stale_after_s and not self._stopping.is_set())
-        return {"healthy": healthy, "worker_id": self.config.worker_id, "loop_age_s": loop_age,
-                "redis_ok_age_s": redis_age, "stopping": self._stopping.is_set(), "processed": self.processed,
+        report = self._liveness.report(stale_after_s)
+        return {**report, "healthy": report["healthy"] and not self._stopping.is_set(),
+                "worker_id": self.config.worker_id, "stopping": self._stopping.is_set(), "processed": self.processed,
                 "sizes": sorted(self.engine.available_sizes()), "device": self.config.device}
 
     async def _heartbeat_loop(self) -> None:
@@ -258,7 +254,7 @@ class Worker:
             try:
                 depth = await self.queue.depth()
                 await self.queue.publish_heartbeat(self.info(depth), self.config.heartbeat_ttl_s)
-                self._last_redis_ok_at = time.monotonic()
+                self._liveness.redis_answered()
                 if self.metrics is not None:
                     self.metrics.queue_length.set(depth)
                 # Past its deadline a request is no longer kept fresh: if this worker is hung, another
@@ -281,9 +277,7 @@ class Worker:
         }
         if result.error:
             fields["error"] = result.error
-        level = logging.INFO if result.status == "ok" else logging.WARNING
-        log.log(level, "request " + " ".join(f"{key}={value}" for key, value in fields.items()),
-                extra={"fields": fields})
+        log_event(log, "request", fields, level=logging.INFO if result.status == "ok" else logging.WARNING)
 
 
 def _size_of(claimed: ClaimedRequest, active: str) -> str:

@@ -12,11 +12,12 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from bot.logging_setup import configure_logging
-from bot.metrics import Metrics, start_http_server
+from bot.common.logs import configure_logging
+from bot.common.metrics import Metrics, start_http_server
+from bot.common.settings import Settings, load_settings
 from bot.queue.client import RequestQueue
 from bot.queue.connection import connect, start_embedded_redis
-from bot.settings import Settings, load_settings
+from bot.worker.config import WorkerConfig
 from bot.worker.loop import Worker
 
 log = logging.getLogger("bot.worker.main")
@@ -45,8 +46,8 @@ async def serve(settings: Settings) -> Worker:
         redis = connect(url)
         try:
             device = str(getattr(engine, "device", settings.device))  # the engine knows what "auto" became
-            worker = Worker(RequestQueue(redis, settings.queue_config()), engine, settings.worker_config(device),
-                            metrics)
+            worker = Worker(RequestQueue(redis, settings.queue_config()), engine,
+                            WorkerConfig.from_settings(settings, device), metrics)
             worker.install_signal_handlers()
             await worker.run()
             return worker

@@ -6,7 +6,7 @@ from typing import Literal
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from bot import texts
+from bot.telegram import texts
 
 
 class JokeAction(CallbackData, prefix="j"):

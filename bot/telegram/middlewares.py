@@ -3,12 +3,13 @@
 `FloodControl` waits out Telegram's 429 (TelegramRetryAfter) and retries, never sooner than told;
 it also counts every failed call (telegram_errors) and every 429 (telegram_retry_afters).
 `GroupPacing` spends a group chat's message budget before each message the bot sends there.
+`InFlightUpdates` (an update middleware of the Dispatcher) lets shutdown wait for the updates in hand.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiogram import Bot
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
@@ -37,8 +38,8 @@ from aiogram.methods import (
 )
 from aiogram.methods.base import Response, TelegramType
 
-from bot.metrics import Metrics
-from bot.ratelimit import ChatPacer, is_group_chat
+from bot.common.metrics import Metrics
+from bot.telegram.ratelimit import ChatPacer, is_group_chat
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +106,30 @@ class GroupPacing(BaseRequestMiddleware):
             if waited > 0:
                 log.info("paced %s in chat %s by %.1fs", type(method).__name__, chat_id, waited)
         return await make_request(bot, method)
+
+
+class InFlightUpdates:
+    """An outer update middleware that remembers which tasks are handling updates, so that shutdown can
+    let them finish (`drain`) after the bot stopped taking new ones."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    async def __call__(self, handler: Callable[[Any, dict[str, Any]], Awaitable[Any]], event: Any,
+                       data: dict[str, Any]) -> Any:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            return await handler(event, data)
+        finally:
+            self._tasks.discard(task)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Until every update in hand is handled; cancelled (a stage timeout), cancels those handlers too."""
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

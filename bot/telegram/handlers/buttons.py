@@ -5,12 +5,12 @@ from __future__ import annotations
 from aiogram import F, Router
 from aiogram.types import CallbackQuery, Update
 
-from bot import texts
-from bot.feedback import FeedbackStore
-from bot.jokes import ChatOrigin, JokeService
-from bot.keyboards import JokeAction, WriteInline
-from bot.metrics import Metrics
-from bot.outstanding import OutstandingRequests
+from bot.common.metrics import Metrics
+from bot.telegram import texts
+from bot.telegram.feedback import FeedbackStore
+from bot.telegram.jokes import ChatOrigin, JokeService
+from bot.telegram.keyboards import JokeAction, WriteInline
+from bot.telegram.outstanding import OutstandingRequests
 
 router = Router(name="buttons")
 

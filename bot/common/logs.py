@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,3 +34,16 @@ def configure_logging(log_format: str, level: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def log_event(logger: logging.Logger, event: str, fields: dict[str, Any], *, level: int = logging.INFO,
+              message: str = "", quote: bool = False, hidden: tuple[str, ...] = ()) -> None:
+    """One structured line: `event key=value …[: message]` as text, every field a top-level key in JSON.
+
+    quote=True writes values with repr (for user input such as command arguments); `hidden` fields go
+    to JSON only (when the event text already says them).
+    """
+    shown = " ".join(f"{key}={value!r}" if quote else f"{key}={value}" for key, value in fields.items()
+                     if key not in hidden)
+    text = f"{event} {shown}".rstrip() + (f": {message}" if message else "")
+    logger.log(level, text, extra={"fields": fields})

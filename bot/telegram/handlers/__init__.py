@@ -1,9 +1,9 @@
-"""One Router per feature; bot/app.py assembles them in order (the fallback router goes last)."""
+"""One Router per feature; bot/telegram/app.py assembles them in order (the fallback router goes last)."""
 from __future__ import annotations
 
 from aiogram import Router
 
-from bot.routers import admin, buttons, fallback, inline, joke, start_help
+from bot.telegram.handlers import admin, buttons, fallback, inline, joke, start_help
 
 
 def feature_routers() -> list[Router]:

@@ -18,15 +18,18 @@ from typing import Any, Awaitable
 from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
 from redis.exceptions import RedisError
 
-from bot import texts
-from bot.feedback import FeedbackStore
-from bot.keyboards import joke_keyboard
-from bot.metrics import Metrics
-from bot.outbox import Outbox
-from bot.outstanding import Outstanding, OutstandingRequests
-from bot.prompts import clean_model_text
+from bot.common.health import Liveness
+from bot.common.metrics import Metrics
 from bot.queue.protocol import JokeResult
 from bot.queue.results import ReceivedResult, ResultReader
+from bot.telegram import texts
+from bot.telegram.feedback import FeedbackStore
+from bot.telegram.keyboards import joke_keyboard
+from bot.telegram.outbox import Outbox
+from bot.telegram.outstanding import Outstanding, OutstandingRequests
+from bot.telegram.prompts import clean_model_text
+from bot.telegram.shown import report_shown
+from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +39,6 @@ STATUS_TEXTS = {
     "failed": texts.FAILED,
     "unknown_size": texts.UNKNOWN_SIZE,
 }
-
-
-class InlineWaiters:
-    """Inline queries wait in-process for their variants: after a restart nobody waits anymore."""
-
-    def __init__(self) -> None:
-        self._futures: dict[str, asyncio.Future[JokeResult]] = {}
-
-    def expect(self, request_id: str) -> asyncio.Future[JokeResult]:
-        future: asyncio.Future[JokeResult] = asyncio.get_running_loop().create_future()
-        self._futures[request_id] = future
-        return future
-
-    def discard(self, request_id: str) -> None:
-        self._futures.pop(request_id, None)
-
-    def resolve(self, result: JokeResult) -> None:
-        future = self._futures.get(result.request_id)
-        if future is not None and result.is_final and not future.done():
-            future.set_result(result)
 
 
 class DeliveryLoop:
@@ -73,9 +56,7 @@ class DeliveryLoop:
         self._tasks: dict[str, asyncio.Task] = {}       # the latest delivery task per request
         self._last_partial: dict[str, float] = {}       # monotonic time of the last streamed update
         self._drafts_paused_until: dict[str, float] = {}
-        # For /healthz (read from the metrics server's thread; plain float writes are atomic enough).
-        self._last_loop_at: float | None = None       # monotonic: the loop went round
-        self._last_redis_ok_at: float | None = None   # monotonic: a read of the results stream succeeded
+        self._liveness = Liveness()  # for /healthz: the loop went round, a read of the results stream succeeded
         self._reading: asyncio.Task | None = None
 
     async def run(self) -> None:
@@ -90,24 +71,18 @@ class DeliveryLoop:
                     next_sweep = time.monotonic() + self.sweep_interval_s
                     for record in await self.outstanding.claim_overdue():
                         self._chain(record.request_id, self._give_up(record))
-                self._last_redis_ok_at = time.monotonic()
+                self._liveness.redis_answered()
             except RedisError as error:
                 log.warning("Redis unavailable while reading results (%s); retrying", error)
                 await asyncio.sleep(1.0)
             except Exception:  # a bug: loud in the logs, but keep delivering what can be delivered
                 log.exception("the delivery loop failed; continuing")
                 await asyncio.sleep(1.0)
-            self._last_loop_at = time.monotonic()
+            self._liveness.loop_went_round()
 
     def health(self, stale_after_s: float) -> dict[str, Any]:
         """Healthy while the loop went round and Redis answered within the last `stale_after_s`."""
-        now = time.monotonic()
-        loop_age = None if self._last_loop_at is None else round(now - self._last_loop_at, 3)
-        redis_age = None if self._last_redis_ok_at is None else round(now - self._last_redis_ok_at, 3)
-        healthy = (loop_age is not None and loop_age <= stale_after_s
-                   and redis_age is not None and redis_age <= stale_after_s)
-        return {"healthy": healthy, "delivery_loop_age_s": loop_age, "redis_ok_age_s": redis_age,
-                "delivering": len(self._tasks)}
+        return {**self._liveness.report(stale_after_s, loop_key="delivery_loop_age_s"), "delivering": len(self._tasks)}
 
     def start(self) -> None:
         """Run the loop in a background task, until `stop_reading`."""
@@ -216,7 +191,7 @@ class DeliveryLoop:
         # From the update that asked (the record remembers it); a record from an older bot: from the worker.
         created_at = record.created_at if record is not None and record.created_at else None
         latency_s = time.time() - created_at if created_at else result.latency_s
-        self._shown(result.request_id, record.kind if record is not None else "unknown", result.size,
+        report_shown(self.metrics, result.request_id, record.kind if record is not None else "unknown", result.size,
                     result.status, outcome, latency_s)
         await self.outstanding.forget(result.request_id)
         await self.reader.ack(item)
@@ -229,7 +204,7 @@ class DeliveryLoop:
             return  # its answer was delivered just before (a result read in the same round)
         log.warning("request %s got no answer by its give-up time; telling the user", record.request_id)
         latency_s = time.time() - record.created_at if record.created_at else None
-        self._shown(record.request_id, record.kind, None, None, "no_answer", latency_s)
+        report_shown(self.metrics, record.request_id, record.kind, None, None, "no_answer", latency_s)
         self._last_partial.pop(record.request_id, None)
         self._drafts_paused_until.pop(record.request_id, None)
         await self.feedback.count_timeout()
@@ -240,10 +215,3 @@ class DeliveryLoop:
             return
         if message_id is not None:  # a late answer edits this message instead of sending another
             await self.outstanding.set_message_id(record.request_id, message_id)
-
-    def _shown(self, request_id: str, kind: str, size: str | None, status: str | None, outcome: str,
-               latency_s: float | None) -> None:
-        self.metrics.reply_shown(kind, size, outcome, latency_s)
-        fields = {"request_id": request_id, "status": status, "outcome": outcome, "size": size,
-                  "latency_s": None if latency_s is None else round(latency_s, 3), "kind": kind}
-        log.info("delivered " + " ".join(f"{key}={value}" for key, value in fields.items()), extra={"fields": fields})

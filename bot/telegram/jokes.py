@@ -13,18 +13,20 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from bot import texts
-from bot.delivery import InlineWaiters
-from bot.feedback import FeedbackStore
-from bot.metrics import Metrics
-from bot.outbox import Outbox
-from bot.outstanding import OutstandingRequests
-from bot.prompts import PromptTooLong, clean_model_text, clean_prompt, random_opening
-from bot.queue.protocol import Delivery, JokeRequest, JokeResult
+from bot.common.logs import log_event
+from bot.common.metrics import Metrics
+from bot.common.settings import Settings
 from bot.queue.client import RequestQueue
+from bot.queue.protocol import Delivery, JokeRequest, JokeResult
 from bot.queue.submit import QueueFull
-from bot.ratelimit import Decision, UserRateLimiter
-from bot.settings import Settings
+from bot.telegram import texts
+from bot.telegram.feedback import FeedbackStore
+from bot.telegram.outbox import Outbox
+from bot.telegram.outstanding import OutstandingRequests
+from bot.telegram.prompts import PromptTooLong, clean_model_text, clean_prompt, random_opening
+from bot.telegram.ratelimit import UserRateLimiter
+from bot.telegram.shown import report_shown
+from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,7 @@ class JokeService:
             fields["inline_message_id"] = delivery.inline_message_id
         if delivery.inline_query_id is not None:
             fields["inline_query_id"] = delivery.inline_query_id
-        log.info("accepted " + " ".join(f"{key}={value}" for key, value in fields.items()), extra={"fields": fields})
+        log_event(log, "accepted", fields)
 
     def _refused(self, kind: str, outcome: str) -> None:
         self.metrics.request_event(kind, None, outcome)
@@ -141,11 +143,23 @@ class JokeService:
 
     # -- inline --------------------------------------------------------------------------------------
 
-    async def check_inline_user(self, user_id: int) -> Decision:
-        return await self.inline_limiter.check(user_id)
+    async def inline_prompt_or_hint(self, user_id: int, raw: str) -> tuple[str, str | None]:
+        """(prompt, None) for an inline query that may go ahead, else ("", the hint to show instead).
 
-    async def workers_alive(self) -> bool:
-        return await self._workers_alive()
+        The chats' refusals (too long, rate limited, no live workers), worded for inline mode's short hints.
+        """
+        prompt, refusal = self.prompt_or_refusal(raw)
+        if refusal is not None:
+            self._refused("inline", "too_long")
+            return "", texts.INLINE_TOO_LONG.format(limit=self.settings.prompt_max_chars)
+        decision = await self.inline_limiter.check(user_id)
+        if not decision.allowed:
+            self._refused("inline", "rate_limited")
+            return "", texts.INLINE_RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
+        if not await self._workers_alive():
+            self._refused("inline", "workers_down")
+            return "", texts.INLINE_WORKERS_DOWN
+        return prompt, None
 
     async def inline_variants(self, query_id: str, user_id: int, prompt: str,
                               update_id: int | None = None) -> list[JokeResult]:
@@ -182,19 +196,13 @@ class JokeService:
             result = future.result() if future.done() else None
             text = clean_model_text(result.text) if result is not None else ""
             outcome = "late" if result is None else "empty" if result.status == "ok" and not text else result.status
-            self._shown(request, result, outcome, time.time() - received_at)
+            report_shown(self.metrics, request.request_id, request.kind, result.size if result is not None else None,
+                         result.status if result is not None else None, outcome, time.time() - received_at)
             if outcome == "ok":
                 ready.append(result.model_copy(update={"text": text}))
         for result in ready:
             await self.feedback.remember_joke(result.request_id, prompt, result.size or "?", result.latency_s)
         return ready
-
-    def _shown(self, request: JokeRequest, result: JokeResult | None, outcome: str, latency_s: float) -> None:
-        size = result.size if result is not None else None
-        self.metrics.reply_shown(request.kind, size, outcome, latency_s)
-        fields = {"request_id": request.request_id, "status": result.status if result is not None else None,
-                  "outcome": outcome, "size": size, "latency_s": round(latency_s, 3), "kind": request.kind}
-        log.info("delivered " + " ".join(f"{key}={value}" for key, value in fields.items()), extra={"fields": fields})
 
     async def joke_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str,
                                      kind: str = "inline_chosen", *, show_placeholder: bool = False,

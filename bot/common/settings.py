@@ -1,23 +1,31 @@
 """Deployment settings, read from the environment or a `.env` file (names are case-insensitive).
 
-This is the only place that reads the environment; everything else receives plain config objects
-(`QueueConfig`, `WorkerConfig`) built from here.
+This is the only place that reads the environment, and the one place every default is written:
+everything else receives plain config objects built from here (`Settings.queue_config()`,
+`WorkerConfig.from_settings`), whose own defaults are read from this class (`default_of`).
 """
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.queue.protocol import DEFAULT_PREFIX, SamplingParams
-from bot.queue.config import QueueConfig
-from bot.worker.config import WorkerConfig
+from rujokes_model.config import SIZES
 
-Size = Literal["nano", "mini", "small"]
+if TYPE_CHECKING:
+    from bot.queue.config import QueueConfig
+
+Size = Literal[SIZES]
+# A request that names no sampling gets the protocol's; the deployment's settings start from the same values.
+_SAMPLING = SamplingParams()
+
+
+def _model_source(size: str) -> Any:
+    return Field("bundled", description=f"Source of the {size} model: 'bundled', a directory, or "
+                                        "'hub:owner/repo@revision'.")
 
 
 class Settings(BaseSettings):
@@ -36,7 +44,8 @@ class Settings(BaseSettings):
         3, ge=1, description="A request delivered more often than this is dead-lettered and answered 'failed'."
     )
     claim_idle_ms: int = Field(
-        30_000, ge=100, description="A claimed request idle this long is taken to belong to a dead worker and reclaimed."
+        30_000, ge=100,
+        description="A claimed request idle this long is taken to belong to a dead worker and reclaimed."
     )
     stream_maxlen: int = Field(10_000, ge=100, description="Approximate cap of each stream (a safety net).")
     result_dedupe_ttl_s: int = Field(86_400, ge=1, description="How long the bot remembers a handled request id.")
@@ -52,10 +61,14 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM, how long to let the current batch finish before handing it back."
     )
     partial_interval_s: float = Field(0.7, ge=0, description="Least seconds between two partial results of a request.")
-    heartbeat_ttl_s: float = Field(15.0, gt=0, description="Lifetime of a worker's heartbeat key; refreshed at a third of it.")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads of a CPU worker (torch's ops and our int8/bf16 kernels); "
-                               "0 keeps torch's default (one per core). 1 is fastest for nano and for lone requests, "
-                               "more speed up mini's and small's batches; several workers on one machine share its cores.")
+    heartbeat_ttl_s: float = Field(
+        15.0, gt=0, description="Lifetime of a worker's heartbeat key; refreshed at a third of it."
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads of a CPU worker (torch's ops and our int8/bf16 kernels); "
+                             "0 keeps torch's default (one per core). 1 is fastest for nano and for lone requests, "
+                             "more speed up mini's and small's batches; several workers on one machine share its "
+                             "cores.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the worker runs the models.")
     compile_decode: bool = Field(
         False, description="Compile each model's decode step (torch.compile) at worker start: nano decodes ≈ 2× faster "
@@ -63,15 +76,17 @@ class Settings(BaseSettings):
     cpu_bf16_sizes: Annotated[list[Size], NoDecode] = Field(
         default_factory=list, description="Comma-separated sizes whose weights a CPU worker keeps in bf16 (our AVX2 "
                                           "kernel, fp32 arithmetic): half the memory traffic per step, lossless for "
-                                          "the bf16 weights we ship. Worth it for mini and small, not nano. Empty: none.")
+                                          "the bf16 weights we ship. Worth it for mini and small, not nano. "
+                                          "Empty: none.")
     cpu_int8_sizes: Annotated[list[Size], NoDecode] = Field(
         default_factory=list, description="Comma-separated sizes whose weights a CPU worker rounds to int8 (one scale "
                                           "per row): a quarter of fp32's traffic, ≈ 1.5-2× faster decoding than bf16 "
                                           "for mini and small, at a small measured quality cost (BENCHMARKS.md). "
                                           "Empty: none.")
-    model_nano: str = Field("bundled", description="Source of the nano model: 'bundled', a directory, or 'hub:owner/repo@revision'.")
-    model_mini: str = Field("bundled", description="Source of the mini model: 'bundled', a directory, or 'hub:owner/repo@revision'.")
-    model_small: str = Field("bundled", description="Source of the small model: 'bundled', a directory, or 'hub:owner/repo@revision'.")
+    # One field per size of SIZES (model_sources reads them by name).
+    model_nano: str = _model_source("nano")
+    model_mini: str = _model_source("mini")
+    model_small: str = _model_source("small")
     default_size: Size = Field("nano", description="Size used for 'active' requests until an admin switches it.")
 
     # -- the Telegram bot --
@@ -98,7 +113,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: float = Field(
         6.0, gt=0, description="Jokes a user may ask for per minute, on average (token bucket refill rate)."
     )
-    rate_limit_burst: int = Field(3, ge=1, description="Jokes a user may ask for at once before the rate limit applies.")
+    rate_limit_burst: int = Field(
+        3, ge=1, description="Jokes a user may ask for at once before the rate limit applies."
+    )
     group_messages_per_minute: int = Field(
         20, ge=1, description="Messages (and edits) the bot sends per group chat per minute; Telegram allows about 20."
     )
@@ -115,12 +132,13 @@ class Settings(BaseSettings):
         10.0, ge=0, description="Seconds past a request's deadline after which the bot stops waiting and apologises."
     )
     bot_shutdown_timeout_s: float = Field(
-        10.0, gt=0, description="Most seconds the bot takes to stop on SIGTERM; a shutdown stage that overruns its share "
-                                "is cancelled (results it did not deliver are re-read on the next start)."
+        10.0, gt=0, description="Most seconds the bot takes to stop on SIGTERM; a shutdown stage that overruns its "
+                                "share is cancelled (results it did not deliver are re-read on the next start)."
     )
-    max_new_tokens: int = Field(120, ge=1, le=2048, description="Most tokens a joke may add to its opening.")
-    top_k: int = Field(10, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")
-    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy).")
+    max_new_tokens: int = Field(_SAMPLING.max_new_tokens, ge=1, le=2048,
+                                description="Most tokens a joke may add to its opening.")
+    top_k: int = Field(_SAMPLING.top_k, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")
+    temperature: float = Field(_SAMPLING.temperature, ge=0, description="Sampling temperature (0: greedy).")
 
     # -- metrics and health --
     worker_metrics_port: int | None = Field(
@@ -165,12 +183,14 @@ class Settings(BaseSettings):
         return self
 
     def model_sources(self) -> dict[str, str]:
-        return {"nano": self.model_nano, "mini": self.model_mini, "small": self.model_small}
+        return {size: getattr(self, f"model_{size}") for size in SIZES}
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(top_k=self.top_k, temperature=self.temperature, max_new_tokens=self.max_new_tokens)
 
     def queue_config(self) -> QueueConfig:
+        from bot.queue.config import QueueConfig  # here: QueueConfig reads its defaults from this class
+
         return QueueConfig(
             prefix=self.redis_prefix,
             max_queue=self.max_queue,
@@ -180,18 +200,10 @@ class Settings(BaseSettings):
             dedupe_ttl_s=self.result_dedupe_ttl_s,
         )
 
-    def worker_config(self, device: str | None = None) -> WorkerConfig:
-        """`device` is what the engine actually picked (auto resolves to cpu or cuda)."""
-        return WorkerConfig(
-            worker_id=self.worker_id or f"{socket.gethostname()}-{os.getpid()}",
-            batch_size=self.worker_batch_size,
-            block_ms=self.worker_block_ms,
-            default_size=self.default_size,
-            heartbeat_ttl_s=self.heartbeat_ttl_s,
-            shutdown_grace_s=self.shutdown_grace_s,
-            partial_interval_s=self.partial_interval_s,
-            device=device or self.device,
-        )
+
+def default_of(name: str) -> Any:
+    """The default of setting `name`: what a config object built from Settings starts from."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
 
 
 def load_settings(program: str) -> Settings:

@@ -14,12 +14,12 @@ import sys
 import time
 from types import FrameType
 
-
-from bot.logging_setup import configure_logging
+from bot.common.bot_token import TOKEN_HELP, token_problem
+from bot.common.logs import configure_logging
+from bot.common.settings import load_settings
 from bot.queue.connection import start_embedded_redis
-from bot.settings import load_settings
 
-log = logging.getLogger("bot.launcher")
+log = logging.getLogger("bot.common.launcher")
 
 
 def _start(name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
@@ -47,8 +47,6 @@ def run_stack(with_bot: bool = True) -> int:
     settings = load_settings("rujokes run")
     configure_logging(settings.log_format, settings.log_level)
     if with_bot:
-        from bot.bot_main import TOKEN_HELP, token_problem
-
         problem = token_problem(settings.bot_token.get_secret_value())
         if problem:  # before Redis and the models load: fail fast
             print(f"rujokes run: {problem}\n{TOKEN_HELP}", file=sys.stderr)
@@ -73,7 +71,7 @@ def run_stack(with_bot: bool = True) -> int:
     try:
         children["worker"] = _start("worker", "bot.worker.main", env)
         if with_bot:
-            children["bot"] = _start("bot", "bot.bot_main", env)
+            children["bot"] = _start("bot", "bot.telegram.main", env)
         while not stopping:
             exited = {name: p.returncode for name, p in children.items() if p.poll() is not None}
             if exited:

@@ -12,7 +12,7 @@ from aiogram import Bot, F, Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import ErrorEvent, Message
 
-from bot import texts
+from bot.telegram import texts
 
 log = logging.getLogger(__name__)
 router = Router(name="fallback")

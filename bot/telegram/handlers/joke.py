@@ -10,7 +10,7 @@ from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message, Update
 
-from bot.jokes import ChatOrigin, JokeService
+from bot.telegram.jokes import ChatOrigin, JokeService
 
 router = Router(name="joke")
 

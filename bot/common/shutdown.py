@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
+from bot.common.logs import log_event
+
 log = logging.getLogger(__name__)
 
 RUN_FRACTION = 0.8  # of a stage's share: how long it runs before it is cancelled; the rest is for unwinding
@@ -42,10 +44,8 @@ class StageReport:
 
 
 def _log(level: int, stage: str, event: str, message: str = "", **fields: Any) -> None:
-    fields = {"shutdown_stage": stage, "event": event, **fields}
-    text = f"shutdown stage={stage} event={event} " + " ".join(f"{key}={value}" for key, value in fields.items()
-                                                                 if key not in ("shutdown_stage", "event"))
-    log.log(level, text.rstrip() + (f": {message}" if message else ""), extra={"fields": fields})
+    log_event(log, f"shutdown stage={stage} event={event}", {"shutdown_stage": stage, "event": event, **fields},
+              level=level, message=message, hidden=("shutdown_stage", "event"))
 
 
 async def run_stage(stage: Stage, timeout_s: float, unwind_s: float) -> StageReport:
@@ -127,30 +127,3 @@ def run_bounded(main: Coroutine[Any, Any, Any], leftover_s: float = 1.0) -> Any:
         finally:
             asyncio.set_event_loop(None)
             loop.close()
-
-
-class InFlightUpdates:
-    """An outer update middleware that remembers which tasks are handling updates, so that shutdown can
-    let them finish (`drain`) after the bot stopped taking new ones."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task] = set()
-
-    async def __call__(self, handler: Callable[[Any, dict[str, Any]], Awaitable[Any]], event: Any,
-                       data: dict[str, Any]) -> Any:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            return await handler(event, data)
-        finally:
-            self._tasks.discard(task)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def drain(self) -> None:
-        """Until every update in hand is handled; cancelled (a stage timeout), cancels those handlers too."""
-        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)

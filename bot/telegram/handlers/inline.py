@@ -20,13 +20,12 @@ from aiogram.types import (
     Update,
 )
 
-from bot import texts
-from bot.jokes import JokeService
-from bot.keyboards import joke_keyboard, write_keyboard
-from bot.metrics import Metrics
-from bot.outbox import fit_message
-from bot.outstanding import OutstandingRequests
 from bot.queue.submit import QueueFull
+from bot.telegram import texts
+from bot.telegram.jokes import JokeService
+from bot.telegram.keyboards import joke_keyboard, write_keyboard
+from bot.telegram.outbox import fit_message
+from bot.telegram.outstanding import OutstandingRequests
 
 log = logging.getLogger(__name__)
 router = Router(name="inline")
@@ -43,24 +42,14 @@ async def _answer_hint(query: InlineQuery, hint: str) -> None:
 
 
 @router.inline_query()
-async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests, metrics: Metrics,
+async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests,
                        event_update: Update) -> None:
     if not query.query.strip():
         await _answer_hint(query, texts.INLINE_HINT)
         return
-    prompt, refusal = jokes.prompt_or_refusal(query.query)
-    if refusal is not None:
-        metrics.request_event("inline", None, "too_long")
-        await _answer_hint(query, texts.INLINE_TOO_LONG.format(limit=jokes.settings.prompt_max_chars))
-        return
-    decision = await jokes.check_inline_user(query.from_user.id)
-    if not decision.allowed:
-        metrics.request_event("inline", None, "rate_limited")
-        await _answer_hint(query, texts.INLINE_RATE_LIMITED.format(seconds=decision.retry_after_whole_s))
-        return
-    if not await jokes.workers_alive():
-        metrics.request_event("inline", None, "workers_down")
-        await _answer_hint(query, texts.INLINE_WORKERS_DOWN)
+    prompt, hint = await jokes.inline_prompt_or_hint(query.from_user.id, query.query)
+    if hint is not None:
+        await _answer_hint(query, hint)
         return
     try:
         ready = await jokes.inline_variants(query.id, query.from_user.id, prompt, update_id=event_update.update_id)

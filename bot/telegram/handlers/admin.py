@@ -11,14 +11,14 @@ from aiogram import Router
 from aiogram.filters import BaseFilter, Command, CommandObject
 from aiogram.types import Message
 
-from bot import texts
-from bot.feedback import FeedbackStore
+from bot.common.logs import log_event
+from bot.common.settings import Settings
 from bot.queue.client import RequestQueue
-from bot.settings import Settings
+from bot.telegram import texts
+from bot.telegram.feedback import FeedbackStore
 
 log = logging.getLogger(__name__)
 router = Router(name="admin")
-ADMIN_COMMANDS = ("model", "stats")
 
 
 class IsAdmin(BaseFilter):
@@ -29,11 +29,10 @@ class IsAdmin(BaseFilter):
 def _audit(message: Message, command: CommandObject, outcome: str) -> None:
     fields = {"user_id": message.from_user.id if message.from_user else None, "chat_id": message.chat.id,
               "action": command.command, "args": command.args or "", "outcome": outcome}
-    log.info("admin action " + " ".join(f"{key}={value!r}" for key, value in fields.items()),
-             extra={"fields": fields})
+    log_event(log, "admin action", fields, quote=True)
 
 
-@router.message(Command(*ADMIN_COMMANDS), ~IsAdmin())
+@router.message(Command(*texts.ADMIN_COMMANDS), ~IsAdmin())
 async def refuse(message: Message, command: CommandObject) -> None:
     _audit(message, command, "refused: not an admin")
     await message.reply(texts.ADMIN_ONLY)

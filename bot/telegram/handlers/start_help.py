@@ -5,7 +5,7 @@ from aiogram import Bot, Router
 from aiogram.filters import Command, CommandStart
 from aiogram.types import Message
 
-from bot import texts
+from bot.telegram import texts
 
 router = Router(name="start_help")
 

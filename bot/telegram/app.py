@@ -5,7 +5,7 @@ Everything a handler needs is injected through the Dispatcher's keyword argument
 `queue`, `jokes`, `feedback`, `outstanding`, `metrics`): handlers name what they use in their signature.
 With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
 
-SIGTERM/SIGINT start a bounded shutdown (bot/shutdown.py), in stages that each log their start, end
+SIGTERM/SIGINT start a bounded shutdown (bot/common/shutdown.py), in stages that each log their start, end
 and duration: stop taking updates (`polling` or `webhook`), let the updates in hand finish
 (`updates`), stop reading results (`results_reader`), let deliveries in progress finish (`delivery`),
 then close the metrics server, Redis and the Telegram session. The whole takes at most
@@ -33,20 +33,21 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 
-from bot import texts
-from bot.delivery import DeliveryLoop, InlineWaiters
-from bot.feedback import FeedbackStore
-from bot.jokes import JokeService
-from bot.metrics import Metrics, MetricsServer, start_http_server
-from bot.outbox import Outbox
-from bot.outstanding import OutstandingRequests
+from bot.common.metrics import Metrics, MetricsServer, start_http_server
+from bot.common.settings import Settings
+from bot.common.shutdown import Stage, run_stages, start_watchdog
 from bot.queue.client import RequestQueue
-from bot.ratelimit import ChatPacer, UserRateLimiter
 from bot.queue.results import ResultReader
-from bot.routers import feature_routers
-from bot.settings import Settings
-from bot.shutdown import InFlightUpdates, Stage, run_stages, start_watchdog
-from bot.telegram_middlewares import FloodControl, GroupPacing
+from bot.telegram import texts
+from bot.telegram.delivery import DeliveryLoop
+from bot.telegram.feedback import FeedbackStore
+from bot.telegram.handlers import feature_routers
+from bot.telegram.jokes import JokeService
+from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates
+from bot.telegram.outbox import Outbox
+from bot.telegram.outstanding import OutstandingRequests
+from bot.telegram.ratelimit import ChatPacer, UserRateLimiter
+from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ INLINE_RATE_FACTOR = 3
 # /healthz turns 503 when the delivery loop (it goes round every second) or Redis has been silent this long.
 HEALTH_STALE_S = 30.0
 # Relative shares of BOT_SHUTDOWN_TIMEOUT_S per shutdown stage; time a stage leaves unused passes on
-# to the later ones (see bot/shutdown.py).
+# to the later ones (see bot/common/shutdown.py).
 # results_reader only cancels a blocked XREADGROUP, but on a loaded machine redis-py's unwinding of that
-# read took over 0.16 s (0.05 of 4 s, less the unwinding reserve) in a CI rehearsal: it gets 0.15.
+# read can outlast a small share (BENCHMARKS.md, "Figures behind code comments"): it gets 0.15.
 STAGE_SHARES = {"receiver": 0.15, "updates": 0.15, "results_reader": 0.15, "delivery": 0.25, "metrics": 0.1,
                 "redis": 0.1, "session": 0.1}
 # After the shutdown's budget, this much longer before the watchdog ends the process regardless.
