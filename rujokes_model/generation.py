@@ -37,7 +37,8 @@ def prepare_prompt(input_ids, attention_mask, vocab_size: int, max_seq_len: int,
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} "
+                         f"!= input_ids shape {tuple(input_ids.shape)}")
     attention_mask = attention_mask.to(input_ids.device).long()
     lengths = attention_mask.sum(-1)
     if bool((lengths == 0).any()):
@@ -118,8 +119,9 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
         if rows is None:
             yield prompt, tokens, finished
         else:  # back to the caller's rows: rows that left are finished and emit pad
-            yield prompt, torch.full((B,), pad, dtype=tokens.dtype, device=tokens.device).index_copy_(0, rows, tokens), \
-                torch.ones(B, dtype=torch.bool, device=finished.device).index_copy_(0, rows, finished)
+            yield (prompt,
+                   torch.full((B,), pad, dtype=tokens.dtype, device=tokens.device).index_copy_(0, rows, tokens),
+                   torch.ones(B, dtype=torch.bool, device=finished.device).index_copy_(0, rows, finished))
         n_finished = int(finished.sum())
         if n_finished == len(finished) or step == max_new_tokens - 1:
             return
