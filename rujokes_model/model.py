@@ -148,6 +148,11 @@ class TransformerForCausalLM(nn.Module):
             return DecodePlan(first, padding, -self.alibi[:, None, None] * distances, None, dtype)
         return DecodePlan(first, padding.to(dtype), None, torch.complex(self.rope_cos, self.rope_sin), dtype)
 
+    def prepare_for_decoding(self) -> None:
+        """Derive what cached decoding reads but does not store (MHLA's absorbed weights), before a compiled step."""
+        for block in self.blocks:
+            block.attn.prepare_for_decoding()
+
     def new_cache(self, batch_size: int, max_len: int) -> list:
         """One preallocated cache per layer, for a batch of `batch_size` rows and `max_len` columns."""
         if max_len > self.config.max_seq_len and self.config.position == "rope":
