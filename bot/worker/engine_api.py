@@ -1,6 +1,6 @@
 """The seam between the worker loop (Redis, asyncio) and the generation engine (tensors).
 
-The worker only knows this interface; bot/engine.py implements it with the real model, and tests
+The worker only knows this interface; bot/worker/engine.py implements it with the real model, and tests
 implement it with small fakes.
 """
 from __future__ import annotations
