@@ -23,10 +23,18 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot import texts  # noqa: E402
+from bot.telegram import texts  # noqa: E402
 from tests.conftest import RedisServer  # noqa: E402
-from tests.e2e_stack import (BOT_TOKEN, BOT_USERNAME, JOKE_BUTTONS, bot_env, free_port, start_bot,  # noqa: E402
-                             stop_process, wait_until)
+from tests.e2e_stack import (  # noqa: E402
+    BOT_TOKEN,
+    BOT_USERNAME,
+    JOKE_BUTTONS,
+    bot_env,
+    free_port,
+    start_bot,
+    stop_process,
+    wait_until,
+)
 from tests.fake_bot_api import Call, FakeBotAPI  # noqa: E402
 from tests.worker_process import start_worker, worker_env  # noqa: E402
 
@@ -41,7 +49,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def tiny_model(directory: Path) -> Path:
-    from tests.tiny_model import make_tiny_model_dir  # torch: imported only when no --model is given
+    from tests.model_helpers import make_tiny_model_dir  # torch: imported only when no --model is given
 
     return make_tiny_model_dir(directory / "tiny-nano", seed=1)
 

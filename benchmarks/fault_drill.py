@@ -121,7 +121,7 @@ def main() -> int:
             stack.close()
 
     print(f"\n{args.users} users asking in a loop (half in private chats, half in groups), ≤ {args.max_new_tokens} "
-          f"new tokens, model {args.model or 'tiny random (tests/tiny_model.py)'}, 2 CPU workers\n")
+          f"new tokens, model {args.model or 'tiny random (tests/model_helpers.py)'}, 2 CPU workers\n")
     print("| fault | requests in flight | next joke after, s | all in flight answered after, s | of them not a joke |")
     print("|---|---|---|---|---|")
     for row in faults:

@@ -133,7 +133,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
-                        help="our variants: eager steps, the compiled step, the compiled step with our bf16 or int8 CPU weight kernels")
+                        help="our variants: eager steps, the compiled step, the compiled step with our bf16 or int8 "
+                             "CPU weight kernels")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="leave denormal floats on (the worker flushes them; applies to both models alike)")
     args = parser.parse_args()
@@ -146,7 +147,8 @@ def main() -> None:
     import transformers
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
           f"{'top-k 10 sampling' if args.sample else 'greedy'}, prompt {PROMPT_LEN}, new tokens {args.new_tokens}, "
-          f"median of {args.repeats}, {args.device} {args.dtype}, denormals {'kept' if args.keep_denormals else 'flushed'}")
+          f"median of {args.repeats}, {args.device} {args.dtype}, "
+          f"denormals {'kept' if args.keep_denormals else 'flushed'}")
     modes = tuple(mode for mode in args.modes if not (cpu_weights(mode) and args.device != "cpu"))
     header = f"{'variant':<28} {'params':>7} {'batch':>5} {'HF tok/s':>9} " + " ".join(
         f"{mode + ' tok/s (×HF)':>28}" for mode in modes)

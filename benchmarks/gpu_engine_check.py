@@ -1,4 +1,4 @@
-"""The serving engine on a GPU: bundled models in bf16 through `bot.engine`, as a CUDA worker loads them.
+"""The serving engine on a GPU: bundled models in bf16 through `bot.worker`, as a CUDA worker loads them.
 
 Run by hand on a machine with a GPU (falls back to the CPU, slowly):
 
@@ -15,8 +15,9 @@ import time
 
 import torch
 
-from bot.engine import ModelEngine, load_source, resolve_device
-from bot.engine_api import Job
+from bot.worker.engine import ModelEngine
+from bot.worker.engine_api import Job
+from bot.worker.loading import load_source, resolve_device
 from rujokes_model import bundled_sizes
 
 PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",
@@ -45,7 +46,8 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"torch {torch.__version__} on {name}; {args.requests} requests, ≤ {args.max_new_tokens} new tokens, top-k 10")
+    print(f"torch {torch.__version__} on {name}; {args.requests} requests, ≤ {args.max_new_tokens} new tokens, "
+          "top-k 10")
     for size in args.sizes:
         engine = ModelEngine({size: load_source(size, "bundled", device)}, device)
         work = jobs(args.requests, args.max_new_tokens)

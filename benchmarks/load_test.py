@@ -6,7 +6,7 @@
 
 Each user sends `/joke …` in a private chat, waits for the finished joke (the message with the
 🔁/👍/👎 buttons), and asks again. The real `rujokes-bot` (rate limit raised) and 1 or 2 real CPU
-`rujokes-worker`s serve them over a real Redis; by default a tiny random model (tests/tiny_model.py).
+`rujokes-worker`s serve them over a real Redis; by default a tiny random model (tests/model_helpers.py).
 Latency is from injecting the update to the Bot API call that shows the finished joke.
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> int:
             row = rows[n_workers]
             print(f"{n_workers} worker(s): {row['jokes']}/{row['asked']} jokes in {row['wall_s']:.1f}s", flush=True)
         print(f"\n{args.users} users × {args.requests_per_user} /joke in private chats, ≤ {args.max_new_tokens} new "
-              f"tokens, model {'tiny random (tests/tiny_model.py)' if not args.model else args.model}, CPU workers\n")
+              f"tokens, model {'tiny random (make_tiny_model_dir)' if not args.model else args.model}, CPU workers\n")
         print("| workers | requests | jokes | requests/s | p50 s | p95 s | p99 s | lost | duplicates | not a joke |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         failed = False

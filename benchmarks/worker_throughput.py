@@ -3,7 +3,8 @@
     python benchmarks/worker_throughput.py [--model DIR] [--requests 16] [--max-new-tokens 120] [--compile]
                                            [--cpu-weights fp32|bf16|int8] [--threads 1]
 
-Scenarios in one run, same prompts (no seeds, like the bot's requests, unless --seeded): one worker fed one request at a time
+Scenarios in one run, same prompts (no seeds, like the bot's requests, unless --seeded): one worker fed one
+request at a time
 (WORKER_BATCH_SIZE=1, requests sent sequentially), one worker with batching and 16 concurrent
 requests, and two batching workers sharing that burst. With --sustained N, also N concurrent requests
 (several full batches) through one and through two workers of the full batch size: the load under
@@ -24,9 +25,10 @@ import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.protocol import Delivery, JokeRequest, SamplingParams  # noqa: E402
-from bot.queue import QueueConfig, RequestQueue  # noqa: E402
-from bot.results import ResultReader  # noqa: E402
+from bot.queue.client import RequestQueue  # noqa: E402
+from bot.queue.config import QueueConfig  # noqa: E402
+from bot.queue.protocol import Delivery, JokeRequest, SamplingParams  # noqa: E402
+from bot.queue.results import ResultReader  # noqa: E402
 from tests.conftest import RedisServer  # noqa: E402
 from tests.worker_process import start_worker, worker_env  # noqa: E402
 
@@ -61,7 +63,8 @@ async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: in
         while len(await queue.live_workers()) < n_workers:
             await asyncio.sleep(0.1)
         batch = [JokeRequest(prompt=PROMPTS[i % len(PROMPTS)], delivery=Delivery(chat_id=i, message_id=i),
-                             sampling=SamplingParams(max_new_tokens=max_new_tokens, seed=seed_for(i)), deadline=time.time() + 600)
+                             sampling=SamplingParams(max_new_tokens=max_new_tokens, seed=seed_for(i)),
+                             deadline=time.time() + 600)
                  for i in range(n_requests)]
         latencies, tokens = [], 0
         started = time.perf_counter()
@@ -86,7 +89,8 @@ async def run_scenario(url: str, model_dir: Path, n_workers: int, batch_size: in
                 await queue.submit(request)
                 while True:
                     items = await reader.read(count=10, block_ms=100)
-                    done = [i for i in items if i.result.request_id == request.request_id and i.result.status != "partial"]
+                    done = [i for i in items
+                            if i.result.request_id == request.request_id and i.result.status != "partial"]
                     for item in items:
                         await reader.ack(item)
                     if done:
@@ -129,7 +133,8 @@ async def main() -> None:
         try:
             scenarios = {
                 "1 worker, one request at a time": (1, 1, False, args.requests),
-                f"1 worker, batch ≤ {args.batch_size}, {args.requests} concurrent": (1, args.batch_size, True, args.requests),
+                f"1 worker, batch ≤ {args.batch_size}, {args.requests} concurrent":
+                    (1, args.batch_size, True, args.requests),
                 # Half the batch each: a worker takes up to its batch size at once, so with the full size
                 # the first worker would take the whole burst and leave the second idle.
                 f"2 workers, batch ≤ {args.batch_size // 2} each, {args.requests} concurrent":

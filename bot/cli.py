@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rujokes_model.config import SIZES
+
 
 def _joke(args: argparse.Namespace) -> int:
     import torch
 
-    from .engine import load_source, resolve_device
+    from bot.worker.loading import load_source, resolve_device
 
     source = args.model or "bundled"
     try:
@@ -33,7 +35,7 @@ def _joke(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .launcher import run_stack
+    from bot.common.launcher import run_stack
     return run_stack(with_bot=not args.no_bot)
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     joke = sub.add_parser("joke", help="print jokes straight from the model (offline demo)")
     joke.add_argument("prompt", nargs="*", help="the joke's opening, e.g. «Штирлиц пришел домой»")
-    joke.add_argument("--size", choices=["nano", "mini", "small"], default="nano")
+    joke.add_argument("--size", choices=SIZES, default="nano")
     joke.add_argument("--model", help="model directory or hub:owner/repo@revision (default: bundled weights)")
     joke.add_argument("-n", type=int, default=1, help="how many jokes")
     joke.add_argument("--top-k", type=int, default=10)

@@ -1,12 +1,25 @@
-"""rujokes_model: a small decoder-only Transformer for Russian jokes (pure library: tensors and files)."""
-from .config import SIZES, ModelConfig
-from .generation import generate, iter_generate
-from .model import TransformerForCausalLM
-from .pretrained import bundled_sizes, pretrained_path
-from .streaming import IncrementalDecoder, stream_text
-from .tokenizer import ByteLevelBPETokenizer
+"""rujokes_model: a small decoder-only Transformer for Russian jokes (pure library: tensors and files).
 
-__all__ = [
-    "SIZES", "ByteLevelBPETokenizer", "IncrementalDecoder", "ModelConfig", "TransformerForCausalLM",
-    "bundled_sizes", "generate", "iter_generate", "pretrained_path", "stream_text",
-]
+The config (`SIZES`, `ModelConfig`) imports no torch; the rest loads on first use, so a process that
+only needs the size names (the Telegram bot) never imports torch.
+"""
+from importlib import import_module
+from typing import Any
+
+from .config import SIZES, ModelConfig
+
+_LAZY = {
+    "ByteLevelBPETokenizer": "tokenizer", "IncrementalDecoder": "streaming", "TransformerForCausalLM": "model",
+    "bundled_sizes": "pretrained", "generate": "generation", "iter_generate": "generation",
+    "pretrained_path": "pretrained", "stream_text": "streaming",
+}
+
+__all__ = ["SIZES", "ModelConfig", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

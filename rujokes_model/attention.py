@@ -69,6 +69,9 @@ class GroupedQueryAttention(nn.Module):
         self.wo = nn.Linear(self.n_head * self.head_dim, config.d_model, bias=False)
         self.dropout = config.dropout
 
+    def prepare_for_decoding(self) -> None:
+        """Nothing to derive: decoding reads the projections as they are."""
+
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device) -> KVCache:
         return KVCache(batch_size, self.n_kv_head, max_len, self.head_dim, dtype, device)
 
@@ -118,6 +121,10 @@ class MultiHeadLatentAttention(nn.Module):
         self.dropout = config.dropout
         self.mode: Literal["auto", "naive", "absorbed"] = "auto"  # auto: absorbed for cached decode steps
         self._absorbed_cache: tuple | None = None  # (weight version key, W_UK, W_UVᵀ) for inference
+
+    def prepare_for_decoding(self) -> None:
+        """Derive the absorbed weights now (eagerly): a compiled decode step then reads them, never derives them."""
+        self._absorbed_weights()
 
     def new_cache(self, batch_size: int, max_len: int, dtype: torch.dtype, device: torch.device) -> LatentCache:
         return LatentCache(batch_size, max_len, self.rank, self.rope_dim, dtype, device)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import types
+import weakref
 
 import torch
 import torch.fx.experimental._config
@@ -46,8 +47,8 @@ class CompiledDecodeStep:
         self._compiled_for: set[tuple[bool, int]] = set()
         if cpp_wrapper is None:
             cpp_wrapper = model.device.type == "cpu"
-        # Guards: checking every parameter and module attribute of the model before each call cost more
-        # than the step itself (≈ 0.6 ms for mini). The graph is tied to this one model, so only the
+        # Guards: checking every parameter and module attribute of the model before each call costs more
+        # than the step itself (BENCHMARKS.md). The graph is tied to this one model, so only the
         # tensors passed per call (tokens, column, cache, plan) are guarded.
         self._step = torch.compile(_own_copy(_decode_step), fullgraph=True, dynamic=True,
                                    options={"cpp_wrapper": cpp_wrapper,
@@ -62,10 +63,7 @@ class CompiledDecodeStep:
                 column = torch.tensor(column, device=tokens.device)
             kind = (tokens.shape[0] == 1, torch.get_num_threads())
             if kind not in self._compiled_for:  # first call of its kind: guards checked, graph compiled
-                # MHLA's absorbed weights are derived and cached eagerly; the graph reads that cache.
-                for block in self.model.blocks:
-                    if hasattr(block.attn, "_absorbed_weights"):
-                        block.attn._absorbed_weights()
+                self.model.prepare_for_decoding()  # derived weights made eagerly; the graph reads them
                 # No duck sizing: two dims that happen to be equal now (a batch of 2 and 2 KV heads)
                 # must not share a symbol, as later calls skip the guard that would tell them apart.
                 # Floats (norm eps, attention scale) are constants of the model: specialised, not graph inputs
@@ -91,16 +89,25 @@ class CompiledDecodeStep:
             self(torch.zeros(batch, dtype=torch.long, device=device), cache, plan, 1)
 
 
-def compiled_step(model) -> CompiledDecodeStep:
-    """The model's compiled decode step, made on first request and kept on the model.
+# The steps of `compiled_step`, one per model and gone with it: the model itself stays a plain module.
+_steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    Its graphs are built for the model's dtype and device: after moving or casting the model, the next
-    request gets a fresh step (and compile).
-    """
-    key = (model.embed.weight.dtype, model.device)
-    step = getattr(model, "_compiled_step", None)
+
+def _built_for(model) -> tuple:
+    """What a step's graphs depend on: the model's dtype, device and kinds of layers. The graphs skip the
+    guards on the model's modules, so a step traced before a swap of layers (lowbit_weights) would keep
+    calling the old ones."""
+    return model.embed.weight.dtype, model.device, tuple(type(module) for module in model.modules())
+
+
+def compiled_step(model) -> CompiledDecodeStep:
+    """The model's compiled decode step for `generate(..., compile=True)` and `ContinuousBatch(compile=True)`,
+    made on first request and reused while the model's dtype, device and layers stay what it was built for
+    (otherwise the next request gets a fresh step, and compile)."""
+    key = _built_for(model)
+    step = _steps.get(model)
     if step is None or step.key != key:
         step = CompiledDecodeStep(model)
         step.key = key
-        object.__setattr__(model, "_compiled_step", step)  # not a submodule: no state_dict entry
+        _steps[model] = step
     return step

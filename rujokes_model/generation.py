@@ -1,6 +1,8 @@
 """KV-cached autoregressive generation: validate → left-pad → prefill once → decode one token a step.
 
-`iter_generate` yields each step's new tokens (for streaming); `generate` collects them.
+`iter_generate` yields each step's new tokens (for streaming); `generate` collects them. Its phases are
+functions of their own: `prefill` (the prompt in one forward), `sample_step` (one token a row),
+`compact_rows` (finished rows leave the batch) and `decode_one_token` (eager, or through the compiled step).
 Context rule: the cache holds max_seq_len columns, so a prompt keeps only its last
 (max_seq_len - max_new_tokens) tokens; max_new_tokens must leave room for at least one prompt token.
 """
@@ -37,7 +39,8 @@ def prepare_prompt(input_ids, attention_mask, vocab_size: int, max_seq_len: int,
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} "
+                         f"!= input_ids shape {tuple(input_ids.shape)}")
     attention_mask = attention_mask.to(input_ids.device).long()
     lengths = attention_mask.sum(-1)
     if bool((lengths == 0).any()):
@@ -66,6 +69,65 @@ def prepare_prompt(input_ids, attention_mask, vocab_size: int, max_seq_len: int,
     return PreparedPrompt(input_ids, attention_mask)
 
 
+@dataclass
+class _Rows:
+    """The rows still in the batch and their per-row state; `rows` maps them back to the caller's rows."""
+    finished: torch.Tensor               # (b,) bool
+    seen: torch.Tensor | None            # (b, vocab) bool: tokens so far, for the repetition penalty
+    settings: tuple                      # (top_k, top_p, temperature, generator), each per row or shared
+    rows: torch.Tensor | None = None     # original row of each row still in the batch; None while none left
+
+
+def prefill(model, prompt: PreparedPrompt, cache: list | None) -> torch.Tensor:
+    """The whole prompt in one forward (filling `cache`); the last column's logits (B, V)."""
+    ids, mask = prompt.input_ids, prompt.attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    return model(ids, attention_mask=mask, position_ids=positions, cache=cache, start=0)[:, -1]
+
+
+def sample_step(logits: torch.Tensor, state: _Rows, *, do_sample: bool, repetition_penalty: float,
+                eos_token_id: int | None, pad: int) -> torch.Tensor:
+    """One token per row still in the batch; a finished row gets pad. Updates `state` (finished, seen)."""
+    if state.seen is not None:
+        logits = apply_repetition_penalty(logits, state.seen, repetition_penalty)
+    tokens = draw_tokens(logits, *state.settings) if do_sample else logits.argmax(-1)
+    tokens = tokens.masked_fill(state.finished, pad)
+    if eos_token_id is not None:
+        state.finished = state.finished | (tokens == eos_token_id)
+    if state.seen is not None:
+        state.seen.scatter_(1, tokens[:, None], True)
+    return tokens
+
+
+def compact_rows(state: _Rows, tokens: torch.Tensor, cache: list, plan) -> torch.Tensor:
+    """Drop the finished rows from the batch (cache, plan, per-row state); the remaining rows' tokens."""
+    keep = (~state.finished).nonzero().squeeze(1)
+    state.rows = keep if state.rows is None else state.rows.index_select(0, keep)
+    for layer_cache in cache:
+        layer_cache.keep_rows(keep)
+    plan.keep_rows(keep)
+    state.finished = state.finished.index_select(0, keep)
+    state.seen = state.seen.index_select(0, keep) if state.seen is not None else None
+    kept = keep.tolist()
+    state.settings = tuple(_keep(value, keep, kept) for value in state.settings)
+    return tokens.index_select(0, keep)
+
+
+def decode_one_token(model, tokens: torch.Tensor, cache: list, plan, column: int, step_fn=None) -> torch.Tensor:
+    """One new token a row against the cache, written at `column`; next logits (B, V). `step_fn`: a compiled step."""
+    if step_fn is not None:
+        return step_fn(tokens, cache, plan, column)
+    return model(tokens[:, None], cache=cache, inputs=plan.inputs(column))[:, -1]
+
+
+def _caller_rows(state: _Rows, tokens: torch.Tensor, batch: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens and finished flags of every row the caller passed: rows that left are finished and emit pad."""
+    if state.rows is None:
+        return tokens, state.finished
+    return (torch.full((batch,), pad, dtype=tokens.dtype, device=tokens.device).index_copy_(0, state.rows, tokens),
+            torch.ones(batch, dtype=torch.bool, device=tokens.device).index_copy_(0, state.rows, state.finished))
+
+
 @torch.inference_mode()
 def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_token_id: int | None = None,
                   pad_token_id: int | None = None, do_sample: bool = True, top_k: PerRow = None,
@@ -88,61 +150,36 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
         input_ids = input_ids.to(model.device)
     prompt = prepare_prompt(input_ids, attention_mask, config.vocab_size,
                             config.max_seq_len, max_new_tokens, pad)
+    if compile and not use_cache:
+        raise ValueError("compile=True needs use_cache=True: the compiled step is a cached decode step")
     ids, mask = prompt.input_ids, prompt.attention_mask
     B, L = ids.shape
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
     seen = None
     if repetition_penalty != 1.0:
         # scatter_add, not scatter: a pad id that also occurs in a prompt must not overwrite its mark.
         seen = torch.zeros(B, config.vocab_size, dtype=torch.long, device=ids.device).scatter_add_(1, ids, mask) > 0
-    finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    if compile and not use_cache:
-        raise ValueError("compile=True needs use_cache=True: the compiled step is a cached decode step")
+    state = _Rows(torch.zeros(B, dtype=torch.bool, device=ids.device), seen, (top_k, top_p, temperature, generator))
     step_fn = compiled_step(model) if compile else None
     cache = model.new_cache(B, L + max_new_tokens) if use_cache else None
     plan = model.decode_plan(mask, L + max_new_tokens) if use_cache else None
+    sample = dict(do_sample=do_sample, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad=pad)
 
-    # Prefill: the whole prompt once; later steps feed one token against the cache.
-    logits = model(ids, attention_mask=mask, position_ids=positions, cache=cache, start=0)[:, -1]
-    all_ids, all_mask = ids, mask
-    rows = None  # original row of each row still in the batch; None while no row has left
+    logits = prefill(model, prompt, cache)
+    all_ids, all_mask = ids, mask  # without a cache, every step runs the whole sequence again
     for step in range(max_new_tokens):
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        tokens = draw_tokens(logits, top_k, top_p, temperature, generator) if do_sample else logits.argmax(-1)
-        tokens = tokens.masked_fill(finished, pad)
-        if eos_token_id is not None:
-            finished = finished | (tokens == eos_token_id)
-        if seen is not None:
-            seen.scatter_(1, tokens[:, None], True)
-        if rows is None:
-            yield prompt, tokens, finished
-        else:  # back to the caller's rows: rows that left are finished and emit pad
-            yield prompt, torch.full((B,), pad, dtype=tokens.dtype, device=tokens.device).index_copy_(0, rows, tokens), \
-                torch.ones(B, dtype=torch.bool, device=finished.device).index_copy_(0, rows, finished)
-        n_finished = int(finished.sum())
-        if n_finished == len(finished) or step == max_new_tokens - 1:
+        tokens = sample_step(logits, state, **sample)
+        yield (prompt, *_caller_rows(state, tokens, B, pad))
+        n_finished = int(state.finished.sum())
+        if n_finished == len(state.finished) or step == max_new_tokens - 1:
             return
-        if use_cache and compact and n_finished >= max(1, len(finished) // 4):
-            keep = (~finished).nonzero().squeeze(1)
-            rows = keep if rows is None else rows.index_select(0, keep)
-            for layer_cache in cache:
-                layer_cache.keep_rows(keep)
-            plan.keep_rows(keep)
-            tokens, finished = tokens.index_select(0, keep), finished.index_select(0, keep)
-            seen = seen.index_select(0, keep) if seen is not None else None
-            kept = keep.tolist()
-            top_k, top_p, temperature, generator = (
-                _keep(value, keep, kept) for value in (top_k, top_p, temperature, generator))
-        if step_fn is not None:
-            logits = step_fn(tokens, cache, plan, L + step)
-        elif use_cache:
-            logits = model(tokens[:, None], cache=cache, inputs=plan.inputs(L + step))[:, -1]
+        if use_cache and compact and n_finished >= max(1, len(state.finished) // 4):
+            tokens = compact_rows(state, tokens, cache, plan)
+        if use_cache:
+            logits = decode_one_token(model, tokens, cache, plan, L + step, step_fn)
         else:
             all_mask = torch.cat([all_mask, torch.ones(B, 1, dtype=all_mask.dtype, device=all_mask.device)], dim=1)
             all_ids = torch.cat([all_ids, tokens[:, None]], dim=1)
-            full_positions = (all_mask.cumsum(-1) - 1).clamp_min(0)
-            logits = model(all_ids, attention_mask=all_mask, position_ids=full_positions)[:, -1]
+            logits = prefill(model, PreparedPrompt(all_ids, all_mask), None)
 
 
 def _keep(value, keep: torch.Tensor, kept: list[int]):

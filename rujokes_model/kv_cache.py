@@ -20,7 +20,8 @@ class KVCache:
         self.values[:, :, start:end] = values
         return self.keys[:, :, :end], self.values[:, :, :end]
 
-    def write_at(self, column: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def write_at(self, column: torch.Tensor, keys: torch.Tensor,
+                 values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one step (B, KV, 1, D) at the 0-d tensor `column`; return the whole cache (static shapes)."""
         self.keys.index_copy_(2, column.view(1), keys)
         self.values.index_copy_(2, column.view(1), values)
@@ -54,7 +55,8 @@ class LatentCache:
         self.rope_key[:, start:end] = rope_key
         return self.latent[:, :end], self.rope_key[:, :end]
 
-    def write_at(self, column: torch.Tensor, latent: torch.Tensor, rope_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def write_at(self, column: torch.Tensor, latent: torch.Tensor,
+                 rope_key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write one step at the 0-d tensor `column`; return the whole latent and rope key (static shapes)."""
         self.entries.index_copy_(1, column.view(1), torch.cat([latent, rope_key], dim=-1))
         return self.latent, self.rope_key

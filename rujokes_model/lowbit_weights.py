@@ -142,7 +142,4 @@ def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
             if type(child) is nn.Linear:
                 setattr(parent, name, LowBitLinear.from_linear(child, kind))
                 swapped += 1
-    # A decode step compiled before the swap skips its module guards and would keep calling the old
-    # layers: drop it, so the next compiled generation traces the new ones.
-    model.__dict__.pop("_compiled_step", None)
     return swapped

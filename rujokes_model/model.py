@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionInputs, GroupedQueryAttention, MultiHeadLatentAttention
-from .decode_plan import DecodePlan
 from .config import ModelConfig
+from .decode_plan import DecodePlan
 from .layers import RMSNorm, SwiGLU, alibi_slopes, rope_tables
 
 
@@ -106,7 +106,8 @@ class TransformerForCausalLM(nn.Module):
                              f"max_seq_len={self.config.max_seq_len}")
         return torch.complex(self.rope_cos[position_ids], self.rope_sin[position_ids])
 
-    def _attention_inputs(self, B: int, T: int, start: int, attention_mask, position_ids, document_ids) -> AttentionInputs:
+    def _attention_inputs(self, B: int, T: int, start: int, attention_mask, position_ids,
+                          document_ids) -> AttentionInputs:
         rope = self._rotation(position_ids) if self.config.position == "rope" else None
         plain_causal = start == 0 and attention_mask is None and document_ids is None
         if plain_causal and self.config.position == "rope":
@@ -147,6 +148,11 @@ class TransformerForCausalLM(nn.Module):
             return DecodePlan(first, padding, -self.alibi[:, None, None] * distances, None, dtype)
         return DecodePlan(first, padding.to(dtype), None, torch.complex(self.rope_cos, self.rope_sin), dtype)
 
+    def prepare_for_decoding(self) -> None:
+        """Derive what cached decoding reads but does not store (MHLA's absorbed weights), before a compiled step."""
+        for block in self.blocks:
+            block.attn.prepare_for_decoding()
+
     def new_cache(self, batch_size: int, max_len: int) -> list:
         """One preallocated cache per layer, for a batch of `batch_size` rows and `max_len` columns."""
         if max_len > self.config.max_seq_len and self.config.position == "rope":
@@ -164,7 +170,8 @@ class TransformerForCausalLM(nn.Module):
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, repo_or_dir: str | Path, *, revision: str | None = None, **hub_kwargs: Any) -> "TransformerForCausalLM":
+    def from_pretrained(cls, repo_or_dir: str | Path, *, revision: str | None = None,
+                        **hub_kwargs: Any) -> "TransformerForCausalLM":
         from .hub import load_model
         return load_model(cls, repo_or_dir, revision=revision, **hub_kwargs)
 

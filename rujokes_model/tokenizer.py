@@ -31,7 +31,8 @@ class ByteLevelBPETokenizer:
         return self._tokenizer
 
     @classmethod
-    def train_from_iterator(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> "ByteLevelBPETokenizer":
+    def train_from_iterator(cls, texts: Iterable[str], vocab_size: int = 1024,
+                            min_frequency: int = 2) -> "ByteLevelBPETokenizer":
         """Learn merges over UTF-8 bytes: every string is encodable, Cyrillic needs no special casing."""
         tokenizer = Tokenizer(models.BPE())
         # No prefix space: a joke's first word should tokenize the same as in a prompt.
@@ -69,7 +70,8 @@ class ByteLevelBPETokenizer:
         return cls(Tokenizer.from_file(str(path)))
 
     @classmethod
-    def from_pretrained(cls, repo_or_dir: str | Path, *, revision: str | None = None, **hub_kwargs: Any) -> "ByteLevelBPETokenizer":
+    def from_pretrained(cls, repo_or_dir: str | Path, *, revision: str | None = None,
+                        **hub_kwargs: Any) -> "ByteLevelBPETokenizer":
         """Load tokenizer.json from a local directory or a Hub repo (same repo/revision as the model)."""
         from .hub import resolve_file
         return cls.from_file(resolve_file(repo_or_dir, TOKENIZER_FILE, revision=revision, **hub_kwargs))

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout, installed or not
 
-from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM  # noqa: E402
+from rujokes_model import SIZES, ByteLevelBPETokenizer, TransformerForCausalLM  # noqa: E402
 from rujokes_model.pretrained import WEIGHTS_ROOT  # noqa: E402
 
 # int8: per-row int8 matrices (the CPU worker's own rounding), a quarter of fp32; dequantized on load.
@@ -26,7 +26,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, type=Path, help="output directory of rujokes-train")
-    p.add_argument("--size", required=True, choices=["nano", "mini", "small"])
+    p.add_argument("--size", required=True, choices=SIZES)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="storage dtype of the weights")
     args = p.parse_args()
     target = WEIGHTS_ROOT / args.size

@@ -1,4 +1,4 @@
-"""Write the settings table of deploy/README.md from `bot.settings.Settings`: every setting, grouped,
+"""Write the settings table of deploy/README.md from `bot.common.settings.Settings`: every setting, grouped,
 with its default and description, between the `settings-table` markers, so the operator's doc cannot
 drift from the code (tests/test_deploy.py checks it).
 
@@ -13,13 +13,14 @@ from pathlib import Path
 
 from gen_env_example import default_text, field_groups  # a sibling script: same groups, same defaults
 
-from bot.settings import Settings
+from bot.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "deploy" / "README.md"
 START = "<!-- settings-table:start -->"
 END = "<!-- settings-table:end -->"
-NOTE = "<!-- generated from bot/settings.py by scripts/gen_config_table.py: edit the Settings class, not this table -->"
+NOTE = ("<!-- generated from bot/common/settings.py by scripts/gen_config_table.py: "
+        "edit the Settings class, not this table -->")
 
 
 def cell(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Write `.env.example` from `bot.settings.Settings`: every setting, grouped, with its description
+"""Write `.env.example` from `bot.common.settings.Settings`: every setting, grouped, with its description
 and default, so the example cannot drift from the code (tests/test_bot_env_example.py checks it).
 
     python scripts/gen_env_example.py           # rewrite .env.example
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bot import settings as settings_module
-from bot.settings import Settings
+from bot.common import settings as settings_module
+from bot.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / ".env.example"
@@ -24,7 +24,7 @@ REQUIRED = {"bot_token"}  # left uncommented: the one line everybody must fill i
 HEADER = """\
 # rujokes settings. Copy to `.env` and set BOT_TOKEN; everything else has a working default.
 # Names are case-insensitive; real environment variables override this file.
-# Generated from bot/settings.py by scripts/gen_env_example.py: edit the Settings class, not this file.
+# Generated from bot/common/settings.py by scripts/gen_env_example.py: edit the Settings class, not this file.
 #
 # In @BotFather, for the bot behind BOT_TOKEN: /setinline turns inline mode on (@bot Штирлиц…),
 # /setinlinefeedback lets the bot see which inline result was sent (then a joke that was not ready

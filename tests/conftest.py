@@ -1,4 +1,5 @@
-"""Shared fixtures. Redis is always a real redis-server process, never a mock."""
+"""Shared fixtures. Redis is always a real redis-server process, never a mock; the e2e stack runs real bot and
+worker processes against a fake Bot API; the model tests opt into one torch thread (`pytestmark`)."""
 from __future__ import annotations
 
 import shutil
@@ -13,10 +14,13 @@ import pytest
 import redis
 import redis.asyncio
 
-from bot.protocol import Delivery, JokeRequest
-from bot.queue import QueueConfig, RequestQueue
-from bot.redis_connection import redis_server_binary
-from bot.results import ResultReader
+from bot.queue.client import RequestQueue
+from bot.queue.config import QueueConfig
+from bot.queue.connection import redis_server_binary
+from bot.queue.protocol import Delivery, JokeRequest
+from bot.queue.results import ResultReader
+from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, make_stack
+from tests.fake_bot_api import FakeBotAPI
 
 
 class RedisServer:
@@ -141,3 +145,43 @@ def make_request() -> Callable[..., JokeRequest]:
         return JokeRequest(prompt=prompt, **fields)
 
     return make
+
+
+# -- torch threads -----------------------------------------------------------------------------------------
+
+
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny matmuls on shared cores: one intra-op thread is ~10× faster than two fighting a busy box."""
+    from tests.model_helpers import torch_threads  # torch: only for the tests that opt in
+
+    with torch_threads(1):
+        yield
+
+
+# A module opts in with `pytestmark = pytest.mark.usefixtures("single_torch_thread")`.
+single_torch_thread = pytest.fixture(_one_torch_thread, name="single_torch_thread")
+# For modules whose module-scoped fixtures (training runs) must run single-threaded too.
+single_torch_thread_for_module = pytest.fixture(_one_torch_thread, scope="module", name="single_torch_thread_for_module")
+
+
+# -- the e2e stack: fake Bot API + Redis + a real bot and worker ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
+    """One stack for every e2e test of the session (tests run in file order); stopped at the end."""
+    from tests.model_helpers import make_tiny_model_dir  # torch: only where a worker is needed
+
+    models = tmp_path_factory.mktemp("models")
+    nano, mini = models / "nano", models / "mini"
+    api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
+    stack = make_stack(api, redis_server.url, f"e2e-{uuid.uuid4().hex[:6]}:", tmp_path_factory.mktemp("logs"),
+                       nano, mini)
+    try:
+        stack.start_bot()  # first: its imports take longest, and the models are built meanwhile
+        make_tiny_model_dir(nano, seed=1)
+        make_tiny_model_dir(mini, seed=2)
+        yield stack.start()
+    finally:
+        stack.close()
+        api.stop()

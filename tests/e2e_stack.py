@@ -11,16 +11,14 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import pytest
 import redis
 
-from bot import texts
+from bot.telegram import texts
 from tests.fake_bot_api import FakeBotAPI
 from tests.worker_process import start_console_script, start_worker, worker_env
 
@@ -221,35 +219,3 @@ def make_stack(api: FakeBotAPI, redis_url: str, prefix: str, log_dir: Path, nano
     workers = worker_env(redis_url, prefix, nano_dir, MODEL_MINI=str(mini_dir), WORKER_BATCH_SIZE="8",
                          PARTIAL_INTERVAL_S="0.05", HEARTBEAT_TTL_S="8", CLAIM_IDLE_MS="3000", WORKER_ID="e2e-worker")
     return Stack(api, redis_url, prefix, log_dir, bot_env(api, redis_url, prefix, **settings), workers)
-
-
-_running: list[Stack] = []
-
-
-@pytest.fixture(scope="session")
-def stack(redis_server, tmp_path_factory) -> Stack:
-    """One stack for every e2e module that imports this fixture; tests run in file order.
-
-    pytest makes one fixture per importing module, so the first one starts the stack and the
-    others reuse it; it stops at the end of the session.
-    """
-    if _running:
-        yield _running[0]
-        return
-    from tests.tiny_model import make_tiny_model_dir  # torch: only where a worker is needed
-
-    models = tmp_path_factory.mktemp("models")
-    nano, mini = models / "nano", models / "mini"
-    api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
-    stack = make_stack(api, redis_server.url, f"e2e-{uuid.uuid4().hex[:6]}:", tmp_path_factory.mktemp("logs"),
-                       nano, mini)
-    try:
-        stack.start_bot()  # first: its imports take longest, and the models are built meanwhile
-        make_tiny_model_dir(nano, seed=1)
-        make_tiny_model_dir(mini, seed=2)
-        _running.append(stack.start())
-        yield stack
-    finally:
-        _running.clear()
-        stack.close()
-        api.stop()

@@ -1,4 +1,6 @@
-"""Shared builders for the rujokes_model tests: tiny configs, seeded models, prompts, a tiny Russian tokenizer.
+"""Shared builders for the tests: tiny configs, seeded models, prompts, a tiny Russian tokenizer, and a tiny
+random-weight model directory (config.json, model.safetensors, tokenizer.json) for tests that need the real
+model code path without trained weights (`make_tiny_model_dir`).
 
 Everything here is deliberately small (vocab ≤ 300, max_seq_len ≤ 64, d_model ≤ 96) so the whole
 model suite runs in well under a minute on two shared CPU cores.
@@ -10,8 +12,8 @@ import copy
 import functools
 import json
 import random
+from pathlib import Path
 
-import pytest
 import torch
 
 from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCausalLM
@@ -48,6 +50,32 @@ def random_ids(length: int, vocab_size: int, seed: int = 0, batch: int = 1, low:
     """(batch, length) token ids in [low, vocab_size): avoids the pad/bos/eos ids 0..2."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(low, vocab_size, (batch, length), generator=generator)
+
+
+# ---- a model directory ----------------------------------------------------------------------------
+OPENINGS = ["Штирлиц пришел домой", "Вовочка спрашивает учительницу", "Приходит мужик к врачу",
+            "Встречаются два программиста", "Армянское радио спросили", "Жена говорит мужу"]
+WORDS = ["и", "а", "но", "сказал", "ответил", "доктор", "ёлка", "кот", "водка", "милиционер", "тёща",
+         "— Почему?", "— Не знаю!", "смеётся", "Hello", "2024", "🙂", "ребята", "шеф", "компьютер"]
+
+
+
+def tiny_corpus(n: int = 300, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"{rng.choice(OPENINGS)}, {' '.join(rng.choice(WORDS) for _ in range(rng.randint(4, 16)))}."
+            for _ in range(n)]
+
+
+def make_tiny_model_dir(path: str | Path, *, seed: int = 0, vocab_size: int = 300, max_seq_len: int = 128,
+                        **overrides) -> Path:
+    """Train a ~300-token BPE on a synthetic corpus and save a random nano-shaped model beside it."""
+    path = Path(path)
+    tokenizer = ByteLevelBPETokenizer.train_from_iterator(tiny_corpus(), vocab_size=vocab_size)
+    torch.manual_seed(seed)
+    config = ModelConfig.preset("nano", vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len, **overrides)
+    TransformerForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def left_pad(prompts: list[torch.Tensor], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,17 +151,6 @@ def torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(previous)
-
-
-def _one_torch_thread():
-    """Tiny matmuls on shared cores: one intra-op thread is ~10× faster than two fighting a busy box."""
-    with torch_threads(1):
-        yield
-
-
-single_torch_thread = pytest.fixture(autouse=True)(_one_torch_thread)
-# For modules whose module-scoped fixtures (training runs) must run single-threaded too.
-single_torch_thread_for_module = pytest.fixture(scope="module", autouse=True)(_one_torch_thread)
 
 
 def write_jokes(path, count: int = 160, seed: int = 0):

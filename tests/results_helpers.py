@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.protocol import JokeResult
-from bot.results import ResultReader
+from bot.queue.protocol import JokeResult
+from bot.queue.results import ResultReader
 
 
 async def final_results(reader: ResultReader, count: int, timeout_s: float = 3.0) -> list[JokeResult]:

@@ -9,11 +9,18 @@ import json
 import re
 import time
 
-from bot import texts
-from bot.prompts import CLASSIC_OPENINGS
-from tests.e2e_stack import (ADMIN_ID, BOT_USERNAME, JOKE_BUTTONS, Stack, button_texts, calls_to, is_joke,
-                             stack, wait_until)  # noqa: F401 (stack: the fixture, shared with test_bot_e2e_limits.py)
-
+from bot.telegram import texts
+from bot.telegram.prompts import CLASSIC_OPENINGS
+from tests.e2e_stack import (
+    ADMIN_ID,
+    BOT_USERNAME,
+    JOKE_BUTTONS,
+    Stack,
+    button_texts,
+    calls_to,
+    is_joke,
+    wait_until,
+)
 
 # -- journey 6: /start, /help, the command menu ----------------------------------------------------------
 

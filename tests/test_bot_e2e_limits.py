@@ -9,11 +9,9 @@ import time
 
 import pytest
 
-from bot import texts
-from bot.protocol import Delivery, JokeRequest
-from tests.e2e_stack import (BOT_USERNAME, Stack, calls_to, is_joke, stack, stop_process,  # noqa: F401 (fixture)
-                             wait_until)
-
+from bot.queue.protocol import Delivery, JokeRequest
+from bot.telegram import texts
+from tests.e2e_stack import BOT_USERNAME, Stack, calls_to, is_joke, stop_process, wait_until
 
 # -- limits ---------------------------------------------------------------------------------------------
 

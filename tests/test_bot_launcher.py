@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e_stack import BOT_TOKEN, wait_until
 from tests.fake_bot_api import FakeBotAPI
-from tests.tiny_model import make_tiny_model_dir
+from tests.model_helpers import make_tiny_model_dir
 
 
 def process_gone(pid: int) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.bot_main import token_problem
+from bot.common.bot_token import token_problem
 from tests.e2e_stack import BOT_TOKEN
 from tests.fake_bot_api import FakeBotAPI
 

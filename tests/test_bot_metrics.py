@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot import texts
-from bot.keyboards import JokeAction
+from bot.telegram import texts
+from bot.telegram.keyboards import JokeAction
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, is_joke, make_stack, wait_until
 from tests.fake_bot_api import FakeBotAPI
 
 
 @pytest.fixture(scope="module")
 def stack(redis_server, tmp_path_factory):
-    from tests.tiny_model import make_tiny_model_dir  # torch: only where a worker is needed
+    from tests.model_helpers import make_tiny_model_dir  # torch: only where a worker is needed
 
     api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
     model = tmp_path_factory.mktemp("models") / "nano"

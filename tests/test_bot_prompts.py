@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from bot.outbox import draft_id_for, fit_message, utf16_len
-from bot.prompts import CLASSIC_OPENINGS, PromptTooLong, clean_model_text, clean_prompt, random_opening
+from bot.telegram.outbox import draft_id_for, fit_message, utf16_len
+from bot.telegram.prompts import CLASSIC_OPENINGS, PromptTooLong, clean_model_text, clean_prompt, random_opening
 
 
 def test_control_characters_are_stripped():

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from bot.feedback import FeedbackStore, percentile
-from bot.outstanding import OutstandingRequests
-from bot.protocol import Delivery, JokeRequest
-from bot.ratelimit import ChatPacer, TokenBucket, UserRateLimiter, is_group_chat
+from bot.queue.protocol import Delivery, JokeRequest
+from bot.telegram.feedback import FeedbackStore, percentile
+from bot.telegram.outstanding import OutstandingRequests
+from bot.telegram.ratelimit import ChatPacer, TokenBucket, UserRateLimiter, is_group_chat
 
 
 async def test_token_bucket_allows_the_burst_then_says_how_long_to_wait(redis_client, key_prefix):

@@ -1,4 +1,4 @@
-"""The bot's shutdown is bounded and says what it does: stages with timeouts (bot/shutdown.py), and
+"""The bot's shutdown is bounded and says what it does: stages with timeouts (bot/common/shutdown.py), and
 the real `rujokes-bot` process stopping on SIGTERM, in stages, without acking what it did not deliver."""
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import uuid
 import pytest
 import redis
 
-from bot.protocol import DATA_FIELD, RESULT_GROUP, Delivery, JokeResult, StreamKeys
-from bot.shutdown import InFlightUpdates, Stage, run_bounded, run_stages
+from bot.common.shutdown import Stage, run_bounded, run_stages
+from bot.queue.protocol import DATA_FIELD, RESULT_GROUP, Delivery, JokeResult, StreamKeys
+from bot.telegram.middlewares import InFlightUpdates
 from tests.e2e_stack import BOT_TOKEN, bot_env, free_port, start_bot, wait_until
 from tests.fake_bot_api import FakeBotAPI
 
@@ -30,7 +31,7 @@ def warnings_about(caplog: pytest.LogCaptureFixture, stage: str) -> list[str]:
 
 
 async def test_a_stage_that_never_ends_is_cancelled_and_the_next_stages_still_run(caplog):
-    caplog.set_level(logging.INFO, logger="bot.shutdown")
+    caplog.set_level(logging.INFO, logger="bot.common.shutdown")
     ran: list[str] = []
 
     async def quick() -> None:
@@ -66,7 +67,7 @@ async def test_time_a_quick_stage_leaves_passes_on_to_the_later_ones():
 
 
 async def test_a_stage_that_ignores_cancellation_is_left_behind_within_its_share(caplog):
-    caplog.set_level(logging.INFO, logger="bot.shutdown")
+    caplog.set_level(logging.INFO, logger="bot.common.shutdown")
     stubborn: list[asyncio.Task] = []
 
     async def ignores_cancellation() -> None:
@@ -89,7 +90,7 @@ async def test_a_stage_that_ignores_cancellation_is_left_behind_within_its_share
 
 
 async def test_every_stage_logs_its_start_and_its_end_with_duration_and_a_failure_does_not_stop_the_rest(caplog):
-    caplog.set_level(logging.INFO, logger="bot.shutdown")
+    caplog.set_level(logging.INFO, logger="bot.common.shutdown")
 
     async def fails() -> None:
         raise ConnectionError("Redis is gone")
@@ -154,7 +155,7 @@ def test_leftover_tasks_that_ignore_cancellation_do_not_hold_up_the_exit():
 
 
 def test_the_watchdog_ends_a_process_whose_shutdown_hangs():
-    code = "import time; from bot.shutdown import start_watchdog; start_watchdog(0.3); time.sleep(60)"
+    code = "import time; from bot.common.shutdown import start_watchdog; start_watchdog(0.3); time.sleep(60)"
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "did not end within 0.3s" in result.stderr

@@ -23,9 +23,10 @@ import pytest
 import redis.asyncio
 import yaml
 
-from bot.queue import QueueConfig, RequestQueue
-from bot.settings import Settings
-from tests.tiny_model import make_tiny_model_dir
+from bot.common.settings import Settings
+from bot.queue.client import RequestQueue
+from bot.queue.config import QueueConfig
+from tests.model_helpers import make_tiny_model_dir
 from tests.worker_process import worker_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,11 +6,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bot.engine import ModelEngine, build_engine, load_source
-from bot.engine_api import Job
+from bot.worker.engine import ModelEngine
+from bot.worker.engine_api import Job
+from bot.worker.loading import build_engine, load_source
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.lowbit_weights import LowBitLinear
-from tests.tiny_model import make_tiny_model_dir
+from tests.model_helpers import make_tiny_model_dir
 
 PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",
            "Жена говорит мужу", "Встречаются два программиста", "Кот", "Шеф, всё пропало"]

@@ -10,13 +10,16 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramBadRequest, TelegramConflictError, TelegramRetryAfter
-from aiogram.types import (BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, InlineQueryResultArticle,
-                           InputTextMessageContent, Update)
+from aiogram.types import (
+    BotCommand,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InlineQueryResultArticle,
+    InputTextMessageContent,
+    Update,
+)
 
-try:
-    from tests.fake_bot_api import MAX_TEXT, FakeBotAPI
-except ImportError:  # tests/ on sys.path instead of the repo root
-    from fake_bot_api import MAX_TEXT, FakeBotAPI
+from tests.fake_bot_api import MAX_TEXT, FakeBotAPI
 
 USER = 1001
 GROUP = -1001234567890

@@ -1,4 +1,4 @@
-"""Metrics (bot/metrics.py) and the worker's instrumentation, scraped over real HTTP."""
+"""Metrics (bot/common/metrics.py) and the worker's instrumentation, scraped over real HTTP."""
 from __future__ import annotations
 
 import asyncio
@@ -13,10 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.engine_api import GenerationOutput, Job
-from bot.metrics import Metrics, start_http_server
-from bot.queue import RequestQueue
-from bot.worker import Worker, WorkerConfig
+from bot.common.metrics import Metrics, start_http_server
+from bot.queue.client import RequestQueue
+from bot.worker.config import WorkerConfig
+from bot.worker.engine_api import GenerationOutput, Job
+from bot.worker.loop import Worker
 
 
 class EchoEngine:

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from model_helpers import left_pad, random_ids, right_pad, single_torch_thread, tiny_model  # noqa: F401
+from tests.model_helpers import left_pad, random_ids, right_pad, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 COMBINATIONS = [("rope", "gqa"), ("rope", "mhla"), ("alibi", "gqa"), ("alibi", "mhla")]
 LENGTHS = (3, 11, 7, 1)
@@ -134,3 +136,4 @@ def test_seeded_rows_draw_the_same_tokens_after_their_batch_mates_leave(compacti
     assert compactions == []
     assert run(True, eos).tolist() == kept
     assert compactions
+

@@ -8,9 +8,9 @@ so a wrong reuse would show up as wrong tokens, not as a recompile).
 import pytest
 import torch
 
-from model_helpers import ATTENTIONS, POSITIONS, left_pad, random_ids, tiny_model, torch_threads
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.continuous import ContinuousBatch, RowSettings
+from tests.model_helpers import ATTENTIONS, POSITIONS, left_pad, random_ids, tiny_model, torch_threads
 
 # ALiBi + GQA (nano's preset) and RoPE + MHLA (mini's and small's): ALiBi's bias, RoPE's real-valued
 # rotation, the KV cache and the latent cache each appear in the compiled graph.

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from rujokes_model import SIZES, ModelConfig, TransformerForCausalLM
-from model_helpers import single_torch_thread, tiny_model  # noqa: F401
+from tests.model_helpers import tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def on_meta(config: ModelConfig) -> TransformerForCausalLM:

@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from model_helpers import random_ids, single_torch_thread, tiny_model  # noqa: F401
 from rujokes_model.continuous import ContinuousBatch, RowSettings
+from tests.model_helpers import random_ids, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 COMBINATIONS = [("rope", "gqa"), ("rope", "mhla"), ("alibi", "gqa"), ("alibi", "mhla")]
 # (join at round, prompt length, new tokens): rows join a running batch and leave it at different times.
@@ -89,3 +91,4 @@ def test_joining_between_sample_and_feed_is_refused_and_an_emptied_batch_starts_
     assert len(batch) == 0 and batch.cache is None
     batch.join([[1, 2, 3, 4, 5, 6]], [RowSettings(temperature=0.0)])  # longer than the first prompt: fits again
     assert batch.next_column == 6
+

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import rujokes_model.attention
-from model_helpers import POSITIONS, random_ids, tiny_model, torch_threads
 from rujokes_model.cpu_kernels import cpu_kernels_supported, kernels_loaded, load_cpu_kernels
+from tests.model_helpers import POSITIONS, random_ids, tiny_model, torch_threads
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
 NEG_INF = float("-inf")

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from model_helpers import random_ids, single_torch_thread, tiny_model  # noqa: F401
+from tests.model_helpers import random_ids, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 PAD = 0
 
@@ -158,3 +160,4 @@ def test_one_dimensional_prompt_is_treated_as_one_row():
     out = model.generate(prompt[0], 6, do_sample=False)
 
     assert out.tolist() == model.generate(prompt, 6, do_sample=False).tolist()
+

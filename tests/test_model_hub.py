@@ -8,7 +8,9 @@ from safetensors.torch import load_file, save_file
 
 import rujokes_model.pretrained as pretrained
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM, pretrained_path
-from model_helpers import clone, random_ids, single_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
+from tests.model_helpers import clone, random_ids, tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def logits(model, ids):
@@ -236,3 +238,4 @@ def test_legacy_checkpoint_missing_one_part_still_fails_the_strict_check(tmp_pat
 
     with pytest.raises(ValueError, match="blocks.0.attn.wqkv.weight"):
         TransformerForCausalLM.from_pretrained(tmp_path)
+

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from model_helpers import ATTENTIONS, POSITIONS, random_ids, single_torch_thread, tiny_model  # noqa: F401
+from tests.model_helpers import ATTENTIONS, POSITIONS, random_ids, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 COMBINATIONS = [(position, attention) for position in POSITIONS for attention in ATTENTIONS]
 
@@ -74,3 +76,4 @@ def test_rope_cache_larger_than_context_is_refused():
 
     with pytest.raises(ValueError, match="exceeds"):
         model.new_cache(1, 17)
+

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_helpers import random_ids, tiny_model, torch_threads
 from rujokes_model import TransformerForCausalLM
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.cpu_kernels import KernelBuildError, build, cpu_kernels_supported, kernel_threads, load_cpu_kernels
 from rujokes_model.lowbit_weights import AbsorbedHeads, LowBitLinear, quantize_int8, use_lowbit_weights
+from tests.model_helpers import random_ids, tiny_model, torch_threads
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
 

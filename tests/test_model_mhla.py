@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from rujokes_model.kv_cache import KVCache, LatentCache
-from model_helpers import POSITIONS, clone, random_ids, single_torch_thread, tiny_model  # noqa: F401
+from tests.model_helpers import POSITIONS, clone, random_ids, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def set_mode(model, mode: str) -> None:
@@ -103,3 +105,4 @@ def test_prefill_fills_the_latent_cache_up_to_the_prompt_length_only():
         assert layer_cache.rope_key[:, :5].abs().sum(-1).gt(0).all()
         assert torch.count_nonzero(layer_cache.latent[:, 5:]) == 0
         assert torch.count_nonzero(layer_cache.rope_key[:, 5:]) == 0
+

@@ -4,7 +4,9 @@ import torch
 
 from rujokes_model import ModelConfig, TransformerForCausalLM
 from rujokes_model.layers import alibi_slopes, apply_rope, rope_tables
-from model_helpers import ATTENTIONS, POSITIONS, random_ids, single_torch_thread, tiny_model  # noqa: F401
+from tests.model_helpers import ATTENTIONS, POSITIONS, random_ids, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 def paper_slopes(n_head: int) -> list[float]:
@@ -140,3 +142,4 @@ def test_position_tables_stay_fp32_when_the_model_moves_to_bf16(position):
     assert all(torch.equal(a, b) for a, b in zip(tables, expected))
     logits = model(torch.randint(0, 64, (1, 8)))
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+

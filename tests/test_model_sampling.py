@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from rujokes_model.sampling import filter_logits, sample_tokens
-from model_helpers import left_pad, random_ids, single_torch_thread, tiny_model  # noqa: F401
+from tests.model_helpers import left_pad, random_ids, tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 DRAWS = 4000
 
@@ -246,3 +248,4 @@ def test_per_row_settings_that_agree_generate_like_one_setting_for_the_batch():
     batch_wide = model.generate(prompts, 15, do_sample=True, top_k=7, temperature=0.9)
 
     assert per_row.tolist() == batch_wide.tolist()
+

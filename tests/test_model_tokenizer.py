@@ -5,7 +5,9 @@ import torch
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, ModelConfig, stream_text
 from rujokes_model.decode_plan import DecodePlan
 from rujokes_model.streaming import REPLACEMENT_CHAR
-from model_helpers import single_byte_ids, single_torch_thread, tiny_model, tiny_tokenizer  # noqa: F401
+from tests.model_helpers import single_byte_ids, tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 TEXTS = [
     "Штирлиц шёл по коридору.",
@@ -174,3 +176,4 @@ def test_stream_text_of_byte_split_cyrillic_never_shows_a_replacement_character(
     assert "".join(pieces) == text
     assert len(pieces) > 5
     assert not any(REPLACEMENT_CHAR in piece for piece in pieces)
+

@@ -1,4 +1,4 @@
-"""The Redis Streams protocol (bot/queue.py, bot/claims.py) against a real redis-server."""
+"""The Redis Streams protocol (bot/queue/) against a real redis-server."""
 from __future__ import annotations
 
 import asyncio
@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from bot.protocol import DATA_FIELD, WORKER_GROUP, Delivery, DeadLetter, JokeResult, WorkerInfo
-from bot.queue import QueueFull, RequestQueue
-from bot.redis_connection import connect, start_embedded_redis
-from bot.results import ResultReader
+from bot.queue.client import RequestQueue
+from bot.queue.connection import connect, start_embedded_redis
+from bot.queue.protocol import DATA_FIELD, WORKER_GROUP, DeadLetter, Delivery, JokeResult, WorkerInfo
+from bot.queue.results import ResultReader
+from bot.queue.submit import QueueFull
 
 
 def answer_ok(claimed, worker_id: str, text: str = "анекдот") -> JokeResult:

@@ -9,13 +9,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from model_helpers import russian_sentences, single_torch_thread_for_module, write_jokes  # noqa: F401
 
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
 from rujokes_model.cpu_kernels import cpu_kernels_supported
+from tests.model_helpers import russian_sentences, write_jokes
 from trainer.cli import eval_main, train_main
 from trainer.data import load_corpus, split_train_val
 from trainer.evaluate import evaluate_texts
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread_for_module")
 
 STEPS = 8
 TINY_MODEL_ARGS = ["--model-override", "n_layer=1", "--model-override", "d_model=32", "--model-override", "n_head=2",
@@ -176,3 +178,4 @@ def test_dropout_time_limit_and_last_weights_flags_reach_the_run(tmp_path, corpu
     recorded = json.loads((out / "train_config.json").read_text())
     assert (recorded["time_limit_s"], recorded["keep_best"]) == (600.0, False)
     assert json.loads(stdout.splitlines()[0])["selected_step"] == STEPS
+

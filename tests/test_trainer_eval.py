@@ -6,11 +6,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import single_torch_thread_for_module, tiny_tokenizer  # noqa: F401
 
 from rujokes_model import ModelConfig, TransformerForCausalLM
+from tests.model_helpers import tiny_tokenizer
 from trainer.evaluate import evaluate_texts, total_nll
 from trainer.packing import encode_documents, eval_windows
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread_for_module")
 
 TEXTS = ["Штирлиц шёл по лесу.", "— Ты кто?\n— Я ёж. 🦔", "Вовочка"]
 LONG_TEXTS = ["Поручик Ржевский пришёл на бал и сказал: господа, а не выпить ли нам шампанского?",
@@ -121,3 +123,4 @@ def test_total_nll_counts_one_target_per_token_after_bos():
     documents = encode_documents(tiny_tokenizer(), LONG_TEXTS + TEXTS)
     _, count = total_nll(toy_model("alibi"), eval_windows(documents, SEQ_LEN).tokens, batch_size=4)
     assert count == sum(len(doc) - 1 for doc in documents)
+

@@ -1,9 +1,8 @@
 """The size recipes: the original settings, and the `small` recipe runs end to end (GPU-sized, tried on CPU)."""
 from __future__ import annotations
 
-from model_helpers import write_jokes
-
 from rujokes_model import ModelConfig, TransformerForCausalLM
+from tests.model_helpers import write_jokes
 from trainer.recipes import ORIGINAL_RECIPES, RECIPES, recipe
 from trainer.train import train
 

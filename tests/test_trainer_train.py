@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_helpers import single_torch_thread_for_module, write_jokes  # noqa: F401
 from safetensors.torch import load_file
 
 from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCausalLM
+from tests.model_helpers import write_jokes
 from trainer.data import prepare_corpus
 from trainer.packing import pack_documents
 from trainer.recipes import RECIPES, TrainConfig, recipe
 from trainer.report import SAMPLE_PROMPTS, read_metrics
 from trainer.schedule import build_optimizer, lr_factor
 from trainer.train import CHECKPOINT_DIR, build_tokenizer, rows_for_step, train
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread_for_module")
 
 TINY_MODEL = {"n_layer": 1, "d_model": 32, "n_head": 2, "n_kv_head": 1, "d_ff": 64}
 BOS, EOS = 1, 2
@@ -363,3 +365,4 @@ def test_best_weights_survive_a_checkpoint_round_trip(tmp_path):
     assert loaded.step == 5 and loaded.metrics == {"val_bpc": 3.0}
     assert all(torch.equal(loaded.state[name], value) for name, value in model.state_dict().items())
     assert BestWeights.load(tmp_path / "missing").state is None
+

@@ -11,12 +11,14 @@ import threading
 import pytest
 import torch
 
-from bot.engine import ModelEngine, load_source
-from bot.protocol import SamplingParams
-from bot.queue import RequestQueue
-from bot.worker import Worker, WorkerConfig, _job
+from bot.queue.client import RequestQueue
+from bot.queue.protocol import SamplingParams
+from bot.worker.config import WorkerConfig
+from bot.worker.engine import ModelEngine
+from bot.worker.loading import load_source
+from bot.worker.loop import Worker, _job
+from tests.model_helpers import make_tiny_model_dir
 from tests.results_helpers import final_results
-from tests.tiny_model import make_tiny_model_dir
 
 CPU = torch.device("cpu")
 

@@ -13,15 +13,17 @@ import types
 
 import pytest
 
-from bot.engine_api import GenerationOutput, Job
-from bot.logging_setup import JsonFormatter
-from bot.protocol import DATA_FIELD, Delivery, DeadLetter
-from bot.queue import QueueConfig, RequestQueue
-from bot.redis_connection import connect
-from bot.results import ResultReader
-from bot.settings import Settings
-from bot.worker import Worker, WorkerConfig
-from bot.worker_main import serve
+from bot.common.logs import JsonFormatter
+from bot.common.settings import Settings
+from bot.queue.client import RequestQueue
+from bot.queue.config import QueueConfig
+from bot.queue.connection import connect
+from bot.queue.protocol import DATA_FIELD, DeadLetter, Delivery
+from bot.queue.results import ResultReader
+from bot.worker.config import WorkerConfig
+from bot.worker.engine_api import GenerationOutput, Job
+from bot.worker.loop import Worker
+from bot.worker.main import serve
 from tests.results_helpers import final_results
 
 
@@ -267,9 +269,9 @@ async def test_requests_survive_a_redis_restart_with_aof_and_are_answered(
 async def test_worker_main_serves_with_the_engine_from_build_engine_until_sigterm(
     redis_server, redis_client, key_prefix, make_request, monkeypatch
 ):
-    fake_engine_module = types.ModuleType("bot.engine")
+    fake_engine_module = types.ModuleType("bot.worker.loading")
     fake_engine_module.build_engine = lambda settings: UpperEngine(sizes=[settings.default_size])
-    monkeypatch.setitem(sys.modules, "bot.engine", fake_engine_module)
+    monkeypatch.setitem(sys.modules, "bot.worker.loading", fake_engine_module)
     settings = Settings(_env_file=None, redis_url=redis_server.url, redis_prefix=key_prefix,
                         worker_id="main-1", worker_block_ms=50, default_size="mini")
     queue = RequestQueue(redis_client, settings.queue_config())

@@ -8,10 +8,11 @@ import time
 import pytest
 import redis.asyncio
 
-from bot.protocol import Delivery, JokeRequest, SamplingParams
-from bot.queue import QueueConfig, RequestQueue
-from bot.results import ResultReader
-from tests.tiny_model import make_tiny_model_dir
+from bot.queue.client import RequestQueue
+from bot.queue.config import QueueConfig
+from bot.queue.protocol import Delivery, JokeRequest, SamplingParams
+from bot.queue.results import ResultReader
+from tests.model_helpers import make_tiny_model_dir
 from tests.worker_process import start_worker, worker_env
 
 

@@ -1,0 +1,49 @@
+"""Logging for every rujokes process: plain text or one JSON object per line (LOG_FORMAT=json).
+
+Structured fields travel as `extra={"fields": {...}}`: the JSON formatter makes them top-level keys,
+so a request can be followed by its `request_id` through the bot's and the workers' logs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; structured `extra={"fields": {...}}` become top-level keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **getattr(record, "fields", {}),
+        }
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def log_event(logger: logging.Logger, event: str, fields: dict[str, Any], *, level: int = logging.INFO,
+              message: str = "", quote: bool = False, hidden: tuple[str, ...] = ()) -> None:
+    """One structured line: `event key=value …[: message]` as text, every field a top-level key in JSON.
+
+    quote=True writes values with repr (for user input such as command arguments); `hidden` fields go
+    to JSON only (when the event text already says them).
+    """
+    shown = " ".join(f"{key}={value!r}" if quote else f"{key}={value}" for key, value in fields.items()
+                     if key not in hidden)
+    text = f"{event} {shown}".rstrip() + (f": {message}" if message else "")
+    logger.log(level, text, extra={"fields": fields})

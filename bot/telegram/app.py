@@ -1,0 +1,251 @@
+"""Assemble the bot: Bot (session, middlewares), services on Redis, Dispatcher with the feature
+routers, and run it by long polling (default) or as a webhook server.
+
+Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`,
+`queue`, `jokes`, `feedback`, `outstanding`, `metrics`): handlers name what they use in their signature.
+With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
+
+SIGTERM/SIGINT start a bounded shutdown (bot/common/shutdown.py), in stages that each log their start, end
+and duration: stop taking updates (`polling` or `webhook`), let the updates in hand finish
+(`updates`), stop reading results (`results_reader`), let deliveries in progress finish (`delivery`),
+then close the metrics server, Redis and the Telegram session. The whole takes at most
+BOT_SHUTDOWN_TIMEOUT_S; a stage that overruns its share is cancelled with a warning. Nothing
+accepted is lost that way: a result is acked only once shown, so one cut short is re-read after a restart.
+Should even that not end the process (a blocked event loop), a watchdog exits with code 1
+WATCHDOG_MARGIN_S later.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from bot.common.metrics import Metrics, MetricsServer, start_http_server
+from bot.common.settings import Settings
+from bot.common.shutdown import Stage, run_stages, start_watchdog
+from bot.queue.client import RequestQueue
+from bot.queue.results import ResultReader
+from bot.telegram import texts
+from bot.telegram.delivery import DeliveryLoop
+from bot.telegram.feedback import FeedbackStore
+from bot.telegram.handlers import feature_routers
+from bot.telegram.jokes import JokeService
+from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates
+from bot.telegram.outbox import Outbox
+from bot.telegram.outstanding import OutstandingRequests
+from bot.telegram.ratelimit import ChatPacer, UserRateLimiter
+from bot.telegram.waiters import InlineWaiters
+
+log = logging.getLogger(__name__)
+
+# Inline queries come once per typing pause, so they get a roomier bucket than /joke.
+INLINE_RATE_FACTOR = 3
+# /healthz turns 503 when the delivery loop (it goes round every second) or Redis has been silent this long.
+HEALTH_STALE_S = 30.0
+# Relative shares of BOT_SHUTDOWN_TIMEOUT_S per shutdown stage; time a stage leaves unused passes on
+# to the later ones (see bot/common/shutdown.py).
+# results_reader only cancels a blocked XREADGROUP, but on a loaded machine redis-py's unwinding of that
+# read can outlast a small share (BENCHMARKS.md, "Figures behind code comments"): it gets 0.15.
+STAGE_SHARES = {"receiver": 0.15, "updates": 0.15, "results_reader": 0.15, "delivery": 0.25, "metrics": 0.1,
+                "redis": 0.1, "session": 0.1}
+# After the shutdown's budget, this much longer before the watchdog ends the process regardless.
+WATCHDOG_MARGIN_S = 5.0
+
+
+def build_bot(settings: Settings, pacer: ChatPacer, metrics: Metrics) -> Bot:
+    api = settings.telegram_api_base.rstrip("/")
+    session = AiohttpSession(api=TelegramAPIServer.from_base(api)) if api else AiohttpSession()
+    session.middleware(FloodControl(metrics))
+    session.middleware(GroupPacing(pacer))
+    # No default parse_mode: every text goes out plain, so model output is never parsed as markup.
+    return Bot(settings.bot_token.get_secret_value(), session=session,
+               default=DefaultBotProperties(link_preview_is_disabled=True))
+
+
+@dataclass
+class Services:
+    redis: Redis
+    queue: RequestQueue
+    feedback: FeedbackStore
+    outstanding: OutstandingRequests
+    jokes: JokeService
+    delivery: DeliveryLoop
+    metrics: Metrics
+
+
+def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics) -> Services:
+    prefix = settings.redis_prefix
+    queue = RequestQueue(redis, settings.queue_config())
+    feedback = FeedbackStore(redis, prefix)
+    outstanding = OutstandingRequests(redis, prefix)
+    outbox = Outbox(bot)
+    waiters = InlineWaiters()
+    limiter = UserRateLimiter(redis, prefix, settings.rate_limit_per_minute, settings.rate_limit_burst)
+    inline_limiter = UserRateLimiter(redis, f"{prefix}inline:", settings.rate_limit_per_minute * INLINE_RATE_FACTOR,
+                                     settings.rate_limit_burst * INLINE_RATE_FACTOR)
+    jokes = JokeService(settings, queue, outstanding, limiter, inline_limiter, feedback, outbox, waiters, metrics)
+    reader = ResultReader(redis, settings.queue_config())
+    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, settings.edit_interval_s)
+    return Services(redis, queue, feedback, outstanding, jokes, delivery, metrics)
+
+
+def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
+    dispatcher = Dispatcher(settings=settings, queue=services.queue, feedback=services.feedback,
+                            outstanding=services.outstanding, jokes=services.jokes, metrics=services.metrics)
+    dispatcher.include_routers(*feature_routers())
+
+    async def on_startup(bot: Bot) -> None:
+        await set_commands(bot, settings)
+        services.delivery.start()
+        me = await bot.me()
+        log.info("bot @%s started; admins %s", me.username, settings.admin_ids)
+
+    # No shutdown hook: `run` stops everything itself, stage by stage, within a time limit.
+    dispatcher.startup.register(on_startup)
+    return dispatcher
+
+
+async def set_commands(bot: Bot, settings: Settings) -> None:
+    """The command menu; admins also see the admin commands in their private chat with the bot."""
+    public = [BotCommand(command=name, description=text) for name, text in texts.COMMANDS.items()]
+    await bot.set_my_commands(public, scope=BotCommandScopeDefault())
+    admin = public + [BotCommand(command=name, description=text) for name, text in texts.ADMIN_COMMANDS.items()]
+    for admin_id in settings.admin_ids:
+        try:
+            await bot.set_my_commands(admin, scope=BotCommandScopeChat(chat_id=admin_id))
+        except TelegramAPIError as error:  # e.g. the admin never opened a chat with the bot
+            log.warning("admin command menu for %s not set: %s", admin_id, error)
+
+
+class Polling:
+    """Long polling; `stop` is aiogram's own (it ends getUpdates and its polling tasks)."""
+
+    name = "polling"
+
+    def __init__(self, bot: Bot, dispatcher: Dispatcher) -> None:
+        self.bot, self.dispatcher = bot, dispatcher
+
+    async def serve(self) -> None:
+        # A webhook left over from an earlier deployment would make getUpdates fail with 409.
+        await self.bot.delete_webhook(drop_pending_updates=False)
+        await self.dispatcher.start_polling(self.bot, polling_timeout=25, handle_signals=False,
+                                            close_bot_session=False)
+
+    async def stop(self, serving: asyncio.Task) -> None:
+        try:
+            if not serving.done():
+                try:
+                    await self.dispatcher.stop_polling()
+                except RuntimeError:  # "Polling is not started": still starting up
+                    serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+        finally:
+            serving.cancel()  # a no-op once it has returned
+
+
+class Webhook:
+    """An aiohttp server that Telegram posts updates to, with the secret it was registered with."""
+
+    name = "webhook"
+
+    def __init__(self, bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:
+        from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+
+        self.bot, self.dispatcher, self.settings = bot, dispatcher, settings
+        # Telegram sends this secret in X-Telegram-Bot-Api-Secret-Token; requests without it get 401.
+        self.secret = settings.webhook_secret or secrets.token_urlsafe(32)
+        app = web.Application()
+        SimpleRequestHandler(dispatcher, bot, secret_token=self.secret).register(app, path=settings.webhook_path)
+        setup_application(app, dispatcher, bot=bot)
+        app.on_startup.append(self._register_webhook)
+        self.runner = web.AppRunner(app, access_log=None)
+
+    async def _register_webhook(self, _: web.Application) -> None:
+        settings = self.settings
+        await self.bot.set_webhook(settings.webhook_url, secret_token=self.secret,
+                                   allowed_updates=self.dispatcher.resolve_used_update_types())
+        log.info("webhook %s registered; listening on %s:%s%s", settings.webhook_url, settings.webhook_host,
+                 settings.webhook_port, settings.webhook_path)
+
+    async def serve(self) -> None:
+        await self.runner.setup()  # runs the startup hooks
+        await web.TCPSite(self.runner, self.settings.webhook_host, self.settings.webhook_port).start()
+        await asyncio.Event().wait()  # until cancelled
+
+    async def stop(self, serving: asyncio.Task) -> None:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await self.runner.cleanup()
+
+
+def start_metrics_server(settings: Settings, services: Services) -> MetricsServer | None:
+    """`/metrics` + `/healthz` on BOT_METRICS_PORT; None when it is not set."""
+    if settings.bot_metrics_port is None:
+        return None
+    return start_http_server(services.metrics.registry, settings.metrics_host, settings.bot_metrics_port,
+                             lambda: services.delivery.health(HEALTH_STALE_S))
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGTERM and SIGINT set."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def requested(sig: signal.Signals) -> None:
+        log.info("received %s; shutting down", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, requested, sig)
+    return stop
+
+
+async def run(settings: Settings, redis: Redis) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down within settings.bot_shutdown_timeout_s; closes `redis`."""
+    stop = stop_on_signals()
+    metrics = Metrics(CollectorRegistry())
+    pacer = ChatPacer(redis, settings.redis_prefix, settings.group_messages_per_minute)
+    bot = build_bot(settings, pacer, metrics)
+    services = build_services(settings, redis, bot, metrics)
+    dispatcher = build_dispatcher(settings, services)
+    in_flight = InFlightUpdates()
+    dispatcher.update.outer_middleware(in_flight)
+    receiver = Webhook(bot, dispatcher, settings) if settings.webhook_url else Polling(bot, dispatcher)
+    server = start_metrics_server(settings, services)
+    serving = asyncio.create_task(receiver.serve(), name=receiver.name)
+    stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        budget = settings.bot_shutdown_timeout_s
+        start_watchdog(budget + WATCHDOG_MARGIN_S)
+        started = time.monotonic()
+        stages = [
+            Stage(receiver.name, lambda: receiver.stop(serving), STAGE_SHARES["receiver"]),
+            Stage("updates", in_flight.drain, STAGE_SHARES["updates"]),
+            Stage("results_reader", services.delivery.stop_reading, STAGE_SHARES["results_reader"]),
+            Stage("delivery", services.delivery.close, STAGE_SHARES["delivery"]),
+            *([Stage("metrics", lambda: asyncio.to_thread(server.stop), STAGE_SHARES["metrics"])] if server else []),
+            Stage("redis", redis.aclose, STAGE_SHARES["redis"]),
+            Stage("session", bot.session.close, STAGE_SHARES["session"]),
+        ]
+        reports = await run_stages(stages, budget)
+        late = [report.name for report in reports if report.outcome != "ok"]
+        cut_short = f"; cut short: {', '.join(late)}" if late else ""
+        log.info("bot stopped in %.2fs%s", time.monotonic() - started, cut_short)
+    if serving.done() and not serving.cancelled() and serving.exception() is not None:
+        raise serving.exception()  # e.g. Telegram rejected the token at startup

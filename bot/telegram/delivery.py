@@ -1,0 +1,217 @@
+"""The bot's half of the results stream: read what workers answered and show it to the users.
+
+One background task (`DeliveryLoop.run`) reads `ResultReader`; each result is delivered in a task
+of its own, chained per request so that a partial never lands after its final text. Finals are
+acked only once delivered, so a bot restart delivers what it had not. Requests whose answer never
+comes are given up on at their give-up time (kept in Redis by `OutstandingRequests`) with an
+apology: nothing hangs silently. Every final answer is logged once with its request_id, status and
+latency from the update that asked, and counted in the metrics; `health()` feeds the bot's /healthz.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+from typing import Any, Awaitable
+
+from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
+from redis.exceptions import RedisError
+
+from bot.common.health import Liveness
+from bot.common.metrics import Metrics
+from bot.queue.protocol import JokeResult
+from bot.queue.results import ReceivedResult, ResultReader
+from bot.telegram import texts
+from bot.telegram.feedback import FeedbackStore
+from bot.telegram.keyboards import joke_keyboard
+from bot.telegram.outbox import Outbox
+from bot.telegram.outstanding import Outstanding, OutstandingRequests
+from bot.telegram.prompts import clean_model_text
+from bot.telegram.shown import report_shown
+from bot.telegram.waiters import InlineWaiters
+
+log = logging.getLogger(__name__)
+
+STATUS_TEXTS = {
+    "expired": texts.TIMEOUT,
+    "busy": texts.BUSY,
+    "failed": texts.FAILED,
+    "unknown_size": texts.UNKNOWN_SIZE,
+}
+
+
+class DeliveryLoop:
+    def __init__(self, reader: ResultReader, outstanding: OutstandingRequests, feedback: FeedbackStore,
+                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, edit_interval_s: float,
+                 sweep_interval_s: float = 1.0) -> None:
+        self.reader = reader
+        self.outstanding = outstanding
+        self.feedback = feedback
+        self.outbox = outbox
+        self.waiters = waiters
+        self.metrics = metrics
+        self.edit_interval_s = edit_interval_s
+        self.sweep_interval_s = sweep_interval_s
+        self._tasks: dict[str, asyncio.Task] = {}       # the latest delivery task per request
+        self._last_partial: dict[str, float] = {}       # monotonic time of the last streamed update
+        self._drafts_paused_until: dict[str, float] = {}
+        self._liveness = Liveness()  # for /healthz: the loop went round, a read of the results stream succeeded
+        self._reading: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        """Until cancelled. Redis outages are waited out, not fatal."""
+        await self.reader.ensure_group()
+        next_sweep = 0.0
+        while True:
+            try:
+                for item in await self.reader.read(count=50, block_ms=int(self.sweep_interval_s * 1000)):
+                    self._dispatch(item)
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.sweep_interval_s
+                    for record in await self.outstanding.claim_overdue():
+                        self._chain(record.request_id, self._give_up(record))
+                self._liveness.redis_answered()
+            except RedisError as error:
+                log.warning("Redis unavailable while reading results (%s); retrying", error)
+                await asyncio.sleep(1.0)
+            except Exception:  # a bug: loud in the logs, but keep delivering what can be delivered
+                log.exception("the delivery loop failed; continuing")
+                await asyncio.sleep(1.0)
+            self._liveness.loop_went_round()
+
+    def health(self, stale_after_s: float) -> dict[str, Any]:
+        """Healthy while the loop went round and Redis answered within the last `stale_after_s`."""
+        return {**self._liveness.report(stale_after_s, loop_key="delivery_loop_age_s"), "delivering": len(self._tasks)}
+
+    def start(self) -> None:
+        """Run the loop in a background task, until `stop_reading`."""
+        if self._reading is None:
+            self._reading = asyncio.create_task(self.run(), name="results-reader")
+
+    async def stop_reading(self) -> None:
+        """Stop reading results. What was read and not delivered stays unacked: re-read after a restart."""
+        if self._reading is not None:
+            self._reading.cancel()
+            await asyncio.gather(self._reading, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Wait for the deliveries in progress (after `stop_reading`).
+
+        Cancelled (the shutdown's time is up), it cancels them: a final result is acked only once
+        shown, so one cut short is re-read and delivered after a restart.
+        """
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- dispatching ---------------------------------------------------------------------------------
+
+    def _dispatch(self, item: ReceivedResult) -> None:
+        result = item.result
+        if result.delivery.inline_query_id is not None:
+            self.waiters.resolve(result)
+            if result.is_final:
+                self._chain(result.request_id, self.reader.ack(item))
+            return
+        if result.is_final:
+            self._chain(result.request_id, self._final(item))
+            return
+        running = self._tasks.get(result.request_id)
+        recent = time.monotonic() - self._last_partial.get(result.request_id, float("-inf")) < self.edit_interval_s
+        if (running is None or running.done()) and not recent:  # best effort: skip rather than pile up
+            self._last_partial[result.request_id] = time.monotonic()
+            self._chain(result.request_id, self._partial(result))
+
+    def _chain(self, request_id: str, step: Awaitable[None]) -> None:
+        """Run `step` after whatever is still being delivered for this request."""
+        previous = self._tasks.get(request_id)
+
+        async def after_previous() -> None:
+            if previous is not None:
+                with suppress(Exception):
+                    await previous
+            try:
+                await step
+            except Exception:
+                log.exception("delivering request %s failed", request_id)
+
+        def forget_if_last(done: asyncio.Task) -> None:
+            if self._tasks.get(request_id) is done:
+                del self._tasks[request_id]
+
+        task = asyncio.create_task(after_previous())
+        self._tasks[request_id] = task
+        task.add_done_callback(forget_if_last)
+
+    # -- the three kinds of delivery ------------------------------------------------------------------
+
+    async def _partial(self, result: JokeResult) -> None:
+        record = await self.outstanding.get(result.request_id)
+        text = clean_model_text(result.text)
+        if record is None or not text:
+            return  # answered already, or nothing to show yet
+        delivery = record.delivery
+        try:
+            if delivery.chat_id is not None and delivery.message_id is None:
+                if time.monotonic() < self._drafts_paused_until.get(result.request_id, 0.0):
+                    return
+                if await self.outbox.draft(delivery.chat_id, result.request_id, text):
+                    return
+                # Drafts don't work here: from now on a message shows the progress, edited in place.
+            message_id = await self.outbox.show(delivery, text + texts.TYPING_SUFFIX)
+            if message_id is not None:
+                await self.outstanding.set_message_id(result.request_id, message_id)
+        except TelegramRetryAfter as error:
+            # Flood control: pause this joke's drafts, never hammer. Edits were already waited out.
+            self._drafts_paused_until[result.request_id] = time.monotonic() + error.retry_after
+        except TelegramAPIError as error:
+            log.info("partial update of %s not shown: %s", result.request_id, error)
+
+    async def _final(self, item: ReceivedResult) -> None:
+        result = item.result
+        record = await self.outstanding.get(result.request_id)
+        delivery = record.delivery if record is not None else result.delivery
+        markup, joke, outcome = None, clean_model_text(result.text), result.status
+        if result.status == "ok" and joke:
+            text, markup = joke, joke_keyboard(result.request_id)
+            # Before the buttons appear: a press must find the joke.
+            await self.feedback.remember_joke(result.request_id, record.prompt if record else "",
+                                              result.size or "?", result.latency_s)
+        elif result.status == "ok":
+            text, outcome = texts.EMPTY_JOKE, "empty"
+        else:
+            text = STATUS_TEXTS.get(result.status, texts.FAILED)
+            log.warning("request %s answered %s (%s)", result.request_id, result.status, result.error)
+        try:
+            await self.outbox.show(delivery, text, markup)
+        except TelegramAPIError as error:  # blocked by the user, chat gone, flood ban: nothing more to do
+            outcome = "undelivered"
+            log.warning("could not deliver %s to %s: %s", result.request_id, delivery, error)
+        # From the update that asked (the record remembers it); a record from an older bot: from the worker.
+        created_at = record.created_at if record is not None and record.created_at else None
+        latency_s = time.time() - created_at if created_at else result.latency_s
+        report_shown(self.metrics, result.request_id, record.kind if record is not None else "unknown", result.size,
+                    result.status, outcome, latency_s)
+        await self.outstanding.forget(result.request_id)
+        await self.reader.ack(item)
+        self._last_partial.pop(result.request_id, None)
+        self._drafts_paused_until.pop(result.request_id, None)
+
+    async def _give_up(self, claimed: Outstanding) -> None:
+        record = await self.outstanding.get(claimed.request_id)
+        if record is None:
+            return  # its answer was delivered just before (a result read in the same round)
+        log.warning("request %s got no answer by its give-up time; telling the user", record.request_id)
+        latency_s = time.time() - record.created_at if record.created_at else None
+        report_shown(self.metrics, record.request_id, record.kind, None, None, "no_answer", latency_s)
+        self._last_partial.pop(record.request_id, None)
+        self._drafts_paused_until.pop(record.request_id, None)
+        await self.feedback.count_timeout()
+        try:
+            message_id = await self.outbox.show(record.delivery, texts.TIMEOUT)
+        except TelegramAPIError as error:
+            log.warning("could not tell %s about the timeout: %s", record.delivery, error)
+            return
+        if message_id is not None:  # a late answer edits this message instead of sending another
+            await self.outstanding.set_message_id(record.request_id, message_id)

@@ -1,0 +1,55 @@
+"""The last router: hints for what no feature handles, and the error handler.
+
+Private chats get a hint for unknown commands and non-text messages (stickers, photos, voice…).
+In groups only commands explicitly addressed to us get a hint; commands for other bots and
+everything else are ignored.
+"""
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot, F, Router
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import ErrorEvent, Message
+
+from bot.telegram import texts
+
+log = logging.getLogger(__name__)
+router = Router(name="fallback")
+
+
+def _mention(text: str) -> str | None:
+    command = text.split(maxsplit=1)[0]
+    _, at, mention = command.partition("@")
+    return mention if at else None
+
+
+@router.message(F.text.startswith("/"))
+async def unknown_command(message: Message, bot: Bot) -> None:
+    mention = _mention(message.text)
+    me = await bot.me()
+    addressed_to_us = mention is not None and me.username is not None and mention.lower() == me.username.lower()
+    if addressed_to_us or (mention is None and message.chat.type == "private"):
+        await message.reply(texts.UNKNOWN_COMMAND)
+
+
+@router.message(F.chat.type == "private")
+async def not_text(message: Message) -> None:
+    await message.reply(texts.NOT_TEXT)
+
+
+@router.errors()
+async def on_error(event: ErrorEvent) -> None:
+    """A bug or an outage while handling an update: log it loudly, tell the user briefly."""
+    log.error("update %s failed: %r", event.update.update_id, event.exception, exc_info=event.exception)
+    message = event.update.message
+    if message is not None:
+        try:
+            await message.answer(texts.TEMPORARY_ERROR)
+        except TelegramAPIError:
+            pass
+    elif event.update.callback_query is not None:
+        try:
+            await event.update.callback_query.answer(texts.TEMPORARY_ERROR)
+        except TelegramAPIError:
+            pass

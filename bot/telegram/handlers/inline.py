@@ -1,0 +1,92 @@
+"""Inline mode: `@bot Штирлиц пришел домой` in any chat.
+
+Telegram drops an answer after ~10 s, so variants are generated at high priority and whatever is
+ready within INLINE_WAIT_S is offered. If nothing is, one "✍️ Написать анекдот" article is offered
+instead: once sent (chosen_inline_result, or its button) the joke is written into that message.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from aiogram import F, Router
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import (
+    ChosenInlineResult,
+    InlineQuery,
+    InlineQueryResultArticle,
+    InlineQueryResultsButton,
+    InputTextMessageContent,
+    Update,
+)
+
+from bot.queue.submit import QueueFull
+from bot.telegram import texts
+from bot.telegram.jokes import JokeService
+from bot.telegram.keyboards import joke_keyboard, write_keyboard
+from bot.telegram.outbox import fit_message
+from bot.telegram.outstanding import OutstandingRequests
+
+log = logging.getLogger(__name__)
+router = Router(name="inline")
+
+# Short and per user: every answer is freshly generated, and the same text should give new jokes.
+CACHE_TIME_S = 5
+PENDING_PREFIX = "p:"
+
+
+async def _answer_hint(query: InlineQuery, hint: str) -> None:
+    # A button instead of a result: nothing gets sent to the chat by mistake.
+    await query.answer([], cache_time=CACHE_TIME_S, is_personal=True,
+                       button=InlineQueryResultsButton(text=hint[:64], start_parameter="inline_help"))
+
+
+@router.inline_query()
+async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests,
+                       event_update: Update) -> None:
+    if not query.query.strip():
+        await _answer_hint(query, texts.INLINE_HINT)
+        return
+    prompt, hint = await jokes.inline_prompt_or_hint(query.from_user.id, query.query)
+    if hint is not None:
+        await _answer_hint(query, hint)
+        return
+    try:
+        ready = await jokes.inline_variants(query.id, query.from_user.id, prompt, update_id=event_update.update_id)
+    except QueueFull:
+        await _answer_hint(query, texts.INLINE_BUSY)
+        return
+    results = [
+        InlineQueryResultArticle(
+            id=result.request_id, title=texts.INLINE_VARIANT_TITLE.format(number=number),
+            description=fit_message(result.text, 120),
+            input_message_content=InputTextMessageContent(message_text=fit_message(result.text)),
+            reply_markup=joke_keyboard(result.request_id),
+        )
+        for number, result in enumerate(ready, start=1)
+    ]
+    if not results:
+        token = uuid.uuid4().hex[:16]
+        await outstanding.remember_inline_prompt(token, prompt)
+        results.append(InlineQueryResultArticle(
+            id=PENDING_PREFIX + token, title=texts.INLINE_PENDING_TITLE,
+            description=fit_message(texts.INLINE_PENDING_DESCRIPTION.format(prompt=prompt), 120),
+            input_message_content=InputTextMessageContent(message_text=texts.PLACEHOLDER),
+            reply_markup=write_keyboard(token),
+        ))
+    try:
+        await query.answer(results, cache_time=CACHE_TIME_S, is_personal=True)
+    except TelegramAPIError as error:  # too late (query too old): the user has moved on
+        log.warning("inline answer for %s not accepted: %s", query.id, error)
+
+
+@router.chosen_inline_result(F.result_id.startswith(PENDING_PREFIX))
+async def chosen_pending(chosen: ChosenInlineResult, jokes: JokeService, outstanding: OutstandingRequests,
+                         event_update: Update) -> None:
+    """Needs inline feedback on (@BotFather → /setinlinefeedback); the article's button covers it otherwise."""
+    prompt = await outstanding.inline_prompt(chosen.result_id.removeprefix(PENDING_PREFIX))
+    if chosen.inline_message_id is None or prompt is None:
+        return
+    if await outstanding.claim_inline_message(chosen.inline_message_id):
+        await jokes.joke_in_inline_message(chosen.inline_message_id, chosen.from_user.id, prompt,
+                                           update_id=event_update.update_id)

@@ -1,0 +1,233 @@
+"""Starting a joke: the steps every entry point shares (commands, plain text, 🔁 Ещё, inline).
+
+validate the prompt → rate-limit the user → show activity → check for live workers → remember the
+request → submit it. Every refusal is said to the user at once, in Russian; the answer itself
+arrives later through `DeliveryLoop`. Each accepted request is logged once, with the update it came
+from and its request_id, which the worker's and the delivery's log lines repeat.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from bot.common.logs import log_event
+from bot.common.metrics import Metrics
+from bot.common.settings import Settings
+from bot.queue.client import RequestQueue
+from bot.queue.protocol import Delivery, JokeRequest, JokeResult
+from bot.queue.submit import QueueFull
+from bot.telegram import texts
+from bot.telegram.feedback import FeedbackStore
+from bot.telegram.outbox import Outbox
+from bot.telegram.outstanding import OutstandingRequests
+from bot.telegram.prompts import PromptTooLong, clean_model_text, clean_prompt, random_opening
+from bot.telegram.ratelimit import UserRateLimiter
+from bot.telegram.shown import report_shown
+from bot.telegram.waiters import InlineWaiters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatOrigin:
+    """Who asked for a joke, and where."""
+
+    chat_id: int
+    user_id: int
+    private: bool
+    reply_to_message_id: int | None = None
+    update_id: int | None = None  # for the logs: which update asked
+
+
+class JokeService:
+    def __init__(self, settings: Settings, queue: RequestQueue, outstanding: OutstandingRequests,
+                 limiter: UserRateLimiter, inline_limiter: UserRateLimiter, feedback: FeedbackStore,
+                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.outstanding = outstanding
+        self.limiter = limiter
+        self.inline_limiter = inline_limiter
+        self.feedback = feedback
+        self.outbox = outbox
+        self.waiters = waiters
+        self.metrics = metrics
+
+    def prompt_or_refusal(self, raw: str | None, *, truncate: bool = False) -> tuple[str, str | None]:
+        """(prompt, None), or ("", a message saying why not). An empty prompt becomes a classic opening."""
+        try:
+            prompt = clean_prompt(raw, self.settings.prompt_max_chars, truncate=truncate)
+        except PromptTooLong as error:
+            return "", texts.PROMPT_TOO_LONG.format(length=error.length, limit=error.limit)
+        return prompt or random_opening(), None
+
+    def _request(self, kind: str, delivery: Delivery, user_id: int | None, prompt: str, *, received_at: float,
+                 request_id: str | None = None, timeout_s: float | None = None, **fields) -> JokeRequest:
+        """`received_at`: when the update arrived; the request's latency (worker and bot) counts from it."""
+        timeout_s = timeout_s if timeout_s is not None else self.settings.request_timeout_s
+        return JokeRequest(request_id=request_id or uuid.uuid4().hex, kind=kind, delivery=delivery, user_id=user_id,
+                           prompt=prompt, sampling=self.settings.sampling_params(), created_at=received_at,
+                           deadline=time.time() + timeout_s, **fields)
+
+    async def _submit_tracked(self, request: JokeRequest, update_id: int | None) -> bool:
+        """Remember, then submit; on a full queue tell the user "busy" right away."""
+        await self.outstanding.track(request, give_up_at=request.deadline + self.settings.result_grace_s)
+        try:
+            await self.queue.submit(request)
+        except QueueFull as error:
+            log.warning("refused %s: %s", request.request_id, error)
+            self.metrics.request_event(request.kind, request.size, "busy")
+            await self.outstanding.forget(request.request_id)
+            await self.outbox.show(request.delivery, texts.BUSY)
+            return False
+        except BaseException:
+            # Not queued (Redis down, cancelled): the error handler speaks; no timeout apology later.
+            await asyncio.shield(self.outstanding.forget(request.request_id))
+            raise
+        self._accepted(request, update_id)
+        await self.feedback.count_request()
+        return True
+
+    def _accepted(self, request: JokeRequest, update_id: int | None) -> None:
+        self.metrics.request_event(request.kind, request.size, "accepted")
+        delivery = request.delivery
+        fields = {"request_id": request.request_id, "update_id": update_id, "user_id": request.user_id,
+                  "chat_id": delivery.chat_id, "kind": request.kind}
+        if delivery.inline_message_id is not None:
+            fields["inline_message_id"] = delivery.inline_message_id
+        if delivery.inline_query_id is not None:
+            fields["inline_query_id"] = delivery.inline_query_id
+        log_event(log, "accepted", fields)
+
+    def _refused(self, kind: str, outcome: str) -> None:
+        self.metrics.request_event(kind, None, outcome)
+
+    async def _workers_alive(self) -> bool:
+        return bool(await self.queue.live_workers())
+
+    # -- chats ---------------------------------------------------------------------------------------
+
+    async def joke_in_chat(self, origin: ChatOrigin, raw_prompt: str | None, kind: str = "command",
+                           *, truncate: bool = False) -> None:
+        received_at = time.time()  # handlers run as the update arrives
+        prompt, refusal = self.prompt_or_refusal(raw_prompt, truncate=truncate)
+        outcome = "too_long"
+        if refusal is None:
+            decision = await self.limiter.check(origin.user_id)
+            if not decision.allowed:
+                refusal, outcome = texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s), "rate_limited"
+        if refusal is not None:
+            self._refused(kind, outcome)
+            await self.outbox.send(origin.chat_id, refusal, origin.reply_to_message_id)
+            return
+        await self.outbox.typing(origin.chat_id)
+        if not await self._workers_alive():
+            # Said now rather than queued: the user hears within seconds, and no stale joke turns up later.
+            self._refused(kind, "workers_down")
+            await self.outbox.send(origin.chat_id, texts.WORKERS_DOWN, origin.reply_to_message_id)
+            return
+        request_id = uuid.uuid4().hex
+        delivery = Delivery(chat_id=origin.chat_id, reply_to_message_id=origin.reply_to_message_id)
+        # Private chats stream into a message draft (empty text shows "Thinking…"); elsewhere, or
+        # where drafts fail, a placeholder message is edited instead. Groups get no streamed edits:
+        # their budget is ~20 messages a minute.
+        if not (origin.private and await self.outbox.draft(origin.chat_id, request_id, "")):
+            placeholder = await self.outbox.send(origin.chat_id, texts.PLACEHOLDER, origin.reply_to_message_id)
+            delivery = delivery.model_copy(update={"message_id": placeholder.message_id})
+        request = self._request(kind, delivery, origin.user_id, prompt, received_at=received_at,
+                                request_id=request_id, stream_partials=origin.private)
+        await self._submit_tracked(request, origin.update_id)
+
+    # -- inline --------------------------------------------------------------------------------------
+
+    async def inline_prompt_or_hint(self, user_id: int, raw: str) -> tuple[str, str | None]:
+        """(prompt, None) for an inline query that may go ahead, else ("", the hint to show instead).
+
+        The chats' refusals (too long, rate limited, no live workers), worded for inline mode's short hints.
+        """
+        prompt, refusal = self.prompt_or_refusal(raw)
+        if refusal is not None:
+            self._refused("inline", "too_long")
+            return "", texts.INLINE_TOO_LONG.format(limit=self.settings.prompt_max_chars)
+        decision = await self.inline_limiter.check(user_id)
+        if not decision.allowed:
+            self._refused("inline", "rate_limited")
+            return "", texts.INLINE_RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
+        if not await self._workers_alive():
+            self._refused("inline", "workers_down")
+            return "", texts.INLINE_WORKERS_DOWN
+        return prompt, None
+
+    async def inline_variants(self, query_id: str, user_id: int, prompt: str,
+                              update_id: int | None = None) -> list[JokeResult]:
+        """Generate a few variants at high priority; return those finished within inline_wait_s.
+
+        Raises QueueFull when none could be queued.
+        """
+        received_at = time.time()
+        wait_s = self.settings.inline_wait_s
+        delivery = Delivery(inline_query_id=query_id)
+        requests = [self._request("inline", delivery, user_id, prompt, received_at=received_at,
+                                  timeout_s=wait_s + 1.0)
+                    for _ in range(self.settings.inline_variants)]
+        futures = [self.waiters.expect(request.request_id) for request in requests]
+        try:
+            submitted = 0
+            for request in requests:
+                try:
+                    await self.queue.submit(request)
+                except QueueFull:
+                    if not submitted:
+                        self._refused("inline", "busy")
+                        raise
+                    break
+                submitted += 1
+                self._accepted(request, update_id)
+            await self.feedback.count_request()
+            await asyncio.wait(futures[:submitted], timeout=wait_s)
+        finally:
+            for request in requests:
+                self.waiters.discard(request.request_id)
+        ready: list[JokeResult] = []
+        for request, future in zip(requests[:submitted], futures):
+            result = future.result() if future.done() else None
+            text = clean_model_text(result.text) if result is not None else ""
+            outcome = "late" if result is None else "empty" if result.status == "ok" and not text else result.status
+            report_shown(self.metrics, request.request_id, request.kind, result.size if result is not None else None,
+                         result.status if result is not None else None, outcome, time.time() - received_at)
+            if outcome == "ok":
+                ready.append(result.model_copy(update={"text": text}))
+        for result in ready:
+            await self.feedback.remember_joke(result.request_id, prompt, result.size or "?", result.latency_s)
+        return ready
+
+    async def joke_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str,
+                                     kind: str = "inline_chosen", *, show_placeholder: bool = False,
+                                     update_id: int | None = None) -> None:
+        """Write a joke into a message sent via inline mode, editing it as the text grows."""
+        received_at = time.time()
+        delivery = Delivery(inline_message_id=inline_message_id)
+        if not await self._workers_alive():
+            self._refused(kind, "workers_down")
+            await self.outbox.show(delivery, texts.WORKERS_DOWN)
+            return
+        if show_placeholder:
+            await self.outbox.show(delivery, texts.PLACEHOLDER)
+        # High priority: someone is looking at a placeholder in a chat with other people.
+        request = self._request(kind, delivery, user_id, prompt, received_at=received_at, priority="high",
+                                stream_partials=True)
+        await self._submit_tracked(request, update_id)
+
+    async def more_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str,
+                                     update_id: int | None = None) -> str | None:
+        """🔁 Ещё under an inline message: a refusal to show as a callback answer, or None."""
+        decision = await self.limiter.check(user_id)
+        if not decision.allowed:
+            self._refused("more", "rate_limited")
+            return texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
+        await self.joke_in_inline_message(inline_message_id, user_id, prompt, "more", show_placeholder=True,
+                                          update_id=update_id)
+        return None

@@ -1,0 +1,48 @@
+"""`rujokes-bot`: read Settings, check the token, serve Telegram until SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from bot.common.bot_token import TOKEN_HELP, token_problem
+from bot.common.logs import configure_logging
+from bot.common.settings import Settings, load_settings
+from bot.common.shutdown import run_bounded
+from bot.queue.connection import connect
+
+log = logging.getLogger("bot.telegram.main")
+
+
+async def serve(settings: Settings) -> None:
+    from bot.telegram.app import run  # lazy: aiogram's import is the slow part of startup
+
+    if not settings.redis_url:
+        log.warning("REDIS_URL is empty: this bot starts its own Redis, which no worker shares; "
+                    "use `rujokes run` or point REDIS_URL at the workers' Redis")
+    await run(settings, connect(settings.redis_url, settings.redis_data_dir))  # run closes it when it stops
+
+
+def main() -> None:
+    settings = load_settings("rujokes-bot")
+    configure_logging(settings.log_format, settings.log_level)
+    problem = token_problem(settings.bot_token.get_secret_value())
+    if problem:
+        print(f"rujokes-bot: {problem}\n{TOKEN_HELP}", file=sys.stderr)
+        sys.exit(2)
+    # Until the bot's own handlers take over (bot/telegram/app.py), SIGTERM stops it as Ctrl+C does: exit code 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from aiogram.exceptions import TelegramUnauthorizedError  # after the checks: fail fast, import late
+
+    try:
+        run_bounded(serve(settings))  # unlike asyncio.run, never waits forever for a task that will not end
+    except TelegramUnauthorizedError:
+        print(f"rujokes-bot: Telegram rejected BOT_TOKEN (401 Unauthorized) / Telegram отклонил BOT_TOKEN\n"
+              f"{TOKEN_HELP}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Outgoing-request middlewares on the Bot's session: every Bot API call of every handler passes here.
+
+`FloodControl` waits out Telegram's 429 (TelegramRetryAfter) and retries, never sooner than told;
+it also counts every failed call (telegram_errors) and every 429 (telegram_retry_afters).
+`GroupPacing` spends a group chat's message budget before each message the bot sends there.
+`InFlightUpdates` (an update middleware of the Dispatcher) lets shutdown wait for the updates in hand.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiogram import Bot
+from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramConflictError,
+    TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.methods import (
+    AnswerInlineQuery,
+    EditMessageReplyMarkup,
+    EditMessageText,
+    SendChatAction,
+    SendMessage,
+    SendMessageDraft,
+    SendPhoto,
+    SendSticker,
+    TelegramMethod,
+)
+from aiogram.methods.base import Response, TelegramType
+
+from bot.common.metrics import Metrics
+from bot.telegram.ratelimit import ChatPacer, is_group_chat
+
+log = logging.getLogger(__name__)
+
+# Not worth waiting for: an inline answer after ~10 s is dropped by Telegram anyway, a draft or a
+# chat action is stale by the time a retry would land. Their callers treat the error as "skip".
+_NOT_RETRIED = (AnswerInlineQuery, SendMessageDraft, SendChatAction)
+_PACED = (SendMessage, EditMessageText, EditMessageReplyMarkup, SendPhoto, SendSticker)
+# aiogram's exceptions carry no status code; most specific class first.
+_ERROR_CODES: tuple[tuple[type[TelegramAPIError], str], ...] = (
+    (TelegramRetryAfter, "429"), (TelegramEntityTooLarge, "413"), (TelegramNetworkError, "network"),
+    (TelegramBadRequest, "400"), (TelegramUnauthorizedError, "401"), (TelegramForbiddenError, "403"),
+    (TelegramNotFound, "404"), (TelegramConflictError, "409"), (TelegramServerError, "5xx"),
+)
+
+
+def error_code(error: TelegramAPIError) -> str:
+    return next((code for kind, code in _ERROR_CODES if isinstance(error, kind)), "other")
+
+
+def api_method_name(method: TelegramMethod[Any]) -> str:
+    """The Bot API's name of a call ("sendMessage"), as Telegram's docs and the metrics spell it."""
+    return getattr(method, "__api_method__", type(method).__name__)
+
+
+class FloodControl(BaseRequestMiddleware):
+    def __init__(self, metrics: Metrics, max_attempts: int = 4, max_retry_after_s: float = 60.0) -> None:
+        self.metrics = metrics
+        self.max_attempts = max_attempts
+        self.max_retry_after_s = max_retry_after_s  # a longer ban is better reported than slept through
+
+    async def __call__(
+        self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType]
+    ) -> Response[TelegramType]:
+        attempt = 1
+        while True:
+            try:
+                return await make_request(bot, method)
+            except TelegramRetryAfter as error:
+                self.metrics.telegram_error(api_method_name(method), error_code(error))
+                self.metrics.telegram_retry_after(api_method_name(method))
+                give_up = (isinstance(method, _NOT_RETRIED) or attempt >= self.max_attempts
+                           or error.retry_after > self.max_retry_after_s)
+                log.warning("flood control on %s: retry after %ss (attempt %d)%s", type(method).__name__,
+                            error.retry_after, attempt, "; giving up" if give_up else "")
+                if give_up:
+                    raise
+                await asyncio.sleep(error.retry_after)
+                attempt += 1
+            except TelegramAPIError as error:
+                self.metrics.telegram_error(api_method_name(method), error_code(error))
+                raise
+
+
+class GroupPacing(BaseRequestMiddleware):
+    def __init__(self, pacer: ChatPacer) -> None:
+        self.pacer = pacer
+
+    async def __call__(
+        self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType]
+    ) -> Response[TelegramType]:
+        chat_id: Any = getattr(method, "chat_id", None)
+        if isinstance(method, _PACED) and isinstance(chat_id, int) and is_group_chat(chat_id):
+            waited = await self.pacer.wait_turn(chat_id)
+            if waited > 0:
+                log.info("paced %s in chat %s by %.1fs", type(method).__name__, chat_id, waited)
+        return await make_request(bot, method)
+
+
+class InFlightUpdates:
+    """An outer update middleware that remembers which tasks are handling updates, so that shutdown can
+    let them finish (`drain`) after the bot stopped taking new ones."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    async def __call__(self, handler: Callable[[Any, dict[str, Any]], Awaitable[Any]], event: Any,
+                       data: dict[str, Any]) -> Any:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            return await handler(event, data)
+        finally:
+            self._tasks.discard(task)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Until every update in hand is handled; cancelled (a stage timeout), cancels those handlers too."""
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,101 @@
+"""The bot's memory of the requests it is still waiting on, in Redis so that it survives a bot restart.
+
+Keys (under the deployment prefix):
+    bot:outstanding:{request_id}     JSON of `Outstanding`; `message_id` is set once a message to edit exists
+    bot:outstanding:due              sorted set request_id -> time to give up waiting and apologise
+    bot:inline_prompt:{token}        the prompt behind an inline "✍️ Написать" article (short TTL)
+    bot:inline_started:{id}          set once generation started for an inline message (no double start)
+"""
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from bot.queue.protocol import Delivery, JokeRequest
+
+_RECORD_GRACE_S = 3600  # keep a record this long past give-up, so a late joke still finds its message
+
+
+class Outstanding(BaseModel):
+    request_id: str
+    delivery: Delivery
+    prompt: str
+    kind: str
+    user_id: int | None = None
+    give_up_at: float
+    created_at: float | None = None  # the request's creation (its update's arrival); None in older records
+
+
+class OutstandingRequests:
+    def __init__(self, redis: Redis, prefix: str, inline_prompt_ttl_s: int = 3600) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}bot:"
+        self._inline_prompt_ttl_s = inline_prompt_ttl_s
+
+    def _record_key(self, request_id: str) -> str:
+        return f"{self._prefix}outstanding:{request_id}"
+
+    @property
+    def _due_key(self) -> str:
+        return f"{self._prefix}outstanding:due"
+
+    async def track(self, request: JokeRequest, give_up_at: float) -> Outstanding:
+        """Call before submitting: a fast worker's answer must find the record."""
+        record = Outstanding(request_id=request.request_id, delivery=request.delivery, prompt=request.prompt,
+                             kind=request.kind, user_id=request.user_id, give_up_at=give_up_at,
+                             created_at=request.created_at)
+        ttl = max(1, int(give_up_at - time.time()) + _RECORD_GRACE_S)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._record_key(request.request_id), record.model_dump_json(), ex=ttl)
+            pipe.zadd(self._due_key, {request.request_id: give_up_at})
+            await pipe.execute()
+        return record
+
+    async def get(self, request_id: str) -> Outstanding | None:
+        raw = await self._redis.get(self._record_key(request_id))
+        return Outstanding.model_validate_json(raw) if raw else None
+
+    async def set_message_id(self, request_id: str, message_id: int) -> None:
+        """A message now exists for this request (e.g. drafts failed): later updates edit it."""
+        record = await self.get(request_id)
+        if record is None or record.delivery.chat_id is None:
+            return
+        record.delivery = record.delivery.model_copy(update={"message_id": message_id})
+        await self._redis.set(self._record_key(request_id), record.model_dump_json(), keepttl=True)
+
+    async def forget(self, request_id: str) -> None:
+        """The request is answered: nothing to wait for or time out."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._due_key, request_id)
+            pipe.delete(self._record_key(request_id))
+            await pipe.execute()
+
+    async def claim_overdue(self, now: float | None = None, limit: int = 100) -> list[Outstanding]:
+        """Requests past their give-up time, each handed to exactly one caller (ZREM decides).
+
+        Records stay, so a result that arrives later still edits the same message.
+        """
+        due = await self._redis.zrangebyscore(self._due_key, "-inf", now or time.time(), start=0, num=limit)
+        claimed: list[Outstanding] = []
+        for request_id in due:
+            if not await self._redis.zrem(self._due_key, request_id):
+                continue  # answered or claimed meanwhile
+            record = await self.get(request_id)
+            if record is not None:
+                claimed.append(record)
+        return claimed
+
+    # -- inline messages ---------------------------------------------------------------------------
+
+    async def remember_inline_prompt(self, token: str, prompt: str) -> None:
+        await self._redis.set(f"{self._prefix}inline_prompt:{token}", prompt, ex=self._inline_prompt_ttl_s)
+
+    async def inline_prompt(self, token: str) -> str | None:
+        return await self._redis.get(f"{self._prefix}inline_prompt:{token}")
+
+    async def claim_inline_message(self, inline_message_id: str) -> bool:
+        """True once per inline message: chosen_inline_result and the button may both try to start it."""
+        return bool(await self._redis.set(f"{self._prefix}inline_started:{inline_message_id}", "1",
+                                          nx=True, ex=self._inline_prompt_ttl_s))

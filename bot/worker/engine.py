@@ -1,0 +1,140 @@
+"""Where the worker meets the model: turn a stream of jobs into jokes (the models are loaded by `loading`).
+
+One `generate` call runs a continuous batch (rujokes_model.continuous): every row keeps its own
+sampling settings and seed, a row leaves the moment it hits <eos> or its token limit (and is reported
+done right then), and, when the worker offers more jobs between decode steps, new rows join the
+running batch instead of waiting for it to end. Partial texts are reported as rows grow.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from bot.worker.engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
+from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
+from rujokes_model.continuous import ContinuousBatch, RowSettings
+
+
+@dataclass
+class LoadedModel:
+    model: TransformerForCausalLM
+    tokenizer: ByteLevelBPETokenizer
+    source: str
+
+
+# How often (in decode steps) a running batch asks for more jobs: each ask may cost a Redis round trip,
+# so after an ask that brought nothing the interval doubles (up to the max) and resets when jobs join.
+POLL_EVERY_STEPS = 4
+POLL_EVERY_STEPS_MAX = 32
+
+
+@dataclass(eq=False)  # rows are compared by identity
+class _Row:
+    """One job while it is in (or waiting for) the running batch."""
+    job: Job
+    prompt: list[int]
+    limit: int
+    settings: RowSettings
+    decoder: IncrementalDecoder
+    prompt_text: str = ""
+    new_ids: list[int] = field(default_factory=list)
+    passes: int = 0
+
+
+class ModelEngine:
+    def __init__(self, models: dict[str, LoadedModel], device: torch.device, *, compile: bool = False) -> None:
+        self.models = models
+        self.device = device
+        self.compile = compile  # decode steps through each model's compiled step (rujokes_model.compiled_step)
+        self._lock = threading.Lock()  # one batch at a time per engine: models hold no per-call state, caches do
+
+    def available_sizes(self) -> list[str]:
+        return list(self.models)
+
+    def generate(self, size: str, jobs: list[Job], on_partial: PartialCallback | None = None,
+                 on_done: DoneCallback | None = None, more_jobs: MoreJobs | None = None) -> list[GenerationOutput]:
+        if size not in self.models:
+            raise KeyError(f"size {size!r} is not loaded")
+        if not jobs:
+            return []
+        with self._lock:
+            return self._generate(self.models[size], jobs, on_partial, on_done, more_jobs)
+
+    def _generate(self, loaded: LoadedModel, jobs: list[Job], on_partial: PartialCallback | None,
+                  on_done: DoneCallback | None, more_jobs: MoreJobs | None) -> list[GenerationOutput]:
+        model, tokenizer = loaded.model, loaded.tokenizer
+        batch = ContinuousBatch(model, compile=self.compile)
+        waiting = self._rows(loaded, jobs, streaming=on_partial is not None)
+        order = [job.request_id for job in jobs]
+        live: list[_Row] = []
+        outputs: dict[str, GenerationOutput] = {}
+        steps, poll_every, next_poll = 0, POLL_EVERY_STEPS, POLL_EVERY_STEPS
+        while waiting or live:
+            admitted = self._admit(batch, waiting)
+            if admitted:
+                batch.join([row.prompt for row in admitted], [row.settings for row in admitted],
+                           tokenizer.pad_token_id)
+                live += admitted
+                waiting = [row for row in waiting if row not in admitted]
+            tokens = batch.sample().tolist()
+            steps += 1
+            leaving = []
+            for index, (row, token) in enumerate(zip(live, tokens)):
+                row.passes += 1
+                if token != tokenizer.eos_token_id:
+                    row.new_ids.append(token)
+                    if on_partial is not None and row.decoder.push(token):
+                        on_partial(row.job.request_id, (row.prompt_text + row.decoder.emitted).strip())
+                if token == tokenizer.eos_token_id or len(row.new_ids) >= row.limit:
+                    leaving.append(index)
+                    output = GenerationOutput(row.job.request_id, self._text(tokenizer, row.prompt, row.new_ids),
+                                              len(row.new_ids), row.passes)
+                    outputs[row.job.request_id] = output
+                    if on_done is not None:
+                        on_done(output)
+            batch.remove(leaving)
+            gone = set(leaving)
+            live = [row for index, row in enumerate(live) if index not in gone]
+            if more_jobs is not None and steps >= next_poll:
+                joining = more_jobs(len(live) + len(waiting))
+                waiting += self._rows(loaded, joining, streaming=on_partial is not None)
+                order += [job.request_id for job in joining]
+                poll_every = POLL_EVERY_STEPS if joining else min(2 * poll_every, POLL_EVERY_STEPS_MAX)
+                next_poll = steps + poll_every
+            batch.feed()
+        return [outputs[request_id] for request_id in order]
+
+    def _rows(self, loaded: LoadedModel, jobs: list[Job], streaming: bool) -> list[_Row]:
+        tokenizer, context = loaded.tokenizer, loaded.model.config.max_seq_len
+        rows = []
+        for job, ids in zip(jobs, tokenizer.encode_batch([job.prompt for job in jobs])):
+            limit = max(1, min(job.max_new_tokens, context // 2))
+            # Keep the prompt's last tokens that fit (its <bos> is lost only for absurdly long prompts).
+            prompt = ids[-(context - limit):]
+            # A seeded job gets its own generator (same seed, same joke, whatever the batch); the rest share one draw.
+            generator = (torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None)
+            settings = RowSettings(top_k=job.top_k or None, top_p=job.top_p, temperature=job.temperature,
+                                   generator=generator)
+            # Byte-level BPE decodes by concatenation: a partial is the prompt's text (decoded once) plus the
+            # decoder's text of the new tokens, with no second decode of the whole row every step.
+            rows.append(_Row(job, prompt, limit, settings, IncrementalDecoder(tokenizer),
+                             tokenizer.decode(prompt) if streaming else ""))
+        return rows
+
+    @staticmethod
+    def _admit(batch: ContinuousBatch, waiting: list[_Row]) -> list[_Row]:
+        """The waiting rows that fit the running batch now (an empty batch takes the next rows that fit together)."""
+        if len(batch):
+            return [row for row in waiting if batch.can_join(len(row.prompt), row.limit)]
+        admitted: list[_Row] = []
+        for row in waiting:
+            width = max([len(row.prompt)] + [len(r.prompt) for r in admitted])
+            if all(width + r.limit <= batch.columns for r in admitted + [row]):
+                admitted.append(row)
+        return admitted
+
+    @staticmethod
+    def _text(tokenizer: ByteLevelBPETokenizer, prompt: list[int], new: list[int]) -> str:
+        return tokenizer.decode(prompt + new).strip()
