@@ -89,10 +89,12 @@ def main() -> None:
     hf.generation_config.eos_token_id = None
     context = models["eager"].config.max_seq_len
     llama = llama_cpp_runner(gguf_path, context, threads)
-    print(f"model {model_dir} ({type(hf).__name__}), torch {torch.__version__}, transformers {transformers.__version__}, "
+    print(f"model {model_dir} ({type(hf).__name__}), torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, "
           f"llama.cpp {'yes' if llama else 'not installed'}, threads {threads}, greedy, prompt {PROMPT_LEN}, "
           f"new tokens {args.new_tokens}, median of {args.repeats}")
-    print(f"{'batch':>5} {'ours eager':>11} {'ours compiled+int8w':>20} {'transformers':>13} {'llama.cpp':>10}  tokens agree")
+    print(f"{'batch':>5} {'ours eager':>11} {'ours compiled+int8w':>20} {'transformers':>13} {'llama.cpp':>10}"
+          "  tokens agree")
     vocab = models["eager"].config.vocab_size
     for batch in args.batches:
         prompt = torch.randint(3, vocab, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(batch))

@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
-from tests.tiny_model import make_tiny_model_dir
+from tests.model_helpers import make_tiny_model_dir
 from trainer.report import write_model_card
 
 FINAL_EVAL = {"val_loss": 3.3803, "val_bpc": 1.9644, "chars_per_token": 2.483}

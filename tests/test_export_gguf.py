@@ -14,7 +14,7 @@ gguf = pytest.importorskip("gguf")
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM, pretrained_path  # noqa: E402
 from rujokes_model.export import ExportError, export_gguf  # noqa: E402
 from rujokes_model.export.cli import main as export_main  # noqa: E402
-from tests.tiny_model import make_tiny_model_dir  # noqa: E402
+from tests.model_helpers import make_tiny_model_dir  # noqa: E402
 
 LLAMA_TENSORS = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
 DEEPSEEK2_TENSORS = ["attn_norm", "attn_q", "attn_kv_a_mqa", "attn_kv_a_norm", "attn_k_b", "attn_v_b", "attn_output",

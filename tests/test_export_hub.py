@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM  # noqa: E402
 from rujokes_model.hub import TRANSFORMERS_SUBFOLDER, stage_upload  # noqa: E402
-from tests.tiny_model import make_tiny_model_dir  # noqa: E402
+from tests.model_helpers import make_tiny_model_dir  # noqa: E402
 
 
 class RecordingHubApi:

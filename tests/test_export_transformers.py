@@ -14,8 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM, pretrained_path  # noqa: E402
 from rujokes_model.export import ExportError, export_transformers, target_architecture  # noqa: E402
 from rujokes_model.export.cli import main as export_main  # noqa: E402
-from tests.model_helpers import left_pad, random_ids  # noqa: E402
-from tests.tiny_model import make_tiny_model_dir  # noqa: E402
+from tests.model_helpers import left_pad, make_tiny_model_dir, random_ids  # noqa: E402
 
 ATOL = 1e-4  # fp32: summation order differs between the implementations, nothing else
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import random_ids, tiny_model
 from safetensors import safe_open
 
 from rujokes_model import TransformerForCausalLM
 from rujokes_model.int8_storage import FORMAT, FORMAT_KEY, SCALE_SUFFIX, pack_int8, unpack_int8
 from rujokes_model.lowbit_weights import quantize_int8
+from tests.model_helpers import random_ids, tiny_model
 
 
 @pytest.mark.parametrize("attention", ["gqa", "mhla"])

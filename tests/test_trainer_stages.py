@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_helpers import russian_sentences, single_torch_thread_for_module, write_jokes  # noqa: F401
 from safetensors.torch import load_file
 
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+from tests.model_helpers import russian_sentences, write_jokes
 from trainer.cli import train_main
 from trainer.ema import EMAWeights
 from trainer.recipes import TrainConfig

@@ -79,11 +79,13 @@ def train_main(argv: list[str] | None = None) -> int:
             overrides[key] = value  # a bare word such as rope
     overrides.update({k: v for k, v in (("position", args.position), ("attention", args.attention),
                                         ("dropout", args.dropout)) if v is not None})
-    config = recipe(args.size, original=args.original_recipe, steps=args.steps, epochs=args.epochs, cpu_budget_s=args.cpu_budget_s,
-                    batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, seq_len=args.seq_len,
-                    vocab_size=args.vocab_size, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                    seed=args.seed, time_limit_s=args.time_limit_s, keep_best=False if args.last_weights else None,
-                    init_from=args.init_from, ema_decay=args.ema_decay)
+    config = recipe(
+        args.size, original=args.original_recipe, steps=args.steps, epochs=args.epochs,
+        cpu_budget_s=args.cpu_budget_s, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        seq_len=args.seq_len, vocab_size=args.vocab_size, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, time_limit_s=args.time_limit_s,
+        keep_best=False if args.last_weights else None, init_from=args.init_from, ema_decay=args.ema_decay,
+    )
     config.model_overrides.update(overrides)
     out = Path(args.out or f"runs/{args.size}")
     if args.pretrain_data:
@@ -105,7 +107,8 @@ def train_main(argv: list[str] | None = None) -> int:
 
 def eval_main(argv: list[str] | None = None) -> int:
     from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
-    from rujokes_model.lowbit_weights import KINDS as LOWBIT_KINDS, use_lowbit_weights
+    from rujokes_model.lowbit_weights import KINDS as LOWBIT_KINDS
+    from rujokes_model.lowbit_weights import use_lowbit_weights
 
     from .data import load_corpus, split_train_val
     from .evaluate import evaluate_texts

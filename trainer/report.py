@@ -38,7 +38,9 @@ def plot_losses(out_dir: Path, title: str) -> Path:
     return path
 
 
-def sample_jokes(model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: int = 0, max_new_tokens: int = 120) -> list[tuple[str, str]]:
+def sample_jokes(
+    model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: int = 0, max_new_tokens: int = 120
+) -> list[tuple[str, str]]:
     generator = torch.Generator(device=model.device).manual_seed(seed)
     samples = []
     for prompt in prompts:

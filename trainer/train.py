@@ -25,9 +25,9 @@ from .best import BestWeights
 from .data import DEFAULT_CORPUS, Corpus, prepare_corpus
 from .ema import EMAWeights
 from .evaluate import evaluate_texts
+from .memorisation import VerbatimIndex, memorisation_report, sample_texts
 from .packing import PackedRows, encode_documents, pack_documents
 from .recipes import TrainConfig
-from .memorisation import VerbatimIndex, memorisation_report, sample_texts
 from .report import SAMPLE_PROMPTS, plot_losses, write_model_card
 from .schedule import build_optimizer, lr_factor
 

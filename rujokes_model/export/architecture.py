@@ -52,7 +52,9 @@ def _interleaved_to_halves(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     return heads[:, order].reshape(weight.shape).contiguous()
 
 
-def llama_state_dict(state: dict[str, torch.Tensor], config: ModelConfig, *, rope_halves: bool) -> dict[str, torch.Tensor]:
+def llama_state_dict(
+    state: dict[str, torch.Tensor], config: ModelConfig, *, rope_halves: bool
+) -> dict[str, torch.Tensor]:
     """Our state dict under transformers' Llama names (`rope_halves=True`) or in our pair order (for GGUF,
     whose llama architecture rotates adjacent pairs as we do)."""
     q_rows, kv_rows = config.n_head * config.head_dim, config.n_kv_head * config.head_dim

@@ -128,7 +128,9 @@ def write_gguf(model, tokenizer: ByteLevelBPETokenizer, path: str | Path, *, out
     return path
 
 
-def export_gguf(model_dir: str | Path, out: str | Path, *, revision: str | None = None, outtype: OutType = "f32") -> Path:
+def export_gguf(
+    model_dir: str | Path, out: str | Path, *, revision: str | None = None, outtype: OutType = "f32"
+) -> Path:
     """Write one .gguf; `out` is the file, or a directory that gets `rujokes-<arch>-<outtype>.gguf`."""
     from ..hub import load_config
     from ..model import TransformerForCausalLM

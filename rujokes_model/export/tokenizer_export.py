@@ -21,7 +21,9 @@ def with_bos_post_processor(tokenizer: ByteLevelBPETokenizer):
     return backend
 
 
-def save_transformers_tokenizer(tokenizer: ByteLevelBPETokenizer, out_dir: str | Path, *, model_max_length: int) -> Path:
+def save_transformers_tokenizer(
+    tokenizer: ByteLevelBPETokenizer, out_dir: str | Path, *, model_max_length: int
+) -> Path:
     """tokenizer.json (with the <bos> post-processor), tokenizer_config.json and special_tokens_map.json."""
     from transformers import PreTrainedTokenizerFast
 
