@@ -1,6 +1,7 @@
 """Shared fixtures. Redis is always a real redis-server process, never a mock."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +18,16 @@ from bot.protocol import Delivery, JokeRequest
 from bot.queue import QueueConfig, RequestQueue
 from bot.redis_connection import redis_server_binary
 from bot.results import ResultReader
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests run only with RUJOKES_SLOW=1 (as the marker's description in pyproject.toml says)."""
+    if os.environ.get("RUJOKES_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set RUJOKES_SLOW=1 to run it")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
 
 
 class RedisServer:
