@@ -180,11 +180,14 @@ def test_an_answer_outlives_a_bot_restart(stack):
     short_timeout = stack.bot_env["REQUEST_TIMEOUT_S"]
     assert stop_process(stack.bot) == 0
     stack.bot_env["REQUEST_TIMEOUT_S"] = "60"
-    stack.bot = None
+    started = len(stack.api.calls("setMyCommands"))
     try:
-        stack.start()
+        stack.start_bot()
     finally:
         stack.bot_env["REQUEST_TIMEOUT_S"] = short_timeout  # the restart below is the stack's usual bot
+    # Polling before the worker pauses: a bot still starting when the paused worker's heartbeat expires
+    # would rightly answer "no workers" instead of queueing the request.
+    wait_until(lambda: len(stack.api.calls("setMyCommands")) > started, 60, "the bot with the long deadline")
     stack.pause_worker()
     try:
         stack.api.private_message(user, "/joke Поручик Ржевский")
