@@ -26,7 +26,7 @@ def _joke(args: argparse.Namespace) -> int:
     ids = torch.tensor([tokenizer.encode(prompt)] * args.n)
     out = model.generate(ids, args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, top_k=args.top_k, temperature=args.temperature,
-                         generator=generator)
+                         generator=generator, mid_character_ids=tokenizer.mid_character_ids())
     for i, row in enumerate(out.tolist()):
         if i:
             print("\n* * *\n")

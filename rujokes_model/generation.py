@@ -5,6 +5,8 @@ functions of their own: `prefill` (the prompt in one forward), `sample_step` (on
 `compact_rows` (finished rows leave the batch) and `decode_one_token` (eager, or through the compiled step).
 Context rule: the cache holds max_seq_len columns, so a prompt keeps only its last
 (max_seq_len - max_new_tokens) tokens; max_new_tokens must leave room for at least one prompt token.
+Given `mid_character_ids` (tokenizer.mid_character_ids()), a cut prompt also drops leading tokens that
+begin inside a UTF-8 character, so the model and the decoded text start on a whole character.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ class PreparedPrompt:
 
 
 def prepare_prompt(input_ids, attention_mask, vocab_size: int, max_seq_len: int, max_new_tokens: int,
-                   pad_token_id: int) -> PreparedPrompt:
-    """Check inputs, move any padding to the left and cut over-long prompts from the left."""
+                   pad_token_id: int, mid_character_ids: Sequence[int] | torch.Tensor | None = None) -> PreparedPrompt:
+    """Check inputs, move any padding to the left and cut over-long prompts from the left
+    (at a character boundary when `mid_character_ids` names the tokens that begin mid-character)."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
     if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -65,8 +68,25 @@ def prepare_prompt(input_ids, attention_mask, vocab_size: int, max_seq_len: int,
         warnings.warn(f"prompt of {width} tokens cut to its last {budget} to fit max_seq_len={max_seq_len} "
                       f"with max_new_tokens={max_new_tokens}", stacklevel=3)
         input_ids, attention_mask = input_ids[:, -budget:], attention_mask[:, -budget:]
+        if mid_character_ids is not None:
+            attention_mask = _start_on_a_character(input_ids, attention_mask, lengths > budget, mid_character_ids)
+            width = int(attention_mask.sum(-1).max())
+            input_ids, attention_mask = input_ids[:, -width:], attention_mask[:, -width:]
     input_ids = input_ids.masked_fill(attention_mask == 0, pad_token_id)
     return PreparedPrompt(input_ids, attention_mask)
+
+
+def _start_on_a_character(input_ids: torch.Tensor, attention_mask: torch.Tensor, cut: torch.Tensor,
+                          mid_character_ids) -> torch.Tensor:
+    """The mask with each cut row's leading mid-character tokens masked out (they become left padding).
+
+    A cut row has no padding, so its leading tokens start at column 0. A row made only of such tokens
+    keeps them all: a prompt needs a token, and decoding drops the stray bytes.
+    """
+    mid = torch.isin(input_ids, torch.as_tensor(mid_character_ids, dtype=input_ids.dtype, device=input_ids.device))
+    leading = mid.long().cumprod(dim=1).bool() & cut[:, None]
+    leading &= ~leading.all(dim=1, keepdim=True)
+    return attention_mask.masked_fill(leading, 0)
 
 
 @dataclass
@@ -135,6 +155,7 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
                   attention_mask: torch.Tensor | None = None, use_cache: bool = True,
                   generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
                   compact: bool = True, compile: bool = False,
+                  mid_character_ids: Sequence[int] | torch.Tensor | None = None,
                   ) -> Iterator[tuple[PreparedPrompt, torch.Tensor, torch.Tensor]]:
     """Yield (prompt, tokens, finished) after each step; tokens (B,) of finished rows are pad ids.
 
@@ -143,13 +164,15 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
     not depend on its batch mates either way.
     compile: run the cached decode steps through the model's compiled static-shape step
     (`compiled_step.py`; the first call compiles, ≈ 10–30 s on a CPU). Needs use_cache.
+    mid_character_ids: tokenizer.mid_character_ids(); a prompt cut to fit the context then starts on
+    a whole character rather than on a stray byte of one.
     """
     config = model.config
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     if isinstance(input_ids, torch.Tensor):  # anything else gets prepare_prompt's clear TypeError
         input_ids = input_ids.to(model.device)
     prompt = prepare_prompt(input_ids, attention_mask, config.vocab_size,
-                            config.max_seq_len, max_new_tokens, pad)
+                            config.max_seq_len, max_new_tokens, pad, mid_character_ids)
     if compile and not use_cache:
         raise ValueError("compile=True needs use_cache=True: the compiled step is a cached decode step")
     ids, mask = prompt.input_ids, prompt.attention_mask

@@ -2,6 +2,7 @@
 across tokens, so a piece is released only when it decodes to whole characters."""
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 
 import torch
@@ -12,27 +13,26 @@ REPLACEMENT_CHAR = "\ufffd"
 
 
 class IncrementalDecoder:
-    """Feeds tokens one at a time and returns only the newly completed text."""
+    """Feeds tokens one at a time and returns only the newly completed text.
+
+    An incomplete UTF-8 sequence is held back until its last byte comes; bytes that can make no
+    character are dropped, as `tokenizer.decode` drops them, so the pieces add up to its full decode.
+    """
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         self.emitted = ""
 
     def push(self, token_id: int) -> str:
-        self.ids.append(int(token_id))
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith(REPLACEMENT_CHAR):
-            return ""  # an incomplete UTF-8 sequence: wait for the next byte(s)
-        piece = text[len(self.emitted):] if text.startswith(self.emitted) else ""
-        self.emitted = text
+        piece = self._utf8.decode(self.tokenizer.token_bytes(token_id))
+        self.emitted += piece
         return piece
 
     def flush(self) -> str:
-        """Whatever is left at the end (a dangling partial byte becomes U+FFFD, as in a full decode)."""
-        text = self.tokenizer.decode(self.ids)
-        piece = text[len(self.emitted):] if text.startswith(self.emitted) else ""
-        self.emitted = text
+        """Whatever is left at the end: a dangling partial character is dropped, as in a full decode."""
+        piece = self._utf8.decode(b"", final=True)
+        self.emitted += piece
         return piece
 
 
@@ -42,6 +42,7 @@ def stream_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, **kwar
     decoder = IncrementalDecoder(tokenizer)
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    kwargs.setdefault("mid_character_ids", tokenizer.mid_character_ids())
     for _, tokens, finished in iter_generate(model, input_ids, max_new_tokens, **kwargs):
         if tokens[0].item() in (tokenizer.eos_token_id, tokenizer.pad_token_id):
             break

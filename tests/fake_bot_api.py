@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import html
 import itertools
 import json
@@ -19,7 +20,7 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from aiohttp import web
 
@@ -184,6 +185,8 @@ class FakeBotAPI:
             self._open_queries: set[str] = set()
             self._failures: dict[str, list[dict]] = {}
             self._poll_generation = 0
+            self._stall: asyncio.Event | None = None          # while polls stall; set by resume_polls
+            self.stalled_polls: list[dict] = []               # params of each getUpdates that stalled
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     @property
@@ -205,6 +208,7 @@ class FakeBotAPI:
     async def aclose(self) -> None:
         self._closing = True
         self._wake()  # pending long polls answer [] now rather than hold up the shutdown
+        self.resume_polls()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -273,7 +277,8 @@ class FakeBotAPI:
                 self.call_log.append(call)
 
     _CONTROL_ACTIONS = {"inject_update", "private_message", "group_message", "sticker_message", "photo_message",
-                        "inline_query", "chosen_inline_result", "callback_query", "press_button", "fail_next", "reset"}
+                        "inline_query", "chosen_inline_result", "callback_query", "press_button", "fail_next", "reset",
+                        "stall_polls", "resume_polls"}
 
     async def _handle_control(self, request: web.Request) -> web.Response:
         """For tests in another process. POST /_control/<helper> with JSON kwargs (helpers above), or GET
@@ -322,6 +327,26 @@ class FakeBotAPI:
             if failure["times"] <= 0:
                 queue.pop(0)
         raise ApiError(failure["code"], failure["description"], failure["parameters"])
+
+    def stall_polls(self) -> None:
+        """From now on a getUpdates whose offset would confirm an update gets no answer, as if lost on its
+        way to Telegram: it confirms nothing, so a bot killed meanwhile gets those updates again when it
+        polls anew (Telegram re-delivers every update no later getUpdates offset confirmed)."""
+        with self._lock:
+            self._stall = self._stall or asyncio.Event()
+
+    def resume_polls(self) -> None:
+        """Stalled getUpdates calls fail with 502, still confirming nothing; later calls run as usual."""
+        with self._lock:
+            stall, self._stall = self._stall, None
+        if stall is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(stall.set)
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Updates injected inside the block reach a long poll in one getUpdates answer."""
+        with self._lock:
+            yield
 
     def calls(self, method: str | None = None) -> list[Call]:
         """Logged calls, oldest first, failed ones included (with .error set); method is case-insensitive."""
@@ -498,10 +523,20 @@ class FakeBotAPI:
                 "supports_inline_queries": True, "can_connect_to_business": False, "has_main_web_app": False}
 
     async def _m_getUpdates(self, p: dict) -> list[dict]:
+        offset = int(p.get("offset") or 0)
+        with self._lock:
+            ids = [u["update_id"] for u in self.pending_updates]
+            confirms = any(i < offset for i in ids) if offset >= 0 else len(ids) > -offset
+            stall = self._stall if confirms else None
+            if stall is not None:
+                self.stalled_polls.append(p)
+        if stall is not None:
+            await stall.wait()
+            raise ApiError(502, _DESCRIPTIONS[502])
         if self.webhook_url:
             raise ApiError(409, "Conflict: can't use getUpdates method while webhook is active; "
                                 "use deleteWebhook to delete the webhook first")
-        offset, limit = int(p.get("offset") or 0), min(max(int(p.get("limit") or 100), 1), 100)
+        limit = min(max(int(p.get("limit") or 100), 1), 100)
         if isinstance(p.get("allowed_updates"), list):
             self.allowed_updates = p["allowed_updates"]  # sticks for later calls, as in Telegram
         with self._lock:

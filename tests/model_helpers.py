@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCausalLM
+from rujokes_model.tokenizer import bytes_to_unicode
 
 POSITIONS = ("rope", "alibi")
 ATTENTIONS = ("mha", "gqa", "mhla")
@@ -119,19 +120,6 @@ def russian_sentences(count: int = 400, seed: int = 0) -> list[str]:
 def tiny_tokenizer() -> ByteLevelBPETokenizer:
     """A ~300-token byte-level BPE trained once per session on generated Russian sentences."""
     return ByteLevelBPETokenizer.train_from_iterator(russian_sentences(), vocab_size=300, min_frequency=2)
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte → printable character map, which byte-level BPE uses for its 256 base tokens."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars)))
 
 
 def single_byte_ids(tokenizer: ByteLevelBPETokenizer, text: str) -> list[int]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 from bot.telegram import texts
 from bot.telegram.prompts import CLASSIC_OPENINGS
+from rujokes_model import ByteLevelBPETokenizer
 from tests.e2e_stack import (
     ADMIN_ID,
     BOT_USERNAME,
@@ -83,6 +85,27 @@ def test_without_drafts_a_placeholder_is_edited_into_the_joke(stack):
     placeholder = calls_to(stack, "sendMessage", user, since)[0]
     assert placeholder.params["text"] == texts.PLACEHOLDER
     assert calls_to(stack, "editMessageText", user, since)
+
+
+def test_an_emoji_prompt_cut_to_fit_the_context_never_shows_a_broken_character(stack):
+    """The worker cuts a prompt too long for the model's context; a byte-level token may hold part of an
+    emoji, yet no draft, message or edit holds U+FFFD (issue #20: replies began with one)."""
+    model_dir = Path(stack.worker_env["MODEL_NANO"])
+    tokenizer = ByteLevelBPETokenizer.from_pretrained(model_dir)
+    context = json.loads((model_dir / "config.json").read_text())["max_seq_len"]
+    budget = context - int(stack.bot_env["MAX_NEW_TOKENS"])
+    prompts = ["😀" * 40, "😀" * 40 + "!"]
+    assert any(tokenizer.starts_mid_character(tokenizer.encode(p)[-budget]) for p in prompts)  # a plain cut splits one
+    chats = [stack.new_user() for _ in prompts] + [stack.new_group()]
+    for chat, prompt in zip(chats, prompts):
+        stack.api.private_message(chat, f"/joke {prompt}")
+    stack.api.group_message(chats[-1], stack.new_user(), f"/joke {prompts[-1]}")  # a placeholder, then edits
+    for chat in chats:
+        joke = stack.wait_for_reply(chat, timeout=30)
+        assert is_joke(joke) and joke["text"].startswith("😀")
+        shown = [m["text"] for m in stack.bot_messages(chat)] + [d["text"] for d in stack.api.drafts.get(chat, [])]
+        shown += [c.params["text"] for method in ("sendMessage", "editMessageText") for c in calls_to(stack, method, chat)]
+        assert len(shown) > 2 and not [text for text in shown if "\ufffd" in text]
 
 
 # -- journey 2: groups ----------------------------------------------------------------------------------

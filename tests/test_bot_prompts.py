@@ -31,6 +31,12 @@ def test_nothing_visible_means_no_prompt():
     assert clean_prompt(None, 100) == ""
 
 
+def test_a_typed_replacement_character_is_dropped_so_no_reply_can_echo_one():
+    assert clean_prompt("Штирлиц \ufffd\ufffdпришёл\ufffd", 100) == "Штирлиц пришёл"
+    assert clean_prompt("\ufffd", 100) == ""
+    assert clean_model_text("Штирлиц\ufffd пришёл \ufffd") == "Штирлиц пришёл"
+
+
 def test_html_like_text_is_kept_verbatim():
     assert clean_prompt("<b>Штирлиц</b> & Мюллер &amp;", 100) == "<b>Штирлиц</b> & Мюллер &amp;"
 

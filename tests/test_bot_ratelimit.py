@@ -8,7 +8,7 @@ import pytest
 
 from bot.queue.protocol import Delivery, JokeRequest
 from bot.telegram.feedback import FeedbackStore, percentile
-from bot.telegram.outstanding import OutstandingRequests
+from bot.telegram.outstanding import UPDATE_TTL_S, OutstandingRequests
 from bot.telegram.ratelimit import ChatPacer, TokenBucket, UserRateLimiter, is_group_chat
 
 
@@ -115,3 +115,19 @@ async def test_a_message_created_later_is_remembered_for_the_request(redis_clien
 async def test_an_inline_message_is_started_once(redis_client, key_prefix):
     outstanding = OutstandingRequests(redis_client, key_prefix)
     assert [await outstanding.claim_inline_message("im1") for _ in range(2)] == [True, False]
+
+
+async def test_an_update_is_handled_once_unless_the_process_handling_it_died(redis_client, key_prefix):
+    bot, restarted = OutstandingRequests(redis_client, key_prefix), OutstandingRequests(redis_client, key_prefix)
+    assert await asyncio.gather(bot.claim_update(1), bot.claim_update(1)) in ([True, False], [False, True])
+    assert await restarted.claim_update(1)  # the first process never settled it: it died in the middle
+    assert not await restarted.claim_update(1)  # in hand here
+    request = _request(time.time() + 60)
+    await bot.claim_update(2)
+    await bot.track(request, give_up_at=request.deadline, update_id=2)  # the update became this request
+    await bot.settle_update(3)  # ...or a refusal
+    for update_id in (2, 3):
+        assert not await restarted.claim_update(update_id) and not await bot.claim_update(update_id)
+    ttl = await redis_client.ttl(f"{key_prefix}bot:update:2")
+    assert 24 * 3600 < ttl <= UPDATE_TTL_S  # outlives Telegram's 24 h of re-delivery
+    assert await bot.claim_update(None)  # no update id (not from Telegram): nothing to dedupe

@@ -239,3 +239,21 @@ def test_asks_for_more_jobs_back_off_while_none_come_and_reset_when_one_joins(en
     gaps = [b - a for a, b in zip(asked_at, asked_at[1:])]
     assert asked_at[0] == 3  # asked after the 4th draw, before its token is fed
     assert gaps[:3] == [8, 16, 4]  # nothing came: every 4, then 8, then 16 steps; a job joined: every 4 again
+
+
+def test_forty_emoji_cut_to_fit_the_context_show_no_broken_character(engine):
+    """The prompt is cut inside an emoji for some limits (byte-level tokens hold parts of one): the text
+    and every partial still start on a whole 😀 and hold no U+FFFD, whatever the model appends."""
+    loaded = engine.models["nano"]
+    tokenizer, context = loaded.tokenizer, loaded.model.config.max_seq_len
+    prompt = "😀" * 40
+    ids = tokenizer.encode(prompt)
+    assert len(ids) > context  # one token a byte here: 160 bytes
+    limits = range(30, 38)  # 8 cuts, one byte apart: every offset inside an emoji
+    assert any(tokenizer.starts_mid_character(ids[-(context - limit)]) for limit in limits)  # the old cut split one
+    for limit in limits:
+        partials: list[str] = []
+        (output,) = engine.generate("nano", [job(limit, prompt, max_new_tokens=limit, temperature=1.5, top_k=0)],
+                                    on_partial=lambda _, text: partials.append(text))
+        for text in [output.text, *partials]:
+            assert "\ufffd" not in text and text.startswith("😀"), (limit, text)

@@ -9,7 +9,7 @@ import pytest
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.exceptions import TelegramBadRequest, TelegramConflictError, TelegramRetryAfter
+from aiogram.exceptions import TelegramBadRequest, TelegramConflictError, TelegramRetryAfter, TelegramServerError
 from aiogram.types import (
     BotCommand,
     InlineKeyboardButton,
@@ -103,6 +103,37 @@ async def test_offset_confirmation_and_limit(bot, api):
     assert [u.update_id for u in await bot.get_updates(offset=ids[1] + 1)] == ids[2:]
     assert [u["update_id"] for u in api.pending_updates] == ids[2:]  # confirmed ones are gone
     assert await bot.get_updates(offset=ids[2] + 1) == []
+
+
+async def test_a_stalled_confirmation_confirms_nothing_so_the_updates_come_again(bot, api):
+    api.stall_polls()
+    ids = [api.private_message(USER, f"m{i}")["update_id"] for i in range(3)]
+    assert [u.update_id for u in await bot.get_updates(timeout=1)] == ids  # confirms nothing: answered
+    confirming = asyncio.create_task(bot.get_updates(offset=ids[-1] + 1, timeout=5))
+    while not api.stalled_polls:
+        await asyncio.sleep(0.01)
+    assert api.stalled_polls[0]["offset"] == ids[-1] + 1 and not confirming.done()
+    api.resume_polls()
+    with pytest.raises(TelegramServerError):  # lost on the way: the bot would retry
+        await asyncio.wait_for(confirming, 2)
+    assert [u.update_id for u in await bot.get_updates()] == ids  # re-delivered to the next poll
+    assert await bot.get_updates(offset=ids[-1] + 1) == []  # resumed: confirmed now
+
+
+async def test_updates_injected_together_reach_a_long_poll_at_once(bot, api):
+    poll = asyncio.create_task(bot.get_updates(timeout=5))
+    await asyncio.sleep(0.1)
+
+    def inject() -> list[int]:  # from another thread, as a sync test would, pausing between updates
+        ids = []
+        with api.together():
+            for i in range(8):
+                ids.append(api.private_message(USER + i, "/joke")["update_id"])
+                time.sleep(0.02)
+        return ids
+
+    ids = await asyncio.to_thread(inject)
+    assert [u.update_id for u in await asyncio.wait_for(poll, 2)] == ids
 
 
 async def test_concurrent_long_polls_conflict(bot, api):

@@ -1,12 +1,16 @@
 """generate(): stopping at eos per row, context limits, and clear errors for bad inputs."""
+import warnings
+
 import pytest
 import torch
 
-from tests.model_helpers import random_ids, tiny_model
+from rujokes_model.generation import prepare_prompt
+from tests.model_helpers import random_ids, single_byte_ids, tiny_model, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 PAD = 0
+REPLACEMENT = "\ufffd"
 
 
 def first_shared_token(rows: list[list[int]]) -> tuple[int, list[int]]:
@@ -90,6 +94,38 @@ def test_cut_prompt_generates_what_its_kept_tail_would():
         out = model.generate(prompt, 8, do_sample=False)
 
     assert out.tolist() == model.generate(prompt[:, -24:], 8, do_sample=False).tolist()
+
+
+@pytest.mark.parametrize("text", ["😀" * 40, "Ёжик шёл 🦔 по лесу 👨‍👩‍👧 ЖжЁё"])
+def test_a_prompt_cut_at_any_offset_starts_on_a_whole_character(text):
+    tokenizer = tiny_tokenizer()
+    mid = tokenizer.mid_character_ids()
+    short = tokenizer.encode("Штирлиц")
+    for ids in (tokenizer.encode(text), single_byte_ids(tokenizer, text)):
+        for budget in range(len(short), len(ids) + 1):
+            # A batch: the long row is cut, the short one (left-padded) stays whole.
+            batch = torch.tensor([ids, [0] * (len(ids) - len(short)) + short])
+            mask = (torch.arange(len(ids)) >= len(ids) - torch.tensor([[len(ids)], [len(short)]])).long()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                prompt = prepare_prompt(batch, mask, tokenizer.vocab_size, budget + 1, 1, 0, mid)
+            kept = prompt.input_ids[0][prompt.attention_mask[0].bool()].tolist()
+            decoded = tokenizer.decode(kept)
+            assert REPLACEMENT not in decoded and text.endswith(decoded)
+            assert kept == ids[len(ids) - len(kept):] and budget - 3 <= len(kept) <= budget
+            assert not tokenizer.starts_mid_character(kept[0])
+            assert prompt.input_ids[1][prompt.attention_mask[1].bool()].tolist() == short
+            assert prompt.input_ids.shape[1] == max(len(kept), len(short))
+
+
+def test_generate_passes_the_mid_character_ids_on_to_the_cut():
+    tokenizer = tiny_tokenizer()
+    model = tiny_model("rope", "gqa", vocab_size=tokenizer.vocab_size, max_seq_len=32)
+    ids = single_byte_ids(tokenizer, "😀" * 10)
+    budget = 32 - 6  # 26 = 6 emoji and 2 bytes of one: those two are dropped
+    with pytest.warns(UserWarning, match="cut"):
+        out = model.generate(torch.tensor([ids]), 6, do_sample=False, mid_character_ids=tokenizer.mid_character_ids())
+    assert out[0, :budget - 2].tolist() == ids[-(budget - 2):] and out.shape[1] == budget - 2 + 6
 
 
 @pytest.mark.parametrize("max_new_tokens", [32, 33, 100])

@@ -115,12 +115,76 @@ def test_incremental_decoder_releases_a_letter_as_soon_as_it_is_complete(tokeniz
     assert decoder.push(second) == "ж"
 
 
-def test_incremental_decoder_flushes_a_dangling_byte_like_a_full_decode(tokenizer):
+def test_incremental_decoder_drops_a_dangling_byte_like_a_full_decode(tokenizer):
     ids = single_byte_ids(tokenizer, "aж")[:-1]
 
     pieces = feed(tokenizer, ids)
 
-    assert "".join(pieces) == tokenizer.decode(ids) == "a" + REPLACEMENT_CHAR
+    assert "".join(pieces) == tokenizer.decode(ids) == "a"
+
+
+# -- whole characters only: a byte-level token may hold part of one ------------------------------------
+
+SPLIT_TEXTS = ["😀" * 12, "Ёжик шёл 🦔 по лесу, 👨‍👩‍👧 и 🇷🇺", "ЖжЁё" * 6]
+
+
+@pytest.mark.parametrize("text", SPLIT_TEXTS)
+@pytest.mark.parametrize("split", [single_byte_ids, lambda tokenizer, text: tokenizer.encode(text, add_bos=False)])
+def test_tokens_cut_off_mid_character_decode_to_whole_characters_only(tokenizer, text, split):
+    ids = split(tokenizer, text)
+    for end in range(len(ids) + 1):
+        head = tokenizer.decode(ids[:end])
+        assert REPLACEMENT_CHAR not in head
+        assert text.startswith(head)  # the partial character is dropped, nothing else
+        assert "".join(feed(tokenizer, ids[:end])) == head
+
+
+def test_decode_drops_stray_bytes_a_model_emits_and_keeps_everything_else(tokenizer):
+    stray = single_byte_ids(tokenizer, "ж")[1]  # a continuation byte on its own
+    lead = single_byte_ids(tokenizer, "ж")[0]   # a lead byte followed by no continuation
+    ids = tokenizer.encode("да", add_bos=False) + [stray, lead] + tokenizer.encode(" нет", add_bos=False)
+
+    assert tokenizer.decode(ids) == "да нет"
+    assert "".join(feed(tokenizer, ids)) == "да нет"
+
+
+def test_a_replacement_character_in_the_text_itself_survives_the_round_trip(tokenizer):
+    # Valid UTF-8 (EF BF BD): the library keeps it; the bot strips it from what users type.
+    assert tokenizer.decode(tokenizer.encode("a\ufffdb")) == "a\ufffdb"
+
+
+def test_decode_matches_the_backend_except_for_the_replacement_characters_it_invents(tokenizer):
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(50):
+        ids = torch.randint(0, tokenizer.vocab_size, (40,), generator=generator).tolist()
+        assert tokenizer.decode(ids) == tokenizer.backend.decode(ids).replace(REPLACEMENT_CHAR, "")
+        assert tokenizer.decode(ids, skip_special_tokens=False) == \
+            tokenizer.backend.decode(ids, skip_special_tokens=False).replace(REPLACEMENT_CHAR, "")
+
+
+def test_mid_character_ids_are_the_tokens_whose_first_byte_continues_a_character(tokenizer):
+    mid = set(tokenizer.mid_character_ids())
+    assert [token in mid for token in single_byte_ids(tokenizer, "ж😀a")] == [False, True, False, True, True, True, False]
+    assert not mid & {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+
+
+@pytest.mark.parametrize("text", SPLIT_TEXTS)
+@pytest.mark.parametrize("split", [single_byte_ids, lambda tokenizer, text: tokenizer.encode(text)])
+def test_a_prompt_cut_at_any_length_keeps_a_suffix_of_whole_characters(tokenizer, text, split):
+    ids = split(tokenizer, text)
+    cut_inside_a_character = 0
+    for budget in range(1, len(ids) + 2):
+        kept = tokenizer.cut_prompt(ids, budget)
+        decoded = tokenizer.decode(kept)
+        assert kept == ids[len(ids) - len(kept):]  # a suffix of the tokens...
+        assert REPLACEMENT_CHAR not in decoded and text.endswith(decoded)  # ...and of the text
+        if all(map(tokenizer.starts_mid_character, kept)):  # all inside one character: nothing to show
+            assert len(kept) == budget <= 3 and decoded == ""
+        else:
+            assert not tokenizer.starts_mid_character(kept[0])
+            assert min(budget, len(ids)) - 3 <= len(kept) <= budget  # at most 3 continuation bytes dropped
+        cut_inside_a_character += tokenizer.starts_mid_character(ids[-budget]) if budget <= len(ids) else 0
+    assert cut_inside_a_character  # the plain cut would have split a character somewhere
 
 
 @pytest.mark.parametrize("prompt", ["Штирлиц", "— Ёжик, ты где?\n"])

@@ -40,7 +40,8 @@ class Metrics:
             "requests", "Joke requests by kind (command, inline, more, …; 'unknown' when answered by the queue "
             "itself), size and outcome. Workers count what they answered (ok, expired, failed, unknown_size); "
             "the bot counts what it accepted (accepted) or refused at once (busy, rate_limited, too_long, "
-            "workers_down) and, per request, what it finally showed (ok, empty, expired, failed, no_answer, "
+            "workers_down), updates Telegram re-delivered after they were handled (duplicate) and, per "
+            "request, what it finally showed (ok, empty, expired, failed, no_answer, "
             "undelivered, late).",
             ["kind", "size", "outcome"], namespace=NAMESPACE, registry=registry)
         self.queue_length = Gauge(

@@ -1,9 +1,13 @@
 """Starting a joke: the steps every entry point shares (commands, plain text, 🔁 Ещё, inline).
 
-validate the prompt → rate-limit the user → show activity → check for live workers → remember the
-request → submit it. Every refusal is said to the user at once, in Russian; the answer itself
-arrives later through `DeliveryLoop`. Each accepted request is logged once, with the update it came
-from and its request_id, which the worker's and the delivery's log lines repeat.
+claim the update → validate the prompt → rate-limit the user → show activity → check for live workers
+→ remember the request → submit it. Every refusal is said to the user at once, in Russian; the answer
+itself arrives later through `DeliveryLoop`. Each accepted request is logged once, with the update it
+came from and its request_id, which the worker's and the delivery's log lines repeat.
+
+Telegram re-delivers the updates a killed bot had not confirmed: an update that already became a
+request (or a refusal) is claimed in Redis and passed over the second time, before any rate limit,
+message or placeholder; the request it became is answered as any other after a restart.
 """
 from __future__ import annotations
 
@@ -74,7 +78,8 @@ class JokeService:
 
     async def _submit_tracked(self, request: JokeRequest, update_id: int | None) -> bool:
         """Remember, then submit; on a full queue tell the user "busy" right away."""
-        await self.outstanding.track(request, give_up_at=request.deadline + self.settings.result_grace_s)
+        await self.outstanding.track(request, give_up_at=request.deadline + self.settings.result_grace_s,
+                                     update_id=update_id)
         try:
             await self.queue.submit(request)
         except QueueFull as error:
@@ -105,6 +110,14 @@ class JokeService:
     def _refused(self, kind: str, outcome: str) -> None:
         self.metrics.request_event(kind, None, outcome)
 
+    async def _first_delivery(self, update_id: int | None, kind: str) -> bool:
+        """False (and logged) for an update handled before: a re-delivery after a bot restart."""
+        if await self.outstanding.claim_update(update_id):
+            return True
+        self._refused(kind, "duplicate")
+        log_event(log, "duplicate update", {"update_id": update_id, "kind": kind})
+        return False
+
     async def _workers_alive(self) -> bool:
         return bool(await self.queue.live_workers())
 
@@ -113,6 +126,8 @@ class JokeService:
     async def joke_in_chat(self, origin: ChatOrigin, raw_prompt: str | None, kind: str = "command",
                            *, truncate: bool = False) -> None:
         received_at = time.time()  # handlers run as the update arrives
+        if not await self._first_delivery(origin.update_id, kind):
+            return
         prompt, refusal = self.prompt_or_refusal(raw_prompt, truncate=truncate)
         outcome = "too_long"
         if refusal is None:
@@ -122,12 +137,14 @@ class JokeService:
         if refusal is not None:
             self._refused(kind, outcome)
             await self.outbox.send(origin.chat_id, refusal, origin.reply_to_message_id)
+            await self.outstanding.settle_update(origin.update_id)
             return
         await self.outbox.typing(origin.chat_id)
         if not await self._workers_alive():
             # Said now rather than queued: the user hears within seconds, and no stale joke turns up later.
             self._refused(kind, "workers_down")
             await self.outbox.send(origin.chat_id, texts.WORKERS_DOWN, origin.reply_to_message_id)
+            await self.outstanding.settle_update(origin.update_id)
             return
         request_id = uuid.uuid4().hex
         delivery = Delivery(chat_id=origin.chat_id, reply_to_message_id=origin.reply_to_message_id)
@@ -213,6 +230,7 @@ class JokeService:
         if not await self._workers_alive():
             self._refused(kind, "workers_down")
             await self.outbox.show(delivery, texts.WORKERS_DOWN)
+            await self.outstanding.settle_update(update_id)
             return
         if show_placeholder:
             await self.outbox.show(delivery, texts.PLACEHOLDER)
@@ -224,9 +242,12 @@ class JokeService:
     async def more_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str,
                                      update_id: int | None = None) -> str | None:
         """🔁 Ещё under an inline message: a refusal to show as a callback answer, or None."""
+        if not await self._first_delivery(update_id, "more"):
+            return None
         decision = await self.limiter.check(user_id)
         if not decision.allowed:
             self._refused("more", "rate_limited")
+            await self.outstanding.settle_update(update_id)
             return texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
         await self.joke_in_inline_message(inline_message_id, user_id, prompt, "more", show_placeholder=True,
                                           update_id=update_id)

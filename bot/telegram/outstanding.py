@@ -5,10 +5,13 @@ Keys (under the deployment prefix):
     bot:outstanding:due              sorted set request_id -> time to give up waiting and apologise
     bot:inline_prompt:{token}        the prompt behind an inline "✍️ Написать" article (short TTL)
     bot:inline_started:{id}          set once generation started for an inline message (no double start)
+    bot:update:{update_id}           "done" once an update became a request or a refusal; while it is being
+                                     handled, the id of the bot process handling it (see `claim_update`)
 """
 from __future__ import annotations
 
 import time
+import uuid
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -16,6 +19,17 @@ from redis.asyncio import Redis
 from bot.queue.protocol import Delivery, JokeRequest
 
 _RECORD_GRACE_S = 3600  # keep a record this long past give-up, so a late joke still finds its message
+# Telegram keeps an unconfirmed update for 24 h and re-delivers it to the next getUpdates: remember longer.
+UPDATE_TTL_S = 48 * 3600
+_DONE = "done"
+# Atomic, so that one update is handled by one handler. A claim held by another process means that
+# process died mid-update (only one bot may poll a token at a time): the update is handled again.
+_CLAIM_UPDATE_LUA = """
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
 
 
 class Outstanding(BaseModel):
@@ -33,6 +47,8 @@ class OutstandingRequests:
         self._redis = redis
         self._prefix = f"{prefix}bot:"
         self._inline_prompt_ttl_s = inline_prompt_ttl_s
+        self._instance = uuid.uuid4().hex  # this bot process, in the claims of the updates it handles
+        self._claim_update_script = redis.register_script(_CLAIM_UPDATE_LUA)
 
     def _record_key(self, request_id: str) -> str:
         return f"{self._prefix}outstanding:{request_id}"
@@ -41,8 +57,12 @@ class OutstandingRequests:
     def _due_key(self) -> str:
         return f"{self._prefix}outstanding:due"
 
-    async def track(self, request: JokeRequest, give_up_at: float) -> Outstanding:
-        """Call before submitting: a fast worker's answer must find the record."""
+    def _update_key(self, update_id: int) -> str:
+        return f"{self._prefix}update:{int(update_id)}"
+
+    async def track(self, request: JokeRequest, give_up_at: float, update_id: int | None = None) -> Outstanding:
+        """Call before submitting: a fast worker's answer must find the record. The update that asked
+        (if any) is settled with it: from now on this request is what answers it."""
         record = Outstanding(request_id=request.request_id, delivery=request.delivery, prompt=request.prompt,
                              kind=request.kind, user_id=request.user_id, give_up_at=give_up_at,
                              created_at=request.created_at)
@@ -50,8 +70,25 @@ class OutstandingRequests:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._record_key(request.request_id), record.model_dump_json(), ex=ttl)
             pipe.zadd(self._due_key, {request.request_id: give_up_at})
+            if update_id is not None:
+                pipe.set(self._update_key(update_id), _DONE, ex=UPDATE_TTL_S)
             await pipe.execute()
         return record
+
+    # -- updates: Telegram re-delivers what a killed bot did not confirm ----------------------------
+
+    async def claim_update(self, update_id: int | None) -> bool:
+        """True when this process should handle the update: never seen, or left half-handled by a bot
+        process that died. False for one already settled (`track`, `settle_update`) or in hand here."""
+        if update_id is None:
+            return True
+        return bool(await self._claim_update_script(keys=[self._update_key(update_id)],
+                                                    args=[self._instance, _DONE, UPDATE_TTL_S]))
+
+    async def settle_update(self, update_id: int | None) -> None:
+        """The update got its answer without a request (a refusal): a re-delivery gets nothing."""
+        if update_id is not None:
+            await self._redis.set(self._update_key(update_id), _DONE, ex=UPDATE_TTL_S)
 
     async def get(self, request_id: str) -> Outstanding | None:
         raw = await self._redis.get(self._record_key(request_id))

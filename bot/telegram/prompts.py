@@ -26,6 +26,9 @@ CLASSIC_OPENINGS = (
 _DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn"}
 # Keep ZWJ: it glues emoji sequences (👨‍👩‍👧) that would otherwise fall apart.
 _KEPT_FORMAT = {"\u200d"}
+# U+FFFD marks a character broken before it reached us (typed, pasted, or a model's stray bytes): it
+# means nothing in a joke, and replies never contain one, so it is dropped in and out.
+_REPLACEMENT = "\ufffd"
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -37,7 +40,7 @@ class PromptTooLong(ValueError):
 
 
 def clean_prompt(text: str | None, max_chars: int, *, truncate: bool = False) -> str:
-    """Strip control/bidi/invisible characters and collapse whitespace; "" means "no prompt".
+    """Strip control/bidi/invisible characters and U+FFFD, collapse whitespace; "" means "no prompt".
 
     Raises PromptTooLong when what is left is longer than max_chars: cutting what a user typed
     silently would surprise them more than a clear message does. truncate=True keeps the last
@@ -48,7 +51,7 @@ def clean_prompt(text: str | None, max_chars: int, *, truncate: bool = False) ->
     kept = "".join(
         " " if char in "\n\r\t" else char
         for char in unicodedata.normalize("NFC", text)
-        if char in "\n\r\t" or char in _KEPT_FORMAT or unicodedata.category(char) not in _DROPPED_CATEGORIES
+        if char in "\n\r\t" or char in _KEPT_FORMAT or _shown(char)
     )
     cleaned = _WHITESPACE.sub(" ", kept).strip()
     if not cleaned.replace("\u200d", "").strip():
@@ -61,18 +64,19 @@ def clean_prompt(text: str | None, max_chars: int, *, truncate: bool = False) ->
     return cleaned
 
 
+def _shown(char: str) -> bool:
+    return char != _REPLACEMENT and unicodedata.category(char) not in _DROPPED_CATEGORIES
+
+
 def random_opening(rng: random.Random | None = None) -> str:
     return (rng or random).choice(CLASSIC_OPENINGS)
 
 
 def clean_model_text(text: str) -> str:
-    """Model output made safe to display: no control, bidi or invisible characters; newlines kept.
+    """Model output made safe to display: no control, bidi or invisible characters, no U+FFFD; newlines kept.
 
     A random or half-trained model can emit any byte sequence, e.g. a bidi override that would
     flip the rest of the chat line, or a backspace.
     """
-    kept = "".join(
-        char for char in text
-        if char == "\n" or char in _KEPT_FORMAT or unicodedata.category(char) not in _DROPPED_CATEGORIES
-    )
+    kept = "".join(char for char in text if char == "\n" or char in _KEPT_FORMAT or _shown(char))
     return re.sub(r"[ \t]*\n[ \t\n]*\n", "\n\n", kept).strip()

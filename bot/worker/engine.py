@@ -111,8 +111,9 @@ class ModelEngine:
         rows = []
         for job, ids in zip(jobs, tokenizer.encode_batch([job.prompt for job in jobs])):
             limit = max(1, min(job.max_new_tokens, context // 2))
-            # Keep the prompt's last tokens that fit (its <bos> is lost only for absurdly long prompts).
-            prompt = ids[-(context - limit):]
+            # Keep the prompt's last tokens that fit, from a whole character on: a byte-level token may hold
+            # part of one (its <bos> is lost only for absurdly long prompts).
+            prompt = tokenizer.cut_prompt(ids, context - limit)
             # A seeded job gets its own generator (same seed, same joke, whatever the batch); the rest share one draw.
             generator = (torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None)
             settings = RowSettings(top_k=job.top_k or None, top_p=job.top_p, temperature=job.temperature,
@@ -137,4 +138,5 @@ class ModelEngine:
 
     @staticmethod
     def _text(tokenizer: ByteLevelBPETokenizer, prompt: list[int], new: list[int]) -> str:
+        # decode drops a character the token limit cut in half (and any stray byte) rather than show U+FFFD
         return tokenizer.decode(prompt + new).strip()

@@ -1,0 +1,83 @@
+"""The bot killed with SIGKILL while it works on requests, then restarted (issue #20). Telegram re-delivers
+every update whose getUpdates confirmation never arrived: each must still be answered exactly once.
+
+A stack of its own (the bot is killed, and requests must outlive a restart of a loaded machine: a long
+request timeout), on the session's Redis.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from typing import Iterator
+
+import pytest
+
+from bot.telegram import texts
+from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, calls_to, is_joke, make_stack, wait_until
+from tests.fake_bot_api import FakeBotAPI
+
+
+@pytest.fixture(scope="module")
+def restart_stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
+    from tests.model_helpers import make_tiny_model_dir  # torch: only where a worker is needed
+
+    nano = tmp_path_factory.mktemp("restart-models") / "nano"
+    api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
+    stack = make_stack(api, redis_server.url, f"restart-{uuid.uuid4().hex[:6]}:", tmp_path_factory.mktemp("logs"),
+                       nano, nano, REQUEST_TIMEOUT_S="300")
+    try:
+        stack.start_bot()
+        make_tiny_model_dir(nano, seed=1)
+        yield stack.start()
+    finally:
+        stack.close()
+        api.stop()
+
+
+def kill_bot(stack: Stack) -> None:
+    os.kill(stack.bot.pid, signal.SIGKILL)
+    stack.bot.wait(timeout=30)
+
+
+def test_a_bot_killed_before_confirming_its_updates_answers_each_exactly_once(restart_stack):
+    stack = restart_stack
+    users = [stack.new_user() for _ in range(8)]
+    group = stack.new_group()  # a placeholder message: a re-delivery must not send a second one
+    queue = f"{stack.prefix}requests:normal"
+    stack.pause_worker()  # every request stays in flight until the restarted bot has seen its update again
+    try:
+        stack.api.stall_polls()  # the bot's confirming getUpdates never reaches "Telegram"
+        with stack.api.together():  # one getUpdates answer brings them all
+            sent = [stack.api.private_message(user, f"/joke Штирлиц {n}") for n, user in enumerate(users)]
+            sent.append(stack.api.group_message(group, stack.new_user(), "/joke Вовочка"))
+        ids = {update["update_id"] for update in sent}
+        with stack.redis() as client:
+            wait_until(lambda: client.xlen(queue) == len(sent), 60, "every request accepted")
+            wait_until(lambda: [p for p in stack.api.stalled_polls if p.get("offset", 0) > max(ids)], 60,
+                       "the getUpdates that would confirm them")
+            kill_bot(stack)
+            assert ids <= {update["update_id"] for update in stack.api.pending_updates}  # unconfirmed
+            stack.api.resume_polls()
+            stack.start_bot()
+            wait_until(lambda: not ids & {u["update_id"] for u in stack.api.pending_updates}, 120,
+                       f"the restarted bot to take the updates again; log:\n{stack.log_tail(stack.bot_log)}")
+            wait_until(lambda: stack.bot_log.read_text().count("duplicate update") == len(sent), 60,
+                       "each re-delivered update passed over")
+            assert client.xlen(queue) == len(sent)  # nothing submitted twice
+    finally:
+        stack.resume_worker()
+    chats = [*users, group]
+    for chat in chats:
+        stack.wait_for_reply(chat, timeout=120)
+    with stack.redis() as client:  # every request answered and shown: nothing else can arrive
+        wait_until(lambda: client.zcard(f"{stack.prefix}bot:outstanding:due") == 0 and client.xlen(queue) == 0, 60,
+                   "every answer delivered")
+    for chat in chats:
+        messages = stack.bot_messages(chat)
+        assert len(messages) == 1 and is_joke(messages[0]), (chat, messages)
+        assert messages[0]["text"].startswith("Вовочка" if chat == group else "Штирлиц")
+    assert [c.params["text"] for c in calls_to(stack, "sendMessage", group)] == [texts.PLACEHOLDER]
+    for user in users:  # one "Thinking…" draft each, and the joke sent once
+        assert [d["text"] for d in stack.api.drafts[user]].count("") == 1
+        assert len([c for c in calls_to(stack, "sendMessage", user) if c.error is None]) == 1
