@@ -2,6 +2,7 @@
 worker processes against a fake Bot API; the model tests opt into one torch thread (`pytestmark`)."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -21,6 +22,16 @@ from bot.queue.protocol import Delivery, JokeRequest
 from bot.queue.results import ResultReader
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, make_stack
 from tests.fake_bot_api import FakeBotAPI
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests run only with RUJOKES_SLOW=1 (as the marker's description in pyproject.toml says)."""
+    if os.environ.get("RUJOKES_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set RUJOKES_SLOW=1 to run it")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
 
 
 class RedisServer:
@@ -169,7 +180,7 @@ single_torch_thread_for_module = pytest.fixture(_one_torch_thread, scope="module
 
 @pytest.fixture(scope="session")
 def stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
-    """One stack for every e2e test of the session (tests run in file order); stopped at the end."""
+    """One stack for every e2e test of the session; each test leaves it as it found it. Stopped at the end."""
     from tests.model_helpers import make_tiny_model_dir  # torch: only where a worker is needed
 
     models = tmp_path_factory.mktemp("models")

@@ -210,8 +210,9 @@ def calls_to(stack: Stack, method: str, chat_id: int | None = None, since: float
 
 def make_stack(api: FakeBotAPI, redis_url: str, prefix: str, log_dir: Path, nano_dir: Path, mini_dir: Path,
                **bot_settings: str) -> Stack:
-    """Short timings so waits, timeouts and retries happen within a test's patience."""
-    settings = dict(REQUEST_TIMEOUT_S="8", RESULT_GRACE_S="1", INLINE_WAIT_S="1.5", INLINE_VARIANTS="2",
+    """Short timings so waits, timeouts and retries happen within a test's patience (INLINE_WAIT_S: long
+    enough that a tiny worker on a loaded machine has its variants ready by then)."""
+    settings = dict(REQUEST_TIMEOUT_S="8", RESULT_GRACE_S="1", INLINE_WAIT_S="4", INLINE_VARIANTS="2",
                     EDIT_INTERVAL_S="0.1", MAX_NEW_TOKENS="32", RATE_LIMIT_PER_MINUTE="30", RATE_LIMIT_BURST="4",
                     PROMPT_MAX_CHARS="300", CLAIM_IDLE_MS="3000", BOT_METRICS_PORT=str(free_port()),
                     METRICS_HOST="127.0.0.1")

@@ -1,7 +1,8 @@
 """The bot end to end, journey by journey: the real `rujokes-bot` and `rujokes-worker` processes
 (tiny random models) against a real Redis and a fake Telegram Bot API.
 
-The stack is shared with test_bot_e2e_limits.py (one per session); tests run in file order.
+The stack is shared with test_bot_e2e_limits.py (one per session). Each test sets up what it needs (the
+active size, a joke of each size for /stats), so any one of them passes alone or in any order.
 """
 from __future__ import annotations
 
@@ -98,10 +99,12 @@ def test_group_command_with_the_bot_mention_edits_a_placeholder_into_the_joke(st
 def test_a_command_for_another_bot_is_ignored(stack):
     group, user = stack.new_group(), stack.new_user()
     stack.api.group_message(group, user, "/joke@other_bot Штирлиц")
-    stack.api.group_message(group, user, f"/help@{BOT_USERNAME}")  # a marker: answered after the first update
-    assert stack.wait_for_reply(group)["text"].startswith("Как пользоваться")
-    time.sleep(0.5)
-    assert len(stack.bot_messages(group)) == 1
+    # A marker that goes the way a handled /joke would (placeholder, queue, worker, edit), sent after it: once
+    # the marker's joke is there, a handled first command would long have sent its own placeholder.
+    stack.api.group_message(group, user, f"/joke@{BOT_USERNAME} Маркер")
+    marker = stack.wait_for_reply(group, timeout=60)
+    assert is_joke(marker) and marker["text"].startswith("Маркер")
+    assert [m["text"] for m in stack.bot_messages(group)] == [marker["text"]]
 
 
 def test_joke_as_a_reply_uses_the_replied_message_as_the_opening(stack):
@@ -116,10 +119,10 @@ def test_joke_as_a_reply_uses_the_replied_message_as_the_opening(stack):
 
 def test_inline_query_offers_ready_variants_quickly(stack):
     user = stack.new_user()
-    started = time.monotonic()
     query_id = stack.api.inline_query(user, "Штирлиц пришел домой")["inline_query"]["id"]
-    answer = stack.inline_answer(query_id, timeout=8)
-    assert time.monotonic() - started < 5
+    # "Quickly" is the bot's own INLINE_WAIT_S: it answers with the variants finished by then, else with a
+    # ✍️ article (next test). So finished variants in the answer are the proof, not a wall-clock bound.
+    answer = stack.inline_answer(query_id, timeout=30)
     assert answer["cache_time"] == 5 and answer["is_personal"] is True
     results = answer["results"]
     assert 1 <= len(results) <= 2
@@ -181,6 +184,7 @@ def test_more_button_writes_another_joke_with_the_same_opening(stack):
 
 
 def test_votes_count_once_per_user_and_a_vote_can_be_changed(stack):
+    use_size(stack, "nano")  # the counts below are nano's
     user, other = stack.new_user(), stack.new_user()
     stack.api.private_message(user, "/joke Сидят два программиста")
     joke = stack.wait_for_reply(user)
@@ -205,12 +209,22 @@ def test_votes_count_once_per_user_and_a_vote_can_be_changed(stack):
 
 # -- journey 5: admins ----------------------------------------------------------------------------------
 
+def use_size(stack: Stack, size: str) -> None:
+    """Make `size` the active one (whatever an earlier test left)."""
+    reply = stack.admin_reply(f"/model {size}")
+    assert reply in {texts.MODEL_SWITCHED.format(old=old, new=size) for old in ("nano", "mini")}, reply
+    with stack.redis() as client:
+        assert client.hget(f"{stack.prefix}active_size", "size") == size
+
+
 def test_model_shows_the_active_size_and_what_workers_have(stack):
+    use_size(stack, "nano")
     reply = stack.admin_reply("/model")
     assert "Активная модель: nano" in reply and "Доступны у воркеров: mini, nano" in reply
 
 
 def test_switching_to_mini_reaches_the_worker_and_is_logged(stack):
+    use_size(stack, "nano")
     assert stack.admin_reply("/model mini") == texts.MODEL_SWITCHED.format(old="nano", new="mini")
     try:
         with stack.redis() as client:
@@ -228,6 +242,7 @@ def test_switching_to_mini_reaches_the_worker_and_is_logged(stack):
 
 
 def test_switching_to_a_size_no_worker_has_is_refused(stack):
+    use_size(stack, "nano")
     reply = stack.admin_reply("/model small")
     assert reply == texts.MODEL_UNKNOWN.format(size="small", available="mini, nano")
     with stack.redis() as client:
@@ -235,6 +250,7 @@ def test_switching_to_a_size_no_worker_has_is_refused(stack):
 
 
 def test_non_admins_get_a_polite_refusal_and_nothing_switches(stack):
+    use_size(stack, "nano")
     user = stack.new_user()
     assert stack.admin_reply("/model mini", user_id=user) == texts.ADMIN_ONLY
     assert stack.admin_reply("/stats", user_id=user) == texts.ADMIN_ONLY
@@ -245,11 +261,17 @@ def test_non_admins_get_a_polite_refusal_and_nothing_switches(stack):
 
 
 def test_stats_show_queue_workers_latency_requests_and_votes(stack):
+    for size in ("mini", "nano"):  # at least one joke of each size, whatever ran before
+        use_size(stack, size)
+        user = stack.new_user()
+        stack.api.private_message(user, "/joke Сидит Вовочка на уроке")
+        assert is_joke(stack.wait_for_reply(user))
     reply = stack.admin_reply("/stats")
     assert "Очередь: 0" in reply and "Живые воркеры: 1" in reply and "e2e-worker" in reply
     assert re.search(r"Задержка: p50 \d+\.\d с, p95 \d+\.\d с \(по \d+ анекдотам\)", reply), reply
     assert re.search(r"Запросов всего: \d+", reply)
     with stack.redis() as client:
-        nano = client.hgetall(f"{stack.prefix}bot:stats:size:nano")
-    assert f"nano: анекдотов {nano['jokes']}, 👍 {nano.get('up', 0)}, 👎 {nano.get('down', 0)}" in reply
-    assert "mini: анекдотов 1" in reply
+        for size in ("nano", "mini"):
+            counts = client.hgetall(f"{stack.prefix}bot:stats:size:{size}")
+            assert int(counts["jokes"]) >= 1
+            assert f"{size}: анекдотов {counts['jokes']}, 👍 {counts.get('up', 0)}, 👎 {counts.get('down', 0)}" in reply

@@ -43,13 +43,23 @@ async def test_a_stage_that_never_ends_is_cancelled_and_the_next_stages_still_ru
     async def after() -> None:
         ran.append("after")
 
+    total_s = 2.0
     started = time.monotonic()
     reports = await run_stages([Stage("quick", quick, 0.25), Stage("hangs", forever, 0.5), Stage("after", after, 0.25)],
-                               total_s=1.0)
+                               total_s=total_s)
     elapsed = time.monotonic() - started
     assert [(r.name, r.outcome) for r in reports] == [("quick", "ok"), ("hangs", "timeout"), ("after", "ok")]
     assert ran == ["quick", "after"]
-    assert 0.4 <= elapsed < 1.0, elapsed  # cancelled at 80% of its share of the second left, not waited for
+    # Its share (0.5 of the 0.75 left) of what "quick" left of the budget, and it runs for 80% of that:
+    # read from the stage's own log line, so a slow machine (a late "quick") cannot make it look wrong.
+    (start,) = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("shutdown_stage") == "hangs"
+                and r.fields["event"] == "start"]
+    share = 0.8 * 0.5 / 0.75
+    assert share * (total_s - reports[0].duration_s - 0.1) <= start["timeout_s"] <= share * total_s
+    assert reports[1].duration_s >= start["timeout_s"] - 0.01  # it ran until then: cancelled, not waited for
+    # The whole budget holds (a stage that were waited for would never end). Timers fire late on a loaded
+    # machine, never early: 1 s of margin for that; the share itself is checked on the log line above.
+    assert elapsed < total_s + 1.0, elapsed
     assert any("cancelling it" in message for message in warnings_about(caplog, "hangs"))
     assert warnings_about(caplog, "quick") == warnings_about(caplog, "after") == []
 
@@ -78,11 +88,13 @@ async def test_a_stage_that_ignores_cancellation_is_left_behind_within_its_share
             await asyncio.sleep(30)  # "cleanup" that takes far too long
 
     started = time.monotonic()
-    (report,) = await run_stages([Stage("stubborn", ignores_cancellation, 1.0)], total_s=0.6)
+    (report,) = await run_stages([Stage("stubborn", ignores_cancellation, 1.0)], total_s=1.0)
     elapsed = time.monotonic() - started
     try:
         assert report.outcome == "abandoned"
-        assert elapsed < 0.9, elapsed  # its whole share (0.6 s) and not much more
+        # Its whole share (1 s) and not the 30 s its cleanup wants: 2 s of margin for a loaded machine's late
+        # timers still tells the two apart by far.
+        assert 1.0 - 0.01 <= elapsed < 1.0 + 2.0, elapsed
         messages = warnings_about(caplog, "stubborn")
         assert any("cancelling it" in m for m in messages) and any("ignored cancellation" in m for m in messages)
     finally:
@@ -104,7 +116,9 @@ async def test_every_stage_logs_its_start_and_its_end_with_duration_and_a_failur
     assert events == [("fails", "start"), ("fails", "error"), ("fails", "end"), ("naps", "start"), ("naps", "end")]
     (naps_end,) = [r for r in caplog.records
                    if getattr(r, "fields", {}).get("shutdown_stage") == "naps" and r.fields["event"] == "end"]
-    assert naps_end.fields["outcome"] == "ok" and 0.05 <= naps_end.fields["duration_s"] < 0.5
+    # The logged duration is the stage's measured one (at least its nap; how much more is the machine's business).
+    assert naps_end.fields["outcome"] == "ok" and naps_end.fields["duration_s"] == round(reports[1].duration_s, 3)
+    assert naps_end.fields["duration_s"] >= 0.05
     assert "duration_s=" in naps_end.getMessage() and "stage=naps" in naps_end.getMessage()
     assert "Redis is gone" in warnings_about(caplog, "fails")[0]
 
@@ -198,6 +212,13 @@ def sigterm(bot: subprocess.Popen) -> tuple[int, float]:
         raise AssertionError("the bot did not exit within 30 s of SIGTERM")
 
 
+def stopped_in(log: str) -> float:
+    """The shutdown's duration as the bot logs it ("bot stopped in 1.23s")."""
+    match = re.search(r"bot stopped in ([\d.]+)s", log)
+    assert match, log[-3000:]
+    return float(match.group(1))
+
+
 def test_sigterm_stops_the_bot_promptly_stage_by_stage(fake_api, redis_server, tmp_path):
     env = bot_env(fake_api, redis_server.url, f"stop-{uuid.uuid4().hex[:6]}:", BOT_SHUTDOWN_TIMEOUT_S="4",
                   BOT_METRICS_PORT=str(free_port()), METRICS_HOST="127.0.0.1")
@@ -206,7 +227,10 @@ def test_sigterm_stops_the_bot_promptly_stage_by_stage(fake_api, redis_server, t
     code, elapsed = sigterm(bot)
     log = log_path.read_text()
     assert code == 0, log[-3000:]
-    assert elapsed < 4 + 2, elapsed  # within BOT_SHUTDOWN_TIMEOUT_S, plus the interpreter's exit
+    # The shutdown itself, by the bot's own clock, keeps BOT_SHUTDOWN_TIMEOUT_S; the process's exit after it
+    # (interpreter teardown) is only bounded loosely: on a loaded 2-core machine it took up to 7 s.
+    assert stopped_in(log) < 4 + 0.5, log[-3000:]
+    assert elapsed < 4 + 15, elapsed
     for stage in BOT_STAGES:
         lines = stage_lines(log, stage)
         assert set(lines) == {"start", "end"}, (stage, log[-3000:])
@@ -233,7 +257,8 @@ def test_a_delivery_that_hangs_is_cut_short_and_its_result_stays_unacked(fake_ap
     code, elapsed = sigterm(bot)
     log = log_path.read_text()
     assert code == 0, log[-3000:]
-    assert elapsed < 3 + 2, elapsed
+    assert stopped_in(log) < 3 + 0.5, log[-3000:]
+    assert elapsed < 3 + 15, elapsed
     delivery = stage_lines(log, "delivery")
     assert {"start", "overrun", "end"} <= set(delivery) and "outcome=timeout" in delivery["end"], log[-3000:]
     for stage in set(BOT_STAGES) - {"delivery", "metrics"}:

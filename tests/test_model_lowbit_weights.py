@@ -160,6 +160,11 @@ def test_the_model_becomes_its_rounding_and_keeps_checkpoint_ties_and_cache_path
     keys = list(model.state_dict())
     n_linear = sum(type(m) is nn.Linear for m in model.modules())
     ids = random_ids(6, model.config.vocab_size, seed=1, batch=2)
+    if kind == "bf16":  # as the weights we ship: stored in bf16, so bf16 storage rounds nothing
+        with torch.no_grad():
+            for module in model.modules():
+                if type(module) is nn.Linear:
+                    module.weight.copy_(module.weight.bfloat16().float())
     with torch.inference_mode():
         before = model(ids)
 
@@ -173,7 +178,11 @@ def test_the_model_becomes_its_rounding_and_keeps_checkpoint_ties_and_cache_path
             assert torch.equal(module.weight, stored)
     with torch.inference_mode():
         after = model(ids)
-    torch.testing.assert_close(after, before, rtol=0, atol=0.05 * before.abs().max().item())
+    if kind == "bf16":
+        # Exact weights: only fp32 summation order differs from torch's matmul (measured ~1e-6 on logits of ~2.5).
+        torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+    else:  # int8 rounds each weight to 1/254 of its row's range: a small, measured cost, not exactness
+        torch.testing.assert_close(after, before, rtol=0, atol=0.05 * before.abs().max().item())
 
     # Cached decoding (absorbed MHLA) agrees with uncached decoding of the rounded model.
     assert torch.equal(model.generate(ids, 10, do_sample=False),

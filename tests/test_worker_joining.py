@@ -37,7 +37,7 @@ class JoinGate:
         def gated(rows_in_batch: int):
             if not self.asked.is_set():
                 self.asked.set()
-                self.queued.wait(5)
+                self.queued.wait(60)
             return more_jobs(rows_in_batch)
 
         return self.engine.generate(size, jobs, on_partial, on_done, gated if more_jobs else None)
@@ -64,7 +64,7 @@ async def test_a_request_queued_during_a_batch_joins_it_and_its_short_joke_is_an
     short = make_request("Кот", sampling=SamplingParams(max_new_tokens=3, seed=2))
     await queue.submit(long)
     running = asyncio.create_task(worker.run_once())
-    await asyncio.to_thread(engine.asked.wait, 5)
+    assert await asyncio.to_thread(engine.asked.wait, 60), "the batch never asked for more jobs"
     await queue.submit(short)
     engine.queued.set()
 
@@ -84,7 +84,7 @@ async def test_a_request_for_another_size_waits_for_the_next_batch_instead_of_jo
     worker = worker_for(queue, engine)
     await queue.submit(make_request("Вовочка", sampling=SamplingParams(max_new_tokens=20, seed=1)))
     running = asyncio.create_task(worker.run_once())
-    await asyncio.to_thread(engine.asked.wait, 5)
+    assert await asyncio.to_thread(engine.asked.wait, 60), "the batch never asked for more jobs"
     other = make_request("Кот", size="mini", sampling=SamplingParams(max_new_tokens=3, seed=2))
     await queue.submit(other)
     engine.queued.set()
@@ -102,7 +102,7 @@ async def test_nothing_joins_after_an_admin_switches_the_active_size(queue, read
     worker = worker_for(queue, engine)
     await queue.submit(make_request("Вовочка", sampling=SamplingParams(max_new_tokens=20, seed=1)))
     running = asyncio.create_task(worker.run_once())
-    await asyncio.to_thread(engine.asked.wait, 5)
+    assert await asyncio.to_thread(engine.asked.wait, 60), "the batch never asked for more jobs"
     await queue.set_active_size("mini", by_user=1)
     late = make_request("Кот", sampling=SamplingParams(max_new_tokens=3, seed=2))
     await queue.submit(late)

@@ -167,14 +167,19 @@ async def test_partial_results_reach_the_reader_while_generation_runs(queue, rea
 
 
 async def test_slow_generation_is_kept_fresh_and_not_reclaimed(queue, make_worker, make_request, queue_config):
-    quick_reclaim = dataclasses.replace(queue_config, claim_idle_ms=500)
+    # 2 s of claim idle time against a touch every 0.1 s (heartbeat_ttl_s / 3): a loaded machine would have
+    # to stall the worker's event loop for 1.9 s to let the request be reclaimed.
+    quick_reclaim = dataclasses.replace(queue_config, claim_idle_ms=2000)
     gate = threading.Event()
-    slow = make_worker(UpperEngine(gate=gate), "slow", queue=quick_reclaim, heartbeat_ttl_s=0.3)
+    engine = UpperEngine(gate=gate)
+    slow = make_worker(engine, "slow", queue=quick_reclaim, heartbeat_ttl_s=0.3)
     await queue.submit(make_request())
     running = asyncio.create_task(slow.run())
     other = make_worker(UpperEngine(), "other", queue=quick_reclaim, block_ms=10)
+    await asyncio.to_thread(engine.started.wait, 20)  # the slow worker has it (and is generating)
+    claimed_at = asyncio.get_running_loop().time()
 
-    for _ in range(8):  # 0.8 s: well past claim_idle_ms; the heartbeat touches every 0.1 s
+    while asyncio.get_running_loop().time() - claimed_at < 2.5:  # well past claim_idle_ms
         await asyncio.sleep(0.1)
         assert await other.run_once() == 0
     gate.set()
