@@ -11,7 +11,7 @@ from .config import SIZES, ModelConfig
 _LAZY = {
     "ByteLevelBPETokenizer": "tokenizer", "IncrementalDecoder": "streaming", "TransformerForCausalLM": "model",
     "bundled_sizes": "pretrained", "generate": "generation", "iter_generate": "generation",
-    "pretrained_path": "pretrained", "stream_text": "streaming",
+    "load_for_serving": "serving", "pretrained_path": "pretrained", "stream_text": "streaming",
 }
 
 __all__ = ["SIZES", "ModelConfig", *sorted(_LAZY)]

@@ -14,6 +14,7 @@ inductor's on-disk cache). Tokens are exactly those of the eager step up to floa
 from __future__ import annotations
 
 import itertools
+import threading
 import types
 import weakref
 
@@ -91,6 +92,7 @@ class CompiledDecodeStep:
 
 # The steps of `compiled_step`, one per model and gone with it: the model itself stays a plain module.
 _steps: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_steps_lock = threading.Lock()  # a background compile (serving.py) and a caller may ask at once
 
 
 def _built_for(model) -> tuple:
@@ -105,9 +107,10 @@ def compiled_step(model) -> CompiledDecodeStep:
     made on first request and reused while the model's dtype, device and layers stay what it was built for
     (otherwise the next request gets a fresh step, and compile)."""
     key = _built_for(model)
-    step = _steps.get(model)
-    if step is None or step.key != key:
-        step = CompiledDecodeStep(model)
-        step.key = key
-        _steps[model] = step
-    return step
+    with _steps_lock:
+        step = _steps.get(model)
+        if step is None or step.key != key:
+            step = CompiledDecodeStep(model)
+            step.key = key
+            _steps[model] = step
+        return step

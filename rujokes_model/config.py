@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 Position = Literal["rope", "alibi"]
 Attention = Literal["mha", "gqa", "mhla"]
+CpuWeights = Literal["int8", "bf16"] | None
 
 
 def swiglu_hidden(d_model: int, multiple: int = 32) -> int:
@@ -107,3 +108,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                   kv_lora_rank=256, qk_rope_head_dim=32, qk_nope_head_dim=64, v_head_dim=64),
 }
 SIZES = tuple(PRESETS)
+
+
+# Below this width a decode step is per-op overhead, not weight traffic: int8 buys nano nothing
+# (BENCHMARKS.md, "Generation speed").
+INT8_FROM_D_MODEL = 384
+
+
+def cpu_weights_for(config: ModelConfig) -> CpuWeights:
+    """The weights format a CPU serves a model with by default: int8 where reading the weights bounds a
+    decode step (mini and small), the stored fp32 otherwise."""
+    return "int8" if config.d_model >= INT8_FROM_D_MODEL else None
+
+
+def default_int8_sizes() -> list[str]:
+    return [size for size in SIZES if cpu_weights_for(ModelConfig.preset(size)) == "int8"]

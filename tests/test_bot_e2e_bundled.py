@@ -30,6 +30,9 @@ def bundled_stack(redis_server, tmp_path_factory) -> Stack:
     # Only the default size, from the package's own weights (MODEL_*=bundled, as after a plain install).
     stack.worker_env.update(MODEL_NANO="none", MODEL_MINI="none", MODEL_SMALL="none", WORKER_ID="bundled-worker")
     stack.worker_env[f"MODEL_{DEFAULT_SIZE.upper()}"] = "bundled"
+    # Served as after a plain install: every speed-up at its default (the tiny stacks turn the compile off).
+    for name in ("COMPILE_DECODE", "CPU_INT8_SIZES", "CPU_BF16_SIZES", "TORCH_THREADS"):
+        stack.worker_env.pop(name, None)
     try:
         yield stack.start()
     finally:

@@ -38,7 +38,7 @@ DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
 # Used by compose alone (to build REDIS_URL and start Redis): documented for operators instead.
 COMPOSE_ONLY = {"REDIS_PASSWORD"}
 # Read by libraries, not by rujokes.
-LIBRARY_VARIABLES = {"HF_HOME", "CUDA_VISIBLE_DEVICES"}
+LIBRARY_VARIABLES = {"HF_HOME", "CUDA_VISIBLE_DEVICES", "TORCHINDUCTOR_CACHE_DIR"}
 
 
 # -- helpers ------------------------------------------------------------------------------------

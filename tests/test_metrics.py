@@ -75,7 +75,8 @@ def serve_metrics(metrics):
 @pytest.fixture
 def make_worker(redis_client, queue_config, metrics):
     def make(engine, **config) -> Worker:
-        config = {"batch_size": 4, "block_ms": 50, "heartbeat_ttl_s": 1.0, "shutdown_grace_s": 1.0, **config}
+        config = {"batch_size": 4, "block_ms": 50, "heartbeat_ttl_s": 1.0, "shutdown_grace_s": 1.0,
+                  "default_size": "nano", **config}
         return Worker(RequestQueue(redis_client, queue_config), engine, WorkerConfig("w1", **config), metrics)
 
     return make

@@ -51,7 +51,7 @@ def tiny_engine(tmp_path_factory) -> ModelEngine:
 
 
 def worker_for(queue: RequestQueue, engine) -> Worker:
-    return Worker(queue, engine, WorkerConfig("w1", batch_size=4, block_ms=50, heartbeat_ttl_s=1.0,
+    return Worker(queue, engine, WorkerConfig("w1", default_size="nano", batch_size=4, block_ms=50, heartbeat_ttl_s=1.0,
                                               shutdown_grace_s=1.0, partial_interval_s=0.0))
 
 

@@ -66,7 +66,7 @@ class UpperEngine:
 def make_worker(redis_client, queue_config):
     def make(engine, worker_id: str = "w1", queue: QueueConfig | None = None, **config) -> Worker:
         config = {"batch_size": 4, "block_ms": 50, "heartbeat_ttl_s": 1.0, "shutdown_grace_s": 1.0,
-                  "partial_interval_s": 0.0, **config}
+                  "partial_interval_s": 0.0, "default_size": "nano", **config}
         return Worker(RequestQueue(redis_client, queue or queue_config), engine, WorkerConfig(worker_id, **config))
 
     return make
@@ -261,7 +261,7 @@ async def test_requests_survive_a_redis_restart_with_aof_and_are_answered(
         server.restart(kill=True)  # SIGKILL: only the AOF remembers
 
         # The same client, whose pooled connection died with the server, reconnects by itself.
-        worker = Worker(queue, UpperEngine(), WorkerConfig("w1", block_ms=50))
+        worker = Worker(queue, UpperEngine(), WorkerConfig("w1", block_ms=50, default_size="nano"))
         running = asyncio.create_task(worker.run())
         results = await final_results(ResultReader(client, queue_config), 3)
         assert sorted(r.request_id for r in results) == sorted(r.request_id for r in requests)
@@ -362,3 +362,13 @@ async def test_shutdown_hands_back_only_the_requests_not_answered_early(
         assert (early.text, result.worker_id, result.text) == ("nano:ПЕРВЫЙ", "w2", "nano:ВТОРОЙ")
     finally:
         gate.set()
+
+
+def test_a_default_size_the_worker_did_not_load_becomes_its_largest_loaded_size(caplog):
+    settings = Settings(_env_file=None, default_size="mini")
+    assert WorkerConfig.from_settings(settings, "cpu", ["nano", "mini"]).default_size == "mini"
+    assert caplog.text == ""
+    with caplog.at_level(logging.WARNING, logger="bot.worker.config"):
+        assert WorkerConfig.from_settings(settings, "cpu", ["small", "nano"]).default_size == "small"
+    assert "DEFAULT_SIZE=mini is not loaded by this worker" in caplog.text
+    assert WorkerConfig.from_settings(settings, "cpu").default_size == "mini"  # nothing known: as configured

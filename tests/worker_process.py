@@ -12,7 +12,10 @@ def worker_env(redis_url: str, prefix: str, model_dir: Path, **extra: str) -> di
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "MODEL_", "WORKER_"))}
     env.update(REDIS_URL=redis_url, REDIS_PREFIX=prefix, MODEL_NANO=str(model_dir), MODEL_MINI="none",
                MODEL_SMALL="none", DEVICE="cpu", CLAIM_IDLE_MS="1500", WORKER_BLOCK_MS="200",
-               LOG_FORMAT="json", TORCH_THREADS="1")
+               LOG_FORMAT="json", TORCH_THREADS="1",
+               # The compiled step has its own tests (test_engine, test_model_serving) and the bundled-weights
+               # journey serves with every default; the tiny models here would only spend the cores on it.
+               COMPILE_DECODE="false")
     env.update(extra)
     return env
 

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.queue.protocol import DEFAULT_PREFIX, SamplingParams
-from rujokes_model.config import SIZES
+from rujokes_model.config import SIZES, default_int8_sizes
 
 if TYPE_CHECKING:
     from bot.queue.config import QueueConfig
@@ -71,23 +71,31 @@ class Settings(BaseSettings):
                              "cores.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the worker runs the models.")
     compile_decode: bool = Field(
-        False, description="Compile each model's decode step (torch.compile) at worker start: nano decodes ≈ 2× faster "
-                           "on a CPU. Costs 10-60 s per size at start, and a C++ compiler (g++) on CPU workers.")
+        True, description="Compile each model's decode step (torch.compile) in the background at worker start; "
+                          "requests are answered on the eager path until it is ready, with the same tokens. "
+                          "≈ 2-3× faster decoding on a CPU (BENCHMARKS.md). Needs a C++ compiler (g++) on CPU "
+                          "workers; without one the worker logs it and stays eager. The graphs are cached in "
+                          "TORCHINDUCTOR_CACHE_DIR (default ~/.cache/rujokes/inductor), so a restart compiles "
+                          "far faster.")
     cpu_bf16_sizes: Annotated[list[Size], NoDecode] = Field(
         default_factory=list, description="Comma-separated sizes whose weights a CPU worker keeps in bf16 (our AVX2 "
                                           "kernel, fp32 arithmetic): half the memory traffic per step, lossless for "
-                                          "the bf16 weights we ship. Worth it for mini and small, not nano. "
+                                          "the bf16 weights we ship. A size listed here leaves the int8 default. "
                                           "Empty: none.")
     cpu_int8_sizes: Annotated[list[Size], NoDecode] = Field(
-        default_factory=list, description="Comma-separated sizes whose weights a CPU worker rounds to int8 (one scale "
-                                          "per row): a quarter of fp32's traffic, ≈ 1.5-2× faster decoding than bf16 "
-                                          "for mini and small, at a small measured quality cost (BENCHMARKS.md). "
-                                          "Empty: none.")
+        default_factory=default_int8_sizes,
+        description="Comma-separated sizes whose weights a CPU worker rounds to int8 (one scale per row): a quarter "
+                    "of fp32's traffic, ≈ 1.5-2× faster decoding than bf16 for mini and small, at a small measured "
+                    "quality cost (BENCHMARKS.md). Default: mini,small (nano gains nothing). Empty: none. Needs "
+                    "an x86-64 CPU with AVX2 and g++; without them the worker logs it and keeps fp32.")
     # One field per size of SIZES (model_sources reads them by name).
     model_nano: str = _model_source("nano")
     model_mini: str = _model_source("mini")
     model_small: str = _model_source("small")
-    default_size: Size = Field("nano", description="Size used for 'active' requests until an admin switches it.")
+    default_size: Size = Field(
+        "mini", description="Size used for 'active' requests until an admin switches it: the best-quality size "
+                            "shipped (small is not bundled yet). mini with the defaults above answers 16 "
+                            "concurrent requests within the latency target on 2 cores (BENCHMARKS.md).")
 
     # -- the Telegram bot --
     bot_token: SecretStr = Field(
@@ -177,6 +185,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _one_weight_format_a_size(self) -> "Settings":
+        if "cpu_int8_sizes" not in self.model_fields_set:  # the default yields to sizes asked for in bf16
+            self.cpu_int8_sizes = [size for size in self.cpu_int8_sizes if size not in self.cpu_bf16_sizes]
         both = sorted(set(self.cpu_bf16_sizes) & set(self.cpu_int8_sizes))
         if both:
             raise ValueError(f"{', '.join(both)}: listed in both CPU_BF16_SIZES and CPU_INT8_SIZES; choose one")

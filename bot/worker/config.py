@@ -1,11 +1,15 @@
 """The worker's own config: a plain object that `rujokes-worker` builds from Settings (defaults included)."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
 
 from bot.common.settings import Settings, default_of
+from rujokes_model.config import SIZES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,13 +24,22 @@ class WorkerConfig:
     device: str = "cpu"  # what the engine runs on ("auto" resolved); reported in the heartbeat only
 
     @classmethod
-    def from_settings(cls, settings: Settings, device: str | None = None) -> WorkerConfig:
-        """`device` is what the engine actually picked (auto resolves to cpu or cuda)."""
+    def from_settings(cls, settings: Settings, device: str | None = None,
+                      loaded_sizes: list[str] | None = None) -> WorkerConfig:
+        """`device` is what the engine actually picked (auto resolves to cpu or cuda); `loaded_sizes`, the
+        sizes it loaded: a DEFAULT_SIZE it lacks becomes its largest one (logged), so that a worker set up
+        for other sizes answers "active" requests instead of refusing every one."""
+        default_size = settings.default_size
+        if loaded_sizes and default_size not in loaded_sizes:
+            default_size = max(loaded_sizes, key=SIZES.index)
+            log.warning("DEFAULT_SIZE=%s is not loaded by this worker: its 'active' requests get %s, the "
+                        "largest size it has, until an admin picks one with /model", settings.default_size,
+                        default_size)
         return cls(
             worker_id=settings.worker_id or f"{socket.gethostname()}-{os.getpid()}",
             batch_size=settings.worker_batch_size,
             block_ms=settings.worker_block_ms,
-            default_size=settings.default_size,
+            default_size=default_size,
             heartbeat_ttl_s=settings.heartbeat_ttl_s,
             shutdown_grace_s=settings.shutdown_grace_s,
             partial_interval_s=settings.partial_interval_s,

@@ -15,6 +15,7 @@ import torch
 from bot.worker.engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
 from rujokes_model.continuous import ContinuousBatch, RowSettings
+from rujokes_model.serving import BackgroundCompile
 
 
 @dataclass
@@ -44,14 +45,21 @@ class _Row:
 
 
 class ModelEngine:
-    def __init__(self, models: dict[str, LoadedModel], device: torch.device, *, compile: bool = False) -> None:
+    def __init__(self, models: dict[str, LoadedModel], device: torch.device, *,
+                 compiling: dict[str, BackgroundCompile] | None = None) -> None:
         self.models = models
         self.device = device
-        self.compile = compile  # decode steps through each model's compiled step (rujokes_model.compiled_step)
+        # Sizes whose compiled decode step is being built (rujokes_model.serving): a batch that starts
+        # once it is ready decodes through it, earlier ones eagerly, with the same tokens either way.
+        self.compiling = compiling or {}
         self._lock = threading.Lock()  # one batch at a time per engine: models hold no per-call state, caches do
 
     def available_sizes(self) -> list[str]:
         return list(self.models)
+
+    def compiled(self, size: str) -> bool:
+        """Whether batches of `size` decode through its compiled step now."""
+        return size in self.compiling and self.compiling[size].ready
 
     def generate(self, size: str, jobs: list[Job], on_partial: PartialCallback | None = None,
                  on_done: DoneCallback | None = None, more_jobs: MoreJobs | None = None) -> list[GenerationOutput]:
@@ -60,12 +68,13 @@ class ModelEngine:
         if not jobs:
             return []
         with self._lock:
-            return self._generate(self.models[size], jobs, on_partial, on_done, more_jobs)
+            return self._generate(size, jobs, on_partial, on_done, more_jobs)
 
-    def _generate(self, loaded: LoadedModel, jobs: list[Job], on_partial: PartialCallback | None,
+    def _generate(self, size: str, jobs: list[Job], on_partial: PartialCallback | None,
                   on_done: DoneCallback | None, more_jobs: MoreJobs | None) -> list[GenerationOutput]:
+        loaded = self.models[size]
         model, tokenizer = loaded.model, loaded.tokenizer
-        batch = ContinuousBatch(model, compile=self.compile)
+        batch = ContinuousBatch(model, compile=self.compiled(size))
         waiting = self._rows(loaded, jobs, streaming=on_partial is not None)
         order = [job.request_id for job in jobs]
         live: list[_Row] = []

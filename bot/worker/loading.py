@@ -1,27 +1,19 @@
 """Load the configured models once, at worker start: from the package, a directory or the Hub, with the
-CPU speed-ups (low-bit weights, a compiled decode step) applied before the first request."""
+CPU speed-ups of rujokes_model.serving (low-bit weights now, the compiled decode step in the background:
+the first requests are answered eagerly while it compiles)."""
 from __future__ import annotations
 
 import logging
 import os
-import time
 
 import torch
 
 from bot.worker.engine import LoadedModel, ModelEngine
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
-from rujokes_model.compiled_step import compiled_step
-from rujokes_model.cpu_kernels import KernelBuildError, kernel_threads
-from rujokes_model.lowbit_weights import use_lowbit_weights
 from rujokes_model.pretrained import pretrained_path
+from rujokes_model.serving import resolve_device, set_serving_float_mode, speed_up
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
@@ -37,11 +29,7 @@ def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
         if not os.path.isdir(location):
             raise FileNotFoundError(f"model directory {location} for {size} does not exist")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if device.type == "cpu":
-        # Serving processes own their float environment: denormal floats (the far tail of a softmax,
-        # near-zero activations) are slow paths on x86 cores and change no sampled token (figures in
-        # BENCHMARKS.md, "Figures behind code comments").
-        torch.set_flush_denormal(True)
+    set_serving_float_mode(device)  # serving processes own their float environment
     model = TransformerForCausalLM.from_pretrained(location, revision=revision, device=device, dtype=dtype)
     tokenizer = ByteLevelBPETokenizer.from_pretrained(location, revision=revision)
     return LoadedModel(model, tokenizer, source)
@@ -65,21 +53,10 @@ def build_engine(settings) -> ModelEngine:
     if not models:
         raise RuntimeError("no model could be loaded; train one with `rujokes-train --size nano` "
                            "or point MODEL_NANO at a model directory")
+    compiling = {}
     for size, loaded in models.items():
         weights = "int8" if size in settings.cpu_int8_sizes else "bf16" if size in settings.cpu_bf16_sizes else None
-        speed_up(size, loaded.model, cpu_weights=weights, compile=settings.compile_decode)
-    return ModelEngine(models, device, compile=settings.compile_decode)
-
-
-def speed_up(size: str, model: TransformerForCausalLM, *, cpu_weights: str | None, compile: bool) -> None:
-    """Swap in low-bit CPU weights and compile the decode step now, so no request waits for either."""
-    if cpu_weights and model.device.type == "cpu":
-        try:
-            layers = use_lowbit_weights(model, cpu_weights)
-            log.info("%s: %d layers use %s weights, kernels on %d threads", size, layers, cpu_weights, kernel_threads())
-        except KernelBuildError as error:  # slower, not broken: serve with the fp32 weights
-            log.error("%s: keeping fp32 weights, the %s kernels are unavailable: %s", size, cpu_weights, error)
-    if compile:
-        started = time.monotonic()
-        compiled_step(model).warm_up()
-        log.info("%s: decode step compiled in %.1f s", size, time.monotonic() - started)
+        background = speed_up(loaded.model, cpu_weights=weights, compile=settings.compile_decode, name=size)
+        if background is not None:
+            compiling[size] = background
+    return ModelEngine(models, device, compiling=compiling)

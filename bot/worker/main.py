@@ -47,7 +47,7 @@ async def serve(settings: Settings) -> Worker:
         try:
             device = str(getattr(engine, "device", settings.device))  # the engine knows what "auto" became
             worker = Worker(RequestQueue(redis, settings.queue_config()), engine,
-                            WorkerConfig.from_settings(settings, device), metrics)
+                            WorkerConfig.from_settings(settings, device, engine.available_sizes()), metrics)
             worker.install_signal_handlers()
             await worker.run()
             return worker

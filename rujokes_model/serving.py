@@ -1,0 +1,177 @@
+"""Serve a model the fast way: the weights format, compiled decode step and float settings the worker
+uses by default, for the worker and for library users alike.
+
+`load_for_serving("mini")` is the one call: int8 weights where the CPU kernels load (mini and small;
+`cpu_weights_for`), the compiled decode step compiling on a background thread while the eager path
+already answers, and `ServingModel.generate` switching to the compiled step the moment it is ready.
+The switch changes no token: the compiled step computes what the eager one does (tests pin it), so a
+caller cannot tell which path served it except by speed. `generate()` itself stays exact and eager.
+Whatever cannot be had on this machine (no AVX2, no C++ compiler) is logged once and served without.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .compiled_step import compiled_step
+from .config import SIZES, CpuWeights, cpu_weights_for
+from .cpu_kernels import KernelBuildError
+from .lowbit_weights import use_lowbit_weights
+from .model import TransformerForCausalLM
+from .pretrained import pretrained_path
+from .tokenizer import ByteLevelBPETokenizer
+
+log = logging.getLogger(__name__)
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def use_persistent_compile_cache() -> Path:
+    """Point inductor's cache at ~/.cache/rujokes/inductor (unless TORCHINDUCTOR_CACHE_DIR is set): its
+    default lives in /tmp, which containers and reboots empty, and a warm cache turns a cold compile
+    into a load."""
+    configured = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rujokes" / "inductor"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why a compiled step cannot be built here, or None. On a CPU inductor writes C++."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++")
+                                        if c):
+        return "no C++ compiler found (install g++ or set CXX)"
+    return None
+
+
+class BackgroundCompile:
+    """Compiles a model's decode step on a daemon thread; `ready` turns true once every graph kind is built.
+
+    Until then callers decode eagerly. A compile that fails leaves `error` set and the model eager.
+    """
+
+    def __init__(self, model: TransformerForCausalLM, name: str = "model") -> None:
+        self.model, self.name = model, name
+        self.error: BaseException | None = None
+        self.seconds: float | None = None
+        self._done = threading.Event()
+        self._ready = False
+        # Derived weights are made here, before the thread starts, so eager decoding on the caller's
+        # thread never races the compile for them.
+        model.prepare_for_decoding()
+        use_persistent_compile_cache()
+        self.step = compiled_step(model)  # made here: the one every later compiled_step(model) returns
+        self._thread = threading.Thread(target=self._run, name=f"compile-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            self.step.warm_up()
+        except Exception as error:  # noqa: BLE001 - any compiler failure means "stay eager", never "stop serving"
+            self.error = error
+            log.error("%s: serving on the eager decode step; compiling it failed: %s", self.name,
+                      str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__)
+        else:
+            self.seconds = time.monotonic() - started
+            self._ready = True
+            log.info("%s: decode step compiled in %.1f s; batches from now on use it", self.name, self.seconds)
+        finally:
+            self._done.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the compile ended (or `timeout`); whether the compiled step is ready."""
+        self._done.wait(timeout)
+        return self._ready
+
+
+def speed_up(model: TransformerForCausalLM, *, cpu_weights: CpuWeights, compile: bool,
+             name: str = "model") -> BackgroundCompile | None:
+    """Swap in low-bit CPU weights now and start compiling the decode step in the background.
+
+    Each speed-up that this machine cannot have is logged in one line and skipped: slower, never down.
+    """
+    if cpu_weights and model.device.type == "cpu":
+        try:
+            layers = use_lowbit_weights(model, cpu_weights)
+            log.info("%s: %d layers use %s weights", name, layers, cpu_weights)
+        except KernelBuildError as error:
+            log.error("%s: keeping fp32 weights, the %s kernels are unavailable: %s", name, cpu_weights,
+                      str(error).strip().splitlines()[0])
+    if not compile:
+        return None
+    reason = compile_unavailable(model.device)
+    if reason:
+        log.error("%s: serving on the eager decode step: %s", name, reason)
+        return None
+    return BackgroundCompile(model, name)
+
+
+def set_serving_float_mode(device: torch.device) -> None:
+    if device.type == "cpu":
+        # Denormal floats (the far tail of a softmax, near-zero activations) are slow paths on x86 cores
+        # and change no sampled token (BENCHMARKS.md, "Figures behind code comments").
+        torch.set_flush_denormal(True)
+
+
+@dataclass
+class ServingModel:
+    """A model and tokenizer served the default way; `generate` takes `TransformerForCausalLM.generate`'s
+    arguments and uses the compiled step once it is ready."""
+    model: TransformerForCausalLM
+    tokenizer: ByteLevelBPETokenizer
+    compiling: BackgroundCompile | None = None
+
+    @property
+    def compiled(self) -> bool:
+        return self.compiling is not None and self.compiling.ready
+
+    def wait_until_compiled(self, timeout: float | None = None) -> bool:
+        return self.compiling is not None and self.compiling.wait(timeout)
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        return self.model.generate(input_ids, max_new_tokens, compile=self.compiled, **kwargs)
+
+    def complete(self, prompt: str, max_new_tokens: int = 150, *, n: int = 1, top_k: int | None = 10,
+                 **kwargs) -> list[str]:
+        """`n` texts that start with `prompt` (the bot's sampling defaults: top-k 10)."""
+        ids = torch.tensor([self.tokenizer.encode(prompt)] * n)
+        out = self.generate(ids, max_new_tokens, top_k=top_k, **kwargs)
+        return [self.tokenizer.decode(row).strip() for row in out.tolist()]
+
+
+def load_for_serving(name_or_path: str | Path = "mini", *, revision: str | None = None,
+                     device: str | torch.device = "auto", cpu_weights: CpuWeights | Literal["auto"] = "auto",
+                     compile: bool = True, threads: int | None = None) -> ServingModel:
+    """Load a bundled size ("nano", "mini", "small"), a local directory or a Hub repo the way the worker
+    serves it by default: see the module docstring. `threads` sets torch's intra-op threads."""
+    device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    location = str(pretrained_path(name_or_path)) if name_or_path in SIZES else str(name_or_path)
+    set_serving_float_mode(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = TransformerForCausalLM.from_pretrained(location, revision=revision, device=device, dtype=dtype)
+    tokenizer = ByteLevelBPETokenizer.from_pretrained(location, revision=revision)
+    weights = cpu_weights_for(model.config) if cpu_weights == "auto" else cpu_weights
+    name = str(name_or_path) if name_or_path in SIZES else Path(location).name
+    return ServingModel(model, tokenizer, speed_up(model, cpu_weights=weights, compile=compile, name=name))

@@ -1,0 +1,123 @@
+"""rujokes_model.serving: the default served path (int8 weights, a decode step compiled in the background)."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import pytest
+import torch
+
+from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
+from rujokes_model.config import ModelConfig, cpu_weights_for, default_int8_sizes
+from rujokes_model.lowbit_weights import LowBitLinear
+from rujokes_model.serving import load_for_serving, use_persistent_compile_cache
+from tests.model_helpers import make_tiny_model_dir
+
+PROMPTS = ["Штирлиц пришел домой", "Вовочка"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("serving") / "nano")
+
+
+@pytest.fixture
+def held_compile(monkeypatch):
+    """Hold every background compile at its start until the test sets the returned event."""
+    release = threading.Event()
+    warm_up = CompiledDecodeStep.warm_up
+
+    def held(self, *args, **kwargs):
+        release.wait(timeout=120)
+        return warm_up(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompiledDecodeStep, "warm_up", held)
+    return release
+
+
+def seeded_texts(served, seed: int = 5) -> list[str]:
+    ids = torch.tensor([served.tokenizer.encode(PROMPTS[0]), served.tokenizer.encode(PROMPTS[0])])
+    generators = [torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)]
+    out = served.generate(ids, 24, top_k=10, generator=generators)
+    return [served.tokenizer.decode(row) for row in out.tolist()]
+
+
+def test_int8_weights_are_the_cpu_default_where_weights_bound_a_step():
+    assert [cpu_weights_for(ModelConfig.preset(size)) for size in ("nano", "mini", "small")] == [None, "int8", "int8"]
+    assert default_int8_sizes() == ["mini", "small"]
+
+
+def test_requests_are_answered_before_the_compile_and_get_the_same_tokens_after_it(tiny_dir, held_compile):
+    served = load_for_serving(tiny_dir, cpu_weights="int8")
+    assert any(isinstance(m, LowBitLinear) and m.kind == "int8" for m in served.model.modules())
+    assert served.compiling is not None and not served.compiled
+    before = seeded_texts(served)  # answered while the compile has not even started
+    assert not served.compiled and not compiled_step(served.model)._compiled_for
+
+    held_compile.set()
+    assert served.wait_until_compiled(timeout=300), served.compiling.error
+    threads = torch.get_num_threads()
+    assert compiled_step(served.model)._compiled_for == {(True, threads), (False, threads)}
+    assert seeded_texts(served) == before
+
+
+def test_eager_decoding_during_a_real_compile_is_unaffected(tiny_dir):
+    """The compile runs on its own thread while the caller decodes eagerly: nothing it does leaks in."""
+    reference = load_for_serving(tiny_dir, cpu_weights=None, compile=False)
+    expected = seeded_texts(reference)
+    served = load_for_serving(tiny_dir, cpu_weights=None)
+    rounds = 0
+    while not served.compiling.wait(timeout=0):
+        assert seeded_texts(served) == expected
+        rounds += 1
+    assert served.compiled, served.compiling.error
+    assert seeded_texts(served) == expected
+    assert rounds >= 1  # a tiny model's compile takes seconds; an eager answer takes milliseconds
+
+
+def test_a_failed_compile_leaves_the_model_serving_eagerly(tiny_dir, monkeypatch, caplog):
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("inductor: C++ compile error")
+
+    monkeypatch.setattr(CompiledDecodeStep, "warm_up", broken)
+    with caplog.at_level(logging.INFO, logger="rujokes_model.serving"):
+        served = load_for_serving(tiny_dir, cpu_weights=None)
+        assert not served.wait_until_compiled(timeout=60)
+    assert isinstance(served.compiling.error, RuntimeError)
+    assert "serving on the eager decode step" in caplog.text and "C++ compile error" in caplog.text
+    assert len(served.complete("Кот", 8)) == 1
+
+
+def test_without_a_compiler_it_says_so_once_and_serves_fp32(tiny_dir, tmp_path, monkeypatch, caplog):
+    import rujokes_model.cpu_kernels as cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "_loaded", None)  # as in a fresh process
+    monkeypatch.setenv("RUJOKES_KERNEL_DIR", str(tmp_path / "no-build-yet"))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="rujokes_model.serving"):
+        served = load_for_serving(tiny_dir, cpu_weights="int8")
+    assert served.compiling is None and not served.compiled
+    assert not any(isinstance(m, LowBitLinear) for m in served.model.modules())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 2, errors  # one line for the weights, one for the compiled step
+    assert "keeping fp32 weights" in errors[0] and "no C++ compiler" in errors[1]
+    [text] = served.complete("Кот", 8)
+    assert text.startswith("Кот")
+
+
+def test_the_compile_cache_persists_outside_tmp_unless_configured(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert use_persistent_compile_cache() == tmp_path / "rujokes" / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "rujokes" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_persistent_compile_cache() == tmp_path / "mine"
+
+
+def test_bundled_sizes_load_by_name():
+    served = load_for_serving("nano", compile=False)
+    assert served.model.config.d_model == ModelConfig.preset("nano").d_model
+    [text] = served.complete("Штирлиц", 12)
+    assert text.startswith("Штирлиц") and len(text) > len("Штирлиц")
