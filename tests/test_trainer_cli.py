@@ -62,7 +62,8 @@ class RecordingHub:
             def upload_folder(self, **kwargs):
                 hub.calls.append(("upload_folder", kwargs))
                 # The folder is a temporary directory: read it now, it is gone after the call.
-                hub.uploaded = {p.name: p.read_bytes() for p in Path(kwargs["folder_path"]).iterdir()}
+                folder = Path(kwargs["folder_path"])
+                hub.uploaded = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
                 return SimpleNamespace(commit_url="https://huggingface.co/me/rujokes/commit/abc")
 
         return FakeHfApi
@@ -150,6 +151,24 @@ def test_push_uploads_weights_tokenizer_model_card_and_curves(pushed_run):
     expected = {"config.json", "model.safetensors", "tokenizer.json", "README.md", "loss.png", "metrics.jsonl"}
     assert expected <= set(uploaded)
     assert uploaded["README.md"] == (pushed_run.out / "README.md").read_bytes()
+
+
+def test_an_alibi_push_says_it_has_no_transformers_export(pushed_run):
+    assert "not exported for transformers: cannot export an ALiBi model" in pushed_run.stdout
+    assert not any(name.startswith("transformers/") for name in pushed_run.hub.uploaded)
+
+
+def test_a_rope_push_carries_the_transformers_export(tmp_path, corpus_path):
+    hub = RecordingHub()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("rujokes_model.hub.HfApi", hub.api_class())
+        code, stdout = run_printing(train_main, tiny_train_args(str(corpus_path), tmp_path / "rope", "--position",
+                                                                "rope", "--attention", "gqa", "--push-to-hub",
+                                                                "me/rujokes"))
+    assert code == 0 and "with the transformers export" in stdout
+    config = json.loads(hub.uploaded["transformers/config.json"])
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert {"transformers/model.safetensors", "transformers/tokenizer.json", "model.safetensors"} <= set(hub.uploaded)
 
 
 def test_hf_source_with_a_local_hub_dir_trains_offline(tmp_path):

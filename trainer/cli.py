@@ -56,7 +56,9 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float,
                    help="evaluate and ship an exponential moving average of the weights (e.g. 0.99)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
-    p.add_argument("--push-to-hub", metavar="REPO", help="push the result to REPO on revision = size")
+    p.add_argument("--push-to-hub", metavar="REPO", help="push the result to REPO on revision = size, with a "
+                   "transformers export in its transformers/ subfolder where the architecture allows one")
+    p.add_argument("--no-transformers-export", action="store_true", help="push our files only")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -99,10 +101,24 @@ def train_main(argv: list[str] | None = None) -> int:
                       "wall_time_s": round(result.wall_time_s, 1), "selected_step": result.selected_step,
                       **result.final_eval}, ensure_ascii=False))
     if args.push_to_hub:
+        export = not args.no_transformers_export and _exportable(result.model.config)
         url = result.model.push_to_hub(args.push_to_hub, revision=args.size, tokenizer=result.tokenizer,
-                                       extra_files={n: out / n for n in ("README.md", "loss.png", "metrics.jsonl")})
-        print(f"pushed to {args.push_to_hub}@{args.size}: {url}")
+                                       extra_files={n: out / n for n in ("README.md", "loss.png", "metrics.jsonl")},
+                                       export_transformers=export)
+        exported = " (with the transformers export in transformers/)" if export else ""
+        print(f"pushed to {args.push_to_hub}@{args.size}{exported}: {url}")
     return 0
+
+
+def _exportable(config) -> bool:
+    from rujokes_model.export import ExportError, target_architecture
+
+    try:
+        target_architecture(config)
+    except ExportError as error:
+        print(f"not exported for transformers: {error}")
+        return False
+    return True
 
 
 def eval_main(argv: list[str] | None = None) -> int:
