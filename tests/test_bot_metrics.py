@@ -16,10 +16,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.common.settings import Settings
 from bot.telegram import texts
 from bot.telegram.keyboards import JokeAction
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, is_joke, make_stack, wait_until
 from tests.fake_bot_api import FakeBotAPI
+
+# Requests name no size: they are served (and counted) by the default one.
+DEFAULT_SIZE = Settings.model_fields["default_size"].default
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +91,8 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
 
 def test_a_joke_counts_as_accepted_and_delivered_and_its_latency_is_observed(stack):
     accepted = {"kind": "command", "size": "active", "outcome": "accepted"}
-    delivered = {"kind": "command", "size": "nano", "outcome": "ok"}
-    latency = {"kind": "command", "size": "nano"}
+    delivered = {"kind": "command", "size": DEFAULT_SIZE, "outcome": "ok"}
+    latency = {"kind": "command", "size": DEFAULT_SIZE}
     before = (sample(stack, "rujokes_requests_total", **accepted), sample(stack, "rujokes_requests_total", **delivered))
 
     ask_for_a_joke(stack, "Штирлиц пришел домой")
@@ -121,12 +125,12 @@ def test_telegram_flood_control_is_counted_by_method(stack):
 
 def test_a_vote_is_counted_by_size(stack):
     joke, _ = ask_for_a_joke(stack, "Сидят два программиста")
-    before = sample(stack, "rujokes_votes_total", size="nano", vote="up")
+    before = sample(stack, "rujokes_votes_total", size=DEFAULT_SIZE, vote="up")
 
     press = stack.api.press_button(joke["chat"]["id"], joke, texts.BUTTON_UP)  # the asker: a private chat
     assert stack.callback_answer(press["callback_query"]["id"])["text"] == texts.VOTE_NEW.format(vote="👍")
 
-    assert sample(stack, "rujokes_votes_total", size="nano", vote="up") == before + 1
+    assert sample(stack, "rujokes_votes_total", size=DEFAULT_SIZE, vote="up") == before + 1
 
 
 # -- logs ------------------------------------------------------------------------------------------
