@@ -11,11 +11,13 @@ A round is: `join` (optional) → `sample` → the caller decides which rows are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from .compiled_step import compiled_step
 from .decode_plan import DecodePlan
+from .device_sampling import DeviceRowSampler
 from .sampling import draw_tokens
 
 
@@ -24,14 +26,20 @@ class RowSettings:
     top_k: int | None = None
     top_p: float | None = None
     temperature: float = 1.0          # 0: greedy
-    generator: torch.Generator | None = None
+    generator: torch.Generator | None = None  # the host sampler's per-row stream
+    seed: int | None = None           # the device sampler's (device_sampling.py)
 
 
 class ContinuousBatch:
-    def __init__(self, model, columns: int | None = None, *, compile: bool = False) -> None:
+    def __init__(self, model, columns: int | None = None, *, compile: bool = False,
+                 sampler: Literal["host", "device"] | None = None) -> None:
         self.model = model
         # compile: decode steps run the model's compiled static-shape step (see compiled_step.py).
         self._step = compiled_step(model) if compile else None
+        # sampler: "host" draws with each row's torch.Generator (sampling.py), exact and cheap on a CPU;
+        # "device" draws the whole batch in one expression with counter-based seeds (device_sampling.py),
+        # the default on a GPU, where the host path's per-row draws and syncs would set the step time.
+        self.sampler = sampler or ("device" if model.device.type == "cuda" else "host")
         self.columns = columns or model.config.max_seq_len
         if self.columns > model.config.max_seq_len and model.config.position == "rope":
             raise ValueError(f"{self.columns} columns exceed the RoPE context {model.config.max_seq_len}")
@@ -44,6 +52,7 @@ class ContinuousBatch:
         self.logits: torch.Tensor | None = None   # (B, V) next-token logits
         self.settings: list[RowSettings] = []
         self._pending: torch.Tensor | None = None  # tokens sampled, not yet fed
+        self._rows = DeviceRowSampler(self.model.device) if self.sampler == "device" else None
 
     def __len__(self) -> int:
         return len(self.settings)
@@ -86,14 +95,19 @@ class ContinuousBatch:
             self.plan.append_rows(plan)
             self.logits = torch.cat([self.logits, logits])
         self.settings += settings
+        if self._rows is not None:
+            self._rows.join(settings)
 
     @torch.inference_mode()
     def sample(self) -> torch.Tensor:
         """Each row's next token (B,), drawn with its own settings; `feed` writes them."""
         if not self.settings:
             raise RuntimeError("the batch is empty")
-        tokens = draw_tokens(self.logits, [s.top_k for s in self.settings], [s.top_p for s in self.settings],
-                             [s.temperature for s in self.settings], [s.generator for s in self.settings])
+        if self._rows is not None:
+            tokens = self._rows.sample(self.logits)
+        else:
+            tokens = draw_tokens(self.logits, [s.top_k for s in self.settings], [s.top_p for s in self.settings],
+                                 [s.temperature for s in self.settings], [s.generator for s in self.settings])
         self._pending = tokens
         return tokens
 
@@ -111,6 +125,8 @@ class ContinuousBatch:
         for layer_cache in self.cache:
             layer_cache.keep_rows(keep)
         self.plan.keep_rows(keep)
+        if self._rows is not None:
+            self._rows.keep_rows(keep)
         self.logits = self.logits.index_select(0, keep)
         if self._pending is not None:
             self._pending = self._pending.index_select(0, keep)

@@ -1,8 +1,10 @@
 """`rujokes run`: the whole stack from one command and `.env`.
 
-Starts an embedded Redis when REDIS_URL is empty, then `rujokes-worker` and `rujokes-bot` as child
-processes pointed at it. SIGINT/SIGTERM are passed on to the children; when one child exits the
-others are stopped too, and Redis goes last (after the children flushed their work to it).
+Starts an embedded Redis when REDIS_URL is empty, then `rujokes-worker` and, once a worker beats,
+`rujokes-bot` as child processes pointed at it (a /joke sent while the models load waits at Telegram
+for the bot instead of being refused for want of a worker). SIGINT/SIGTERM are passed on to the
+children; when one child exits the others are stopped too, and Redis goes last (after the children
+flushed their work to it).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from bot.common.settings import load_settings
 from bot.queue.connection import start_embedded_redis
 
 log = logging.getLogger("bot.common.launcher")
+# Loading the models (and a first build of the CPU kernels) takes seconds; a Hub download may take minutes.
+WORKER_START_TIMEOUT_S = 600.0
 
 
 def _start(name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
@@ -41,6 +45,26 @@ def _stop_all(children: dict[str, subprocess.Popen], grace_s: float) -> None:
             log.warning("%s did not stop within %.0fs; killing it", name, grace_s)
             process.kill()
             process.wait()
+
+
+def _wait_for_a_worker(url: str, prefix: str, worker: subprocess.Popen, timeout_s: float) -> None:
+    """Until a live heartbeat is registered (this worker's or another's), the worker exits, or `timeout_s`."""
+    import redis
+
+    from bot.queue.protocol import StreamKeys
+
+    registry = StreamKeys(prefix).worker_registry
+    deadline = time.monotonic() + timeout_s
+    with redis.Redis.from_url(url) as client:
+        while time.monotonic() < deadline and worker.poll() is None:
+            try:
+                if client.zrangebyscore(registry, int(time.time() * 1000), "+inf", start=0, num=1):
+                    return
+            except redis.RedisError:
+                pass  # an external Redis still starting: keep waiting
+            time.sleep(0.2)
+    if worker.poll() is None:
+        log.warning("no worker heartbeat within %.0fs; starting the bot anyway", timeout_s)
 
 
 def run_stack(with_bot: bool = True) -> int:
@@ -71,7 +95,9 @@ def run_stack(with_bot: bool = True) -> int:
     try:
         children["worker"] = _start("worker", "bot.worker.main", env)
         if with_bot:
-            children["bot"] = _start("bot", "bot.telegram.main", env)
+            _wait_for_a_worker(url, settings.redis_prefix, children["worker"], WORKER_START_TIMEOUT_S)
+            if children["worker"].poll() is None and not stopping:
+                children["bot"] = _start("bot", "bot.telegram.main", env)
         while not stopping:
             exited = {name: p.returncode for name, p in children.items() if p.poll() is not None}
             if exited:

@@ -126,7 +126,7 @@ class ModelEngine:
             # A seeded job gets its own generator (same seed, same joke, whatever the batch); the rest share one draw.
             generator = (torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None)
             settings = RowSettings(top_k=job.top_k or None, top_p=job.top_p, temperature=job.temperature,
-                                   generator=generator)
+                                   generator=generator, seed=job.seed)
             # Byte-level BPE decodes by concatenation: a partial is the prompt's text (decoded once) plus the
             # decoder's text of the new tokens, with no second decode of the whole row every step.
             rows.append(_Row(job, prompt, limit, settings, IncrementalDecoder(tokenizer),
