@@ -27,6 +27,8 @@ SOURCE = "decode_kernels.cpp"
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _loaded: Path | None = None
+# What compiled graphs read (attention.py): a bool, on which dynamo can guard (it cannot on a Path).
+_kernels_in_process = False
 
 
 class KernelBuildError(RuntimeError):
@@ -83,7 +85,7 @@ def build() -> Path:
 
 def load_cpu_kernels() -> Path:
     """Build (once per source and torch) and load the kernels into this process; returns the library."""
-    global _loaded
+    global _loaded, _kernels_in_process
     with _lock:
         if _loaded is None:
             if not cpu_kernels_supported():
@@ -91,12 +93,13 @@ def load_cpu_kernels() -> Path:
             library = build()
             torch.ops.load_library(str(library))
             _loaded = library
+            _kernels_in_process = True
         return _loaded
 
 
 def kernels_loaded() -> bool:
     """Whether this process has loaded the kernels (load_cpu_kernels; use_lowbit_weights calls it)."""
-    return _loaded is not None
+    return _kernels_in_process
 
 
 def kernel_threads() -> int:

@@ -57,6 +57,12 @@ def compile_unavailable(device: torch.device) -> str | None:
     return None
 
 
+# One compile at a time in a process: dynamo's tracing is not safe to run on two threads at once (two
+# sizes compiling together failed with a spurious guard error), and on a small CPU they would only
+# share the cores. Later compiles queue in the order they were asked for.
+_one_compile_at_a_time = threading.Lock()
+
+
 class BackgroundCompile:
     """Compiles a model's decode step on a daemon thread; `ready` turns true once every graph kind is built.
 
@@ -80,7 +86,8 @@ class BackgroundCompile:
     def _run(self) -> None:
         started = time.monotonic()
         try:
-            self.step.warm_up()
+            with _one_compile_at_a_time:
+                self.step.warm_up()
         except Exception as error:  # noqa: BLE001 - any compiler failure means "stay eager", never "stop serving"
             self.error = error
             log.error("%s: serving on the eager decode step; compiling it failed: %s", self.name,

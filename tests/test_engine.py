@@ -130,13 +130,13 @@ def test_unknown_size_raises_instead_of_guessing(engine):
 
 def test_build_engine_skips_sizes_that_cannot_be_loaded(tmp_path):
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[], model_sources=lambda: {
+    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="nano", compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[], model_sources=lambda: {
         "nano": str(path), "mini": str(tmp_path / "missing"), "small": ""})
     assert build_engine(settings).available_sizes() == ["nano"]
 
 
 def test_build_engine_with_nothing_loadable_names_the_training_command(tmp_path):
-    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[],
+    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="nano", compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[],
                                model_sources=lambda: {"nano": str(tmp_path / "missing")})
     with pytest.raises(RuntimeError, match="rujokes-train"):
         build_engine(settings)
@@ -147,7 +147,7 @@ def test_a_compiled_int8_engine_answers_while_compiling_and_writes_the_same_joke
     background; batches started before it is ready decode eagerly, later ones through the compiled step,
     and seeded jobs joining a running batch get the same texts either way."""
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=True, cpu_bf16_sizes=[],
+    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="nano", compile_decode=True, cpu_bf16_sizes=[],
                                cpu_int8_sizes=["nano"], model_sources=lambda: {"nano": str(path)})
     engine = build_engine(settings)
     model = engine.models["nano"].model
@@ -181,7 +181,7 @@ def test_a_worker_without_a_compiler_serves_the_size_with_fp32_weights(tmp_path,
     monkeypatch.setenv("CXX", "no-such-compiler")
     monkeypatch.setenv("PATH", str(tmp_path))
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", torch_threads=0, compile_decode=False, cpu_bf16_sizes=[],
+    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="nano", compile_decode=False, cpu_bf16_sizes=[],
                                cpu_int8_sizes=["nano"], model_sources=lambda: {"nano": str(path)})
     engine = build_engine(settings)
     assert not any(isinstance(m, LowBitLinear) for m in engine.models["nano"].model.modules())

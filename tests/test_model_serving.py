@@ -10,6 +10,7 @@ import torch
 
 from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
 from rujokes_model.config import ModelConfig, cpu_weights_for, default_int8_sizes
+from rujokes_model.cpu_kernels import cpu_kernels_supported
 from rujokes_model.lowbit_weights import LowBitLinear
 from rujokes_model.serving import load_for_serving, use_persistent_compile_cache
 from tests.model_helpers import make_tiny_model_dir
@@ -121,3 +122,16 @@ def test_bundled_sizes_load_by_name():
     assert served.model.config.d_model == ModelConfig.preset("nano").d_model
     [text] = served.complete("Штирлиц", 12)
     assert text.startswith("Штирлиц") and len(text) > len("Штирлиц")
+
+
+@pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
+def test_two_sizes_loaded_together_both_get_their_compiled_steps(tmp_path):
+    """The worker's default mix: an int8 model (which loads the kernels) and an fp32 ALiBi + MHLA one, both
+    compiling in the background at once. Run together, dynamo's tracing failed with a spurious guard
+    error; compiles now take turns."""
+    int8 = load_for_serving(make_tiny_model_dir(tmp_path / "int8", attention="mhla"), cpu_weights="int8")
+    fp32 = load_for_serving(make_tiny_model_dir(tmp_path / "fp32", attention="mhla", seed=1), cpu_weights=None)
+    expected = [seeded_texts(int8), seeded_texts(fp32)]
+    assert int8.wait_until_compiled(timeout=300), int8.compiling.error
+    assert fp32.wait_until_compiled(timeout=300), fp32.compiling.error
+    assert [seeded_texts(int8), seeded_texts(fp32)] == expected

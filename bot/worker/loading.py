@@ -54,7 +54,8 @@ def build_engine(settings) -> ModelEngine:
         raise RuntimeError("no model could be loaded; train one with `rujokes-train --size nano` "
                            "or point MODEL_NANO at a model directory")
     compiling = {}
-    for size, loaded in models.items():
+    # The default size first: its compiled step is what most requests wait for (compiles run one at a time).
+    for size, loaded in sorted(models.items(), key=lambda item: item[0] != settings.default_size):
         weights = "int8" if size in settings.cpu_int8_sizes else "bf16" if size in settings.cpu_bf16_sizes else None
         background = speed_up(loaded.model, cpu_weights=weights, compile=settings.compile_decode, name=size)
         if background is not None:
