@@ -31,21 +31,21 @@ from tests.fake_bot_api import FakeBotAPI  # noqa: E402
 COMPILED = re.compile(r"(\w+): decode step compiled in ([\d.]+) s")
 
 
-def run_env(api: FakeBotAPI, state: Path, caches: Path) -> dict[str, str]:
+def run_env(api: FakeBotAPI, state: Path, caches: Path, overrides: list[str]) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items()
             if not k.startswith(("REDIS_", "MODEL_", "WORKER_", "BOT_", "TELEGRAM_", "CPU_", "COMPILE_",
                                  "DEFAULT_", "TORCH"))}
     return {**keep, "BOT_TOKEN": BOT_TOKEN, "TELEGRAM_API_BASE": api.base_url, "REDIS_URL": "",
             "REDIS_DATA_DIR": str(state / "redis"), "TORCHINDUCTOR_CACHE_DIR": str(caches / "inductor"),
             "RUJOKES_KERNEL_DIR": str(caches / "kernels"), "RATE_LIMIT_PER_MINUTE": "100000",
-            "RATE_LIMIT_BURST": "10000"}
+            "RATE_LIMIT_BURST": "10000", **dict(item.split("=", 1) for item in overrides)}
 
 
-def start(api: FakeBotAPI, state: Path, caches: Path) -> tuple[subprocess.Popen, Path, float]:
+def start(api: FakeBotAPI, state: Path, caches: Path, overrides: list[str]) -> tuple[subprocess.Popen, Path, float]:
     log_path = state / "run.log"
     executable = shutil.which("rujokes", path=str(Path(sys.executable).parent)) or "rujokes"
     spawned = time.time()
-    process = subprocess.Popen([executable, "run"], env=run_env(api, state, caches), cwd=state,
+    process = subprocess.Popen([executable, "run"], env=run_env(api, state, caches, overrides), cwd=state,
                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
     return process, log_path, spawned
 
@@ -53,7 +53,7 @@ def start(api: FakeBotAPI, state: Path, caches: Path) -> tuple[subprocess.Popen,
 def one_start(label: str, caches: Path, args: argparse.Namespace) -> dict:
     api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
     state = Path(tempfile.mkdtemp(prefix=f"rj-serving-{label}-"))
-    process, log_path, spawned = start(api, state, caches)
+    process, log_path, spawned = start(api, state, caches, args.env)
     try:
         first = Users(api, 1, 1)
         first.run(until=time.time() + args.timeout)  # the first ask goes out at once: it waits in getUpdates
@@ -94,10 +94,13 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--skip-cold", action="store_true", help="only the warm start (caches kept in --caches)")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting to change from its default (repeatable), e.g. WORKER_BATCH_SIZE=16")
     parser.add_argument("--caches", help="compile/kernel cache directory to reuse (default: a fresh one)")
     args = parser.parse_args()
     caches = Path(args.caches or tempfile.mkdtemp(prefix="rj-caches-"))
-    print(f"prompts {PROMPTS[0]!r}…, {args.concurrent} concurrent × {args.rounds} rounds, caches {caches}")
+    print(f"prompts {PROMPTS[0]!r}…, {args.concurrent} concurrent × {args.rounds} rounds, caches {caches}, "
+          f"settings changed: {', '.join(args.env) or 'none'}")
     rows = [] if args.skip_cold else [one_start("cold", caches, args)]
     rows.append(one_start("warm", caches, args))
     print("\n| start | first joke after spawn, s | compiled step ready (worker's clock) | size | requests | "

@@ -66,7 +66,9 @@ _one_compile_at_a_time = threading.Lock()
 class BackgroundCompile:
     """Compiles a model's decode step on a daemon thread; `ready` turns true once every graph kind is built.
 
-    Until then callers decode eagerly. A compile that fails leaves `error` set and the model eager.
+    Until then callers decode eagerly. A compile that fails leaves `error` set and the model eager. The
+    thread runs at the lowest CPU priority, so on a small machine it takes the cores nobody else wants:
+    the eager answers meanwhile, and the bot starting beside the worker, come first.
     """
 
     def __init__(self, model: TransformerForCausalLM, name: str = "model") -> None:
@@ -84,6 +86,10 @@ class BackgroundCompile:
         self._thread.start()
 
     def _run(self) -> None:
+        try:  # Linux: niceness is per thread, and inductor's compiler subprocesses inherit it
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):  # not Linux, or not allowed: compile at the normal priority
+            pass
         started = time.monotonic()
         try:
             with _one_compile_at_a_time:
