@@ -29,7 +29,8 @@ HEADER = """\
 # In @BotFather, for the bot behind BOT_TOKEN: /setinline turns inline mode on (@bot Штирлиц…),
 # /setinlinefeedback lets the bot see which inline result was sent (then a joke that was not ready
 # in time is written into the sent message; without it, the message's button does that).
-# Privacy mode can stay on: the bot needs only commands and replies in groups.
+# Privacy mode on (the default) is enough for commands, replies to the bot's jokes and /settings in groups;
+# answering `@bot …` mentions in a group needs it off (/setprivacy → Disable) or the bot a group admin.
 """
 
 

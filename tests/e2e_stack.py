@@ -6,15 +6,18 @@ the bot did through the API, at Redis, and at the processes' logs.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import redis
 
@@ -124,6 +127,46 @@ class Stack:
         self.worker = start_worker(self.worker_env, self.worker_log)
         self.wait_for_worker()
 
+    def restart_bot(self) -> None:
+        """Stop the bot cleanly and start it again with the same settings; return once it polls."""
+        menus = len(self.api.calls("setMyCommands"))  # two a start: the public menu and the admin's
+        assert stop_process(self.bot) == 0, self.log_tail(self.bot_log)
+        self.start_bot()
+        wait_until(lambda: len(self.api.calls("setMyCommands")) >= menus + 2 or self._died(self.bot), 60,
+                   "the restarted bot")
+        assert self.bot.poll() is None, self.log_tail(self.bot_log)
+
+    @contextlib.contextmanager
+    def watch_requests(self) -> Iterator[list[dict[str, Any]]]:
+        """Every JokeRequest (as JSON) added to requests:normal while the block runs, in order.
+
+        A blocked XREAD is served the moment an entry is added, before the worker can claim and delete it,
+        so nothing needs pausing; the list fills from a thread while the block waits.
+        """
+        seen: list[dict[str, Any]] = []
+        done = threading.Event()
+        stream = f"{self.prefix}requests:normal"
+        client = self.redis()
+        info = client.xinfo_stream(stream) if client.exists(stream) else {}
+        last = info.get("last-generated-id", "0-0")
+
+        def read() -> None:
+            nonlocal last
+            while not done.is_set():
+                for _, entries in client.xread({stream: last}, block=200) or []:
+                    for entry_id, fields in entries:
+                        seen.append(json.loads(fields["data"]))
+                        last = entry_id
+
+        reader = threading.Thread(target=read, name="watch-requests", daemon=True)
+        reader.start()
+        try:
+            yield seen
+        finally:
+            done.set()
+            reader.join(5)
+            client.close()
+
     def pause_worker(self) -> None:
         os.kill(self.worker.pid, signal.SIGSTOP)
 
@@ -215,7 +258,7 @@ def make_stack(api: FakeBotAPI, redis_url: str, prefix: str, log_dir: Path, nano
     settings = dict(REQUEST_TIMEOUT_S="8", RESULT_GRACE_S="1", INLINE_WAIT_S="4", INLINE_VARIANTS="2",
                     EDIT_INTERVAL_S="0.1", MAX_NEW_TOKENS="32", RATE_LIMIT_PER_MINUTE="30", RATE_LIMIT_BURST="4",
                     PROMPT_MAX_CHARS="300", CLAIM_IDLE_MS="3000", BOT_METRICS_PORT=str(free_port()),
-                    METRICS_HOST="127.0.0.1")
+                    METRICS_HOST="127.0.0.1", LENGTH_SHORT_TOKENS="6", CHAT_SIZES="nano,mini")
     settings.update(bot_settings)
     workers = worker_env(redis_url, prefix, nano_dir, MODEL_MINI=str(mini_dir), WORKER_BATCH_SIZE="8",
                          PARTIAL_INTERVAL_S="0.05", HEARTBEAT_TTL_S="8", CLAIM_IDLE_MS="3000", WORKER_ID="e2e-worker")

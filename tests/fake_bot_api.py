@@ -51,6 +51,10 @@ _AUTO_ENTITIES = [("bot_command", re.compile(r"(?<!\S)/\w{1,32}(?:@\w{3,32})?", 
 UserRef = int | dict  # a user id (a plain test user is made up for it) or a full User dict
 MessageRef = dict | tuple | str  # a Message dict, (chat_id, message_id), or an inline_message_id
 # Methods the bot may call at startup whose effect no test inspects (beyond the call log).
+# ChatMemberAdministrator's boolean rights (Bot API 9.x), all required in a response.
+_ADMIN_RIGHTS = ("can_manage_chat", "can_delete_messages", "can_manage_video_chats", "can_restrict_members",
+                 "can_promote_members", "can_change_info", "can_invite_users", "can_post_stories", "can_edit_stories",
+                 "can_delete_stories", "can_send_welcome_messages", "can_pin_messages", "can_manage_topics")
 _ALWAYS_TRUE = {"sendChatAction", "setMyDescription", "setMyShortDescription", "setMyName", "setChatMenuButton",
                 "close", "logOut"}
 
@@ -173,6 +177,7 @@ class FakeBotAPI:
             self.call_log: list[Call] = []
             self.pending_updates: list[dict] = []
             self.chats: dict[int, dict] = {}
+            self.chat_members: dict[tuple[int, int], dict] = {}  # (chat_id, user_id) -> ChatMember, for getChatMember
             self.messages: dict[tuple[int, int], dict] = {}  # (chat_id, message_id) -> current version; users' too
             self.inline_messages: dict[str, dict] = {}       # inline_message_id -> {"text", "reply_markup"}
             self.inline_answers: list[dict] = []
@@ -278,7 +283,7 @@ class FakeBotAPI:
 
     _CONTROL_ACTIONS = {"inject_update", "private_message", "group_message", "sticker_message", "photo_message",
                         "inline_query", "chosen_inline_result", "callback_query", "press_button", "fail_next", "reset",
-                        "stall_polls", "resume_polls"}
+                        "stall_polls", "resume_polls", "set_chat_member"}
 
     async def _handle_control(self, request: web.Request) -> web.Response:
         """For tests in another process. POST /_control/<helper> with JSON kwargs (helpers above), or GET
@@ -429,14 +434,32 @@ class FakeBotAPI:
     def _inject_message(self, chat: int | dict | None, user: UserRef, reply_to: Any = None, **content: Any) -> dict:
         user = self._user(user)
         chat = self._register_chat(user["id"] if chat is None else chat, user)
+        with self._lock:  # whoever writes in a group is one of its members (getChatMember), unless set otherwise
+            self.chat_members.setdefault((chat["id"], user["id"]), {"status": "member", "user": user})
         return self.inject_update({"message": self._store_message(chat, user, reply_to, **content)})
 
     def private_message(self, user: UserRef, text: str) -> dict:
         return self._inject_message(None, user, text=text, entities=text_entities(text))
 
-    def group_message(self, chat: int | dict, user: UserRef, text: str, reply_to: int | dict | None = None) -> dict:
-        """chat: negative id (-100... is a supergroup) or Chat dict; reply_to: a Message dict or message_id."""
-        return self._inject_message(chat, user, reply_to, text=text, entities=text_entities(text))
+    def group_message(self, chat: int | dict, user: UserRef, text: str, reply_to: int | dict | None = None,
+                      entities: list[dict] | None = None) -> dict:
+        """chat: negative id (-100... is a supergroup) or Chat dict; reply_to: a Message dict or message_id;
+        entities: instead of the ones Telegram would find in the text (e.g. a text_mention, which a client adds)."""
+        return self._inject_message(chat, user, reply_to, text=text,
+                                    entities=text_entities(text) if entities is None else entities)
+
+    def set_chat_member(self, chat: int, user: UserRef, status: str = "administrator") -> dict:
+        """What getChatMember answers for this user in this chat: "creator", "administrator", "member", "left"…"""
+        user = self._user(user)
+        member: dict[str, Any] = {"status": status, "user": user}
+        if status == "creator":
+            member["is_anonymous"] = False
+        elif status == "administrator":  # ChatMemberAdministrator's required fields, rights of a typical admin
+            member.update(dict.fromkeys(_ADMIN_RIGHTS, True), can_be_edited=False, is_anonymous=False,
+                          can_promote_members=False)
+        with self._lock:
+            self.chat_members[(chat, user["id"])] = member
+        return member
 
     def sticker_message(self, user: UserRef, chat: int | dict | None = None, emoji: str = "😂") -> dict:
         n = next(self._ids)
@@ -592,6 +615,17 @@ class FakeBotAPI:
                                "gifts_from_channels"], False)  # required ChatFullInfo fields in aiogram 3.2x+
         return {**self._chat(p.get("chat_id")), "accent_color_id": 0, "max_reaction_count": 11,
                 "accepted_gift_types": gifts}
+
+    def _m_getChatMember(self, p: dict) -> dict:
+        chat, user_id = self._chat(p.get("chat_id")), p.get("user_id")
+        if not isinstance(user_id, int) or user_id <= 0:
+            raise ApiError(400, "Bad Request: invalid user_id specified")
+        with self._lock:
+            member = self.chat_members.get((chat["id"], user_id))
+        if member is None and chat["type"] == "private" and chat["id"] == user_id:
+            member = {"status": "member", "user": self.make_user(user_id)}
+        # Telegram answers "left" for a user who is not (or no longer) in the chat.
+        return member or {"status": "left", "user": self.make_user(user_id)}
 
     def _m_sendMessage(self, p: dict) -> dict:
         chat = self._chat(p.get("chat_id"))

@@ -32,8 +32,8 @@ def test_command_menu_is_registered_with_set_my_commands(stack):
         return {json.loads(key)[0]["type"]: [c["command"] for c in commands]
                 for key, commands in stack.api.commands.items()}
     menus = wait_until(lambda: len(current_menus()) == 2 and current_menus(), 10, "the public and the admin menu")
-    assert menus["default"] == ["joke", "help", "start"]
-    assert menus["chat"] == ["joke", "help", "start", "model", "stats"]  # the admin's own menu
+    assert menus["default"] == ["joke", "settings", "help", "start"]
+    assert menus["chat"] == ["joke", "settings", "help", "start", "model", "stats"]  # the admin's own menu
 
 
 def test_start_and_help_explain_the_bot_in_russian(stack):

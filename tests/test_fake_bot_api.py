@@ -218,6 +218,23 @@ async def test_group_reply_to_bot_message(bot, api):
     assert update.message.message_id == sent.message_id + 1  # ids are shared per chat
 
 
+async def test_get_chat_member_answers_as_telegram_does(bot, api):
+    """ChatMember shapes aiogram parses strictly: owner, admin (every required right), member, left."""
+    api.set_chat_member(GROUP, 1, "creator")
+    api.set_chat_member(GROUP, 2, "administrator")
+    api.group_message(GROUP, 3, "привет")  # writing in a group makes a member
+    owner, admin, member, stranger = [await bot.get_chat_member(GROUP, user) for user in (1, 2, 3, 4)]
+    assert (type(owner).__name__, owner.status, owner.user.id) == ("ChatMemberOwner", "creator", 1)
+    assert type(admin).__name__ == "ChatMemberAdministrator" and admin.can_manage_chat and not admin.is_anonymous
+    assert (type(member).__name__, member.status) == ("ChatMemberMember", "member")
+    assert (type(stranger).__name__, stranger.status, stranger.user.id) == ("ChatMemberLeft", "left", 4)
+    api.set_chat_member(GROUP, 3, "left")  # and an explicit status wins over having written
+    assert (await bot.get_chat_member(GROUP, 3)).status == "left"
+    assert (await bot.get_chat_member(USER, USER)).status == "member"  # a private chat: its user
+    with pytest.raises(TelegramBadRequest, match="invalid user_id"):
+        await bot.get_chat_member(GROUP, 0)
+
+
 async def test_sticker_photo_commands_and_chat(bot, api):
     sticker = Update.model_validate(api.sticker_message(USER)).message.sticker
     assert sticker.emoji == "😂"

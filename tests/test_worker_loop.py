@@ -18,7 +18,7 @@ from bot.common.settings import Settings
 from bot.queue.client import RequestQueue
 from bot.queue.config import QueueConfig
 from bot.queue.connection import connect
-from bot.queue.protocol import DATA_FIELD, DeadLetter, Delivery
+from bot.queue.protocol import DATA_FIELD, DeadLetter, Delivery, SamplingParams
 from bot.queue.results import ResultReader
 from bot.worker.config import WorkerConfig
 from bot.worker.engine_api import GenerationOutput, Job
@@ -131,6 +131,37 @@ async def test_unknown_or_unloaded_size_is_refused_and_the_worker_goes_on(queue,
     await queue.submit(make_request("дальше", size="nano"))
     await worker.run_once()
     assert [r.text for r in await final_results(reader, 1)] == ["nano:ДАЛЬШЕ"]
+
+
+class JobRecordingEngine(UpperEngine):
+    """UpperEngine that also keeps every Job it was given."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.jobs: dict[str, Job] = {}
+
+    def generate(self, size: str, jobs: list[Job], *args, **kwargs) -> list[GenerationOutput]:
+        self.jobs.update({job.request_id: job for job in jobs})
+        return super().generate(size, jobs, *args, **kwargs)
+
+
+async def test_each_request_is_generated_with_its_own_sampling_and_size(queue, reader, make_worker, make_request):
+    """A chat's /settings travel in its requests: one batch may mix lengths and creativity, and a request that
+    names a size is served by that size whatever the active one."""
+    engine = JobRecordingEngine()
+    short = make_request("коротко", sampling=SamplingParams(max_new_tokens=6, temperature=0.7, top_k=5))
+    wild = make_request("буйно", sampling=SamplingParams(max_new_tokens=240, temperature=1.3, top_k=50, seed=7))
+    on_mini = make_request("мини", size="mini")
+    for request in (short, wild, on_mini):
+        await queue.submit(request)
+    await make_worker(engine).run_once()  # one batch per size: nano (the active one), then mini
+    jobs = engine.jobs
+    assert (jobs[short.request_id].max_new_tokens, jobs[short.request_id].temperature,
+            jobs[short.request_id].top_k) == (6, 0.7, 5)
+    assert (jobs[wild.request_id].max_new_tokens, jobs[wild.request_id].temperature, jobs[wild.request_id].top_k,
+            jobs[wild.request_id].seed) == (240, 1.3, 50, 7)
+    texts = {r.request_id: r.text for r in await final_results(reader, 3)}
+    assert texts == {short.request_id: "nano:КОРОТКО", wild.request_id: "nano:БУЙНО", on_mini.request_id: "mini:МИНИ"}
 
 
 async def test_failing_generation_is_retried_then_dead_lettered_as_failed(

@@ -148,6 +148,25 @@ class Settings(BaseSettings):
     top_k: int = Field(_SAMPLING.top_k, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")
     temperature: float = Field(_SAMPLING.temperature, ge=0, description="Sampling temperature (0: greedy).")
 
+    # -- per-chat settings (/settings) --
+    length_short_tokens: int = Field(
+        60, ge=1, le=2048, description="MAX_NEW_TOKENS of a chat whose /settings say short jokes (normal: "
+                                       "MAX_NEW_TOKENS).")
+    length_long_tokens: int = Field(
+        240, ge=1, le=2048, description="MAX_NEW_TOKENS of a chat whose /settings say long jokes.")
+    calm_temperature: float = Field(
+        0.7, ge=0, description="TEMPERATURE of a chat whose /settings say calm creativity (normal: TEMPERATURE).")
+    calm_top_k: int = Field(5, ge=0, description="TOP_K of a chat whose /settings say calm creativity (normal: TOP_K).")
+    wild_temperature: float = Field(1.3, ge=0, description="TEMPERATURE of a chat whose /settings say wild creativity.")
+    wild_top_k: int = Field(50, ge=0, description="TOP_K of a chat whose /settings say wild creativity.")
+    chat_sizes: Annotated[list[Size], NoDecode] = Field(
+        default_factory=list, description="Comma-separated model sizes a chat may choose in /settings (in a group, "
+                                          "its admins choose); a chat's size no live worker has falls back to the "
+                                          "active one. Empty: /settings offers no size, every chat uses /model's.")
+    chat_admin_cache_s: int = Field(
+        60, ge=1, description="How long the bot trusts Telegram's answer (getChatMember) on whether a user is a "
+                              "group's admin, for /settings.")
+
     # -- metrics and health --
     worker_metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Port of the worker's /metrics and /healthz server. Empty: no server."
@@ -165,7 +184,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="Log lines as plain text or one JSON object each.")
     log_level: str = Field("INFO", description="Python logging level name.")
 
-    @field_validator("admin_ids", "cpu_bf16_sizes", "cpu_int8_sizes", mode="before")
+    @field_validator("admin_ids", "cpu_bf16_sizes", "cpu_int8_sizes", "chat_sizes", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         # "1, 2,3" or "mini,small" from the environment; a list when built in code

@@ -2,7 +2,8 @@
 routers, and run it by long polling (default) or as a webhook server.
 
 Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`,
-`queue`, `jokes`, `feedback`, `outstanding`, `metrics`): handlers name what they use in their signature.
+`queue`, `jokes`, `feedback`, `outstanding`, `chat_settings`, `metrics`): handlers name what they use in
+their signature.
 With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
 
 SIGTERM/SIGINT start a bounded shutdown (bot/common/shutdown.py), in stages that each log their start, end
@@ -39,6 +40,7 @@ from bot.common.shutdown import Stage, run_stages, start_watchdog
 from bot.queue.client import RequestQueue
 from bot.queue.results import ResultReader
 from bot.telegram import texts
+from bot.telegram.chat_settings import ChatSettingsStore
 from bot.telegram.delivery import DeliveryLoop
 from bot.telegram.feedback import FeedbackStore
 from bot.telegram.handlers import feature_routers
@@ -81,6 +83,7 @@ class Services:
     queue: RequestQueue
     feedback: FeedbackStore
     outstanding: OutstandingRequests
+    chat_settings: ChatSettingsStore
     jokes: JokeService
     delivery: DeliveryLoop
     metrics: Metrics
@@ -96,15 +99,18 @@ def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics)
     limiter = UserRateLimiter(redis, prefix, settings.rate_limit_per_minute, settings.rate_limit_burst)
     inline_limiter = UserRateLimiter(redis, f"{prefix}inline:", settings.rate_limit_per_minute * INLINE_RATE_FACTOR,
                                      settings.rate_limit_burst * INLINE_RATE_FACTOR)
-    jokes = JokeService(settings, queue, outstanding, limiter, inline_limiter, feedback, outbox, waiters, metrics)
+    chat_settings = ChatSettingsStore(redis, prefix, settings)
+    jokes = JokeService(settings, queue, outstanding, limiter, inline_limiter, feedback, outbox, waiters, metrics,
+                        chat_settings)
     reader = ResultReader(redis, settings.queue_config())
     delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, settings.edit_interval_s)
-    return Services(redis, queue, feedback, outstanding, jokes, delivery, metrics)
+    return Services(redis, queue, feedback, outstanding, chat_settings, jokes, delivery, metrics)
 
 
 def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
     dispatcher = Dispatcher(settings=settings, queue=services.queue, feedback=services.feedback,
-                            outstanding=services.outstanding, jokes=services.jokes, metrics=services.metrics)
+                            outstanding=services.outstanding, chat_settings=services.chat_settings,
+                            jokes=services.jokes, metrics=services.metrics)
     dispatcher.include_routers(*feature_routers())
 
     async def on_startup(bot: Bot) -> None:

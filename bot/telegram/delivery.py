@@ -28,6 +28,7 @@ from bot.telegram.keyboards import joke_keyboard
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import Outstanding, OutstandingRequests
 from bot.telegram.prompts import clean_model_text
+from bot.telegram.ratelimit import is_group_chat
 from bot.telegram.shown import report_shown
 from bot.telegram.waiters import InlineWaiters
 
@@ -184,7 +185,10 @@ class DeliveryLoop:
             text = STATUS_TEXTS.get(result.status, texts.FAILED)
             log.warning("request %s answered %s (%s)", result.request_id, result.status, result.error)
         try:
-            await self.outbox.show(delivery, text, markup)
+            message_id = await self.outbox.show(delivery, text, markup) or delivery.message_id
+            if markup is not None and message_id is not None and is_group_chat(delivery.chat_id):
+                # A reply to this message asks for a joke (handlers/joke.py).
+                await self.feedback.remember_chat_joke(delivery.chat_id, message_id, result.request_id)
         except TelegramAPIError as error:  # blocked by the user, chat gone, flood ban: nothing more to do
             outcome = "undelivered"
             log.warning("could not deliver %s to %s: %s", result.request_id, delivery, error)

@@ -2,6 +2,8 @@
 
 Keys (under the deployment prefix):
     bot:joke:{joke_id}     hash {prompt, size}: what "🔁 Ещё" and the votes refer to (TTL joke_ttl_s)
+    bot:chat_joke:{chat_id}:{message_id}  joke_id of a joke the bot wrote in a group (TTL joke_ttl_s): a reply
+                           to that message asks for a joke
     bot:votes:{joke_id}    hash user_id -> "1" | "-1": one vote per user per joke (TTL joke_ttl_s)
     bot:stats:size:{size}  hash {jokes, up, down}
     bot:stats:totals       hash {requests, timeouts}
@@ -92,6 +94,16 @@ class FeedbackStore:
             pipe.lpush(self._latency_key, f"{latency_s:.3f}")
             pipe.ltrim(self._latency_key, 0, self._latency_samples - 1)
             await pipe.execute()
+
+    def _chat_joke_key(self, chat_id: int, message_id: int) -> str:
+        return f"{self._prefix}chat_joke:{int(chat_id)}:{int(message_id)}"
+
+    async def remember_chat_joke(self, chat_id: int, message_id: int, joke_id: str) -> None:
+        await self._redis.set(self._chat_joke_key(chat_id, message_id), joke_id, ex=self._joke_ttl_s)
+
+    async def chat_joke(self, chat_id: int, message_id: int) -> str | None:
+        """The joke_id of the bot's joke in that message, or None (not a joke, or forgotten)."""
+        return await self._redis.get(self._chat_joke_key(chat_id, message_id))
 
     async def joke(self, joke_id: str) -> Joke | None:
         fields = await self._redis.hgetall(self._joke_key(joke_id))

@@ -21,9 +21,10 @@ from bot.common.logs import log_event
 from bot.common.metrics import Metrics
 from bot.common.settings import Settings
 from bot.queue.client import RequestQueue
-from bot.queue.protocol import Delivery, JokeRequest, JokeResult
+from bot.queue.protocol import ACTIVE_SIZE, Delivery, JokeRequest, JokeResult, SamplingParams
 from bot.queue.submit import QueueFull
 from bot.telegram import texts
+from bot.telegram.chat_settings import ChatSettingsStore, sampling_for
 from bot.telegram.feedback import FeedbackStore
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import OutstandingRequests
@@ -49,7 +50,7 @@ class ChatOrigin:
 class JokeService:
     def __init__(self, settings: Settings, queue: RequestQueue, outstanding: OutstandingRequests,
                  limiter: UserRateLimiter, inline_limiter: UserRateLimiter, feedback: FeedbackStore,
-                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics) -> None:
+                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, chat_settings: ChatSettingsStore) -> None:
         self.settings = settings
         self.queue = queue
         self.outstanding = outstanding
@@ -59,6 +60,7 @@ class JokeService:
         self.outbox = outbox
         self.waiters = waiters
         self.metrics = metrics
+        self.chat_settings = chat_settings
 
     def prompt_or_refusal(self, raw: str | None, *, truncate: bool = False) -> tuple[str, str | None]:
         """(prompt, None), or ("", a message saying why not). An empty prompt becomes a classic opening."""
@@ -69,12 +71,14 @@ class JokeService:
         return prompt or random_opening(), None
 
     def _request(self, kind: str, delivery: Delivery, user_id: int | None, prompt: str, *, received_at: float,
-                 request_id: str | None = None, timeout_s: float | None = None, **fields) -> JokeRequest:
-        """`received_at`: when the update arrived; the request's latency (worker and bot) counts from it."""
+                 request_id: str | None = None, timeout_s: float | None = None, sampling: SamplingParams | None = None,
+                 **fields) -> JokeRequest:
+        """`received_at`: when the update arrived; the request's latency (worker and bot) counts from it.
+        `sampling`: a chat's own (see `_chat_params`); the deployment's by default."""
         timeout_s = timeout_s if timeout_s is not None else self.settings.request_timeout_s
         return JokeRequest(request_id=request_id or uuid.uuid4().hex, kind=kind, delivery=delivery, user_id=user_id,
-                           prompt=prompt, sampling=self.settings.sampling_params(), created_at=received_at,
-                           deadline=time.time() + timeout_s, **fields)
+                           prompt=prompt, sampling=sampling or self.settings.sampling_params(),
+                           created_at=received_at, deadline=time.time() + timeout_s, **fields)
 
     async def _submit_tracked(self, request: JokeRequest, update_id: int | None) -> bool:
         """Remember, then submit; on a full queue tell the user "busy" right away."""
@@ -121,6 +125,22 @@ class JokeService:
     async def _workers_alive(self) -> bool:
         return bool(await self.queue.live_workers())
 
+    async def _chat_params(self, chat_id: int) -> tuple[SamplingParams, str] | None:
+        """The chat's sampling and size for its next request; None when no worker is alive.
+
+        A size the chat chose that no live worker has (or the admins no longer offer) falls back to the
+        active one: a joke from another size beats "this model is unavailable" on every request.
+        """
+        workers = await self.queue.live_workers()
+        if not workers:
+            return None
+        chat = await self.chat_settings.get(chat_id)
+        loaded = {size for worker in workers for size in worker.loaded_sizes}
+        size = chat.size if chat.size in loaded else ACTIVE_SIZE
+        if size != chat.size:
+            log.info("chat %s asked for size %s, which no live worker has; using the active size", chat_id, chat.size)
+        return sampling_for(self.settings, chat), size
+
     # -- chats ---------------------------------------------------------------------------------------
 
     async def joke_in_chat(self, origin: ChatOrigin, raw_prompt: str | None, kind: str = "command",
@@ -140,7 +160,8 @@ class JokeService:
             await self.outstanding.settle_update(origin.update_id)
             return
         await self.outbox.typing(origin.chat_id)
-        if not await self._workers_alive():
+        params = await self._chat_params(origin.chat_id)
+        if params is None:
             # Said now rather than queued: the user hears within seconds, and no stale joke turns up later.
             self._refused(kind, "workers_down")
             await self.outbox.send(origin.chat_id, texts.WORKERS_DOWN, origin.reply_to_message_id)
@@ -154,8 +175,9 @@ class JokeService:
         if not (origin.private and await self.outbox.draft(origin.chat_id, request_id, "")):
             placeholder = await self.outbox.send(origin.chat_id, texts.PLACEHOLDER, origin.reply_to_message_id)
             delivery = delivery.model_copy(update={"message_id": placeholder.message_id})
+        sampling, size = params
         request = self._request(kind, delivery, origin.user_id, prompt, received_at=received_at,
-                                request_id=request_id, stream_partials=origin.private)
+                                request_id=request_id, stream_partials=origin.private, sampling=sampling, size=size)
         await self._submit_tracked(request, origin.update_id)
 
     # -- inline --------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.telegram import texts
+from bot.telegram.chat_settings import FIELDS, ChatSettings
 
 
 class JokeAction(CallbackData, prefix="j"):
@@ -14,6 +15,17 @@ class JokeAction(CallbackData, prefix="j"):
 
     action: Literal["more", "up", "down"]
     joke_id: str
+
+
+class ChatSetting(CallbackData, prefix="cs"):
+    """A /settings button: set `field` to `value` in chat `chat_id` (a press from another chat is refused).
+
+    The longest, a supergroup's id with "creativity", is under 40 bytes of Telegram's 64.
+    """
+
+    chat_id: int
+    field: Literal[FIELDS]
+    value: str
 
 
 class WriteInline(CallbackData, prefix="w"):
@@ -36,3 +48,15 @@ def write_keyboard(token: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=[[
         InlineKeyboardButton(text=texts.BUTTON_WRITE, callback_data=WriteInline(token=token).pack()),
     ]])
+
+
+def settings_keyboard(chat_id: int, current: ChatSettings, offered: dict[str, tuple[str, ...]]) -> InlineKeyboardMarkup:
+    """One row per setting in `offered` (field -> its values); the current value is ticked."""
+    def button(field: str, value: str) -> InlineKeyboardButton:
+        label = texts.SETTING_VALUES[field].get(value, value)
+        tick = texts.SETTING_CURRENT if getattr(current, field) == value else ""
+        return InlineKeyboardButton(text=tick + label,
+                                    callback_data=ChatSetting(chat_id=chat_id, field=field, value=value).pack())
+
+    return InlineKeyboardMarkup(inline_keyboard=[[button(field, value) for value in values]
+                                                 for field, values in offered.items() if values])

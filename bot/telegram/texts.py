@@ -17,13 +17,16 @@ HELP = (
     "• /joke без текста — с классического начала\n"
     "• в личке можно просто написать начало анекдота\n"
     "• в группе: /joke@{bot_username} … или ответьте /joke на сообщение — возьму его текст\n"
+    "• в группе: «@{bot_username} Штирлиц…» в сообщении или ответ на мой анекдот — начну новый с вашего текста\n"
     "• в любом чате: @{bot_username} Штирлиц пришел домой\n"
+    "• /settings — длина анекдотов и фантазия для этого чата\n"
     "Под анекдотом: 🔁 Ещё — новый вариант, 👍 / 👎 — оценка."
 )
 
 # The command menu (setMyCommands): command -> description.
 COMMANDS = {
     "joke": "Анекдот (можно с началом: /joke Штирлиц…)",
+    "settings": "Настройки этого чата",
     "help": "Как пользоваться",
     "start": "Начать",
 }
@@ -85,6 +88,26 @@ STATS = (
 STATS_SIZE_LINE = "{size}: анекдотов {jokes}, 👍 {up}, 👎 {down}"
 STATS_NO_SIZES = "Анекдотов пока не было."
 STATS_NO_LATENCY = "—"
+
+
+# /settings
+SETTINGS = "⚙️ Настройки этого чата\nДлина анекдотов: {length}\nФантазия: {creativity}"
+SETTINGS_SIZE_LINE = "\nМодель: {size}"
+SETTINGS_HOW_GROUP = "\n\nМенять их могут администраторы чата — кнопками ниже."
+SETTINGS_HOW_PRIVATE = "\n\nВыберите кнопками ниже."
+SETTINGS_ADMINS_ONLY = "Менять настройки этого чата могут только его администраторы."
+SETTINGS_ADMIN_UNKNOWN = "Не получилось проверить, администратор ли вы. Попробуйте через минуту."
+SETTINGS_BAD_BUTTON = "Эта кнопка не работает. Откройте настройки заново: /settings"
+SETTINGS_OTHER_CHAT = "Эта кнопка от настроек другого чата. Откройте настройки здесь: /settings"
+SETTINGS_NOT_OFFERED = "Этот вариант сейчас недоступен. Откройте настройки заново: /settings"
+SETTINGS_CHANGED = "✅ {setting}: {value}"
+SETTING_CURRENT = "✓ "
+SETTING_NAMES = {"length": "Длина", "creativity": "Фантазия", "size": "Модель"}
+SETTING_VALUES = {
+    "length": {"short": "Короткие", "normal": "Обычные", "long": "Длинные"},
+    "creativity": {"calm": "Сдержанная", "normal": "Обычная", "wild": "Буйная"},
+    "size": {"active": "Как у всех"},  # the concrete sizes show as their names (nano, mini, small)
+}
 
 
 def seconds(value: float) -> str:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from aiogram import Router
 
-from bot.telegram.handlers import admin, buttons, fallback, inline, joke, start_help
+from bot.telegram.handlers import admin, buttons, fallback, inline, joke, settings, start_help
 
 
 def feature_routers() -> list[Router]:
     # Order matters: specific handlers first, the catch-all fallback (hints, errors) last.
-    return [start_help.router, admin.router, joke.router, buttons.router, inline.router, fallback.router]
+    return [start_help.router, admin.router, settings.router, joke.router, buttons.router, inline.router,
+            fallback.router]
