@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from .compiled_step import compiled_step
+from .compiled_step import CompiledDecodeStep, compiled_step
 from .decode_plan import DecodePlan
 from .device_sampling import DeviceRowSampler
 from .sampling import draw_tokens
@@ -32,10 +32,11 @@ class RowSettings:
 
 class ContinuousBatch:
     def __init__(self, model, columns: int | None = None, *, compile: bool = False,
-                 sampler: Literal["host", "device"] | None = None) -> None:
+                 step: CompiledDecodeStep | None = None, sampler: Literal["host", "device"] | None = None) -> None:
         self.model = model
-        # compile: decode steps run the model's compiled static-shape step (see compiled_step.py).
-        self._step = compiled_step(model) if compile else None
+        # step: the compiled static-shape decode step that runs each feed (compiled_step.py), owned by the
+        # caller (the serving engine keeps one per model); compile=True looks up the model's own instead.
+        self._step = step or (compiled_step(model) if compile else None)
         # sampler: "host" draws with each row's torch.Generator (sampling.py), exact and cheap on a CPU;
         # "device" draws the whole batch in one expression with counter-based seeds (device_sampling.py),
         # the default on a GPU, where the host path's per-row draws and syncs would set the step time.

@@ -74,7 +74,7 @@ class ModelEngine:
                   on_done: DoneCallback | None, more_jobs: MoreJobs | None) -> list[GenerationOutput]:
         loaded = self.models[size]
         model, tokenizer = loaded.model, loaded.tokenizer
-        batch = ContinuousBatch(model, compile=self.compiled(size))
+        batch = ContinuousBatch(model, step=self.compiling[size].step if self.compiled(size) else None)
         waiting = self._rows(loaded, jobs, streaming=on_partial is not None)
         order = [job.request_id for job in jobs]
         live: list[_Row] = []
