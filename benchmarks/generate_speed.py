@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from rujokes_model import ModelConfig, TransformerForCausalLM
+from rujokes_model.cpu_kernels import cpu_kernels_supported
 
 VOCAB_SIZE = 1024
 PROMPT_LEN = 16
@@ -82,6 +83,9 @@ def our_model(config: ModelConfig, mode: str, device: str, dtype: torch.dtype) -
     if weights:
         from rujokes_model.lowbit_weights import use_lowbit_weights
         use_lowbit_weights(model, weights)
+    elif device == "cpu" and mode != "eager" and cpu_kernels_supported():
+        from rujokes_model.lowbit_weights import use_cpu_kernels
+        use_cpu_kernels(model)  # as the worker serves fp32 models: MHLA attention on the kernel
     return model
 
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .cpu_kernels import kernels_loaded
 from .kv_cache import KVCache, LatentCache
 from .layers import RMSNorm, rotate_pairs
 
@@ -120,6 +119,8 @@ class MultiHeadLatentAttention(nn.Module):
         self.wo = nn.Linear(self.n_head * self.v_dim, config.d_model, bias=False)
         self.dropout = config.dropout
         self.mode: Literal["auto", "naive", "absorbed"] = "auto"  # auto: absorbed for cached decode steps
+        # Decode steps attend with our CPU kernel: set by lowbit_weights.use_cpu_kernels, for this model only.
+        self.cpu_decode_kernel = False
         self._absorbed_cache: tuple | None = None  # (weight version key, W_UK, W_UVᵀ) for inference
 
     def prepare_for_decoding(self) -> None:
@@ -241,7 +242,7 @@ class MultiHeadLatentAttention(nn.Module):
 
     def _decode_kernel_applies(self, q: torch.Tensor, mask: torch.Tensor | None, T: int) -> bool:
         """Our CPU attention kernel serves one-token decode steps: fp32 on the CPU, no autograd or dropout,
-        an additive mask, and the kernels loaded (they are built with low-bit weights, lowbit_weights.py)."""
+        an additive mask, and this model given the kernels (lowbit_weights.use_cpu_kernels)."""
         return (T == 1 and mask is not None and mask.dtype == torch.float32 and q.dtype == torch.float32
                 and q.device.type == "cpu" and not (torch.is_grad_enabled() and q.requires_grad)
-                and not self.training and kernels_loaded())
+                and not self.training and self.cpu_decode_kernel)

@@ -96,10 +96,11 @@ _steps_lock = threading.Lock()  # a background compile (serving.py) and a caller
 
 
 def _built_for(model) -> tuple:
-    """What a step's graphs depend on: the model's dtype, device and kinds of layers. The graphs skip the
-    guards on the model's modules, so a step traced before a swap of layers (lowbit_weights) would keep
-    calling the old ones."""
-    return model.embed.weight.dtype, model.device, tuple(type(module) for module in model.modules())
+    """What a step's graphs depend on: the model's dtype, device, kinds of layers and their kernel switches.
+    The graphs skip the guards on the model's modules, so a step traced before a swap of layers
+    (lowbit_weights) would keep calling the old ones."""
+    return (model.embed.weight.dtype, model.device,
+            tuple((type(module), getattr(module, "cpu_decode_kernel", None)) for module in model.modules()))
 
 
 def compiled_step(model) -> CompiledDecodeStep:

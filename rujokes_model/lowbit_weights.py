@@ -14,8 +14,9 @@ our AVX2 kernels (`kernels/decode_kernels.cpp`):
 
 Rows are computed independently and in a fixed order, so a row's output never depends on its batch mates.
 For inference on the CPU with fp32 activations; anything else (a GPU, autograd) falls back to F.linear on
-the (dequantized) fp32 weight. Call `repack()` after changing weights. Loading the kernels also turns on
-their MHLA decode attention (attention.py) for every model in the process: exact math, not a rounding.
+the (dequantized) fp32 weight. Call `repack()` after changing weights. A model given low-bit weights also
+gets the kernels' MHLA decode attention (attention.py; `use_cpu_kernels` gives it to an fp32 model alone):
+exact math, not a rounding.
 """
 from __future__ import annotations
 
@@ -127,8 +128,20 @@ class AbsorbedHeads:
         return torch.ops.rujokes_cpu.int8_head_linear(y.contiguous(), self.uv, self.uv_scale)
 
 
+def use_cpu_kernels(model: nn.Module) -> int:
+    """Let this model's MHLA layers attend with our CPU decode kernel (exact fp32 math, faster one-token
+    steps); returns how many layers do. Builds the kernels on first use. Other models are unaffected."""
+    layers = [module for module in model.modules() if hasattr(module, "cpu_decode_kernel")]
+    if layers:
+        load_cpu_kernels()
+    for module in layers:
+        module.cpu_decode_kernel = True
+    return len(layers)
+
+
 def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
     """Swap the model's Linear layers for LowBitLinear in place (CPU, fp32); returns how many were swapped.
+    The model's MHLA layers get the kernels' decode attention too (use_cpu_kernels).
 
     Builds the kernels on first use (a C++ compiler is needed once; see cpu_kernels.py).
     """
@@ -136,6 +149,7 @@ def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
     if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
         raise ValueError("low-bit weights are for fp32 models on the CPU; on a GPU keep the model's own dtype")
     load_cpu_kernels()
+    use_cpu_kernels(model)
     swapped = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -24,7 +24,7 @@ import torch
 from .compiled_step import compiled_step
 from .config import SIZES, CpuWeights, cpu_weights_for
 from .cpu_kernels import KernelBuildError
-from .lowbit_weights import use_lowbit_weights
+from .lowbit_weights import use_cpu_kernels, use_lowbit_weights
 from .model import TransformerForCausalLM
 from .pretrained import pretrained_path
 from .tokenizer import ByteLevelBPETokenizer
@@ -128,6 +128,11 @@ def speed_up(model: TransformerForCausalLM, *, cpu_weights: CpuWeights, compile:
         except KernelBuildError as error:
             log.error("%s: keeping fp32 weights, the %s kernels are unavailable: %s", name, cpu_weights,
                       str(error).strip().splitlines()[0])
+    elif model.device.type == "cpu" and model.embed.weight.dtype == torch.float32:
+        try:  # fp32 weights, but MHLA's decode attention still runs faster on the kernel (exact math)
+            use_cpu_kernels(model)
+        except KernelBuildError as error:
+            log.warning("%s: MHLA attention without the CPU kernel: %s", name, str(error).strip().splitlines()[0])
     if not compile:
         return None
     reason = compile_unavailable(model.device)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import rujokes_model.attention
 from rujokes_model.cpu_kernels import cpu_kernels_supported, kernels_loaded, load_cpu_kernels
+from rujokes_model.lowbit_weights import use_cpu_kernels
 from tests.model_helpers import POSITIONS, random_ids, tiny_model, torch_threads
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
@@ -93,10 +93,10 @@ def test_bad_inputs_are_refused_with_a_clear_message():
 
 @pytest.mark.parametrize("position", POSITIONS)
 def test_mhla_decoding_runs_on_the_kernel_and_keeps_the_uncached_tokens(position):
-    """With the kernels loaded, every cached one-token step of an MHLA model (RoPE, or ALiBi with its
+    """Given the kernels, every cached one-token step of an MHLA model (RoPE, or ALiBi with its
     per-head bias) attends with the kernel, and greedy tokens equal uncached full-sequence decoding."""
-    assert kernels_loaded()
     model = tiny_model(position, "mhla", seed=11)
+    assert use_cpu_kernels(model) == model.config.n_layer and kernels_loaded()
     ids = random_ids(7, model.config.vocab_size, seed=3, batch=3)
     mask = torch.ones_like(ids)
     mask[0, :3] = 0  # a left-padded row
@@ -108,12 +108,15 @@ def test_mhla_decoding_runs_on_the_kernel_and_keeps_the_uncached_tokens(position
 
 
 def test_kernel_and_bmm_decode_steps_give_the_same_logits(monkeypatch):
-    """Which path a step takes depends on whether this process loaded the kernels; both must be one model."""
+    """Which path a step takes depends on whether the model was given the kernels; both must be one model."""
     model = tiny_model("rope", "mhla", seed=12)
     ids = random_ids(9, model.config.vocab_size, seed=4, batch=2)
     logits = {}
+    use_cpu_kernels(model)
     for kernel in (True, False):
-        monkeypatch.setattr(rujokes_model.attention, "kernels_loaded", lambda kernel=kernel: kernel)
+        for module in model.modules():
+            if hasattr(module, "cpu_decode_kernel"):
+                module.cpu_decode_kernel = kernel
         with torch.inference_mode(), torch.profiler.profile() as profiler:
             cache = model.new_cache(2, 12)
             plan = model.decode_plan(torch.ones_like(ids), 12)
@@ -123,3 +126,15 @@ def test_kernel_and_bmm_decode_steps_give_the_same_logits(monkeypatch):
         used = any(event.name == "rujokes_cpu::latent_attention" for event in profiler.events())
         assert used == kernel
     torch.testing.assert_close(logits[True], logits[False], rtol=1e-5, atol=1e-5)
+
+
+def test_giving_one_model_the_kernels_leaves_every_other_model_as_it_was():
+    """The kernels are applied to a model by its caller, never switched on for the whole process."""
+    given, other = tiny_model("rope", "mhla", seed=13), tiny_model("rope", "mhla", seed=14)
+    use_cpu_kernels(given)
+    ids = random_ids(5, other.config.vocab_size, seed=5)
+    for model, expected in ((given, True), (other, False)):
+        with torch.profiler.profile() as profiler:
+            model.generate(ids, 4, do_sample=False)
+        used = any(event.name == "rujokes_cpu::latent_attention" for event in profiler.events())
+        assert used == expected
