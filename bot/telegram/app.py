@@ -17,11 +17,13 @@ WATCHDOG_MARGIN_S later.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 import signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -63,6 +65,8 @@ STAGE_SHARES = {"receiver": 0.15, "updates": 0.15, "results_reader": 0.15, "deli
                 "redis": 0.1, "session": 0.1}
 # After the shutdown's budget, this much longer before the watchdog ends the process regardless.
 WATCHDOG_MARGIN_S = 5.0
+# An update is a few KiB (a 4096-character message with its reply is under 64 KiB); aiohttp's default is 1 MiB.
+WEBHOOK_MAX_BODY_BYTES = 256 * 1024
 
 
 def build_bot(settings: Settings, pacer: ChatPacer, metrics: Metrics) -> Bot:
@@ -156,19 +160,33 @@ class Polling:
             serving.cancel()  # a no-op once it has returned
 
 
+def webhook_handler(dispatcher: Dispatcher, bot: Bot, secret: str) -> Any:
+    """aiogram's handler, with the secret compared as bytes: its str comparison raises on a header with
+    non-ASCII characters (a 500 and a traceback per probe instead of a quiet 401)."""
+    from aiogram.webhook.aiohttp_server import SimpleRequestHandler
+
+    class Handler(SimpleRequestHandler):
+        def verify_secret(self, telegram_secret_token: str, bot: Bot) -> bool:
+            sent = telegram_secret_token.encode("utf-8", "surrogateescape")  # whatever str aiohttp made of it
+            return hmac.compare_digest(sent, secret.encode())  # constant time, before the body is read
+
+    return Handler(dispatcher, bot, secret_token=secret)
+
+
 class Webhook:
     """An aiohttp server that Telegram posts updates to, with the secret it was registered with."""
 
     name = "webhook"
 
     def __init__(self, bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:
-        from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+        from aiogram.webhook.aiohttp_server import setup_application
 
         self.bot, self.dispatcher, self.settings = bot, dispatcher, settings
         # Telegram sends this secret in X-Telegram-Bot-Api-Secret-Token; requests without it get 401.
         self.secret = settings.webhook_secret or secrets.token_urlsafe(32)
-        app = web.Application()
-        SimpleRequestHandler(dispatcher, bot, secret_token=self.secret).register(app, path=settings.webhook_path)
+        # A body past the limit is refused with 413 while it is read, before any JSON parsing.
+        app = web.Application(client_max_size=WEBHOOK_MAX_BODY_BYTES)
+        webhook_handler(dispatcher, bot, self.secret).register(app, path=settings.webhook_path)
         setup_application(app, dispatcher, bot=bot)
         app.on_startup.append(self._register_webhook)
         self.runner = web.AppRunner(app, access_log=None)
