@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.telegram import texts
-from bot.telegram.keyboards import JokeAction
+from bot.telegram.keyboards import joke_id_of
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, is_joke, make_stack, wait_until
 from tests.fake_bot_api import FakeBotAPI
 
@@ -69,7 +69,7 @@ def ask_for_a_joke(stack: Stack, prompt: str) -> tuple[dict[str, Any], int]:
 
 def request_id_of(joke: dict[str, Any]) -> str:
     """The joke's buttons carry the request_id that produced it."""
-    return JokeAction.unpack(joke["reply_markup"]["inline_keyboard"][0][0]["callback_data"]).joke_id
+    return joke_id_of(joke["reply_markup"]["inline_keyboard"][0][0]["callback_data"])
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:

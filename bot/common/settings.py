@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     bot_token: SecretStr = Field(
         SecretStr(""), description="Bot token from @BotFather (https://t.me/BotFather). Secret: never commit it."
     )
+    callback_secret: SecretStr = Field(
+        SecretStr(""), description="Key that signs button data and inline result ids (HMAC-SHA256, see SECURITY.md). "
+                                   "Empty: derived from BOT_TOKEN, so a new token expires the buttons already sent; "
+                                   "set one (e.g. `openssl rand -hex 32`) to keep them across a token change. Secret."
+    )
     admin_ids: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="Comma-separated Telegram user ids allowed to use /model and /stats."
     )

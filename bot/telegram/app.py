@@ -1,8 +1,8 @@
 """Assemble the bot: Bot (session, middlewares), services on Redis, Dispatcher with the feature
 routers, and run it by long polling (default) or as a webhook server.
 
-Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`,
-`queue`, `jokes`, `feedback`, `outstanding`, `metrics`): handlers name what they use in their signature.
+Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`, `queue`,
+`jokes`, `feedback`, `outstanding`, `metrics`, `signer`): handlers name what they use in their signature.
 With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
 
 SIGTERM/SIGINT start a bounded shutdown (bot/common/shutdown.py), in stages that each log their start, end
@@ -49,6 +49,7 @@ from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import OutstandingRequests
 from bot.telegram.ratelimit import ChatPacer, UserRateLimiter
+from bot.telegram.signing import Signer
 from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Services:
     jokes: JokeService
     delivery: DeliveryLoop
     metrics: Metrics
+    signer: Signer
 
 
 def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics) -> Services:
@@ -102,13 +104,15 @@ def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics)
                                      settings.rate_limit_burst * INLINE_RATE_FACTOR)
     jokes = JokeService(settings, queue, outstanding, limiter, inline_limiter, feedback, outbox, waiters, metrics)
     reader = ResultReader(redis, settings.queue_config())
-    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, settings.edit_interval_s)
-    return Services(redis, queue, feedback, outstanding, jokes, delivery, metrics)
+    signer = Signer.from_settings(settings)
+    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, signer, settings.edit_interval_s)
+    return Services(redis, queue, feedback, outstanding, jokes, delivery, metrics, signer)
 
 
 def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
     dispatcher = Dispatcher(settings=settings, queue=services.queue, feedback=services.feedback,
-                            outstanding=services.outstanding, jokes=services.jokes, metrics=services.metrics)
+                            outstanding=services.outstanding, jokes=services.jokes, metrics=services.metrics,
+                            signer=services.signer)
     dispatcher.include_routers(*feature_routers())
 
     async def on_startup(bot: Bot) -> None:
