@@ -45,7 +45,7 @@ def _stop_all(children: dict[str, subprocess.Popen], grace_s: float) -> None:
 
 def run_stack(with_bot: bool = True) -> int:
     settings = load_settings("rujokes run")
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.secret_values())
     if with_bot:
         problem = token_problem(settings.bot_token.get_secret_value())
         if problem:  # before Redis and the models load: fail fast
