@@ -157,6 +157,29 @@ def test_many_group_chats_share_one_users_budget(stack):
     assert all(RATE_LIMITED.fullmatch(m["text"]) for m in replies if not is_joke(m))
 
 
+ANONYMOUS_ADMIN = {"id": 1087968824, "is_bot": True, "first_name": "Group", "username": "GroupAnonymousBot"}
+
+
+def anonymous_joke(stack: Stack, group: int, prompt: str) -> None:
+    """/joke from an anonymous admin, as Telegram sends it: `from` is a stand-in user shared by every group."""
+    chat = {"id": group, "type": "supergroup", "title": "Анонимы"}
+    stack.api.inject_update({"message": {"message_id": int(time.time() * 1000) % 2**31, "date": int(time.time()),
+                                         "chat": chat, "from": ANONYMOUS_ADMIN, "sender_chat": chat,
+                                         "text": f"/joke {prompt}"}})
+
+
+def test_anonymous_admins_of_different_groups_do_not_share_a_budget(stack):
+    """Found by the fuzzer (test_bot_fuzz.py): the budget was the `from` user's, one for every anonymous admin."""
+    spent, other = stack.new_group(), stack.new_group()
+    with stack.api.together():  # the other group's ask right after the first group spent its budget
+        for number in range(BURST + 2):
+            anonymous_joke(stack, spent, f"Аноним {number}")
+        anonymous_joke(stack, other, "Другой аноним")
+    assert is_joke(stack.wait_for_reply(other, timeout=60))
+    stack.wait_for_reply(spent, nth=BURST + 1, timeout=60)
+    assert [bool(RATE_LIMITED.fullmatch(m["text"])) for m in stack.finished_messages(spent) if not is_joke(m)]
+
+
 def test_the_inline_write_button_costs_a_joke_like_any_other(stack):
     user = stack.new_user()
     stack.pause_worker()  # no variant is ready: the answer is the ✍️ article
