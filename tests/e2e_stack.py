@@ -77,7 +77,7 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 20) -> int |
     return process.returncode
 
 
-@dataclass
+@dataclass(repr=False)
 class Stack:
     api: FakeBotAPI
     redis_url: str
@@ -89,6 +89,9 @@ class Stack:
     worker: subprocess.Popen | None = None
     _user_ids: count = field(default_factory=lambda: count(10_001))
     _group_ids: count = field(default_factory=lambda: count(1_000_000_000_001))
+
+    def __repr__(self) -> str:  # short: a failing test (hypothesis prints its arguments) need not dump the env
+        return f"Stack(prefix={self.prefix!r}, api={self.api.base_url})"
 
     # -- processes -----------------------------------------------------------------------------------
 

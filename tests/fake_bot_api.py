@@ -28,6 +28,10 @@ log = logging.getLogger("fake_bot_api")
 
 DEFAULT_TOKEN = "123456789:TEST-fake-token"
 MAX_TEXT = 4096
+MAX_CALLBACK_DATA_BYTES = 64    # InlineKeyboardButton.callback_data: 1-64 bytes
+MAX_RESULT_ID_BYTES = 64        # InlineQueryResult.id: 1-64 bytes
+MAX_CALLBACK_ANSWER = 200       # answerCallbackQuery text: 0-200 characters
+_START_PARAMETER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup "
                 "are exactly the same as a current content and reply markup of the message")
 QUERY_TOO_OLD = "Bad Request: query is too old and response timeout expired or query ID is invalid"
@@ -146,7 +150,17 @@ class Call:
 
 def _inline_markup(params: dict) -> dict | None:
     markup = params.get("reply_markup")  # a Message only ever echoes inline keyboards
-    return markup if isinstance(markup, dict) and "inline_keyboard" in markup else None
+    markup = markup if isinstance(markup, dict) and "inline_keyboard" in markup else None
+    _check_buttons(markup)
+    return markup
+
+
+def _check_buttons(markup: Any) -> None:
+    """Telegram refuses a keyboard whose callback_data is empty or over 64 bytes."""
+    rows = markup.get("inline_keyboard", []) if isinstance(markup, dict) else []
+    for button in (b for row in rows for b in row if isinstance(b, dict)):
+        if "callback_data" in button and not 1 <= len(str(button["callback_data"]).encode()) <= MAX_CALLBACK_DATA_BYTES:
+            raise ApiError(400, "Bad Request: BUTTON_DATA_INVALID")
 
 
 def _message_key(message: dict | tuple[int, int]) -> tuple[int, int]:
@@ -422,6 +436,9 @@ class FakeBotAPI:
         """Queue a raw update (update_id assigned here) and wake the long poll."""
         with self._lock:
             update = {"update_id": next(self._ids), **{k: v for k, v in update.items() if k != "update_id"}}
+            for kind in ("callback_query", "inline_query"):  # raw queries may be answered like the helpers' ones
+                if isinstance(update.get(kind), dict) and "id" in update[kind]:
+                    self._open_queries.add(str(update[kind]["id"]))
             self.pending_updates.append(update)
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake)
@@ -687,6 +704,17 @@ class FakeBotAPI:
             raise ApiError(400, "Bad Request: RESULTS_TOO_MUCH")
         if len({str(r.get("id")) for r in results}) != len(results):
             raise ApiError(400, "Bad Request: RESULT_ID_DUPLICATE")
+        for result in results:
+            if not 1 <= len(str(result.get("id", "")).encode()) <= MAX_RESULT_ID_BYTES:
+                raise ApiError(400, "Bad Request: RESULT_ID_INVALID")
+            content = result.get("input_message_content") or {}
+            if "message_text" in content:
+                self._text({"text": content["message_text"], "parse_mode": content.get("parse_mode")})
+            _check_buttons(result.get("reply_markup"))
+        button = p.get("button")
+        if isinstance(button, dict) and "start_parameter" in button:
+            if not _START_PARAMETER.fullmatch(str(button["start_parameter"])):
+                raise ApiError(400, "Bad Request: START_PARAM_INVALID")
         with self._lock:
             self.inline_answers.append({
                 "inline_query_id": query_id, "results": results, "cache_time": p.get("cache_time", 300),
@@ -697,6 +725,8 @@ class FakeBotAPI:
     def _m_answerCallbackQuery(self, p: dict) -> bool:
         if str(p.get("callback_query_id")) not in self._open_queries:
             raise ApiError(400, QUERY_TOO_OLD)
+        if len(str(p.get("text") or "")) > MAX_CALLBACK_ANSWER:
+            raise ApiError(400, "Bad Request: MESSAGE_TOO_LONG")
         with self._lock:
             self.callback_answers.append({k: p.get(k) for k in ("callback_query_id", "text", "show_alert", "url")})
         return True

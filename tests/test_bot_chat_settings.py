@@ -11,7 +11,10 @@ from bot.common.settings import Settings
 from bot.queue.protocol import ACTIVE_SIZE
 from bot.telegram.chat_settings import ChatSettings, ChatSettingsStore, allowed_values, sampling_for
 from bot.telegram.keyboards import ChatSetting, settings_keyboard
+from bot.telegram.signing import Signer, chat_scope
 from tests.fake_bot_api import FakeBotAPI
+
+SIGNER = Signer(b"test key")
 
 GROUP, ADMIN, MEMBER = -1001234567890, 501, 502
 
@@ -126,15 +129,17 @@ def test_the_keyboard_ticks_the_current_values_and_its_payloads_fit_telegrams_64
     chat_id = -1009999999999999  # as long as a supergroup id gets
     current = ChatSettings("short", "normal", "nano")
     offered = {field: allowed_values(field, settings) for field in ("length", "creativity", "size")}
-    rows = settings_keyboard(chat_id, current, offered).inline_keyboard
+    rows = settings_keyboard(chat_id, current, offered, SIGNER).inline_keyboard
     assert [[button.text for button in row] for row in rows] == [
         ["✓ Короткие", "Обычные", "Длинные"], ["Сдержанная", "✓ Обычная", "Буйная"], ["Как у всех", "✓ nano", "mini"]]
     payloads = [button.callback_data for row in rows for button in row]
     assert max(len(payload.encode()) for payload in payloads) <= 64
-    assert ChatSetting.unpack(payloads[0]) == ChatSetting(chat_id=chat_id, field="length", value="short")
+    body = SIGNER.verified(payloads[0], chat_scope(chat_id))  # signed for this chat, and only for it
+    assert ChatSetting.unpack(body) == ChatSetting(chat_id=chat_id, field="length", value="short")
+    assert SIGNER.verified(payloads[0], chat_scope(GROUP)) is None
 
 
 def test_without_chat_sizes_the_keyboard_has_no_size_row():
     settings = Settings(_env_file=None)
     offered = {field: allowed_values(field, settings) for field in ("length", "creativity", "size")}
-    assert len(settings_keyboard(GROUP, ChatSettings(), offered).inline_keyboard) == 2
+    assert len(settings_keyboard(GROUP, ChatSettings(), offered, SIGNER).inline_keyboard) == 2

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 
+from bot.common.settings import Settings
 from bot.telegram import texts
-from tests.e2e_stack import BOT_USERNAME, Stack, button_texts, is_joke, wait_until
+from bot.telegram.signing import Signer, chat_scope
+from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, button_texts, is_joke, wait_until
 
 SHORT_TOKENS = 6  # LENGTH_SHORT_TOKENS of the stack (tests/e2e_stack.py)
 
@@ -131,13 +133,20 @@ def test_forged_or_broken_settings_buttons_get_a_clear_message_and_change_nothin
     stack.api.set_chat_member(group, admin, "creator")
     shown = settings_reply(stack, group, admin)
     where = (group, shown["message_id"])
+    # The bot's own key (CALLBACK_SECRET unset: derived from the token), to sign what it would never write.
+    signer = Signer.from_settings(Settings(_env_file=None, bot_token=BOT_TOKEN))
+    here = chat_scope(group)
     for data, expected in [
-        (f"cs:{group - 1}:length:short", texts.SETTINGS_OTHER_CHAT),  # a payload copied from another chat
-        (f"cs:{group}:size:small", texts.SETTINGS_NOT_OFFERED),  # a size CHAT_SIZES does not offer
-        (f"cs:{group}:length:" + "x" * 500, texts.SETTINGS_NOT_OFFERED),  # oversized
+        # Unsigned, or signed for another chat: refused before any of their fields is believed.
+        (f"cs:{group}:length:short", texts.SETTINGS_BAD_BUTTON),  # unsigned (an older bot's, or forged)
+        (signer.sign(f"cs:{group}:length:short", chat_scope(group - 1)), texts.SETTINGS_BAD_BUTTON),  # copied
+        (f"cs:{group}:length:" + "x" * 500, texts.SETTINGS_BAD_BUTTON),  # oversized
         (f"cs:{group}:colour:red", texts.SETTINGS_BAD_BUTTON),
         ("cs:not-a-chat:length:short", texts.SETTINGS_BAD_BUTTON),
         ("cs:", texts.SETTINGS_BAD_BUTTON),
+        # Signed for this chat yet wrong inside (the checks behind the signature still hold).
+        (signer.sign(f"cs:{group - 1}:length:short", here), texts.SETTINGS_OTHER_CHAT),
+        (signer.sign(f"cs:{group}:size:small", here), texts.SETTINGS_NOT_OFFERED),  # CHAT_SIZES does not offer it
     ]:
         query = stack.api.callback_query(admin, where, data)["callback_query"]
         assert stack.callback_answer(query["id"])["text"] == expected, data

@@ -40,11 +40,12 @@ def webhook_bot(redis_server, tmp_path_factory):
         api.stop()
 
 
-def post_update(url: str, update: dict, secret: str | None) -> int:
+def post_update(url: str, update: dict | bytes, secret: str | None) -> int:
     headers = {"Content-Type": "application/json"}
     if secret is not None:
         headers["X-Telegram-Bot-Api-Secret-Token"] = secret
-    request = urllib.request.Request(url, data=json.dumps(update).encode(), headers=headers, method="POST")
+    body = update if isinstance(update, bytes) else json.dumps(update).encode()
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     deadline = time.monotonic() + 20
     while True:  # the HTTP server may come up a moment after setWebhook
         try:
@@ -82,6 +83,29 @@ def test_updates_without_the_secret_are_rejected(webhook_bot, secret, user_id):
     assert post_update(url, start_update(200 + user_id, user_id), SECRET) == 200
     wait_until(lambda: api.messages_in_chat(user_id), 30, "the answer to the marker /start")
     assert api.messages_in_chat(user_id) == [texts.START]
+
+
+def test_a_secret_with_non_ascii_bytes_is_a_quiet_401(webhook_bot):
+    """The comparison is of bytes: str comparison in constant time raises on non-ASCII (a 500 and a traceback)."""
+    api, url, _, log = webhook_bot
+    assert post_update(url, start_update(104, 504), SECRET + "é") == 401
+    assert post_update(url, start_update(105, 504), "секрет".encode().decode("latin-1")) == 401  # UTF-8 bytes
+    assert post_update(url, start_update(106, 504), SECRET) == 200
+    wait_until(lambda: api.messages_in_chat(504), 30, "the answer to the marker /start")
+    assert api.messages_in_chat(504) == [texts.START]
+    assert "Traceback" not in log.read_text()
+
+
+def test_an_oversized_body_is_refused_before_it_is_parsed(webhook_bot):
+    api, url, _, log = webhook_bot
+    update = start_update(107, 505)
+    update["message"]["text"] = "/start " + "ж" * 200_000  # 400 KB: over the 256 KiB a webhook body may have
+    assert post_update(url, json.dumps(update).encode(), SECRET) == 413
+    assert post_update(url, b"{" * 300_000, SECRET) == 413  # not even valid JSON: never parsed
+    assert post_update(url, start_update(108, 505), SECRET) == 200
+    wait_until(lambda: api.messages_in_chat(505), 30, "the answer to the marker /start")
+    assert api.messages_in_chat(505) == [texts.START]
+    assert "Traceback" not in log.read_text()
 
 
 def test_updates_with_the_secret_are_handled(webhook_bot):

@@ -274,6 +274,42 @@ async def test_raw_http_json_urlencoded_errors_and_draft(api):
     assert [d["text"] for d in api.drafts[USER]] == ["Штир", "Штирлиц шёл"]
 
 
+async def test_telegram_limits_on_buttons_results_and_callback_answers(api):
+    """What Telegram refuses with 400, so that a bot exceeding a limit fails its tests as it would in production."""
+    base = f"{api.base_url}/bot{api.token}"
+
+    def keyboard(data: str) -> dict:
+        return {"inline_keyboard": [[{"text": "Ещё", "callback_data": data}]]}
+
+    async with aiohttp.ClientSession() as http:
+        async def call(method: str, **params) -> tuple[int, dict]:
+            async with http.post(f"{base}/{method}", json=params) as response:
+                return response.status, await response.json()
+
+        assert (await call("sendMessage", chat_id=USER, text="ok", reply_markup=keyboard("ж" * 32)))[0] == 200
+        status, body = await call("sendMessage", chat_id=USER, text="x", reply_markup=keyboard("ж" * 33))  # 66 bytes
+        assert status == 400 and body["description"] == "Bad Request: BUTTON_DATA_INVALID"
+        assert (await call("editMessageText", chat_id=USER, message_id=1, text="y", reply_markup=keyboard("")))[0] == 400
+
+        query = api.inject_update({"inline_query": {"id": "raw-q", "from": api.make_user(USER), "query": "",
+                                                    "offset": ""}})["inline_query"]  # raw queries are open too
+        article = {"type": "article", "id": "a" * 64, "title": "t", "input_message_content": {"message_text": "m"}}
+        assert (await call("answerInlineQuery", inline_query_id=query["id"], results=[article]))[0] == 200
+        for bad, error in [({"id": "a" * 65}, "RESULT_ID_INVALID"), ({"reply_markup": keyboard("x" * 65)},
+                           "BUTTON_DATA_INVALID"), ({"input_message_content": {"message_text": "я" * 4097}}, "too long")]:
+            status, body = await call("answerInlineQuery", inline_query_id=query["id"], results=[{**article, **bad}])
+            assert status == 400 and error in body["description"]
+        status, body = await call("answerInlineQuery", inline_query_id=query["id"], results=[],
+                                  button={"text": "hint", "start_parameter": "no spaces allowed"})
+        assert status == 400 and body["description"] == "Bad Request: START_PARAM_INVALID"
+
+        press = api.inject_update({"callback_query": {"id": "raw-cb", "from": api.make_user(USER), "data": "x",
+                                                      "chat_instance": "1"}})["callback_query"]
+        status, body = await call("answerCallbackQuery", callback_query_id=press["id"], text="я" * 201)
+        assert status == 400 and body["description"] == "Bad Request: MESSAGE_TOO_LONG"
+        assert (await call("answerCallbackQuery", callback_query_id=press["id"], text="я" * 200))[0] == 200
+
+
 async def test_control_api_over_http(api):
     async with aiohttp.ClientSession() as http:
         inject = {"user": USER, "text": "привет"}

@@ -69,7 +69,7 @@ def _wait_for_a_worker(url: str, prefix: str, worker: subprocess.Popen, timeout_
 
 def run_stack(with_bot: bool = True) -> int:
     settings = load_settings("rujokes run")
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.secret_values())
     if with_bot:
         problem = token_problem(settings.bot_token.get_secret_value())
         if problem:  # before Redis and the models load: fail fast

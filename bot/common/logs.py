@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Iterable
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,12 +27,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def configure_logging(log_format: str, level: str) -> None:
+REDACTED = "<redacted>"
+
+
+class RedactingFormatter(logging.Formatter):
+    """Another formatter's lines with every secret replaced: the bot token sits in the URL of every Bot API
+    call, so a library's log line or a traceback (aiohttp's errors name the URL) could carry it."""
+
+    def __init__(self, inner: logging.Formatter, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        # Longest first: a token's secret half is replaced within the whole token, not before it.
+        self.secrets = sorted({secret for secret in secrets if len(secret) >= 8}, key=len, reverse=True)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        for secret in self.secrets:
+            line = line.replace(secret, REDACTED)
+        return line
+
+
+def configure_logging(log_format: str, level: str, secrets: Iterable[str] = ()) -> None:
+    """Log to stderr, for every logger (aiogram's, aiohttp's, redis's too), with `secrets` redacted."""
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(RedactingFormatter(formatter, secrets))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 

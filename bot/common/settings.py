@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     bot_token: SecretStr = Field(
         SecretStr(""), description="Bot token from @BotFather (https://t.me/BotFather). Secret: never commit it."
     )
+    callback_secret: SecretStr = Field(
+        SecretStr(""), description="Key that signs button data and inline result ids (HMAC-SHA256, see SECURITY.md). "
+                                   "Empty: derived from BOT_TOKEN, so a new token expires the buttons already sent; "
+                                   "set one (e.g. `openssl rand -hex 32`) to keep them across a token change. Secret."
+    )
     admin_ids: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="Comma-separated Telegram user ids allowed to use /model and /stats."
     )
@@ -210,6 +215,19 @@ class Settings(BaseSettings):
         if both:
             raise ValueError(f"{', '.join(both)}: listed in both CPU_BF16_SIZES and CPU_INT8_SIZES; choose one")
         return self
+
+    def secret_values(self) -> list[str]:
+        """What the logs must never show (bot/common/logs.py redacts it): the token, its secret half,
+        the signing and webhook secrets, the Redis password."""
+        from urllib.parse import urlsplit
+
+        token = self.bot_token.get_secret_value()
+        try:
+            redis_password = urlsplit(self.redis_url).password or ""
+        except ValueError:  # a malformed URL: Redis itself will say so
+            redis_password = ""
+        return [value for value in (token, token.partition(":")[2], self.callback_secret.get_secret_value(),
+                                    self.webhook_secret, redis_password) if value]
 
     def model_sources(self) -> dict[str, str]:
         return {size: getattr(self, f"model_{size}") for size in SIZES}

@@ -25,6 +25,9 @@ Keys:
     workers                sorted set: worker id → heartbeat expiry (ms), so live workers are one read
     results:done:{req_id}  set NX with a TTL by the result reader: dedupes results delivered twice
 
+Key names hold only the prefix, fixed words, integers and ids this system made; a string from outside
+goes through `key_part` first (see SECURITY.md).
+
 Delivery guarantees:
     * A request is acknowledged (XACK + XDEL) in the same atomic step that writes its final result,
       and only by the worker that still owns it, so an accepted request is answered at least once,
@@ -44,6 +47,8 @@ Delivery guarantees:
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -65,6 +70,20 @@ ACTIVE_SIZE = "active"
 Priority = Literal["high", "normal"]
 ResultStatus = Literal["ok", "partial", "expired", "busy", "failed", "unknown_size"]
 FINAL_STATUSES = frozenset({"ok", "expired", "busy", "failed", "unknown_size"})
+
+
+_SAFE_KEY_PART = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def key_part(value: str) -> str:
+    """`value` as one segment of a key name: itself when short and plain ([A-Za-z0-9_-]), else "~" and a hash.
+
+    For strings from outside (Telegram's inline_message_id, ids read back from buttons): nothing a user
+    typed can add a ":" segment, a glob character or a newline to a key, or make one unboundedly long.
+    """
+    if _SAFE_KEY_PART.fullmatch(value):
+        return value
+    return "~" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

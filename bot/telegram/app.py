@@ -1,8 +1,8 @@
 """Assemble the bot: Bot (session, middlewares), services on Redis, Dispatcher with the feature
 routers, and run it by long polling (default) or as a webhook server.
 
-Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`,
-`queue`, `jokes`, `feedback`, `outstanding`, `chat_settings`, `metrics`): handlers name what they use in
+Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`, `queue`,
+`jokes`, `feedback`, `outstanding`, `chat_settings`, `metrics`, `signer`): handlers name what they use in
 their signature.
 With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
 
@@ -18,11 +18,13 @@ WATCHDOG_MARGIN_S later.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 import signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
@@ -49,6 +51,7 @@ from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import OutstandingRequests
 from bot.telegram.ratelimit import ChatPacer, UserRateLimiter
+from bot.telegram.signing import Signer
 from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,8 @@ STAGE_SHARES = {"receiver": 0.15, "updates": 0.15, "results_reader": 0.15, "deli
                 "redis": 0.1, "session": 0.1}
 # After the shutdown's budget, this much longer before the watchdog ends the process regardless.
 WATCHDOG_MARGIN_S = 5.0
+# An update is a few KiB (a 4096-character message with its reply is under 64 KiB); aiohttp's default is 1 MiB.
+WEBHOOK_MAX_BODY_BYTES = 256 * 1024
 
 
 def build_bot(settings: Settings, pacer: ChatPacer, metrics: Metrics) -> Bot:
@@ -87,6 +92,7 @@ class Services:
     jokes: JokeService
     delivery: DeliveryLoop
     metrics: Metrics
+    signer: Signer
 
 
 def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics) -> Services:
@@ -103,14 +109,15 @@ def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics)
     jokes = JokeService(settings, queue, outstanding, limiter, inline_limiter, feedback, outbox, waiters, metrics,
                         chat_settings)
     reader = ResultReader(redis, settings.queue_config())
-    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, settings.edit_interval_s)
-    return Services(redis, queue, feedback, outstanding, chat_settings, jokes, delivery, metrics)
+    signer = Signer.from_settings(settings)
+    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, signer, settings.edit_interval_s)
+    return Services(redis, queue, feedback, outstanding, chat_settings, jokes, delivery, metrics, signer)
 
 
 def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
     dispatcher = Dispatcher(settings=settings, queue=services.queue, feedback=services.feedback,
                             outstanding=services.outstanding, chat_settings=services.chat_settings,
-                            jokes=services.jokes, metrics=services.metrics)
+                            jokes=services.jokes, metrics=services.metrics, signer=services.signer)
     dispatcher.include_routers(*feature_routers())
 
     async def on_startup(bot: Bot) -> None:
@@ -162,19 +169,33 @@ class Polling:
             serving.cancel()  # a no-op once it has returned
 
 
+def webhook_handler(dispatcher: Dispatcher, bot: Bot, secret: str) -> Any:
+    """aiogram's handler, with the secret compared as bytes: its str comparison raises on a header with
+    non-ASCII characters (a 500 and a traceback per probe instead of a quiet 401)."""
+    from aiogram.webhook.aiohttp_server import SimpleRequestHandler
+
+    class Handler(SimpleRequestHandler):
+        def verify_secret(self, telegram_secret_token: str, bot: Bot) -> bool:
+            sent = telegram_secret_token.encode("utf-8", "surrogateescape")  # whatever str aiohttp made of it
+            return hmac.compare_digest(sent, secret.encode())  # constant time, before the body is read
+
+    return Handler(dispatcher, bot, secret_token=secret)
+
+
 class Webhook:
     """An aiohttp server that Telegram posts updates to, with the secret it was registered with."""
 
     name = "webhook"
 
     def __init__(self, bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:
-        from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
+        from aiogram.webhook.aiohttp_server import setup_application
 
         self.bot, self.dispatcher, self.settings = bot, dispatcher, settings
         # Telegram sends this secret in X-Telegram-Bot-Api-Secret-Token; requests without it get 401.
         self.secret = settings.webhook_secret or secrets.token_urlsafe(32)
-        app = web.Application()
-        SimpleRequestHandler(dispatcher, bot, secret_token=self.secret).register(app, path=settings.webhook_path)
+        # A body past the limit is refused with 413 while it is read, before any JSON parsing.
+        app = web.Application(client_max_size=WEBHOOK_MAX_BODY_BYTES)
+        webhook_handler(dispatcher, bot, self.secret).register(app, path=settings.webhook_path)
         setup_application(app, dispatcher, bot=bot)
         app.on_startup.append(self._register_webhook)
         self.runner = web.AppRunner(app, access_log=None)

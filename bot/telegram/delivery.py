@@ -24,12 +24,13 @@ from bot.queue.protocol import JokeResult
 from bot.queue.results import ReceivedResult, ResultReader
 from bot.telegram import texts
 from bot.telegram.feedback import FeedbackStore
-from bot.telegram.keyboards import joke_keyboard
+from bot.telegram.keyboards import delivery_scope, joke_keyboard
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import Outstanding, OutstandingRequests
 from bot.telegram.prompts import clean_model_text
 from bot.telegram.ratelimit import is_group_chat
 from bot.telegram.shown import report_shown
+from bot.telegram.signing import Signer
 from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ STATUS_TEXTS = {
 
 class DeliveryLoop:
     def __init__(self, reader: ResultReader, outstanding: OutstandingRequests, feedback: FeedbackStore,
-                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, edit_interval_s: float,
+                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, signer: Signer, edit_interval_s: float,
                  sweep_interval_s: float = 1.0) -> None:
         self.reader = reader
         self.outstanding = outstanding
@@ -52,6 +53,7 @@ class DeliveryLoop:
         self.outbox = outbox
         self.waiters = waiters
         self.metrics = metrics
+        self.signer = signer
         self.edit_interval_s = edit_interval_s
         self.sweep_interval_s = sweep_interval_s
         self._tasks: dict[str, asyncio.Task] = {}       # the latest delivery task per request
@@ -175,7 +177,7 @@ class DeliveryLoop:
         delivery = record.delivery if record is not None else result.delivery
         markup, joke, outcome = None, clean_model_text(result.text), result.status
         if result.status == "ok" and joke:
-            text, markup = joke, joke_keyboard(result.request_id)
+            text, markup = joke, joke_keyboard(result.request_id, self.signer, delivery_scope(delivery))
             # Before the buttons appear: a press must find the joke.
             await self.feedback.remember_joke(result.request_id, record.prompt if record else "",
                                               result.size or "?", result.latency_s)

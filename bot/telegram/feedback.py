@@ -17,7 +17,7 @@ from typing import Literal
 
 from redis.asyncio import Redis
 
-from bot.queue.protocol import CONCRETE_SIZES
+from bot.queue.protocol import CONCRETE_SIZES, key_part
 
 VoteOutcome = Literal["new", "changed", "same", "unknown"]
 
@@ -70,10 +70,13 @@ class FeedbackStore:
         self._vote = redis.register_script(_VOTE_LUA)
 
     def _joke_key(self, joke_id: str) -> str:
-        return f"{self._prefix}joke:{joke_id}"
+        return f"{self._prefix}joke:{key_part(joke_id)}"
+
+    def _votes_key(self, joke_id: str) -> str:
+        return f"{self._prefix}votes:{key_part(joke_id)}"
 
     def _size_key(self, size: str) -> str:
-        return f"{self._prefix}stats:size:{size}"
+        return f"{self._prefix}stats:size:{key_part(size)}"
 
     @property
     def _totals_key(self) -> str:
@@ -115,7 +118,7 @@ class FeedbackStore:
         if joke is None:
             return "unknown"
         return await self._vote(
-            keys=[f"{self._prefix}votes:{joke_id}", self._size_key(joke.size)],
+            keys=[self._votes_key(joke_id), self._size_key(joke.size)],
             args=[user_id, str(value), self._joke_ttl_s],
         )
 

@@ -17,6 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from aiogram.types import InlineKeyboardMarkup
+
 from bot.common.logs import log_event
 from bot.common.metrics import Metrics
 from bot.common.settings import Settings
@@ -148,15 +150,17 @@ class JokeService:
         received_at = time.time()  # handlers run as the update arrives
         if not await self._first_delivery(origin.update_id, kind):
             return
+        # The rate limit first: every ask costs a joke, a refused too-long one included, so that no kind of
+        # ask makes the bot answer without bound.
+        decision = await self.limiter.check(origin.user_id)
         prompt, refusal = self.prompt_or_refusal(raw_prompt, truncate=truncate)
         outcome = "too_long"
-        if refusal is None:
-            decision = await self.limiter.check(origin.user_id)
-            if not decision.allowed:
-                refusal, outcome = texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s), "rate_limited"
+        if not decision.allowed:
+            refusal, outcome = texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s), "rate_limited"
         if refusal is not None:
             self._refused(kind, outcome)
-            await self.outbox.send(origin.chat_id, refusal, origin.reply_to_message_id)
+            if outcome != "rate_limited" or await self.limiter.first_refusal(origin.user_id, origin.chat_id, decision):
+                await self.outbox.send(origin.chat_id, refusal, origin.reply_to_message_id)
             await self.outstanding.settle_update(origin.update_id)
             return
         await self.outbox.typing(origin.chat_id)
@@ -167,6 +171,39 @@ class JokeService:
             await self.outbox.send(origin.chat_id, texts.WORKERS_DOWN, origin.reply_to_message_id)
             await self.outstanding.settle_update(origin.update_id)
             return
+        await self._start_in_chat(origin, prompt, kind, received_at, params)
+
+    async def admit_more(self, origin: ChatOrigin) -> tuple[bool, str]:
+        """Before 🔁 Ещё under a joke in a chat starts (`more_in_chat`): (go ahead?, the press's answer).
+
+        Refusals (rate limit, no workers) are the callback's answer, never a message: pressing the button
+        fast must not flood the chat. A re-delivered press does not go ahead.
+        """
+        if not await self._first_delivery(origin.update_id, "more"):
+            return False, texts.MORE_STARTED
+        decision = await self.limiter.check(origin.user_id)
+        refusal, outcome = None, None
+        if not decision.allowed:
+            refusal, outcome = texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s), "rate_limited"
+        elif not await self._workers_alive():
+            refusal, outcome = texts.WORKERS_DOWN, "workers_down"
+        if refusal is not None:
+            self._refused("more", outcome)
+            await self.outstanding.settle_update(origin.update_id)
+            return False, refusal
+        return True, texts.MORE_STARTED
+
+    async def more_in_chat(self, origin: ChatOrigin, prompt: str) -> None:
+        """🔁 Ещё, once `admit_more` let it go ahead."""
+        received_at = time.time()
+        await self.outbox.typing(origin.chat_id)
+        await self._start_in_chat(origin, prompt, "more", received_at)
+
+    async def _start_in_chat(self, origin: ChatOrigin, prompt: str, kind: str, received_at: float,
+                             params: tuple[SamplingParams, str] | None = None) -> None:
+        """`params`: the chat's sampling and size (`_chat_params`), looked up here when not given."""
+        if params is None:
+            params = await self._chat_params(origin.chat_id) or (self.settings.sampling_params(), ACTIVE_SIZE)
         request_id = uuid.uuid4().hex
         delivery = Delivery(chat_id=origin.chat_id, reply_to_message_id=origin.reply_to_message_id)
         # Private chats stream into a message draft (empty text shows "Thinking…"); elsewhere, or
@@ -260,6 +297,26 @@ class JokeService:
         request = self._request(kind, delivery, user_id, prompt, received_at=received_at, priority="high",
                                 stream_partials=True)
         await self._submit_tracked(request, update_id)
+
+    async def write_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str, *,
+                                      retry_markup: InlineKeyboardMarkup | None = None,
+                                      update_id: int | None = None) -> str | None:
+        """The ✍️ article was sent (chosen_inline_result) or its button pressed: write the joke into it, once
+        (both may come). It costs a joke of the user's budget like /joke; refused, a refusal to show, and
+        a later press may try again. With `retry_markup`, the refusal is also written into the message."""
+        if not await self.outstanding.claim_inline_message(inline_message_id):
+            return None  # the other of the two started it
+        decision = await self.limiter.check(user_id)
+        if not decision.allowed:
+            self._refused("inline_chosen", "rate_limited")
+            await self.outstanding.release_inline_message(inline_message_id)
+            await self.outstanding.settle_update(update_id)
+            refusal = texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
+            if retry_markup is not None:
+                await self.outbox.show(Delivery(inline_message_id=inline_message_id), refusal, retry_markup)
+            return refusal
+        await self.joke_in_inline_message(inline_message_id, user_id, prompt, update_id=update_id)
+        return None
 
     async def more_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str,
                                      update_id: int | None = None) -> str | None:

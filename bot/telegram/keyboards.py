@@ -1,20 +1,30 @@
-"""Inline keyboards and their callback data (kept under Telegram's 64-byte callback_data limit)."""
+"""Inline keyboards and their callback data: signed for the place they are shown (bot/telegram/signing.py)
+and kept under Telegram's 64-byte callback_data limit."""
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Collection
+from typing import Any, Literal
 
+from aiogram.filters import BaseFilter
 from aiogram.filters.callback_data import CallbackData
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup
+from pydantic import Field
 
+from bot.queue.protocol import Delivery
 from bot.telegram import texts
 from bot.telegram.chat_settings import FIELDS, ChatSettings
+from bot.telegram.signing import INLINE_SCOPE, Signer, chat_scope
+
+# Request ids (uuid4().hex) and inline prompt tokens: anything else in a button is refused before Redis sees it.
+_JOKE_ID = r"^[0-9a-f]{32}$"
+_TOKEN = r"^[0-9a-f]{16}$"
 
 
 class JokeAction(CallbackData, prefix="j"):
-    """A button under a joke; joke_id is the request_id that produced it (32 hex characters)."""
+    """A button under a joke; joke_id is the request_id that produced it."""
 
     action: Literal["more", "up", "down"]
-    joke_id: str
+    joke_id: str = Field(pattern=_JOKE_ID)
 
 
 class ChatSetting(CallbackData, prefix="cs"):
@@ -31,32 +41,74 @@ class ChatSetting(CallbackData, prefix="cs"):
 class WriteInline(CallbackData, prefix="w"):
     """The button of an inline "✍️ Написать анекдот" message; token finds the prompt in Redis."""
 
-    token: str
+    token: str = Field(pattern=_TOKEN)
 
 
-def joke_keyboard(joke_id: str) -> InlineKeyboardMarkup:
+def button_scope(callback: CallbackQuery) -> str | None:
+    """Where the pressed button was: the scope its data must be signed for."""
+    if callback.inline_message_id is not None:
+        return INLINE_SCOPE
+    if callback.message is not None:
+        return chat_scope(callback.message.chat.id)
+    return None
+
+
+def delivery_scope(delivery: Delivery) -> str:
+    """The scope of buttons put on the message a `Delivery` points to."""
+    return INLINE_SCOPE if delivery.inline_message_id is not None else chat_scope(delivery.chat_id)
+
+
+class SignedButton(BaseFilter):
+    """A press of a `kind` button the bot signed for the place it was pressed; hands the handler
+    `callback_data`. Everything else (forged, copied, old unsigned, malformed) is left to the fallback."""
+
+    def __init__(self, kind: type[CallbackData], actions: Collection[str] | None = None) -> None:
+        self.kind = kind
+        self.actions = actions
+
+    async def __call__(self, callback: CallbackQuery, signer: Signer) -> bool | dict[str, Any]:
+        body = signer.verified(callback.data or "", button_scope(callback))
+        if body is None:
+            return False
+        try:
+            data = self.kind.unpack(body)
+        except (TypeError, ValueError):  # another kind's data, or fields that fail their patterns
+            return False
+        if self.actions is not None and getattr(data, "action", None) not in self.actions:
+            return False
+        return {"callback_data": data}
+
+
+def joke_id_of(callback_data: str) -> str:
+    """The joke id in a joke button's data (for tests and tools; the bot itself checks the MAC first)."""
+    return JokeAction.unpack(callback_data.rpartition(":")[0]).joke_id
+
+
+def joke_keyboard(joke_id: str, signer: Signer, scope: str) -> InlineKeyboardMarkup:
     def button(text: str, action: str) -> InlineKeyboardButton:
-        return InlineKeyboardButton(text=text, callback_data=JokeAction(action=action, joke_id=joke_id).pack())
+        data = signer.sign(JokeAction(action=action, joke_id=joke_id).pack(), scope)
+        return InlineKeyboardButton(text=text, callback_data=data)
 
     return InlineKeyboardMarkup(inline_keyboard=[[
         button(texts.BUTTON_MORE, "more"), button(texts.BUTTON_UP, "up"), button(texts.BUTTON_DOWN, "down"),
     ]])
 
 
-def write_keyboard(token: str) -> InlineKeyboardMarkup:
+def write_keyboard(token: str, signer: Signer) -> InlineKeyboardMarkup:
     # An inline result needs a keyboard for Telegram to hand us an inline_message_id we can edit later.
-    return InlineKeyboardMarkup(inline_keyboard=[[
-        InlineKeyboardButton(text=texts.BUTTON_WRITE, callback_data=WriteInline(token=token).pack()),
-    ]])
+    data = signer.sign(WriteInline(token=token).pack(), INLINE_SCOPE)
+    return InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text=texts.BUTTON_WRITE, callback_data=data)]])
 
 
-def settings_keyboard(chat_id: int, current: ChatSettings, offered: dict[str, tuple[str, ...]]) -> InlineKeyboardMarkup:
-    """One row per setting in `offered` (field -> its values); the current value is ticked."""
+def settings_keyboard(chat_id: int, current: ChatSettings, offered: dict[str, tuple[str, ...]],
+                      signer: Signer) -> InlineKeyboardMarkup:
+    """One row per setting in `offered` (field -> its values); the current value is ticked. Signed for
+    the chat, so a copy pressed elsewhere is refused."""
     def button(field: str, value: str) -> InlineKeyboardButton:
         label = texts.SETTING_VALUES[field].get(value, value)
         tick = texts.SETTING_CURRENT if getattr(current, field) == value else ""
-        return InlineKeyboardButton(text=tick + label,
-                                    callback_data=ChatSetting(chat_id=chat_id, field=field, value=value).pack())
+        data = signer.sign(ChatSetting(chat_id=chat_id, field=field, value=value).pack(), chat_scope(chat_id))
+        return InlineKeyboardButton(text=tick + label, callback_data=data)
 
     return InlineKeyboardMarkup(inline_keyboard=[[button(field, value) for value in values]
                                                  for field, values in offered.items() if values])

@@ -25,7 +25,7 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     settings = load_settings("rujokes-bot")
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.secret_values())
     problem = token_problem(settings.bot_token.get_secret_value())
     if problem:
         print(f"rujokes-bot: {problem}\n{TOKEN_HELP}", file=sys.stderr)
@@ -42,6 +42,9 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         pass
+    except Exception:  # through the log, so that the redacting formatter sees the traceback (a URL holds the token)
+        log.exception("rujokes-bot stopped by an error")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import uuid
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from bot.queue.protocol import Delivery, JokeRequest
+from bot.queue.protocol import Delivery, JokeRequest, key_part
 
 _RECORD_GRACE_S = 3600  # keep a record this long past give-up, so a late joke still finds its message
 # Telegram keeps an unconfirmed update for 24 h and re-delivers it to the next getUpdates: remember longer.
@@ -126,13 +126,23 @@ class OutstandingRequests:
 
     # -- inline messages ---------------------------------------------------------------------------
 
+    def _inline_prompt_key(self, token: str) -> str:
+        return f"{self._prefix}inline_prompt:{key_part(token)}"
+
+    def _inline_started_key(self, inline_message_id: str) -> str:
+        return f"{self._prefix}inline_started:{key_part(inline_message_id)}"  # Telegram's string
+
     async def remember_inline_prompt(self, token: str, prompt: str) -> None:
-        await self._redis.set(f"{self._prefix}inline_prompt:{token}", prompt, ex=self._inline_prompt_ttl_s)
+        await self._redis.set(self._inline_prompt_key(token), prompt, ex=self._inline_prompt_ttl_s)
 
     async def inline_prompt(self, token: str) -> str | None:
-        return await self._redis.get(f"{self._prefix}inline_prompt:{token}")
+        return await self._redis.get(self._inline_prompt_key(token))
 
     async def claim_inline_message(self, inline_message_id: str) -> bool:
         """True once per inline message: chosen_inline_result and the button may both try to start it."""
-        return bool(await self._redis.set(f"{self._prefix}inline_started:{inline_message_id}", "1",
+        return bool(await self._redis.set(self._inline_started_key(inline_message_id), "1",
                                           nx=True, ex=self._inline_prompt_ttl_s))
+
+    async def release_inline_message(self, inline_message_id: str) -> None:
+        """Undo `claim_inline_message` when the start was refused: a later press may try again."""
+        await self._redis.delete(self._inline_started_key(inline_message_id))

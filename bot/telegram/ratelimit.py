@@ -67,13 +67,22 @@ class TokenBucket:
 
 
 class UserRateLimiter:
-    """Jokes per user: a refusal carries how long to wait, for the message to the user."""
+    """Jokes per user, wherever they ask (every chat, 🔁 Ещё, inline messages share one bucket): a refusal
+    carries how long to wait, for the message to the user."""
 
     def __init__(self, redis: Redis, prefix: str, per_minute: float, burst: int) -> None:
+        self._redis = redis
         self._bucket = TokenBucket(redis, f"{prefix}bot:ratelimit:user:", per_minute, burst)
+        self._told_prefix = f"{prefix}bot:ratelimit:told:"
 
     async def check(self, user_id: int) -> Decision:
-        return await self._bucket.take(user_id)
+        return await self._bucket.take(int(user_id))
+
+    async def first_refusal(self, user_id: int, chat_id: int, decision: Decision) -> bool:
+        """True once per wait and chat: a user who keeps asking while refused is told once, so that spamming
+        /joke does not make the bot spam the chat (and spend a group's message budget) in turn."""
+        key = f"{self._told_prefix}{int(user_id)}:{int(chat_id)}"
+        return bool(await self._redis.set(key, "1", nx=True, px=max(1, math.ceil(decision.retry_after_s * 1000))))
 
 
 class ChatPacer:

@@ -52,6 +52,7 @@ TEMPORARY_ERROR = "😵 Временная ошибка. Попробуйте е
 
 MORE_STARTED = "Пишу ещё один…"
 JOKE_FORGOTTEN = "Этот анекдот уже забыт — напишите /joke."
+BUTTON_EXPIRED = "Эта кнопка устарела — напишите /joke."
 VOTE_NEW = "Спасибо за оценку {vote}!"
 VOTE_CHANGED = "Оценка изменена на {vote}."
 VOTE_SAME = "Вы уже поставили {vote}."

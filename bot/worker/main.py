@@ -62,7 +62,7 @@ async def serve(settings: Settings) -> Worker:
 
 def main() -> None:
     settings = load_settings("rujokes-worker")
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(settings.log_format, settings.log_level, settings.secret_values())
     worker = asyncio.run(serve(settings))
     if worker.abandoned:
         # The engine thread is still generating a batch that was handed back; don't wait for it.

@@ -1,15 +1,19 @@
 """Buttons under jokes: 🔁 Ещё (same opening again) and 👍 / 👎 (one vote per user per joke),
-plus the "✍️ Написать анекдот" button of an inline placeholder message."""
+plus the "✍️ Написать анекдот" button of an inline placeholder message.
+
+Only data the bot signed for the place of the press matches here (`SignedButton`); forged, copied and
+old unsigned buttons fall through to the fallback router, which answers "button expired".
+"""
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.types import CallbackQuery, Update
 
 from bot.common.metrics import Metrics
 from bot.telegram import texts
 from bot.telegram.feedback import FeedbackStore
 from bot.telegram.jokes import ChatOrigin, JokeService
-from bot.telegram.keyboards import JokeAction, WriteInline
+from bot.telegram.keyboards import JokeAction, SignedButton, WriteInline
 from bot.telegram.outstanding import OutstandingRequests
 
 router = Router(name="buttons")
@@ -18,7 +22,7 @@ _VOTE_TEXTS = {"new": texts.VOTE_NEW, "changed": texts.VOTE_CHANGED, "same": tex
                "unknown": texts.JOKE_FORGOTTEN}
 
 
-@router.callback_query(JokeAction.filter(F.action == "more"))
+@router.callback_query(SignedButton(JokeAction, actions={"more"}))
 async def more(callback: CallbackQuery, callback_data: JokeAction, jokes: JokeService,
                feedback: FeedbackStore, event_update: Update) -> None:
     joke = await feedback.joke(callback_data.joke_id)
@@ -30,16 +34,17 @@ async def more(callback: CallbackQuery, callback_data: JokeAction, jokes: JokeSe
                                                      update_id=event_update.update_id)
         await callback.answer(refusal or texts.MORE_STARTED)
         return
-    # Answered first: the spinner on the button stops at once, the joke follows as a new message.
-    await callback.answer(texts.MORE_STARTED)
-    if callback.message is not None:
-        origin = ChatOrigin(chat_id=callback.message.chat.id, user_id=callback.from_user.id,
-                            private=callback.message.chat.type == "private",
-                            reply_to_message_id=callback.message.message_id, update_id=event_update.update_id)
-        await jokes.joke_in_chat(origin, joke.prompt, "more")
+    origin = ChatOrigin(chat_id=callback.message.chat.id, user_id=callback.from_user.id,
+                        private=callback.message.chat.type == "private",
+                        reply_to_message_id=callback.message.message_id, update_id=event_update.update_id)
+    go_ahead, answer = await jokes.admit_more(origin)
+    # Answered before the joke starts: the spinner on the button stops at once, the joke follows as a new message.
+    await callback.answer(answer)
+    if go_ahead:
+        await jokes.more_in_chat(origin, joke.prompt)
 
 
-@router.callback_query(JokeAction.filter(F.action.in_({"up", "down"})))
+@router.callback_query(SignedButton(JokeAction, actions={"up", "down"}))
 async def vote(callback: CallbackQuery, callback_data: JokeAction, feedback: FeedbackStore, metrics: Metrics) -> None:
     value = 1 if callback_data.action == "up" else -1
     joke = await feedback.joke(callback_data.joke_id)
@@ -50,7 +55,7 @@ async def vote(callback: CallbackQuery, callback_data: JokeAction, feedback: Fee
     await callback.answer(_VOTE_TEXTS[outcome].format(vote=emoji))
 
 
-@router.callback_query(WriteInline.filter())
+@router.callback_query(SignedButton(WriteInline))
 async def write_inline(callback: CallbackQuery, callback_data: WriteInline, jokes: JokeService,
                        outstanding: OutstandingRequests, event_update: Update) -> None:
     # Works even where chosen_inline_result is off (it needs /setinlinefeedback in @BotFather).
@@ -58,7 +63,6 @@ async def write_inline(callback: CallbackQuery, callback_data: WriteInline, joke
     if callback.inline_message_id is None or prompt is None:
         await callback.answer(texts.JOKE_FORGOTTEN)
         return
-    await callback.answer(texts.MORE_STARTED)
-    if await outstanding.claim_inline_message(callback.inline_message_id):
-        await jokes.joke_in_inline_message(callback.inline_message_id, callback.from_user.id, prompt,
-                                           update_id=event_update.update_id)
+    refusal = await jokes.write_in_inline_message(callback.inline_message_id, callback.from_user.id, prompt,
+                                                  update_id=event_update.update_id)
+    await callback.answer(refusal or texts.MORE_STARTED)

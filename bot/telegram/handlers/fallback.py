@@ -2,7 +2,8 @@
 
 Private chats get a hint for unknown commands and non-text messages (stickers, photos, voice…).
 In groups only commands explicitly addressed to us get a hint; commands for other bots and
-everything else are ignored.
+everything else are ignored. A button press no feature took (forged, copied to another chat, or an
+old unsigned button) is answered "button expired", so its spinner stops.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import logging
 
 from aiogram import Bot, F, Router
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import ErrorEvent, Message
+from aiogram.types import CallbackQuery, ErrorEvent, Message
 
+from bot.common.logs import log_event
 from bot.telegram import texts
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,13 @@ async def unknown_command(message: Message, bot: Bot) -> None:
 @router.message(F.chat.type == "private")
 async def not_text(message: Message) -> None:
     await message.reply(texts.NOT_TEXT)
+
+
+@router.callback_query()
+async def expired_button(callback: CallbackQuery) -> None:
+    fields = {"user_id": callback.from_user.id, "data": (callback.data or "")[:80]}
+    log_event(log, "button refused", fields, quote=True)
+    await callback.answer(texts.BUTTON_EXPIRED)
 
 
 @router.errors()

@@ -7,6 +7,7 @@ instead: once sent (chosen_inline_result, or its button) the joke is written int
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from aiogram import F, Router
@@ -26,6 +27,7 @@ from bot.telegram.jokes import JokeService
 from bot.telegram.keyboards import joke_keyboard, write_keyboard
 from bot.telegram.outbox import fit_message
 from bot.telegram.outstanding import OutstandingRequests
+from bot.telegram.signing import INLINE_SCOPE, Signer
 
 log = logging.getLogger(__name__)
 router = Router(name="inline")
@@ -33,6 +35,7 @@ router = Router(name="inline")
 # Short and per user: every answer is freshly generated, and the same text should give new jokes.
 CACHE_TIME_S = 5
 PENDING_PREFIX = "p:"
+_TOKEN = re.compile(r"[0-9a-f]{16}")
 
 
 async def _answer_hint(query: InlineQuery, hint: str) -> None:
@@ -42,7 +45,7 @@ async def _answer_hint(query: InlineQuery, hint: str) -> None:
 
 
 @router.inline_query()
-async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests,
+async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests, signer: Signer,
                        event_update: Update) -> None:
     if not query.query.strip():
         await _answer_hint(query, texts.INLINE_HINT)
@@ -61,7 +64,7 @@ async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: Outs
             id=result.request_id, title=texts.INLINE_VARIANT_TITLE.format(number=number),
             description=fit_message(result.text, 120),
             input_message_content=InputTextMessageContent(message_text=fit_message(result.text)),
-            reply_markup=joke_keyboard(result.request_id),
+            reply_markup=joke_keyboard(result.request_id, signer, INLINE_SCOPE),
         )
         for number, result in enumerate(ready, start=1)
     ]
@@ -69,10 +72,10 @@ async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: Outs
         token = uuid.uuid4().hex[:16]
         await outstanding.remember_inline_prompt(token, prompt)
         results.append(InlineQueryResultArticle(
-            id=PENDING_PREFIX + token, title=texts.INLINE_PENDING_TITLE,
+            id=signer.sign(PENDING_PREFIX + token, INLINE_SCOPE), title=texts.INLINE_PENDING_TITLE,
             description=fit_message(texts.INLINE_PENDING_DESCRIPTION.format(prompt=prompt), 120),
             input_message_content=InputTextMessageContent(message_text=texts.PLACEHOLDER),
-            reply_markup=write_keyboard(token),
+            reply_markup=write_keyboard(token, signer),
         ))
     try:
         await query.answer(results, cache_time=CACHE_TIME_S, is_personal=True)
@@ -80,13 +83,21 @@ async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: Outs
         log.warning("inline answer for %s not accepted: %s", query.id, error)
 
 
+def _pending_token(result_id: str, signer: Signer) -> str | None:
+    """The prompt token of a ✍️ article's id the bot signed, else None."""
+    body = signer.verified(result_id, INLINE_SCOPE)
+    token = body.removeprefix(PENDING_PREFIX) if body is not None and body.startswith(PENDING_PREFIX) else None
+    return token if token is not None and _TOKEN.fullmatch(token) else None
+
+
 @router.chosen_inline_result(F.result_id.startswith(PENDING_PREFIX))
 async def chosen_pending(chosen: ChosenInlineResult, jokes: JokeService, outstanding: OutstandingRequests,
-                         event_update: Update) -> None:
+                         signer: Signer, event_update: Update) -> None:
     """Needs inline feedback on (@BotFather → /setinlinefeedback); the article's button covers it otherwise."""
-    prompt = await outstanding.inline_prompt(chosen.result_id.removeprefix(PENDING_PREFIX))
+    token = _pending_token(chosen.result_id, signer)
+    prompt = await outstanding.inline_prompt(token) if token is not None else None
     if chosen.inline_message_id is None or prompt is None:
         return
-    if await outstanding.claim_inline_message(chosen.inline_message_id):
-        await jokes.joke_in_inline_message(chosen.inline_message_id, chosen.from_user.id, prompt,
-                                           update_id=event_update.update_id)
+    # Refused (rate limit), the message says so and keeps its ✍️ button for a later try.
+    await jokes.write_in_inline_message(chosen.inline_message_id, chosen.from_user.id, prompt,
+                                        retry_markup=write_keyboard(token, signer), update_id=event_update.update_id)

@@ -24,10 +24,17 @@ from bot.telegram.jokes import ChatOrigin, JokeService
 router = Router(name="joke")
 
 
+def sender_id(message: Message) -> int:
+    """Whose budget a message spends. Sent as a group (anonymous admins) or as a channel, `from` is one of
+    Telegram's stand-in users, the same in every chat: the group or channel is the sender then."""
+    if message.sender_chat is not None:
+        return message.sender_chat.id
+    return message.from_user.id if message.from_user else 0
+
+
 def origin_of(message: Message, update: Update) -> ChatOrigin:
-    return ChatOrigin(chat_id=message.chat.id, user_id=message.from_user.id if message.from_user else 0,
-                      private=message.chat.type == "private", reply_to_message_id=message.message_id,
-                      update_id=update.update_id)
+    return ChatOrigin(chat_id=message.chat.id, user_id=sender_id(message), private=message.chat.type == "private",
+                      reply_to_message_id=message.message_id, update_id=update.update_id)
 
 
 def _replied_text(message: Message) -> str | None:

@@ -18,8 +18,9 @@ from bot.common.logs import log_event
 from bot.common.settings import Settings
 from bot.telegram import texts
 from bot.telegram.chat_settings import FIELDS, ChatSettings, ChatSettingsStore, allowed_values
-from bot.telegram.keyboards import ChatSetting, settings_keyboard
+from bot.telegram.keyboards import ChatSetting, SignedButton, settings_keyboard
 from bot.telegram.outbox import is_not_modified
+from bot.telegram.signing import Signer
 
 log = logging.getLogger(__name__)
 router = Router(name="settings")
@@ -42,10 +43,10 @@ def settings_text(current: ChatSettings, settings: Settings, private: bool) -> s
 
 
 @router.message(Command("settings"))
-async def show(message: Message, settings: Settings, chat_settings: ChatSettingsStore) -> None:
+async def show(message: Message, settings: Settings, chat_settings: ChatSettingsStore, signer: Signer) -> None:
     current = await chat_settings.get(message.chat.id)
     await message.reply(settings_text(current, settings, message.chat.type == "private"),
-                        reply_markup=settings_keyboard(message.chat.id, current, _offered(settings)))
+                        reply_markup=settings_keyboard(message.chat.id, current, _offered(settings), signer))
 
 
 def _audit(callback: CallbackQuery, field: str, value: str, outcome: str) -> None:
@@ -54,9 +55,9 @@ def _audit(callback: CallbackQuery, field: str, value: str, outcome: str) -> Non
                                     "value": value[:32], "outcome": outcome}, quote=True)
 
 
-@router.callback_query(ChatSetting.filter())
+@router.callback_query(SignedButton(ChatSetting))
 async def change(callback: CallbackQuery, callback_data: ChatSetting, bot: Bot, settings: Settings,
-                 chat_settings: ChatSettingsStore) -> None:
+                 chat_settings: ChatSettingsStore, signer: Signer) -> None:
     field, value, message = callback_data.field, callback_data.value, callback.message
     if message is None:  # pressed in an inline message: no chat of ours to set anything for
         _audit(callback, field, value, "refused: no chat")
@@ -82,7 +83,8 @@ async def change(callback: CallbackQuery, callback_data: ChatSetting, bot: Bot, 
     try:  # the keyboard's ticks follow the change
         await bot.edit_message_text(text=settings_text(current, settings, message.chat.type == "private"),
                                     chat_id=message.chat.id, message_id=message.message_id,
-                                    reply_markup=settings_keyboard(message.chat.id, current, _offered(settings)))
+                                    reply_markup=settings_keyboard(message.chat.id, current, _offered(settings),
+                                                                   signer))
     except TelegramAPIError as error:  # unchanged (a second press), too old or deleted: the setting stands
         if not is_not_modified(error):
             log.info("settings message %s in chat %s not updated: %s", message.message_id, message.chat.id, error)
@@ -90,7 +92,8 @@ async def change(callback: CallbackQuery, callback_data: ChatSetting, bot: Bot, 
 
 @router.callback_query(F.data.startswith(ChatSetting.__prefix__ + ChatSetting.__separator__))
 async def bad_button(callback: CallbackQuery) -> None:
-    """A settings payload that does not parse (forged, truncated, from an older bot): said, never a crash."""
+    """A settings payload that is not the bot's own signed one for this chat (forged, copied from another chat,
+    truncated, from an older bot): said, never a crash."""
     log_event(log, "chat setting", {"user_id": callback.from_user.id, "data": (callback.data or "")[:64],
                                     "outcome": "refused: bad payload"}, quote=True)
     await callback.answer(texts.SETTINGS_BAD_BUTTON, show_alert=True)
