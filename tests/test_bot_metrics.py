@@ -34,7 +34,6 @@ def stack(redis_server, tmp_path_factory):
     model = tmp_path_factory.mktemp("models") / "nano"
     stack = make_stack(api, redis_server.url, f"obs-{uuid.uuid4().hex[:6]}:", tmp_path_factory.mktemp("logs"),
                        model, model, LOG_FORMAT="json")
-    stack.worker_env["MODEL_MINI"] = "none"  # nano alone: the counts below are nano's (DEFAULT_SIZE mini is not loaded)
     try:
         stack.start_bot()  # first: its imports take longest, and the model is built meanwhile
         make_tiny_model_dir(model, seed=1)

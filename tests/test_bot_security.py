@@ -23,7 +23,7 @@ def a_joke(stack: Stack, chat_id: int, prompt: str, user_id: int | None = None) 
     else:
         stack.api.group_message(chat_id, user_id, f"/joke {prompt}")
     joke = stack.wait_for_reply(chat_id, timeout=30)
-    assert is_joke(joke), joke
+    assert is_joke(joke), joke.get("text")
     return joke
 
 
