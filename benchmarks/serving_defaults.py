@@ -95,7 +95,7 @@ def main() -> int:
     parser.add_argument("--skip-cold", action="store_true", help="only the warm start (caches kept in --caches)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="a setting to change from its default (repeatable), e.g. WORKER_BATCH_SIZE=16")
+                        help="a setting to change from its default (repeatable), e.g. WORKER_BATCH_SIZE=8")
     parser.add_argument("--caches", help="compile/kernel cache directory to reuse (default: a fresh one)")
     args = parser.parse_args()
     caches = Path(args.caches or tempfile.mkdtemp(prefix="rj-caches-"))
