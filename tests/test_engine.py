@@ -172,6 +172,20 @@ def test_a_compiled_int8_engine_answers_while_compiling_and_writes_the_same_joke
     assert compiled == eager
 
 
+def test_only_the_default_size_compiles_at_start_and_another_once_it_is_asked_for(tmp_path):
+    """A compile shares the cores with decoding: sizes nobody asks for never compile."""
+    paths = {size: make_tiny_model_dir(tmp_path / size, seed=i) for i, size in enumerate(("nano", "mini"))}
+    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="mini", compile_decode=True,
+                               cpu_bf16_sizes=[], cpu_int8_sizes=[], model_sources=lambda: {k: str(v) for k, v in paths.items()})
+    engine = build_engine(settings)
+    assert set(engine.compiling) == {"mini"}
+    assert engine.compiling["mini"].wait(timeout=300), engine.compiling["mini"].error
+    eager = engine.generate("nano", [job(0, "Кот", max_new_tokens=6)])  # the first ask starts nano's compile
+    assert set(engine.compiling) == {"mini", "nano"}
+    assert engine.compiling["nano"].wait(timeout=300), engine.compiling["nano"].error
+    assert engine.compiled("nano") and engine.generate("nano", [job(0, "Кот", max_new_tokens=6)]) == eager
+
+
 def test_a_worker_without_a_compiler_serves_the_size_with_fp32_weights(tmp_path, monkeypatch, caplog):
     """CPU_INT8_SIZES on a machine where the kernels cannot be built: slower, not down."""
     import rujokes_model.cpu_kernels as cpu_kernels

@@ -46,12 +46,14 @@ class _Row:
 
 class ModelEngine:
     def __init__(self, models: dict[str, LoadedModel], device: torch.device, *,
-                 compiling: dict[str, BackgroundCompile] | None = None) -> None:
+                 compiling: dict[str, BackgroundCompile] | None = None,
+                 compile_on_first_use: set[str] | None = None) -> None:
         self.models = models
         self.device = device
         # Sizes whose compiled decode step is being built (rujokes_model.serving): a batch that starts
         # once it is ready decodes through it, earlier ones eagerly, with the same tokens either way.
         self.compiling = compiling or {}
+        self._compile_on_first_use = set(compile_on_first_use or ())  # sizes whose compile starts when asked for
         self._lock = threading.Lock()  # one batch at a time per engine: models hold no per-call state, caches do
 
     def available_sizes(self) -> list[str]:
@@ -67,6 +69,9 @@ class ModelEngine:
             raise KeyError(f"size {size!r} is not loaded")
         if not jobs:
             return []
+        if size in self._compile_on_first_use:
+            self._compile_on_first_use.discard(size)
+            self.compiling[size] = BackgroundCompile(self.models[size].model, size)
         with self._lock:
             return self._generate(size, jobs, on_partial, on_done, more_jobs)
 

@@ -10,6 +10,7 @@ import torch
 
 from bot.worker.engine import LoadedModel, ModelEngine
 from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+from rujokes_model.config import SIZES
 from rujokes_model.pretrained import pretrained_path
 from rujokes_model.serving import resolve_device, set_serving_float_mode, speed_up
 
@@ -53,11 +54,16 @@ def build_engine(settings) -> ModelEngine:
     if not models:
         raise RuntimeError("no model could be loaded; train one with `rujokes-train --size nano` "
                            "or point MODEL_NANO at a model directory")
+    # The size "active" requests get (WorkerConfig's rule) compiles now, in the background; the others when
+    # first asked for: a compile shares the cores (and the GIL) with decoding, so the sizes an admin may never
+    # switch to must not slow the default size's answers at every start.
+    first = settings.default_size if settings.default_size in models else max(models, key=SIZES.index)
     compiling = {}
-    # The default size first: its compiled step is what most requests wait for (compiles run one at a time).
-    for size, loaded in sorted(models.items(), key=lambda item: item[0] != settings.default_size):
+    for size, loaded in models.items():
         weights = "int8" if size in settings.cpu_int8_sizes else "bf16" if size in settings.cpu_bf16_sizes else None
-        background = speed_up(loaded.model, cpu_weights=weights, compile=settings.compile_decode, name=size)
+        background = speed_up(loaded.model, cpu_weights=weights, compile=settings.compile_decode and size == first,
+                              name=size)
         if background is not None:
             compiling[size] = background
-    return ModelEngine(models, device, compiling=compiling)
+    later = set(models) - {first} if settings.compile_decode and first in compiling else set()
+    return ModelEngine(models, device, compiling=compiling, compile_on_first_use=later)
