@@ -115,8 +115,9 @@ def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]
 
 @pytest.fixture
 async def redis_client(redis_server: RedisServer):
+    # No FLUSHDB: the session's Redis also serves the shared e2e stack, whose worker a flush would make look
+    # dead for a heartbeat (its group and registry gone). Every test keeps to its own key_prefix instead.
     client = redis.asyncio.from_url(redis_server.url, decode_responses=True)
-    await client.flushdb()
     yield client
     await client.aclose()
 
@@ -196,3 +197,23 @@ def stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
     finally:
         stack.close()
         api.stop()
+
+
+# -- the fake Bot API in the test's own event loop, and aiogram talking to it (no bot process) ------------
+
+
+@pytest.fixture
+async def api():
+    async with FakeBotAPI(username=BOT_USERNAME) as server:
+        yield server
+
+
+@pytest.fixture
+async def bot(api):
+    from aiogram import Bot
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import TelegramAPIServer
+
+    bot = Bot(api.token, session=AiohttpSession(api=TelegramAPIServer.from_base(api.base_url)))
+    yield bot
+    await bot.session.close()

@@ -3,16 +3,12 @@ Bot API, cached) and the /settings keyboard's payloads."""
 from __future__ import annotations
 
 import pytest
-from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 
 from bot.common.settings import Settings
 from bot.queue.protocol import ACTIVE_SIZE
 from bot.telegram.chat_settings import ChatSettings, ChatSettingsStore, allowed_values, sampling_for
 from bot.telegram.keyboards import ChatSetting, settings_keyboard
 from bot.telegram.signing import Signer, chat_scope
-from tests.fake_bot_api import FakeBotAPI
 
 SIGNER = Signer(b"test key")
 
@@ -30,17 +26,6 @@ def store(redis_client, key_prefix, settings) -> ChatSettingsStore:
     return ChatSettingsStore(redis_client, key_prefix, settings)
 
 
-@pytest.fixture
-async def api():
-    async with FakeBotAPI() as server:
-        yield server
-
-
-@pytest.fixture
-async def bot(api):
-    bot = Bot(api.token, session=AiohttpSession(api=TelegramAPIServer.from_base(api.base_url)))
-    yield bot
-    await bot.session.close()
 
 
 async def test_a_chat_without_settings_gets_the_defaults(store):

@@ -6,9 +6,6 @@ import urllib.request
 
 import aiohttp
 import pytest
-from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramBadRequest, TelegramConflictError, TelegramRetryAfter, TelegramServerError
 from aiogram.types import (
     BotCommand,
@@ -25,17 +22,6 @@ USER = 1001
 GROUP = -1001234567890
 
 
-@pytest.fixture
-async def api():
-    async with FakeBotAPI(username="rujokes_test_bot") as server:
-        yield server
-
-
-@pytest.fixture
-async def bot(api):
-    bot = Bot(api.token, session=AiohttpSession(api=TelegramAPIServer.from_base(api.base_url)))
-    yield bot
-    await bot.session.close()
 
 
 async def test_get_me(bot, api):
