@@ -56,9 +56,9 @@ class Settings(BaseSettings):
     # -- the worker --
     worker_id: str = Field("", description="Stable consumer name of this worker. Empty: '<hostname>-<pid>'.")
     worker_batch_size: int = Field(
-        16, ge=1, description="Most requests generated together in one batch. 16 concurrent jokes of the default "
-                              "mini on 2 CPU cores: p95 1.3 s at 16, 6-7 s at 8 (the second half waited for "
-                              "seats; BENCHMARKS.md, 'Serving defaults').")
+        16, ge=1, description="Most requests generated together in one batch. 16 keeps 16 concurrent jokes of the "
+                              "default mini on 2 CPU cores within the latency target, where 8 made the second half "
+                              "wait for seats (BENCHMARKS.md, 'Serving defaults').")
     worker_block_ms: int = Field(1000, ge=1, description="How long an idle worker waits on Redis per poll.")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long to let the current batch finish before handing it back."
