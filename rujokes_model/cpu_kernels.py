@@ -47,11 +47,16 @@ def kernel_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "rujokes" / "kernels"
 
 
+def find_cxx() -> str | None:
+    """The C++ compiler to use (CXX, else g++, c++, clang++), or None when there is none."""
+    return next((c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c and shutil.which(c)), None)
+
+
 def _compiler() -> str:
-    for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if candidate and shutil.which(candidate):
-            return candidate
-    raise KernelBuildError("no C++ compiler found: install g++ (apt-get install g++) or set CXX")
+    compiler = find_cxx()
+    if compiler is None:
+        raise KernelBuildError("no C++ compiler found: install g++ (apt-get install g++) or set CXX")
+    return compiler
 
 
 def _command(compiler: str, source: Path, output: Path) -> list[str]:

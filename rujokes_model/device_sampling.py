@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .sampling import filter_scaled_rows
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -37,27 +39,11 @@ def row_uniforms(seeds: torch.Tensor, counters: torch.Tensor, vocab_size: int) -
     return ((bits >> 8).to(torch.float32) + 0.5) / 2.0 ** 24  # 24 bits: exact in float32, never 0 or 1
 
 
-def filter_rows(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                top_p: torch.Tensor) -> torch.Tensor:
-    """Temperature-scaled logits (B, V), -inf outside each row's top-k ∩ top-p: one sort, no branches."""
-    V = logits.shape[-1]
-    scaled = logits.float() / temperature.clamp_min(1e-5)[:, None]
-    sorted_logits, order = scaled.sort(dim=-1, descending=True)
-    rank = torch.arange(V, device=logits.device)[None]
-    k = torch.where((top_k > 0) & (top_k < V), top_k, torch.full_like(top_k, V))
-    drop = rank >= k[:, None]
-    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
-    mass_before = probs.cumsum(-1) - probs
-    drop = drop | (mass_before >= top_p[:, None])
-    drop[:, 0] = False  # the best token always stays
-    return scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-
-
 def draw_on_device(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
                    seeds: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
     """One token per row (B,): per-row temperature (0: greedy), top_k (0: off), top_p (1: off), seed and
     draw counter, all (B,) tensors on the logits' device."""
-    filtered = filter_rows(logits, temperature, top_k, top_p)
+    filtered = filter_scaled_rows(logits.float() / temperature.clamp_min(1e-5)[:, None], top_k, top_p)
     gumbel = -torch.log(-torch.log(row_uniforms(seeds, counters, logits.shape[-1])))
     drawn = (filtered + gumbel).argmax(-1)
     return torch.where(temperature > 0, drawn, logits.argmax(-1))
@@ -78,7 +64,7 @@ class DeviceRowSampler:
     def join(self, settings: list) -> None:
         """Append rows with `RowSettings`-like settings (top_k, top_p, temperature, seed); a row without a
         seed gets one from torch's default generator, so unseeded rows still differ run to run."""
-        seeds = [s.seed if getattr(s, "seed", None) is not None else int(torch.randint(0, 2 ** 62, ()))
+        seeds = [s.seed if s.seed is not None else int(torch.randint(0, 2 ** 62, ()))
                  for s in settings]
         new = {
             "temperature": torch.tensor([float(s.temperature) for s in settings]),

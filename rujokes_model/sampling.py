@@ -63,15 +63,22 @@ def filter_logits(logits: torch.Tensor, temperature: PerRow = 1.0, top_k: PerRow
         # Common case (one k for the whole batch): topk is much cheaper than a full sort.
         kth = logits.topk(int(k[0]), dim=-1).values[:, -1:]
         return logits.masked_fill(logits < kth, float("-inf"))
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    rank = torch.arange(V, device=device)[None]
-    drop = use_k[:, None] & (rank >= k[:, None])
+    return filter_scaled_rows(logits, k, p)
+
+
+def filter_scaled_rows(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Temperature-scaled logits (B, V) with -inf outside each row's top-k ∩ top-p, per-row (B,) tensors
+    (top_k 0 or ≥ V, top_p ≥ 1: that filter is off): one sort, no host sync, no data-dependent branch."""
+    V = scaled.shape[-1]
+    sorted_logits, order = scaled.sort(dim=-1, descending=True)
+    rank = torch.arange(V, device=scaled.device)[None]
+    drop = ((top_k > 0) & (top_k < V))[:, None] & (rank >= top_k[:, None])
     probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
     # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
     mass_before = probs.cumsum(-1) - probs
-    drop |= use_p[:, None] & (mass_before >= p[:, None])
+    drop |= (top_p < 1.0)[:, None] & (mass_before >= top_p[:, None])
     drop[:, 0] = False
-    return logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return scaled.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
 
 
 def uniform(value: PerRow) -> PerRow:

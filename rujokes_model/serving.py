@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -23,13 +22,14 @@ import torch
 
 from .compiled_step import compiled_step
 from .config import SIZES, CpuWeights, cpu_weights_for
-from .cpu_kernels import KernelBuildError
+from .cpu_kernels import KernelBuildError, find_cxx
 from .lowbit_weights import use_cpu_kernels, use_lowbit_weights
 from .model import TransformerForCausalLM
 from .pretrained import pretrained_path
 from .tokenizer import ByteLevelBPETokenizer
 
 log = logging.getLogger(__name__)
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, str) and device == "auto":
@@ -51,8 +51,7 @@ def use_persistent_compile_cache() -> Path:
 
 def compile_unavailable(device: torch.device) -> str | None:
     """Why a compiled step cannot be built here, or None. On a CPU inductor writes C++."""
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX"), "g++", "c++", "clang++")
-                                        if c):
+    if device.type == "cpu" and find_cxx() is None:
         return "no C++ compiler found (install g++ or set CXX)"
     return None
 
@@ -149,6 +148,15 @@ def set_serving_float_mode(device: torch.device) -> None:
         torch.set_flush_denormal(True)
 
 
+def load_on_device(location: str, *, revision: str | None,
+                   device: torch.device) -> tuple[TransformerForCausalLM, ByteLevelBPETokenizer]:
+    """A model and its tokenizer as a serving process loads them: bf16 on a GPU, fp32 on a CPU."""
+    set_serving_float_mode(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = TransformerForCausalLM.from_pretrained(location, revision=revision, device=device, dtype=dtype)
+    return model, ByteLevelBPETokenizer.from_pretrained(location, revision=revision)
+
+
 @dataclass
 class ServingModel:
     """A model and tokenizer served the default way; `generate` takes `TransformerForCausalLM.generate`'s
@@ -186,10 +194,7 @@ def load_for_serving(name_or_path: str | Path = "mini", *, revision: str | None 
     if threads:
         torch.set_num_threads(threads)
     location = str(pretrained_path(name_or_path)) if name_or_path in SIZES else str(name_or_path)
-    set_serving_float_mode(device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = TransformerForCausalLM.from_pretrained(location, revision=revision, device=device, dtype=dtype)
-    tokenizer = ByteLevelBPETokenizer.from_pretrained(location, revision=revision)
+    model, tokenizer = load_on_device(location, revision=revision, device=device)
     weights = cpu_weights_for(model.config) if cpu_weights == "auto" else cpu_weights
     name = str(name_or_path) if name_or_path in SIZES else Path(location).name
     return ServingModel(model, tokenizer, speed_up(model, cpu_weights=weights, compile=compile, name=name))

@@ -8,6 +8,7 @@ flushed their work to it).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -16,10 +17,14 @@ import sys
 import time
 from types import FrameType
 
+from redis.exceptions import RedisError
+
 from bot.common.bot_token import TOKEN_HELP, token_problem
 from bot.common.logs import configure_logging
 from bot.common.settings import load_settings
-from bot.queue.connection import start_embedded_redis
+from bot.queue.config import QueueConfig
+from bot.queue.connection import connect, start_embedded_redis
+from bot.queue.registry import WorkerRegistry
 
 log = logging.getLogger("bot.common.launcher")
 # Loading the models (and a first build of the CPU kernels) takes seconds; a Hub download may take minutes.
@@ -47,22 +52,21 @@ def _stop_all(children: dict[str, subprocess.Popen], grace_s: float) -> None:
             process.wait()
 
 
-def _wait_for_a_worker(url: str, prefix: str, worker: subprocess.Popen, timeout_s: float) -> None:
-    """Until a live heartbeat is registered (this worker's or another's), the worker exits, or `timeout_s`."""
-    import redis
-
-    from bot.queue.protocol import StreamKeys
-
-    registry = StreamKeys(prefix).worker_registry
+async def _wait_for_a_worker(url: str, config: QueueConfig, worker: subprocess.Popen, timeout_s: float) -> None:
+    """Until a worker is alive (this one or another; the registry's own test), the worker exits, or `timeout_s`."""
+    client = connect(url)
+    registry = WorkerRegistry(client, config)
     deadline = time.monotonic() + timeout_s
-    with redis.Redis.from_url(url) as client:
+    try:
         while time.monotonic() < deadline and worker.poll() is None:
             try:
-                if client.zrangebyscore(registry, int(time.time() * 1000), "+inf", start=0, num=1):
+                if await registry.live_workers():
                     return
-            except redis.RedisError:
+            except RedisError:
                 pass  # an external Redis still starting: keep waiting
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
+    finally:
+        await client.aclose()
     if worker.poll() is None:
         log.warning("no worker heartbeat within %.0fs; starting the bot anyway", timeout_s)
 
@@ -95,7 +99,8 @@ def run_stack(with_bot: bool = True) -> int:
     try:
         children["worker"] = _start("worker", "bot.worker.main", env)
         if with_bot:
-            _wait_for_a_worker(url, settings.redis_prefix, children["worker"], WORKER_START_TIMEOUT_S)
+            asyncio.run(_wait_for_a_worker(url, settings.queue_config(), children["worker"],
+                                           WORKER_START_TIMEOUT_S))
             if children["worker"].poll() is None and not stopping:
                 children["bot"] = _start("bot", "bot.telegram.main", env)
         while not stopping:

@@ -9,10 +9,9 @@ import os
 import torch
 
 from bot.worker.engine import LoadedModel, ModelEngine
-from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
 from rujokes_model.config import SIZES
 from rujokes_model.pretrained import pretrained_path
-from rujokes_model.serving import resolve_device, set_serving_float_mode, speed_up
+from rujokes_model.serving import load_on_device, resolve_device, speed_up
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +28,7 @@ def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
         location = os.path.expanduser(source)
         if not os.path.isdir(location):
             raise FileNotFoundError(f"model directory {location} for {size} does not exist")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    set_serving_float_mode(device)  # serving processes own their float environment
-    model = TransformerForCausalLM.from_pretrained(location, revision=revision, device=device, dtype=dtype)
-    tokenizer = ByteLevelBPETokenizer.from_pretrained(location, revision=revision)
+    model, tokenizer = load_on_device(location, revision=revision, device=device)
     return LoadedModel(model, tokenizer, source)
 
 
