@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import redis
 
-from bot.telegram import texts
+from bot.telegram.texts import EN, RU
+from bot.telegram.texts import RU as texts
 from tests.fake_bot_api import FakeBotAPI
 from tests.worker_process import start_console_script, start_worker, worker_env
 
@@ -132,10 +133,10 @@ class Stack:
 
     def restart_bot(self) -> None:
         """Stop the bot cleanly and start it again with the same settings; return once it polls."""
-        menus = len(self.api.calls("setMyCommands"))  # two a start: the public menu and the admin's
+        menus = len(self.api.calls("setMyCommands"))  # four a start: public and admin menus, in Russian and English
         assert stop_process(self.bot) == 0, self.log_tail(self.bot_log)
         self.start_bot()
-        wait_until(lambda: len(self.api.calls("setMyCommands")) >= menus + 2 or self._died(self.bot), 60,
+        wait_until(lambda: len(self.api.calls("setMyCommands")) >= menus + 4 or self._died(self.bot), 60,
                    "the restarted bot")
         assert self.bot.poll() is None, self.log_tail(self.bot_log)
 
@@ -206,12 +207,12 @@ class Stack:
         bot_id = self.api.bot_user["id"]
         with self.api._lock:
             return [dict(m) for (cid, _), m in sorted(self.api.messages.items())
-                    if cid == chat_id and m["from"]["id"] == bot_id]
+                    if cid == chat_id and m.get("from", {}).get("id") == bot_id]
 
     def finished_messages(self, chat_id: int) -> list[dict[str, Any]]:
         """Bot messages that are no longer a placeholder or a joke still being written."""
         return [m for m in self.bot_messages(chat_id)
-                if m.get("text") != texts.PLACEHOLDER and not m.get("text", "").endswith(texts.TYPING_SUFFIX)]
+                if m.get("text") not in (RU.PLACEHOLDER, EN.PLACEHOLDER) and not m.get("text", "").endswith(RU.TYPING_SUFFIX)]
 
     def wait_for_reply(self, chat_id: int, timeout: float = 20, nth: int = 1) -> dict[str, Any]:
         """The nth finished bot message in the chat (a joke or a message to the user)."""
@@ -261,7 +262,8 @@ def make_stack(api: FakeBotAPI, redis_url: str, prefix: str, log_dir: Path, nano
     settings = dict(REQUEST_TIMEOUT_S="8", RESULT_GRACE_S="1", INLINE_WAIT_S="4", INLINE_VARIANTS="2",
                     EDIT_INTERVAL_S="0.1", MAX_NEW_TOKENS="32", RATE_LIMIT_PER_MINUTE="30", RATE_LIMIT_BURST="4",
                     PROMPT_MAX_CHARS="300", CLAIM_IDLE_MS="3000", BOT_METRICS_PORT=str(free_port()),
-                    METRICS_HOST="127.0.0.1", LENGTH_SHORT_TOKENS="6", CHAT_SIZES="nano,mini")
+                    METRICS_HOST="127.0.0.1", LENGTH_SHORT_TOKENS="6", CHAT_SIZES="nano,mini",
+                    DAILY_CHECK_INTERVAL_S="0.5")
     settings.update(bot_settings)
     workers = worker_env(redis_url, prefix, nano_dir, MODEL_MINI=str(mini_dir), WORKER_BATCH_SIZE="8",
                          PARTIAL_INTERVAL_S="0.05", HEARTBEAT_TTL_S="8", CLAIM_IDLE_MS="3000", WORKER_ID="e2e-worker")

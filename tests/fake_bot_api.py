@@ -399,7 +399,7 @@ class FakeBotAPI:
         """Current text (after edits, without deleted ones) of each bot message in the chat, oldest first."""
         with self._lock:
             return [m.get("text", m.get("caption", "")) for (cid, _), m in sorted(self.messages.items())
-                    if cid == chat_id and m["from"]["id"] == self.bot_user["id"]]
+                    if cid == chat_id and m.get("from", {}).get("id") == self.bot_user["id"]]
 
     # ---- update injection ------------------------------------------------------------------------------
     @staticmethod
@@ -477,6 +477,16 @@ class FakeBotAPI:
         with self._lock:
             self.chat_members[(chat, user["id"])] = member
         return member
+
+    def channel_post(self, chat_id: int, text: str) -> dict:
+        """A post in a channel the bot administers: no `from`, the channel is the sender (sender_chat)."""
+        chat = self._register_chat({"id": chat_id, "type": "channel", "title": f"Test channel {chat_id}"})
+        with self._lock:
+            counter = self._message_ids.setdefault(chat_id, itertools.count(1))
+            post = {"message_id": next(counter), "sender_chat": chat, "chat": chat, "date": int(time.time()),
+                    "text": text, **({"entities": text_entities(text)} if text_entities(text) else {})}
+            self.messages[(chat_id, post["message_id"])] = post
+        return self.inject_update({"channel_post": post})
 
     def sticker_message(self, user: UserRef, chat: int | dict | None = None, emoji: str = "😂") -> dict:
         n = next(self._ids)
@@ -658,7 +668,7 @@ class FakeBotAPI:
         with self._lock:
             if (old := store.get(key)) is None:
                 raise ApiError(400, "Bad Request: message to edit not found")
-            if not inline and old["from"]["id"] != self.bot_user["id"]:
+            if not inline and old.get("from", {}).get("id") != self.bot_user["id"]:
                 raise ApiError(400, "Bad Request: message can't be edited")
             new = {k: v for k, v in old.items() if k not in changes}  # an omitted reply_markup removes it
             new.update({k: v for k, v in changes.items() if v not in (None, [])})

@@ -9,6 +9,7 @@ from bot.queue.protocol import ACTIVE_SIZE
 from bot.telegram.chat_settings import ChatSettings, ChatSettingsStore, allowed_values, sampling_for
 from bot.telegram.keyboards import ChatSetting, settings_keyboard
 from bot.telegram.signing import Signer, chat_scope
+from bot.telegram.texts import RU
 
 SIGNER = Signer(b"test key")
 
@@ -114,7 +115,7 @@ def test_the_keyboard_ticks_the_current_values_and_its_payloads_fit_telegrams_64
     chat_id = -1009999999999999  # as long as a supergroup id gets
     current = ChatSettings("short", "normal", "nano")
     offered = {field: allowed_values(field, settings) for field in ("length", "creativity", "size")}
-    rows = settings_keyboard(chat_id, current, offered, SIGNER).inline_keyboard
+    rows = settings_keyboard(chat_id, current, offered, SIGNER, RU).inline_keyboard
     assert [[button.text for button in row] for row in rows] == [
         ["✓ Короткие", "Обычные", "Длинные"], ["Сдержанная", "✓ Обычная", "Буйная"], ["Как у всех", "✓ nano", "mini"]]
     payloads = [button.callback_data for row in rows for button in row]
@@ -127,4 +128,4 @@ def test_the_keyboard_ticks_the_current_values_and_its_payloads_fit_telegrams_64
 def test_without_chat_sizes_the_keyboard_has_no_size_row():
     settings = Settings(_env_file=None)
     offered = {field: allowed_values(field, settings) for field in ("length", "creativity", "size")}
-    assert len(settings_keyboard(GROUP, ChatSettings(), offered, SIGNER).inline_keyboard) == 2
+    assert len(settings_keyboard(GROUP, ChatSettings(), offered, SIGNER, RU).inline_keyboard) == 2

@@ -11,8 +11,10 @@ import re
 import time
 from pathlib import Path
 
-from bot.telegram import texts
+from bot.telegram import texts as texts_module
 from bot.telegram.prompts import CLASSIC_OPENINGS
+from bot.telegram.texts import EN
+from bot.telegram.texts import RU as texts
 from rujokes_model import ByteLevelBPETokenizer
 from tests.e2e_stack import (
     ADMIN_ID,
@@ -28,12 +30,16 @@ from tests.e2e_stack import (
 # -- journey 6: /start, /help, the command menu ----------------------------------------------------------
 
 def test_command_menu_is_registered_with_set_my_commands(stack):
-    def current_menus() -> dict[str, list[str]]:
-        return {json.loads(key)[0]["type"]: [c["command"] for c in commands]
-                for key, commands in stack.api.commands.items()}
-    menus = wait_until(lambda: len(current_menus()) == 2 and current_menus(), 10, "the public and the admin menu")
-    assert menus["default"] == ["joke", "settings", "help", "start"]
-    assert menus["chat"] == ["joke", "settings", "help", "start", "model", "stats"]  # the admin's own menu
+    def current_menus() -> dict[tuple[str, str], list[dict[str, str]]]:
+        return {(json.loads(key)[0]["type"], json.loads(key)[1]): commands for key, commands in stack.api.commands.items()}
+    menus = wait_until(lambda: len(current_menus()) == 4 and current_menus(), 10,
+                       "the public and the admin menu, in Russian and in English")
+    public = list(texts_module.COMMAND_NAMES)
+    for language, t in (("", texts), ("en", EN)):  # Russian for every client, English for English ones
+        assert [c["command"] for c in menus["default", language]] == public
+        assert [c["command"] for c in menus["chat", language]] == public + list(texts_module.ADMIN_COMMAND_NAMES)
+        assert [c["description"] for c in menus["default", language]] == [t.command(name) for name in public]
+    assert menus["default", ""][0]["description"] != menus["default", "en"][0]["description"]
 
 
 def test_start_and_help_explain_the_bot_in_russian(stack):
@@ -276,7 +282,8 @@ def test_non_admins_get_a_polite_refusal_and_nothing_switches(stack):
     use_size(stack, "nano")
     user = stack.new_user()
     assert stack.admin_reply("/model mini", user_id=user) == texts.ADMIN_ONLY
-    assert stack.admin_reply("/stats", user_id=user) == texts.ADMIN_ONLY
+    assert stack.admin_reply("/ban 42", user_id=user) == texts.ADMIN_ONLY
+    assert stack.admin_reply("/broadcast привет", user_id=user) == texts.ADMIN_ONLY
     with stack.redis() as client:
         assert client.hget(f"{stack.prefix}active_size", "size") == "nano"
     assert f"admin action user_id={user} chat_id={user} action='model' args='mini' " \

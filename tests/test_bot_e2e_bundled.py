@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from bot.common.settings import Settings
-from bot.telegram import texts
+from bot.telegram.texts import RU as texts
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, is_joke, make_stack
 from tests.fake_bot_api import FakeBotAPI
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 from bot.common.settings import Settings
-from bot.telegram import texts
 from bot.telegram.signing import Signer, chat_scope
+from bot.telegram.texts import RU as texts
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, button_texts, is_joke, wait_until
 
 SHORT_TOKENS = 6  # LENGTH_SHORT_TOKENS of the stack (tests/e2e_stack.py)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from bot.queue.protocol import Delivery, JokeRequest
-from bot.telegram import texts
+from bot.telegram.texts import RU as texts
 from tests.e2e_stack import BOT_USERNAME, Stack, calls_to, is_joke, stop_process, wait_until
 
 # -- limits ---------------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ HOSTILE = [  # (id, text, or "sticker"/"photo" for non-text messages, expected o
     ("triple-command", "/joke /joke /joke", JOKE), ("other-bot", "/joke@other_bot Штирлиц", IGNORED),
     ("uppercase-command", "/JOKE Штирлиц", UNKNOWN), ("unknown-command", "/unknown_command", UNKNOWN),
     ("start-args", "/start лишние аргументы", START), ("help-mention", f"/help@{BOT_USERNAME}", HELP),
-    ("model-non-admin", "/model small", ADMIN_ONLY), ("stats-non-admin", "/stats", ADMIN_ONLY),
+    ("model-non-admin", "/model small", ADMIN_ONLY), ("ban-non-admin", "/ban 42", ADMIN_ONLY),
     ("sticker", "sticker", NOT_TEXT), ("photo", "photo", NOT_TEXT),
 ]
 

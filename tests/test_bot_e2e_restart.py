@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from typing import Iterator
 
 import pytest
 
-from bot.telegram import texts
+from bot.telegram.texts import RU as texts
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, calls_to, is_joke, make_stack, wait_until
 from tests.fake_bot_api import FakeBotAPI
 
@@ -81,3 +82,31 @@ def test_a_bot_killed_before_confirming_its_updates_answers_each_exactly_once(re
     for user in users:  # one "Thinking…" draft each, and the joke sent once
         assert [d["text"] for d in stack.api.drafts[user]].count("") == 1
         assert len([c for c in calls_to(stack, "sendMessage", user) if c.error is None]) == 1
+
+
+def test_a_bot_killed_with_a_daily_post_in_flight_posts_it_once_after_its_restart(restart_stack):
+    """The post is claimed and submitted, the bot dies before the joke comes back; the restarted bot shows it once."""
+    stack, user = restart_stack, restart_stack.new_user()
+    stack.api.private_message(user, "/daily 09:00")
+    stack.wait_for_reply(user)
+    queue, header = f"{stack.prefix}requests:normal", texts.DAILY_HEADER
+    stack.pause_worker()
+    try:
+        with stack.redis() as client:
+            before = client.xlen(queue)
+            assert client.zadd(f"{stack.prefix}bot:daily:due", {str(user): int(time.time()) - 1}, xx=True, ch=True)
+            wait_until(lambda: client.xlen(queue) == before + 1, 30, "the daily post submitted")
+            kill_bot(stack)
+            menus = len(stack.api.calls("setMyCommands"))
+            stack.start_bot()
+            wait_until(lambda: len(stack.api.calls("setMyCommands")) >= menus + 4, 60, "the restarted bot")
+            time.sleep(1.5)  # rounds of the restarted scheduler: the post is pending, not due again
+            assert client.xlen(queue) == before + 1
+    finally:
+        stack.resume_worker()
+    wait_until(lambda: [m for m in stack.bot_messages(user) if m["text"].startswith(header)], 60, "the daily post")
+    with stack.redis() as client:
+        wait_until(lambda: client.zcard(f"{stack.prefix}bot:daily:pending") == 0, 30, "the post marked done")
+    time.sleep(1.5)
+    posts = [m for m in stack.bot_messages(user) if m["text"].startswith(header)]
+    assert len(posts) == 1 and is_joke(posts[0]), posts

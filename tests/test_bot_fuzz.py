@@ -32,8 +32,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bot.telegram import texts
-from tests.e2e_stack import BOT_USERNAME, Stack, is_joke, wait_until
+from bot.telegram import texts as catalogue
+from bot.telegram.texts import EN, language_for
+from bot.telegram.texts import RU as texts
+from tests.e2e_stack import BOT_USERNAME, Stack, button_texts, wait_until
 
 EXAMPLES = int(os.environ.get("RUJOKES_FUZZ_EXAMPLES", "40"))
 PHASES = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if os.environ.get("RUJOKES_FUZZ_SHRINK")
@@ -98,9 +100,10 @@ class Example:
     updates: list[dict] = field(default_factory=list)
     replies_in: list[int] = field(default_factory=list)        # chats that must get a finished reply
     not_text_in: list[int] = field(default_factory=list)       # private chats that must get the NOT_TEXT hint
-    russian_in: list[int] = field(default_factory=list)        # private chats that must get some reply in Russian
+    russian_in: list[int] = field(default_factory=list)        # private chats: some reply in the sender's language
     callbacks: list[str] = field(default_factory=list)         # callback query ids that must be answered
     inline_queries: list[str] = field(default_factory=list)    # inline query ids that must be answered
+    languages: dict[int | str, str] = field(default_factory=dict)  # chat or callback id -> the sender's language
     stats: list[str] = field(default_factory=list)             # what kinds of update these are
 
 
@@ -156,6 +159,7 @@ def message_update(draw: st.DrawFn, stack: Stack, example: Example) -> None:
         message["edit_date"] = int(time.time())
     example.updates.append({update_kind: message})
     example.stats.append(f"{update_kind}:{kind}:{chat['type']}")
+    example.languages[chat_id] = language_for(message.get("from", {}).get("language_code"))
     if update_kind != "message":
         return  # the bot does not subscribe to edits: Telegram never delivers them
     if kind in ("joke", "joke_mention", "caption_joke", "reply_joke") or (private and kind == "plain"
@@ -191,6 +195,7 @@ def callback_update(draw: st.DrawFn, stack: Stack, example: Example) -> None:
         query["inline_message_id"] = draw(st.text(min_size=1, max_size=80))
     example.updates.append({"callback_query": query})
     example.callbacks.append(query["id"])
+    example.languages[query["id"]] = language_for(query["from"].get("language_code"))
     example.stats.append(f"callback_query:{where}")
 
 
@@ -279,8 +284,10 @@ def _template(text: str) -> re.Pattern:
     return re.compile(re.sub(r"\\{\w+\\}", r".+", re.escape(text)), re.S)
 
 
-REFUSALS = [_template(t) for t in (texts.PROMPT_TOO_LONG, texts.RATE_LIMITED, texts.WORKERS_DOWN, texts.BUSY,
-                                   texts.TIMEOUT, texts.FAILED, texts.UNKNOWN_SIZE, texts.EMPTY_JOKE)]
+REFUSAL_KEYS = ("PROMPT_TOO_LONG", "RATE_LIMITED", "WORKERS_DOWN", "BUSY", "TIMEOUT", "FAILED", "UNKNOWN_SIZE", "EMPTY_JOKE")
+REFUSALS = {t.language: [_template(getattr(t, key)) for key in REFUSAL_KEYS] for t in (texts, EN)}
+# Every text of a language: what any answer in that language must be (jokes aside).
+TEMPLATES = {t.language: [_template(getattr(t, key)) for key in t.keys()] for t in (texts, EN)}
 # Errors a correct bot meets in the normal course of things (every other 4xx is a bug in what it sent).
 BENIGN_ERRORS = ("message is not modified", "query is too old", "message to edit not found", "injected failure")
 SENT_TEXT_KEYS = ("text", "message_text", "description", "title", "caption")
@@ -306,8 +313,19 @@ def check_calls(calls: list) -> None:
                 assert not re.search(r"[\ud800-\udfff]", value), (call.method, key)
 
 
-def russian_reply(message: dict) -> bool:
-    return is_joke(message) or any(t.fullmatch(message.get("text", "")) for t in REFUSALS)
+def joke_or_refusal_in(message: dict, language: str) -> bool:
+    t = catalogue.get(language)
+    return (button_texts(message) == [t.BUTTON_MORE, t.BUTTON_UP, t.BUTTON_DOWN]
+            or any(p.fullmatch(message.get("text", "")) for p in REFUSALS[language]))
+
+
+def in_language(text: str, language: str) -> bool:
+    return any(p.fullmatch(text) for p in TEMPLATES[language])
+
+
+def replies(stack: Stack, chat: int) -> list[dict]:
+    """The finished bot messages in a chat, without the one-time "the jokes are Russian" notice."""
+    return [m for m in stack.finished_messages(chat) if m.get("text") != EN.JOKES_ARE_RUSSIAN]
 
 
 @pytest.fixture(scope="module")
@@ -340,28 +358,29 @@ def test_generated_updates_never_break_the_bot(fuzz_stack, data):
     def answered() -> bool:
         callbacks = {str(a["callback_query_id"]) for a in stack.api.callback_answers}
         inline = {str(a["inline_query_id"]) for a in stack.api.inline_answers}
-        return (all(stack.finished_messages(chat) for chat in example.replies_in + example.not_text_in
-                    + example.russian_in)
+        return (all(replies(stack, chat) for chat in example.replies_in + example.not_text_in + example.russian_in)
                 and set(example.callbacks) <= callbacks and set(example.inline_queries) <= inline)
 
     wait_until(lambda: answered() or stack.bot.poll() is not None, 60,
                f"answers to {example}; bot log:\n{stack.log_tail(stack.bot_log)}")
     assert stack.bot.poll() is None, stack.log_tail(stack.bot_log)
     for chat in example.replies_in:
-        replies = stack.finished_messages(chat)
-        assert len(replies) == 1 and russian_reply(replies[0]), (chat, replies)
-        OUTCOMES["joke" if is_joke(replies[0]) else "refusal"] += 1
+        language, found = example.languages[chat], replies(stack, chat)
+        assert len(found) == 1 and joke_or_refusal_in(found[0], language), (chat, language, found)
+        OUTCOMES["joke" if found[0].get("reply_markup") else "refusal"] += 1
         # Every sender here asks for the first time: a rate limit would mean it shares a bucket with others.
-        assert not REFUSALS[1].fullmatch(replies[0]["text"]), (chat, replies)
+        assert not REFUSALS[language][1].fullmatch(found[0]["text"]), (chat, found)
     for chat in example.not_text_in:
-        assert [m["text"] for m in stack.finished_messages(chat)] == [texts.NOT_TEXT]
-    for chat in example.russian_in:
-        (reply,) = stack.finished_messages(chat)
-        assert re.search("[а-яё]", reply["text"], re.I), reply
+        assert [m["text"] for m in replies(stack, chat)] == [catalogue.get(example.languages[chat]).NOT_TEXT]
+    for chat in example.russian_in:  # /start, /help, a refused admin command, a hint: in the sender's language
+        (reply,) = replies(stack, chat)
+        assert in_language(reply["text"], example.languages[chat]), (example.languages[chat], reply)
     for answer in stack.api.callback_answers:
         if str(answer["callback_query_id"]) in example.callbacks:
-            assert re.search("[а-яё]", answer["text"] or "", re.I), answer
-            OUTCOMES["button expired" if answer["text"] == texts.BUTTON_EXPIRED else "button taken"] += 1
+            language = example.languages[str(answer["callback_query_id"])]
+            assert in_language(answer["text"] or "", language), (language, answer)
+            OUTCOMES["button expired" if answer["text"] == catalogue.get(language).BUTTON_EXPIRED
+                     else "button taken"] += 1
     for answer in stack.api.inline_answers:
         if str(answer["inline_query_id"]) in example.inline_queries:
             OUTCOMES["inline variants" if answer["results"] else "inline hint"] += 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.telegram import texts
+from bot.telegram.texts import RU as texts
 from tests.e2e_stack import BOT_TOKEN, wait_until
 from tests.fake_bot_api import FakeBotAPI
 from tests.model_helpers import make_tiny_model_dir

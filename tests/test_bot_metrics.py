@@ -17,8 +17,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.common.settings import Settings
-from bot.telegram import texts
 from bot.telegram.keyboards import joke_id_of
+from bot.telegram.texts import RU as texts
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, is_joke, make_stack, wait_until
 from tests.fake_bot_api import FakeBotAPI
 

@@ -9,8 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bot.telegram import texts
 from bot.telegram.keyboards import joke_id_of
+from bot.telegram.texts import RU as texts
 from tests.e2e_stack import BOT_TOKEN, Stack, button_texts, calls_to, is_joke, start_bot, stop_process, wait_until
 
 RATE_LIMITED = re.compile(texts.RATE_LIMITED.replace("{seconds}", r"\d+").replace("(", r"\(").replace(")", r"\)"))

@@ -18,6 +18,7 @@ from bot.telegram.feedback import FeedbackStore
 from bot.telegram.keyboards import JokeAction, WriteInline, joke_id_of, joke_keyboard, write_keyboard
 from bot.telegram.outstanding import OutstandingRequests
 from bot.telegram.signing import INLINE_SCOPE, Signer, chat_scope
+from bot.telegram.texts import RU
 
 TOKEN = "123456789:AAFakeTokenForUnitTests_abcdefghijklmn"
 JOKE_ID = "0123456789abcdef0123456789abcdef"
@@ -61,11 +62,11 @@ def test_any_string_a_client_sends_is_refused_and_never_raises(data, chat_id):
 def test_every_button_fits_telegrams_64_bytes():
     s = signer()
     for scope in (chat_scope(-1_000_000_000_001), INLINE_SCOPE):
-        for row in joke_keyboard(JOKE_ID, s, scope).inline_keyboard:
+        for row in joke_keyboard(JOKE_ID, s, scope, RU).inline_keyboard:
             for button in row:
                 assert len(button.callback_data.encode()) <= 64
                 assert joke_id_of(button.callback_data) == JOKE_ID
-    (button,) = write_keyboard("0123456789abcdef", s).inline_keyboard[0]
+    (button,) = write_keyboard("0123456789abcdef", s, RU).inline_keyboard[0]
     assert len(button.callback_data.encode()) <= 64
 
 

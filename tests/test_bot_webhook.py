@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from bot.telegram import texts
+from bot.telegram.texts import RU as texts
 from tests.e2e_stack import BOT_TOKEN, bot_env, start_bot, stop_process, wait_until
 from tests.fake_bot_api import FakeBotAPI
 

@@ -175,6 +175,22 @@ class Settings(BaseSettings):
         60, ge=1, description="How long the bot trusts Telegram's answer (getChatMember) on whether a user is a "
                               "group's admin, for /settings.")
 
+    # -- the daily joke (/daily) --
+    daily_timezone: str = Field(
+        "Europe/Moscow", description="Time zone of a /daily subscription that names none (an IANA name: "
+                                     "Europe/Berlin, Asia/Almaty, UTC).")
+    daily_check_interval_s: float = Field(
+        5.0, gt=0, le=60, description="How often each bot process looks for daily jokes that are due (a post "
+                                      "comes at most this late).")
+
+    # -- access and admin tools --
+    access: Literal["open", "allowlist"] = Field(
+        "open", description="open: everyone may ask for jokes (except users an admin banned with /ban). allowlist: "
+                            "only the bot's admins and the users and chats they /allow.")
+    broadcast_per_second: float = Field(
+        10.0, gt=0, le=30, description="Messages a second a /broadcast sends (Telegram allows about 30 a second "
+                                       "in all; the rest is left for jokes).")
+
     # -- metrics and health --
     worker_metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Port of the worker's /metrics and /healthz server. Empty: no server."
@@ -200,6 +216,17 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, int):
             return [value]
+        return value
+
+    @field_validator("daily_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Europe/Moscow") from None
         return value
 
     @field_validator("worker_metrics_port", "bot_metrics_port", mode="before")

@@ -2,18 +2,19 @@
 routers, and run it by long polling (default) or as a webhook server.
 
 Everything a handler needs is injected through the Dispatcher's keyword arguments (`settings`, `queue`,
-`jokes`, `feedback`, `outstanding`, `chat_settings`, `metrics`, `signer`): handlers name what they use in
+`jokes`, `feedback`, `outstanding`, `chat_settings`, `metrics`, `signer`, `daily`, `user_stats`, `access`,
+`audit`, `broadcasts`): handlers name what they use in
 their signature.
 With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
 
 SIGTERM/SIGINT start a bounded shutdown (bot/common/shutdown.py), in stages that each log their start, end
 and duration: stop taking updates (`polling` or `webhook`), let the updates in hand finish
-(`updates`), stop reading results (`results_reader`), let deliveries in progress finish (`delivery`),
-then close the metrics server, Redis and the Telegram session. The whole takes at most
-BOT_SHUTDOWN_TIMEOUT_S; a stage that overruns its share is cancelled with a warning. Nothing
-accepted is lost that way: a result is acked only once shown, so one cut short is re-read after a restart.
-Should even that not end the process (a blocked event loop), a watchdog exits with code 1
-WATCHDOG_MARGIN_S later.
+(`updates`), stop scheduling daily jokes (`daily`) and pause broadcasts (`broadcasts`), stop reading
+results (`results_reader`), let deliveries in progress finish (`delivery`), then close the metrics server,
+Redis and the Telegram session. The whole takes at most BOT_SHUTDOWN_TIMEOUT_S; a stage that overruns its
+share is cancelled with a warning. Nothing accepted is lost that way: a result is acked only once shown,
+so one cut short is re-read after a restart. Should even that not end the process (a blocked event loop),
+a watchdog exits with code 1 WATCHDOG_MARGIN_S later.
 """
 from __future__ import annotations
 
@@ -42,16 +43,23 @@ from bot.common.shutdown import Stage, run_stages, start_watchdog
 from bot.queue.client import RequestQueue
 from bot.queue.results import ResultReader
 from bot.telegram import texts
+from bot.telegram.access import AccessControl, AccessList
+from bot.telegram.audit import AuditLog
+from bot.telegram.broadcast import Broadcasts
 from bot.telegram.chat_settings import ChatSettingsStore
+from bot.telegram.daily import DailyJokes
 from bot.telegram.delivery import DeliveryLoop
 from bot.telegram.feedback import FeedbackStore
+from bot.telegram.handlers import broadcast as broadcast_handlers
 from bot.telegram.handlers import feature_routers
 from bot.telegram.jokes import JokeService
-from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates
+from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates, UserLanguage
+from bot.telegram.notices import Notices
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import OutstandingRequests
 from bot.telegram.ratelimit import ChatPacer, UserRateLimiter
 from bot.telegram.signing import Signer
+from bot.telegram.user_stats import UserStatsStore
 from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
@@ -64,8 +72,10 @@ HEALTH_STALE_S = 30.0
 # to the later ones (see bot/common/shutdown.py).
 # results_reader only cancels a blocked XREADGROUP, but on a loaded machine redis-py's unwinding of that
 # read can outlast a small share (BENCHMARKS.md, "Figures behind code comments"): it gets 0.15.
-STAGE_SHARES = {"receiver": 0.15, "updates": 0.15, "results_reader": 0.15, "delivery": 0.25, "metrics": 0.1,
-                "redis": 0.1, "session": 0.1}
+STAGE_SHARES = {"receiver": 0.15, "updates": 0.15, "daily": 0.025, "broadcasts": 0.025, "results_reader": 0.15,
+                "delivery": 0.2, "metrics": 0.1, "redis": 0.1, "session": 0.1}
+# Past a daily post's request deadline and grace, before its next attempt may start.
+DAILY_LEASE_MARGIN_S = 15.0
 # After the shutdown's budget, this much longer before the watchdog ends the process regardless.
 WATCHDOG_MARGIN_S = 5.0
 # An update is a few KiB (a 4096-character message with its reply is under 64 KiB); aiohttp's default is 1 MiB.
@@ -93,6 +103,11 @@ class Services:
     delivery: DeliveryLoop
     metrics: Metrics
     signer: Signer
+    daily: DailyJokes
+    user_stats: UserStatsStore
+    access: AccessList
+    audit: AuditLog
+    broadcasts: Broadcasts
 
 
 def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics) -> Services:
@@ -106,23 +121,37 @@ def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics)
     inline_limiter = UserRateLimiter(redis, f"{prefix}inline:", settings.rate_limit_per_minute * INLINE_RATE_FACTOR,
                                      settings.rate_limit_burst * INLINE_RATE_FACTOR)
     chat_settings = ChatSettingsStore(redis, prefix, settings)
+    notices = Notices(redis, prefix, outbox)
+    user_stats = UserStatsStore(redis, prefix)
     jokes = JokeService(settings, queue, outstanding, limiter, inline_limiter, feedback, outbox, waiters, metrics,
-                        chat_settings)
+                        chat_settings, notices, user_stats)
     reader = ResultReader(redis, settings.queue_config())
     signer = Signer.from_settings(settings)
-    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, signer, settings.edit_interval_s)
-    return Services(redis, queue, feedback, outstanding, chat_settings, jokes, delivery, metrics, signer)
+    # An attempt at a daily post is given up on like any request (deadline + grace), then tried again.
+    lease_s = settings.request_timeout_s + settings.result_grace_s + DAILY_LEASE_MARGIN_S
+    daily = DailyJokes(redis, prefix, lease_s=lease_s, check_interval_s=settings.daily_check_interval_s)
+    delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, signer, daily,
+                            settings.edit_interval_s)
+    return Services(redis, queue, feedback, outstanding, chat_settings, jokes, delivery, metrics, signer, daily,
+                    user_stats, AccessList(redis, prefix, settings), AuditLog(redis, prefix),
+                    Broadcasts(redis, prefix, settings.broadcast_per_second))
 
 
 def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
     dispatcher = Dispatcher(settings=settings, queue=services.queue, feedback=services.feedback,
                             outstanding=services.outstanding, chat_settings=services.chat_settings,
-                            jokes=services.jokes, metrics=services.metrics, signer=services.signer)
+                            jokes=services.jokes, metrics=services.metrics, signer=services.signer,
+                            daily=services.daily, user_stats=services.user_stats, access=services.access,
+                            audit=services.audit, broadcasts=services.broadcasts)
     dispatcher.include_routers(*feature_routers())
+    dispatcher.update.outer_middleware(UserLanguage())  # after aiogram's own, which finds the user
+    dispatcher.update.outer_middleware(AccessControl(services.access))  # needs the language
 
     async def on_startup(bot: Bot) -> None:
         await set_commands(bot, settings)
         services.delivery.start()
+        services.daily.start(services.jokes.daily_joke)
+        await services.broadcasts.resume(*broadcast_handlers.runner_callbacks(bot))
         me = await bot.me()
         log.info("bot @%s started; admins %s", me.username, settings.admin_ids)
 
@@ -133,14 +162,17 @@ def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
 
 async def set_commands(bot: Bot, settings: Settings) -> None:
     """The command menu; admins also see the admin commands in their private chat with the bot."""
-    public = [BotCommand(command=name, description=text) for name, text in texts.COMMANDS.items()]
-    await bot.set_my_commands(public, scope=BotCommandScopeDefault())
-    admin = public + [BotCommand(command=name, description=text) for name, text in texts.ADMIN_COMMANDS.items()]
-    for admin_id in settings.admin_ids:
-        try:
-            await bot.set_my_commands(admin, scope=BotCommandScopeChat(chat_id=admin_id))
-        except TelegramAPIError as error:  # e.g. the admin never opened a chat with the bot
-            log.warning("admin command menu for %s not set: %s", admin_id, error)
+    for t in (texts.RU, texts.EN):
+        # Russian for everyone (no language_code); English for clients set to English (Telegram picks).
+        language = None if t is texts.RU else t.language
+        public = [BotCommand(command=name, description=t.command(name)) for name in texts.COMMAND_NAMES]
+        await bot.set_my_commands(public, scope=BotCommandScopeDefault(), language_code=language)
+        admin = public + [BotCommand(command=name, description=t.command(name)) for name in texts.ADMIN_COMMAND_NAMES]
+        for admin_id in settings.admin_ids:
+            try:
+                await bot.set_my_commands(admin, scope=BotCommandScopeChat(chat_id=admin_id), language_code=language)
+            except TelegramAPIError as error:  # e.g. the admin never opened a chat with the bot
+                log.warning("admin command menu for %s not set: %s", admin_id, error)
 
 
 class Polling:
@@ -264,6 +296,8 @@ async def run(settings: Settings, redis: Redis) -> None:
         stages = [
             Stage(receiver.name, lambda: receiver.stop(serving), STAGE_SHARES["receiver"]),
             Stage("updates", in_flight.drain, STAGE_SHARES["updates"]),
+            Stage("daily", services.daily.stop, STAGE_SHARES["daily"]),
+            Stage("broadcasts", services.broadcasts.stop, STAGE_SHARES["broadcasts"]),
             Stage("results_reader", services.delivery.stop_reading, STAGE_SHARES["results_reader"]),
             Stage("delivery", services.delivery.close, STAGE_SHARES["delivery"]),
             *([Stage("metrics", lambda: asyncio.to_thread(server.stop), STAGE_SHARES["metrics"])] if server else []),

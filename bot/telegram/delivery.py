@@ -15,7 +15,7 @@ import time
 from contextlib import suppress
 from typing import Any, Awaitable
 
-from aiogram.exceptions import TelegramAPIError, TelegramRetryAfter
+from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError, TelegramRetryAfter
 from redis.exceptions import RedisError
 
 from bot.common.health import Liveness
@@ -23,6 +23,7 @@ from bot.common.metrics import Metrics
 from bot.queue.protocol import JokeResult
 from bot.queue.results import ReceivedResult, ResultReader
 from bot.telegram import texts
+from bot.telegram.daily import DailyJokes, is_daily_post, joke_id_for
 from bot.telegram.feedback import FeedbackStore
 from bot.telegram.keyboards import delivery_scope, joke_keyboard
 from bot.telegram.outbox import Outbox
@@ -35,18 +36,14 @@ from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
 
-STATUS_TEXTS = {
-    "expired": texts.TIMEOUT,
-    "busy": texts.BUSY,
-    "failed": texts.FAILED,
-    "unknown_size": texts.UNKNOWN_SIZE,
-}
+# A result's status -> the name of the text that explains it.
+STATUS_TEXTS = {"expired": "TIMEOUT", "busy": "BUSY", "failed": "FAILED", "unknown_size": "UNKNOWN_SIZE"}
 
 
 class DeliveryLoop:
     def __init__(self, reader: ResultReader, outstanding: OutstandingRequests, feedback: FeedbackStore,
-                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, signer: Signer, edit_interval_s: float,
-                 sweep_interval_s: float = 1.0) -> None:
+                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, signer: Signer, daily: DailyJokes,
+                 edit_interval_s: float, sweep_interval_s: float = 1.0) -> None:
         self.reader = reader
         self.outstanding = outstanding
         self.feedback = feedback
@@ -54,6 +51,7 @@ class DeliveryLoop:
         self.waiters = waiters
         self.metrics = metrics
         self.signer = signer
+        self.daily = daily
         self.edit_interval_s = edit_interval_s
         self.sweep_interval_s = sweep_interval_s
         self._tasks: dict[str, asyncio.Task] = {}       # the latest delivery task per request
@@ -154,7 +152,7 @@ class DeliveryLoop:
         text = clean_model_text(result.text)
         if record is None or not text:
             return  # answered already, or nothing to show yet
-        delivery = record.delivery
+        delivery, t = record.delivery, texts.get(record.language)
         try:
             if delivery.chat_id is not None and delivery.message_id is None:
                 if time.monotonic() < self._drafts_paused_until.get(result.request_id, 0.0):
@@ -162,7 +160,7 @@ class DeliveryLoop:
                 if await self.outbox.draft(delivery.chat_id, result.request_id, text):
                     return
                 # Drafts don't work here: from now on a message shows the progress, edited in place.
-            message_id = await self.outbox.show(delivery, text + texts.TYPING_SUFFIX)
+            message_id = await self.outbox.show(delivery, text + t.TYPING_SUFFIX)
             if message_id is not None:
                 await self.outstanding.set_message_id(result.request_id, message_id)
         except TelegramRetryAfter as error:
@@ -173,18 +171,22 @@ class DeliveryLoop:
 
     async def _final(self, item: ReceivedResult) -> None:
         result = item.result
+        if is_daily_post(result.request_id):
+            await self._daily_post(item)
+            return
         record = await self.outstanding.get(result.request_id)
         delivery = record.delivery if record is not None else result.delivery
+        t = texts.get(record.language if record is not None else None)
         markup, joke, outcome = None, clean_model_text(result.text), result.status
         if result.status == "ok" and joke:
-            text, markup = joke, joke_keyboard(result.request_id, self.signer, delivery_scope(delivery))
+            text, markup = joke, joke_keyboard(result.request_id, self.signer, delivery_scope(delivery), t)
             # Before the buttons appear: a press must find the joke.
             await self.feedback.remember_joke(result.request_id, record.prompt if record else "",
                                               result.size or "?", result.latency_s)
         elif result.status == "ok":
-            text, outcome = texts.EMPTY_JOKE, "empty"
+            text, outcome = t.EMPTY_JOKE, "empty"
         else:
-            text = STATUS_TEXTS.get(result.status, texts.FAILED)
+            text = getattr(t, STATUS_TEXTS.get(result.status, "FAILED"))
             log.warning("request %s answered %s (%s)", result.request_id, result.status, result.error)
         try:
             message_id = await self.outbox.show(delivery, text, markup) or delivery.message_id
@@ -204,10 +206,53 @@ class DeliveryLoop:
         self._last_partial.pop(result.request_id, None)
         self._drafts_paused_until.pop(result.request_id, None)
 
+    async def _daily_post(self, item: ReceivedResult) -> None:
+        """A joke of the day: sent as a new message once (DailyJokes.claim_send), or left for the next attempt."""
+        result, post_id = item.result, item.result.request_id
+        record = await self.outstanding.get(post_id)
+        chat_id = self.daily.chat_of(post_id)
+        subscription = await self.daily.get(chat_id)
+        t = texts.get(subscription.language if subscription is not None else record.language if record else None)
+        joke = clean_model_text(result.text) if result.status == "ok" else ""
+        outcome = result.status if result.status != "ok" else "ok" if joke else "empty"
+        if not joke:  # expired, failed, empty: nobody is waiting for an apology; the lease's end retries it
+            log.warning("daily post %s: the joke came back %s; trying again later", post_id, outcome)
+        elif await self.daily.claim_send(post_id):
+            # In a channel 🔁 Ещё would let any reader post into it: votes only there.
+            joke_id = joke_id_for(post_id)
+            markup = joke_keyboard(joke_id, self.signer, delivery_scope(result.delivery), t,
+                                   more=subscription is None or subscription.chat_type != "channel")
+            await self.feedback.remember_joke(joke_id, record.prompt if record is not None else "", result.size or "?",
+                                              result.latency_s)
+            try:
+                message = await self.outbox.send(chat_id, f"{t.DAILY_HEADER}\n\n{joke}", reply_markup=markup)
+            except TelegramForbiddenError as error:  # removed from the chat, blocked: stop posting there
+                outcome = "undelivered"
+                log.warning("daily post %s: %s; unsubscribing chat %s", post_id, error, chat_id)
+                await self.daily.unsubscribe(chat_id)
+                await self.daily.done(post_id)
+            except TelegramAPIError as error:
+                outcome = "undelivered"
+                log.warning("daily post %s not sent (%s); trying again later", post_id, error)
+                await self.daily.release_send(post_id)
+            else:
+                await self.daily.done(post_id)
+                if is_group_chat(chat_id):
+                    await self.feedback.remember_chat_joke(chat_id, message.message_id, joke_id)
+        else:
+            outcome = "duplicate"
+            await self.daily.done(post_id)
+        report_shown(self.metrics, post_id, "daily", result.size, result.status, outcome, result.latency_s)
+        await self.outstanding.forget(post_id)
+        await self.reader.ack(item)
+
     async def _give_up(self, claimed: Outstanding) -> None:
         record = await self.outstanding.get(claimed.request_id)
         if record is None:
             return  # its answer was delivered just before (a result read in the same round)
+        if is_daily_post(record.request_id):  # nobody asked: no apology; DailyJokes tries again
+            await self.outstanding.forget(record.request_id)
+            return
         log.warning("request %s got no answer by its give-up time; telling the user", record.request_id)
         latency_s = time.time() - record.created_at if record.created_at else None
         report_shown(self.metrics, record.request_id, record.kind, None, None, "no_answer", latency_s)
@@ -215,7 +260,7 @@ class DeliveryLoop:
         self._drafts_paused_until.pop(record.request_id, None)
         await self.feedback.count_timeout()
         try:
-            message_id = await self.outbox.show(record.delivery, texts.TIMEOUT)
+            message_id = await self.outbox.show(record.delivery, texts.get(record.language).TIMEOUT)
         except TelegramAPIError as error:
             log.warning("could not tell %s about the timeout: %s", record.delivery, error)
             return

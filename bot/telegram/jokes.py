@@ -1,9 +1,11 @@
 """Starting a joke: the steps every entry point shares (commands, plain text, 🔁 Ещё, inline).
 
 claim the update → validate the prompt → rate-limit the user → show activity → check for live workers
-→ remember the request → submit it. Every refusal is said to the user at once, in Russian; the answer
-itself arrives later through `DeliveryLoop`. Each accepted request is logged once, with the update it
-came from and its request_id, which the worker's and the delivery's log lines repeat.
+→ remember the request → submit it. Every refusal is said to the user at once; the answer itself arrives
+later through `DeliveryLoop`. Refusals and the texts around a joke are in the language of whoever asked
+(`ChatOrigin.language`, bot/telegram/texts.py); the delivery finds it in the request's record. Each
+accepted request is logged once, with the update it came from and its request_id, which the worker's and
+the delivery's log lines repeat.
 
 Telegram re-delivers the updates a killed bot had not confirmed: an update that already became a
 request (or a refusal) is claimed in Redis and passed over the second time, before any rate limit,
@@ -27,12 +29,16 @@ from bot.queue.protocol import ACTIVE_SIZE, Delivery, JokeRequest, JokeResult, S
 from bot.queue.submit import QueueFull
 from bot.telegram import texts
 from bot.telegram.chat_settings import ChatSettingsStore, sampling_for
+from bot.telegram.daily import Subscription
 from bot.telegram.feedback import FeedbackStore
+from bot.telegram.notices import Notices
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import OutstandingRequests
 from bot.telegram.prompts import PromptTooLong, clean_model_text, clean_prompt, random_opening
 from bot.telegram.ratelimit import UserRateLimiter
 from bot.telegram.shown import report_shown
+from bot.telegram.texts import Texts
+from bot.telegram.user_stats import UserStatsStore
 from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
@@ -47,12 +53,14 @@ class ChatOrigin:
     private: bool
     reply_to_message_id: int | None = None
     update_id: int | None = None  # for the logs: which update asked
+    language: str = texts.DEFAULT_LANGUAGE  # of the texts around the joke (bot/telegram/texts.py)
 
 
 class JokeService:
     def __init__(self, settings: Settings, queue: RequestQueue, outstanding: OutstandingRequests,
                  limiter: UserRateLimiter, inline_limiter: UserRateLimiter, feedback: FeedbackStore,
-                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, chat_settings: ChatSettingsStore) -> None:
+                 outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, chat_settings: ChatSettingsStore,
+                 notices: Notices, user_stats: UserStatsStore) -> None:
         self.settings = settings
         self.queue = queue
         self.outstanding = outstanding
@@ -63,13 +71,15 @@ class JokeService:
         self.waiters = waiters
         self.metrics = metrics
         self.chat_settings = chat_settings
+        self.notices = notices
+        self.user_stats = user_stats
 
-    def prompt_or_refusal(self, raw: str | None, *, truncate: bool = False) -> tuple[str, str | None]:
+    def prompt_or_refusal(self, raw: str | None, t: Texts, *, truncate: bool = False) -> tuple[str, str | None]:
         """(prompt, None), or ("", a message saying why not). An empty prompt becomes a classic opening."""
         try:
             prompt = clean_prompt(raw, self.settings.prompt_max_chars, truncate=truncate)
         except PromptTooLong as error:
-            return "", texts.PROMPT_TOO_LONG.format(length=error.length, limit=error.limit)
+            return "", t.PROMPT_TOO_LONG.format(length=error.length, limit=error.limit)
         return prompt or random_opening(), None
 
     def _request(self, kind: str, delivery: Delivery, user_id: int | None, prompt: str, *, received_at: float,
@@ -82,17 +92,17 @@ class JokeService:
                            prompt=prompt, sampling=sampling or self.settings.sampling_params(),
                            created_at=received_at, deadline=time.time() + timeout_s, **fields)
 
-    async def _submit_tracked(self, request: JokeRequest, update_id: int | None) -> bool:
+    async def _submit_tracked(self, request: JokeRequest, update_id: int | None, t: Texts) -> bool:
         """Remember, then submit; on a full queue tell the user "busy" right away."""
         await self.outstanding.track(request, give_up_at=request.deadline + self.settings.result_grace_s,
-                                     update_id=update_id)
+                                     update_id=update_id, language=t.language)
         try:
             await self.queue.submit(request)
         except QueueFull as error:
             log.warning("refused %s: %s", request.request_id, error)
             self.metrics.request_event(request.kind, request.size, "busy")
             await self.outstanding.forget(request.request_id)
-            await self.outbox.show(request.delivery, texts.BUSY)
+            await self.outbox.show(request.delivery, t.BUSY)
             return False
         except BaseException:
             # Not queued (Redis down, cancelled): the error handler speaks; no timeout apology later.
@@ -100,6 +110,8 @@ class JokeService:
             raise
         self._accepted(request, update_id)
         await self.feedback.count_request()
+        if request.user_id is not None:
+            await self.user_stats.count_joke(request.user_id, request.prompt)
         return True
 
     def _accepted(self, request: JokeRequest, update_id: int | None) -> None:
@@ -152,11 +164,12 @@ class JokeService:
             return
         # The rate limit first: every ask costs a joke, a refused too-long one included, so that no kind of
         # ask makes the bot answer without bound.
+        t = texts.get(origin.language)
         decision = await self.limiter.check(origin.user_id)
-        prompt, refusal = self.prompt_or_refusal(raw_prompt, truncate=truncate)
+        prompt, refusal = self.prompt_or_refusal(raw_prompt, t, truncate=truncate)
         outcome = "too_long"
         if not decision.allowed:
-            refusal, outcome = texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s), "rate_limited"
+            refusal, outcome = t.RATE_LIMITED.format(seconds=decision.retry_after_whole_s), "rate_limited"
         if refusal is not None:
             self._refused(kind, outcome)
             if outcome != "rate_limited" or await self.limiter.first_refusal(origin.user_id, origin.chat_id, decision):
@@ -168,9 +181,10 @@ class JokeService:
         if params is None:
             # Said now rather than queued: the user hears within seconds, and no stale joke turns up later.
             self._refused(kind, "workers_down")
-            await self.outbox.send(origin.chat_id, texts.WORKERS_DOWN, origin.reply_to_message_id)
+            await self.outbox.send(origin.chat_id, t.WORKERS_DOWN, origin.reply_to_message_id)
             await self.outstanding.settle_update(origin.update_id)
             return
+        await self.notices.jokes_are_russian(origin.user_id, origin.chat_id, t)
         await self._start_in_chat(origin, prompt, kind, received_at, params)
 
     async def admit_more(self, origin: ChatOrigin) -> tuple[bool, str]:
@@ -179,19 +193,20 @@ class JokeService:
         Refusals (rate limit, no workers) are the callback's answer, never a message: pressing the button
         fast must not flood the chat. A re-delivered press does not go ahead.
         """
+        t = texts.get(origin.language)
         if not await self._first_delivery(origin.update_id, "more"):
-            return False, texts.MORE_STARTED
+            return False, t.MORE_STARTED
         decision = await self.limiter.check(origin.user_id)
         refusal, outcome = None, None
         if not decision.allowed:
-            refusal, outcome = texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s), "rate_limited"
+            refusal, outcome = t.RATE_LIMITED.format(seconds=decision.retry_after_whole_s), "rate_limited"
         elif not await self._workers_alive():
-            refusal, outcome = texts.WORKERS_DOWN, "workers_down"
+            refusal, outcome = t.WORKERS_DOWN, "workers_down"
         if refusal is not None:
             self._refused("more", outcome)
             await self.outstanding.settle_update(origin.update_id)
             return False, refusal
-        return True, texts.MORE_STARTED
+        return True, t.MORE_STARTED
 
     async def more_in_chat(self, origin: ChatOrigin, prompt: str) -> None:
         """🔁 Ещё, once `admit_more` let it go ahead."""
@@ -209,32 +224,53 @@ class JokeService:
         # Private chats stream into a message draft (empty text shows "Thinking…"); elsewhere, or
         # where drafts fail, a placeholder message is edited instead. Groups get no streamed edits:
         # their budget is ~20 messages a minute.
+        t = texts.get(origin.language)
         if not (origin.private and await self.outbox.draft(origin.chat_id, request_id, "")):
-            placeholder = await self.outbox.send(origin.chat_id, texts.PLACEHOLDER, origin.reply_to_message_id)
+            placeholder = await self.outbox.send(origin.chat_id, t.PLACEHOLDER, origin.reply_to_message_id)
             delivery = delivery.model_copy(update={"message_id": placeholder.message_id})
         sampling, size = params
         request = self._request(kind, delivery, origin.user_id, prompt, received_at=received_at,
                                 request_id=request_id, stream_partials=origin.private, sampling=sampling, size=size)
-        await self._submit_tracked(request, origin.update_id)
+        await self._submit_tracked(request, origin.update_id, t)
+
+    # -- the daily joke ------------------------------------------------------------------------------
+
+    async def daily_joke(self, subscription: Subscription, post_id: str) -> None:
+        """Submit a chat's joke of the day (bot/telegram/daily.py); its id is the post's, so a repeat is a
+        duplicate the results reader drops. Raises QueueFull. No rate limit (nobody asked), no live-worker check
+        (a request that finds none expires, and the post is tried again)."""
+        params = await self._chat_params(subscription.chat_id) or (self.settings.sampling_params(), ACTIVE_SIZE)
+        sampling, size = params
+        request = self._request("daily", Delivery(chat_id=subscription.chat_id), subscription.by_user,
+                                random_opening(), received_at=time.time(), request_id=post_id, sampling=sampling,
+                                size=size)
+        await self.outstanding.track(request, give_up_at=request.deadline + self.settings.result_grace_s,
+                                     language=subscription.language)
+        try:
+            await self.queue.submit(request)
+        except BaseException:
+            await asyncio.shield(self.outstanding.forget(request.request_id))
+            raise
+        self._accepted(request, None)
 
     # -- inline --------------------------------------------------------------------------------------
 
-    async def inline_prompt_or_hint(self, user_id: int, raw: str) -> tuple[str, str | None]:
+    async def inline_prompt_or_hint(self, user_id: int, raw: str, t: Texts) -> tuple[str, str | None]:
         """(prompt, None) for an inline query that may go ahead, else ("", the hint to show instead).
 
         The chats' refusals (too long, rate limited, no live workers), worded for inline mode's short hints.
         """
-        prompt, refusal = self.prompt_or_refusal(raw)
+        prompt, refusal = self.prompt_or_refusal(raw, t)
         if refusal is not None:
             self._refused("inline", "too_long")
-            return "", texts.INLINE_TOO_LONG.format(limit=self.settings.prompt_max_chars)
+            return "", t.INLINE_TOO_LONG.format(limit=self.settings.prompt_max_chars)
         decision = await self.inline_limiter.check(user_id)
         if not decision.allowed:
             self._refused("inline", "rate_limited")
-            return "", texts.INLINE_RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
+            return "", t.INLINE_RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
         if not await self._workers_alive():
             self._refused("inline", "workers_down")
-            return "", texts.INLINE_WORKERS_DOWN
+            return "", t.INLINE_WORKERS_DOWN
         return prompt, None
 
     async def inline_variants(self, query_id: str, user_id: int, prompt: str,
@@ -263,6 +299,7 @@ class JokeService:
                 submitted += 1
                 self._accepted(request, update_id)
             await self.feedback.count_request()
+            await self.user_stats.count_joke(user_id, prompt)  # one query, one joke, however many variants
             await asyncio.wait(futures[:submitted], timeout=wait_s)
         finally:
             for request in requests:
@@ -280,7 +317,7 @@ class JokeService:
             await self.feedback.remember_joke(result.request_id, prompt, result.size or "?", result.latency_s)
         return ready
 
-    async def joke_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str,
+    async def joke_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str, t: Texts,
                                      kind: str = "inline_chosen", *, show_placeholder: bool = False,
                                      update_id: int | None = None) -> None:
         """Write a joke into a message sent via inline mode, editing it as the text grows."""
@@ -288,17 +325,17 @@ class JokeService:
         delivery = Delivery(inline_message_id=inline_message_id)
         if not await self._workers_alive():
             self._refused(kind, "workers_down")
-            await self.outbox.show(delivery, texts.WORKERS_DOWN)
+            await self.outbox.show(delivery, t.WORKERS_DOWN)
             await self.outstanding.settle_update(update_id)
             return
         if show_placeholder:
-            await self.outbox.show(delivery, texts.PLACEHOLDER)
+            await self.outbox.show(delivery, t.PLACEHOLDER)
         # High priority: someone is looking at a placeholder in a chat with other people.
         request = self._request(kind, delivery, user_id, prompt, received_at=received_at, priority="high",
                                 stream_partials=True)
-        await self._submit_tracked(request, update_id)
+        await self._submit_tracked(request, update_id, t)
 
-    async def write_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str, *,
+    async def write_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str, t: Texts, *,
                                       retry_markup: InlineKeyboardMarkup | None = None,
                                       update_id: int | None = None) -> str | None:
         """The ✍️ article was sent (chosen_inline_result) or its button pressed: write the joke into it, once
@@ -311,14 +348,14 @@ class JokeService:
             self._refused("inline_chosen", "rate_limited")
             await self.outstanding.release_inline_message(inline_message_id)
             await self.outstanding.settle_update(update_id)
-            refusal = texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
+            refusal = t.RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
             if retry_markup is not None:
                 await self.outbox.show(Delivery(inline_message_id=inline_message_id), refusal, retry_markup)
             return refusal
-        await self.joke_in_inline_message(inline_message_id, user_id, prompt, update_id=update_id)
+        await self.joke_in_inline_message(inline_message_id, user_id, prompt, t, update_id=update_id)
         return None
 
-    async def more_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str,
+    async def more_in_inline_message(self, inline_message_id: str, user_id: int, prompt: str, t: Texts,
                                      update_id: int | None = None) -> str | None:
         """🔁 Ещё under an inline message: a refusal to show as a callback answer, or None."""
         if not await self._first_delivery(update_id, "more"):
@@ -327,7 +364,7 @@ class JokeService:
         if not decision.allowed:
             self._refused("more", "rate_limited")
             await self.outstanding.settle_update(update_id)
-            return texts.RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
-        await self.joke_in_inline_message(inline_message_id, user_id, prompt, "more", show_placeholder=True,
+            return t.RATE_LIMITED.format(seconds=decision.retry_after_whole_s)
+        await self.joke_in_inline_message(inline_message_id, user_id, prompt, t, "more", show_placeholder=True,
                                           update_id=update_id)
         return None

@@ -11,9 +11,9 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 from pydantic import Field
 
 from bot.queue.protocol import Delivery
-from bot.telegram import texts
 from bot.telegram.chat_settings import FIELDS, ChatSettings
 from bot.telegram.signing import INLINE_SCOPE, Signer, chat_scope
+from bot.telegram.texts import Texts
 
 # Request ids (uuid4().hex) and inline prompt tokens: anything else in a button is refused before Redis sees it.
 _JOKE_ID = r"^[0-9a-f]{32}$"
@@ -84,31 +84,49 @@ def joke_id_of(callback_data: str) -> str:
     return JokeAction.unpack(callback_data.rpartition(":")[0]).joke_id
 
 
-def joke_keyboard(joke_id: str, signer: Signer, scope: str) -> InlineKeyboardMarkup:
+def joke_keyboard(joke_id: str, signer: Signer, scope: str, t: Texts, *, more: bool = True) -> InlineKeyboardMarkup:
     def button(text: str, action: str) -> InlineKeyboardButton:
         data = signer.sign(JokeAction(action=action, joke_id=joke_id).pack(), scope)
         return InlineKeyboardButton(text=text, callback_data=data)
 
-    return InlineKeyboardMarkup(inline_keyboard=[[
-        button(texts.BUTTON_MORE, "more"), button(texts.BUTTON_UP, "up"), button(texts.BUTTON_DOWN, "down"),
-    ]])
+    votes = [button(t.BUTTON_UP, "up"), button(t.BUTTON_DOWN, "down")]
+    return InlineKeyboardMarkup(inline_keyboard=[[button(t.BUTTON_MORE, "more"), *votes] if more else votes])
 
 
-def write_keyboard(token: str, signer: Signer) -> InlineKeyboardMarkup:
+def write_keyboard(token: str, signer: Signer, t: Texts) -> InlineKeyboardMarkup:
     # An inline result needs a keyboard for Telegram to hand us an inline_message_id we can edit later.
     data = signer.sign(WriteInline(token=token).pack(), INLINE_SCOPE)
-    return InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text=texts.BUTTON_WRITE, callback_data=data)]])
+    return InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text=t.BUTTON_WRITE, callback_data=data)]])
 
 
 def settings_keyboard(chat_id: int, current: ChatSettings, offered: dict[str, tuple[str, ...]],
-                      signer: Signer) -> InlineKeyboardMarkup:
+                      signer: Signer, t: Texts) -> InlineKeyboardMarkup:
     """One row per setting in `offered` (field -> its values); the current value is ticked. Signed for
     the chat, so a copy pressed elsewhere is refused."""
     def button(field: str, value: str) -> InlineKeyboardButton:
-        label = texts.SETTING_VALUES[field].get(value, value)
-        tick = texts.SETTING_CURRENT if getattr(current, field) == value else ""
+        label = t.setting_value(field, value)
+        tick = t.SETTING_CURRENT if getattr(current, field) == value else ""
         data = signer.sign(ChatSetting(chat_id=chat_id, field=field, value=value).pack(), chat_scope(chat_id))
         return InlineKeyboardButton(text=tick + label, callback_data=data)
 
     return InlineKeyboardMarkup(inline_keyboard=[[button(field, value) for value in values]
                                                  for field, values in offered.items() if values])
+
+
+class BroadcastAction(CallbackData, prefix="bc"):
+    """A button under a /broadcast confirmation (signed for the admin's chat; the press is checked for an admin)."""
+
+    action: Literal["send", "cancel"]
+    broadcast_id: str = Field(pattern=_TOKEN)
+
+
+def broadcast_keyboard(broadcast_id: str, signer: Signer, scope: str, t: Texts, *,
+                       sending: bool = False) -> InlineKeyboardMarkup:
+    """Send and Cancel; while it is sending, Cancel alone."""
+    def button(text: str, action: str) -> InlineKeyboardButton:
+        data = signer.sign(BroadcastAction(action=action, broadcast_id=broadcast_id).pack(), scope)
+        return InlineKeyboardButton(text=text, callback_data=data)
+
+    cancel = button(t.BUTTON_BROADCAST_CANCEL, "cancel")
+    row = [cancel] if sending else [button(t.BUTTON_BROADCAST_SEND, "send"), cancel]
+    return InlineKeyboardMarkup(inline_keyboard=[row])

@@ -4,6 +4,7 @@
 it also counts every failed call (telegram_errors) and every 429 (telegram_retry_afters).
 `GroupPacing` spends a group chat's message budget before each message the bot sends there.
 `InFlightUpdates` (an update middleware of the Dispatcher) lets shutdown wait for the updates in hand.
+`UserLanguage` (another) hands every handler `t`, the texts in the language of whoever sent the update.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from aiogram.methods import (
 from aiogram.methods.base import Response, TelegramType
 
 from bot.common.metrics import Metrics
+from bot.telegram import texts
 from bot.telegram.ratelimit import ChatPacer, is_group_chat
 
 log = logging.getLogger(__name__)
@@ -133,3 +135,14 @@ class InFlightUpdates:
         tasks = [task for task in self._tasks if task is not asyncio.current_task()]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class UserLanguage:
+    """An outer update middleware: `t` for the handlers, the texts in the sender's language (bot/telegram/texts.py).
+    Updates without a user (channel posts) get the default language."""
+
+    async def __call__(self, handler: Callable[[Any, dict[str, Any]], Awaitable[Any]], event: Any,
+                       data: dict[str, Any]) -> Any:
+        user = data.get("event_from_user")
+        data["t"] = texts.for_user(user.language_code if user is not None else None)
+        return await handler(event, data)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from bot.queue.protocol import Delivery, JokeRequest, key_part
+from bot.telegram.texts import DEFAULT_LANGUAGE
 
 _RECORD_GRACE_S = 3600  # keep a record this long past give-up, so a late joke still finds its message
 # Telegram keeps an unconfirmed update for 24 h and re-delivers it to the next getUpdates: remember longer.
@@ -40,6 +41,7 @@ class Outstanding(BaseModel):
     user_id: int | None = None
     give_up_at: float
     created_at: float | None = None  # the request's creation (its update's arrival); None in older records
+    language: str = DEFAULT_LANGUAGE  # of the texts around the answer (an apology, the buttons)
 
 
 class OutstandingRequests:
@@ -60,12 +62,13 @@ class OutstandingRequests:
     def _update_key(self, update_id: int) -> str:
         return f"{self._prefix}update:{int(update_id)}"
 
-    async def track(self, request: JokeRequest, give_up_at: float, update_id: int | None = None) -> Outstanding:
+    async def track(self, request: JokeRequest, give_up_at: float, update_id: int | None = None,
+                    language: str = DEFAULT_LANGUAGE) -> Outstanding:
         """Call before submitting: a fast worker's answer must find the record. The update that asked
         (if any) is settled with it: from now on this request is what answers it."""
         record = Outstanding(request_id=request.request_id, delivery=request.delivery, prompt=request.prompt,
                              kind=request.kind, user_id=request.user_id, give_up_at=give_up_at,
-                             created_at=request.created_at)
+                             created_at=request.created_at, language=language)
         ttl = max(1, int(give_up_at - time.time()) + _RECORD_GRACE_S)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._record_key(request.request_id), record.model_dump_json(), ex=ttl)

@@ -10,33 +10,35 @@ from aiogram import Router
 from aiogram.types import CallbackQuery, Update
 
 from bot.common.metrics import Metrics
-from bot.telegram import texts
 from bot.telegram.feedback import FeedbackStore
 from bot.telegram.jokes import ChatOrigin, JokeService
 from bot.telegram.keyboards import JokeAction, SignedButton, WriteInline
 from bot.telegram.outstanding import OutstandingRequests
+from bot.telegram.texts import Texts
+from bot.telegram.user_stats import UserStatsStore
 
 router = Router(name="buttons")
 
-_VOTE_TEXTS = {"new": texts.VOTE_NEW, "changed": texts.VOTE_CHANGED, "same": texts.VOTE_SAME,
-               "unknown": texts.JOKE_FORGOTTEN}
+# A vote's outcome -> the name of the text that answers it.
+_VOTE_TEXTS = {"new": "VOTE_NEW", "changed": "VOTE_CHANGED", "same": "VOTE_SAME", "unknown": "JOKE_FORGOTTEN"}
 
 
 @router.callback_query(SignedButton(JokeAction, actions={"more"}))
 async def more(callback: CallbackQuery, callback_data: JokeAction, jokes: JokeService,
-               feedback: FeedbackStore, event_update: Update) -> None:
+               feedback: FeedbackStore, event_update: Update, t: Texts) -> None:
     joke = await feedback.joke(callback_data.joke_id)
     if joke is None or not joke.prompt:
-        await callback.answer(texts.JOKE_FORGOTTEN)
+        await callback.answer(t.JOKE_FORGOTTEN)
         return
     if callback.inline_message_id is not None:
         refusal = await jokes.more_in_inline_message(callback.inline_message_id, callback.from_user.id, joke.prompt,
-                                                     update_id=event_update.update_id)
-        await callback.answer(refusal or texts.MORE_STARTED)
+                                                     t, update_id=event_update.update_id)
+        await callback.answer(refusal or t.MORE_STARTED)
         return
     origin = ChatOrigin(chat_id=callback.message.chat.id, user_id=callback.from_user.id,
                         private=callback.message.chat.type == "private",
-                        reply_to_message_id=callback.message.message_id, update_id=event_update.update_id)
+                        reply_to_message_id=callback.message.message_id, update_id=event_update.update_id,
+                        language=t.language)
     go_ahead, answer = await jokes.admit_more(origin)
     # Answered before the joke starts: the spinner on the button stops at once, the joke follows as a new message.
     await callback.answer(answer)
@@ -45,24 +47,26 @@ async def more(callback: CallbackQuery, callback_data: JokeAction, jokes: JokeSe
 
 
 @router.callback_query(SignedButton(JokeAction, actions={"up", "down"}))
-async def vote(callback: CallbackQuery, callback_data: JokeAction, feedback: FeedbackStore, metrics: Metrics) -> None:
+async def vote(callback: CallbackQuery, callback_data: JokeAction, feedback: FeedbackStore, metrics: Metrics,
+               user_stats: UserStatsStore, t: Texts) -> None:
     value = 1 if callback_data.action == "up" else -1
     joke = await feedback.joke(callback_data.joke_id)
     outcome = await feedback.vote(callback_data.joke_id, callback.from_user.id, value, joke=joke)
     if outcome in ("new", "changed"):
         metrics.vote(joke.size, callback_data.action)
-    emoji = texts.BUTTON_UP if value == 1 else texts.BUTTON_DOWN
-    await callback.answer(_VOTE_TEXTS[outcome].format(vote=emoji))
+        await user_stats.count_vote(callback.from_user.id, value, outcome)
+    emoji = t.BUTTON_UP if value == 1 else t.BUTTON_DOWN
+    await callback.answer(getattr(t, _VOTE_TEXTS[outcome]).format(vote=emoji))
 
 
 @router.callback_query(SignedButton(WriteInline))
 async def write_inline(callback: CallbackQuery, callback_data: WriteInline, jokes: JokeService,
-                       outstanding: OutstandingRequests, event_update: Update) -> None:
+                       outstanding: OutstandingRequests, event_update: Update, t: Texts) -> None:
     # Works even where chosen_inline_result is off (it needs /setinlinefeedback in @BotFather).
     prompt = await outstanding.inline_prompt(callback_data.token)
     if callback.inline_message_id is None or prompt is None:
-        await callback.answer(texts.JOKE_FORGOTTEN)
+        await callback.answer(t.JOKE_FORGOTTEN)
         return
-    refusal = await jokes.write_in_inline_message(callback.inline_message_id, callback.from_user.id, prompt,
+    refusal = await jokes.write_in_inline_message(callback.inline_message_id, callback.from_user.id, prompt, t,
                                                   update_id=event_update.update_id)
-    await callback.answer(refusal or texts.MORE_STARTED)
+    await callback.answer(refusal or t.MORE_STARTED)

@@ -15,6 +15,7 @@ from aiogram.types import CallbackQuery, ErrorEvent, Message
 
 from bot.common.logs import log_event
 from bot.telegram import texts
+from bot.telegram.texts import Texts
 
 log = logging.getLogger(__name__)
 router = Router(name="fallback")
@@ -27,38 +28,38 @@ def _mention(text: str) -> str | None:
 
 
 @router.message(F.text.startswith("/"))
-async def unknown_command(message: Message, bot: Bot) -> None:
+async def unknown_command(message: Message, bot: Bot, t: Texts) -> None:
     mention = _mention(message.text)
     me = await bot.me()
     addressed_to_us = mention is not None and me.username is not None and mention.lower() == me.username.lower()
     if addressed_to_us or (mention is None and message.chat.type == "private"):
-        await message.reply(texts.UNKNOWN_COMMAND)
+        await message.reply(t.UNKNOWN_COMMAND)
 
 
 @router.message(F.chat.type == "private")
-async def not_text(message: Message) -> None:
-    await message.reply(texts.NOT_TEXT)
+async def not_text(message: Message, t: Texts) -> None:
+    await message.reply(t.NOT_TEXT)
 
 
 @router.callback_query()
-async def expired_button(callback: CallbackQuery) -> None:
+async def expired_button(callback: CallbackQuery, t: Texts) -> None:
     fields = {"user_id": callback.from_user.id, "data": (callback.data or "")[:80]}
     log_event(log, "button refused", fields, quote=True)
-    await callback.answer(texts.BUTTON_EXPIRED)
+    await callback.answer(t.BUTTON_EXPIRED)
 
 
 @router.errors()
-async def on_error(event: ErrorEvent) -> None:
+async def on_error(event: ErrorEvent, t: Texts = texts.RU) -> None:
     """A bug or an outage while handling an update: log it loudly, tell the user briefly."""
     log.error("update %s failed: %r", event.update.update_id, event.exception, exc_info=event.exception)
     message = event.update.message
     if message is not None:
         try:
-            await message.answer(texts.TEMPORARY_ERROR)
+            await message.answer(t.TEMPORARY_ERROR)
         except TelegramAPIError:
             pass
     elif event.update.callback_query is not None:
         try:
-            await event.update.callback_query.answer(texts.TEMPORARY_ERROR)
+            await event.update.callback_query.answer(t.TEMPORARY_ERROR)
         except TelegramAPIError:
             pass

@@ -22,12 +22,12 @@ from aiogram.types import (
 )
 
 from bot.queue.submit import QueueFull
-from bot.telegram import texts
 from bot.telegram.jokes import JokeService
 from bot.telegram.keyboards import joke_keyboard, write_keyboard
 from bot.telegram.outbox import fit_message
 from bot.telegram.outstanding import OutstandingRequests
 from bot.telegram.signing import INLINE_SCOPE, Signer
+from bot.telegram.texts import Texts
 
 log = logging.getLogger(__name__)
 router = Router(name="inline")
@@ -46,25 +46,25 @@ async def _answer_hint(query: InlineQuery, hint: str) -> None:
 
 @router.inline_query()
 async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests, signer: Signer,
-                       event_update: Update) -> None:
+                       event_update: Update, t: Texts) -> None:
     if not query.query.strip():
-        await _answer_hint(query, texts.INLINE_HINT)
+        await _answer_hint(query, t.INLINE_HINT)
         return
-    prompt, hint = await jokes.inline_prompt_or_hint(query.from_user.id, query.query)
+    prompt, hint = await jokes.inline_prompt_or_hint(query.from_user.id, query.query, t)
     if hint is not None:
         await _answer_hint(query, hint)
         return
     try:
         ready = await jokes.inline_variants(query.id, query.from_user.id, prompt, update_id=event_update.update_id)
     except QueueFull:
-        await _answer_hint(query, texts.INLINE_BUSY)
+        await _answer_hint(query, t.INLINE_BUSY)
         return
     results = [
         InlineQueryResultArticle(
-            id=result.request_id, title=texts.INLINE_VARIANT_TITLE.format(number=number),
+            id=result.request_id, title=t.INLINE_VARIANT_TITLE.format(number=number),
             description=fit_message(result.text, 120),
             input_message_content=InputTextMessageContent(message_text=fit_message(result.text)),
-            reply_markup=joke_keyboard(result.request_id, signer, INLINE_SCOPE),
+            reply_markup=joke_keyboard(result.request_id, signer, INLINE_SCOPE, t),
         )
         for number, result in enumerate(ready, start=1)
     ]
@@ -72,10 +72,10 @@ async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: Outs
         token = uuid.uuid4().hex[:16]
         await outstanding.remember_inline_prompt(token, prompt)
         results.append(InlineQueryResultArticle(
-            id=signer.sign(PENDING_PREFIX + token, INLINE_SCOPE), title=texts.INLINE_PENDING_TITLE,
-            description=fit_message(texts.INLINE_PENDING_DESCRIPTION.format(prompt=prompt), 120),
-            input_message_content=InputTextMessageContent(message_text=texts.PLACEHOLDER),
-            reply_markup=write_keyboard(token, signer),
+            id=signer.sign(PENDING_PREFIX + token, INLINE_SCOPE), title=t.INLINE_PENDING_TITLE,
+            description=fit_message(t.INLINE_PENDING_DESCRIPTION.format(prompt=prompt), 120),
+            input_message_content=InputTextMessageContent(message_text=t.PLACEHOLDER),
+            reply_markup=write_keyboard(token, signer, t),
         ))
     try:
         await query.answer(results, cache_time=CACHE_TIME_S, is_personal=True)
@@ -92,12 +92,12 @@ def _pending_token(result_id: str, signer: Signer) -> str | None:
 
 @router.chosen_inline_result(F.result_id.startswith(PENDING_PREFIX))
 async def chosen_pending(chosen: ChosenInlineResult, jokes: JokeService, outstanding: OutstandingRequests,
-                         signer: Signer, event_update: Update) -> None:
+                         signer: Signer, event_update: Update, t: Texts) -> None:
     """Needs inline feedback on (@BotFather → /setinlinefeedback); the article's button covers it otherwise."""
     token = _pending_token(chosen.result_id, signer)
     prompt = await outstanding.inline_prompt(token) if token is not None else None
     if chosen.inline_message_id is None or prompt is None:
         return
     # Refused (rate limit), the message says so and keeps its ✍️ button for a later try.
-    await jokes.write_in_inline_message(chosen.inline_message_id, chosen.from_user.id, prompt,
-                                        retry_markup=write_keyboard(token, signer), update_id=event_update.update_id)
+    await jokes.write_in_inline_message(chosen.inline_message_id, chosen.from_user.id, prompt, t,
+                                        retry_markup=write_keyboard(token, signer, t), update_id=event_update.update_id)

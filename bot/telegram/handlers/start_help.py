@@ -5,17 +5,17 @@ from aiogram import Bot, Router
 from aiogram.filters import Command, CommandStart
 from aiogram.types import Message
 
-from bot.telegram import texts
+from bot.telegram.texts import Texts
 
 router = Router(name="start_help")
 
 
 @router.message(CommandStart())
-async def start(message: Message) -> None:
-    await message.answer(texts.START)
+async def start(message: Message, t: Texts) -> None:
+    await message.answer(t.START)
 
 
 @router.message(Command("help"))
-async def help_(message: Message, bot: Bot) -> None:
+async def help_(message: Message, bot: Bot, t: Texts) -> None:
     me = await bot.me()
-    await message.answer(texts.HELP.format(bot_username=me.username))
+    await message.answer(t.HELP.format(bot_username=me.username))
