@@ -23,7 +23,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.telegram import texts  # noqa: E402
+from bot.telegram.texts import RU as texts  # noqa: E402
 from tests.conftest import RedisServer  # noqa: E402
 from tests.e2e_stack import (  # noqa: E402
     BOT_TOKEN,

@@ -237,6 +237,7 @@ def replayed_button(draw: st.DrawFn, stack: Stack, example: Example) -> None:
         query["message"] = where
     example.updates.append({"callback_query": query})
     example.callbacks.append(query["id"])
+    example.languages[query["id"]] = language_for(query["from"].get("language_code"))
     example.stats.append(f"callback_query:replayed {how}")
 
 

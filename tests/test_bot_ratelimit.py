@@ -131,3 +131,27 @@ async def test_an_update_is_handled_once_unless_the_process_handling_it_died(red
     ttl = await redis_client.ttl(f"{key_prefix}bot:update:2")
     assert 24 * 3600 < ttl <= UPDATE_TTL_S  # outlives Telegram's 24 h of re-delivery
     assert await bot.claim_update(None)  # no update id (not from Telegram): nothing to dedupe
+
+
+async def test_every_message_in_every_chat_spends_one_global_budget_shared_by_bot_processes(redis_client, key_prefix):
+    from aiogram.methods import AnswerCallbackQuery, SendMessage
+
+    from bot.telegram.middlewares import GroupPacing
+    from bot.telegram.ratelimit import global_pacer
+
+    sent: list[float] = []
+
+    async def make_request(bot, method):
+        sent.append(time.monotonic())
+        return True
+
+    # two bot processes (replicas), one Redis: 5 a second between them, whichever private chat
+    replicas = [GroupPacing(ChatPacer(redis_client, key_prefix, per_minute=600), global_pacer(redis_client, key_prefix, 5))
+                for _ in range(2)]
+    started = time.monotonic()
+    for n in range(9):
+        await replicas[n % 2](make_request, None, SendMessage(chat_id=1000 + n, text="x"))
+    assert time.monotonic() - started >= 0.7  # a burst of 5, then 4 more at 0.2 s each
+    for _ in range(20):  # answers to button presses are not messages: never paced
+        await replicas[0](make_request, None, AnswerCallbackQuery(callback_query_id="1"))
+    assert sent[-1] - sent[-20] < 0.2

@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     group_messages_per_minute: int = Field(
         20, ge=1, description="Messages (and edits) the bot sends per group chat per minute; Telegram allows about 20."
     )
+    messages_per_second: int = Field(
+        25, ge=1, le=30, description="Messages (and edits) the bot sends per second in all chats together, across "
+                                     "bot processes; Telegram allows about 30 (daily posts and broadcasts included)."
+    )
     prompt_max_chars: int = Field(300, ge=10, le=3000, description="Longest joke opening accepted, in characters.")
     inline_wait_s: float = Field(
         2.5, gt=0, le=8, description="How long an inline query waits for finished variants before answering "

@@ -57,7 +57,7 @@ from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates,
 from bot.telegram.notices import Notices
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import OutstandingRequests
-from bot.telegram.ratelimit import ChatPacer, UserRateLimiter
+from bot.telegram.ratelimit import ChatPacer, UserRateLimiter, global_pacer
 from bot.telegram.signing import Signer
 from bot.telegram.user_stats import UserStatsStore
 from bot.telegram.waiters import InlineWaiters
@@ -82,11 +82,11 @@ WATCHDOG_MARGIN_S = 5.0
 WEBHOOK_MAX_BODY_BYTES = 256 * 1024
 
 
-def build_bot(settings: Settings, pacer: ChatPacer, metrics: Metrics) -> Bot:
+def build_bot(settings: Settings, pacer: ChatPacer, metrics: Metrics, everywhere: ChatPacer | None = None) -> Bot:
     api = settings.telegram_api_base.rstrip("/")
     session = AiohttpSession(api=TelegramAPIServer.from_base(api)) if api else AiohttpSession()
     session.middleware(FloodControl(metrics))
-    session.middleware(GroupPacing(pacer))
+    session.middleware(GroupPacing(pacer, everywhere))
     # No default parse_mode: every text goes out plain, so model output is never parsed as markup.
     return Bot(settings.bot_token.get_secret_value(), session=session,
                default=DefaultBotProperties(link_preview_is_disabled=True))
@@ -277,7 +277,7 @@ async def run(settings: Settings, redis: Redis) -> None:
     stop = stop_on_signals()
     metrics = Metrics(CollectorRegistry())
     pacer = ChatPacer(redis, settings.redis_prefix, settings.group_messages_per_minute)
-    bot = build_bot(settings, pacer, metrics)
+    bot = build_bot(settings, pacer, metrics, global_pacer(redis, settings.redis_prefix, settings.messages_per_second))
     services = build_services(settings, redis, bot, metrics)
     dispatcher = build_dispatcher(settings, services)
     in_flight = InFlightUpdates()

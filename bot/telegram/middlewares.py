@@ -2,7 +2,8 @@
 
 `FloodControl` waits out Telegram's 429 (TelegramRetryAfter) and retries, never sooner than told;
 it also counts every failed call (telegram_errors) and every 429 (telegram_retry_afters).
-`GroupPacing` spends a group chat's message budget before each message the bot sends there.
+`GroupPacing` spends the bot's global message budget (MESSAGES_PER_SECOND) before every message and edit,
+and a group chat's (GROUP_MESSAGES_PER_MINUTE) before each one sent there; channels count as groups.
 `InFlightUpdates` (an update middleware of the Dispatcher) lets shutdown wait for the updates in hand.
 `UserLanguage` (another) hands every handler `t`, the texts in the language of whoever sent the update.
 """
@@ -96,13 +97,18 @@ class FloodControl(BaseRequestMiddleware):
 
 
 class GroupPacing(BaseRequestMiddleware):
-    def __init__(self, pacer: ChatPacer) -> None:
+    def __init__(self, pacer: ChatPacer, everywhere: ChatPacer | None = None) -> None:
         self.pacer = pacer
+        self.everywhere = everywhere
 
     async def __call__(
         self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType]
     ) -> Response[TelegramType]:
         chat_id: Any = getattr(method, "chat_id", None)
+        if isinstance(method, _PACED) and self.everywhere is not None:
+            waited = await self.everywhere.wait_turn(0)
+            if waited > 0:
+                log.info("paced %s by %.1fs: the bot's messages per second", type(method).__name__, waited)
         if isinstance(method, _PACED) and isinstance(chat_id, int) and is_group_chat(chat_id):
             waited = await self.pacer.wait_turn(chat_id)
             if waited > 0:

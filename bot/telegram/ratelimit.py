@@ -93,9 +93,9 @@ class ChatPacer:
     """
 
     def __init__(self, redis: Redis, prefix: str, per_minute: int, burst: int | None = None,
-                 max_wait_s: float = 120.0) -> None:
+                 max_wait_s: float = 120.0, name: str = "chat") -> None:
         burst = burst if burst is not None else max(2, per_minute // 4)
-        self._bucket = TokenBucket(redis, f"{prefix}bot:pace:chat:", per_minute, burst)
+        self._bucket = TokenBucket(redis, f"{prefix}bot:pace:{name}:", per_minute, burst)
         self._max_wait_s = max_wait_s
 
     async def wait_turn(self, chat_id: int) -> float:
@@ -108,6 +108,11 @@ class ChatPacer:
             pause = min(decision.retry_after_s + 0.01, self._max_wait_s - waited + 0.01)
             await asyncio.sleep(pause)
             waited += pause
+
+
+def global_pacer(redis: Redis, prefix: str, per_second: int) -> ChatPacer:
+    """One bucket for every message of the bot, whichever chat and bot process sends it (take with `wait_turn(0)`)."""
+    return ChatPacer(redis, prefix, per_second * 60, burst=per_second, max_wait_s=30.0, name="global")
 
 
 def is_group_chat(chat_id: int | None) -> bool:
