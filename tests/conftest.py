@@ -37,9 +37,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 class RedisServer:
     """A redis-server child process on a unix socket; restartable on the same socket and data dir."""
 
-    def __init__(self, data_dir: Path, *, appendonly: bool) -> None:
+    def __init__(self, data_dir: Path, *, appendonly: bool, fsync: str = "always") -> None:
+        """`fsync`: "always" (tests: even a SIGKILL loses nothing acknowledged) or "everysec" (deploy/redis.conf)."""
         self.data_dir = data_dir
         self.appendonly = appendonly
+        self.fsync = fsync
         # Unix socket paths must stay under ~107 bytes, pytest's tmp_path may not.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="rj-", dir="/tmp"))
         self.socket_path = self._socket_dir / "redis.sock"
@@ -55,8 +57,7 @@ class RedisServer:
             redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket_path),
             "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
-            # fsync every write, so even a SIGKILL loses nothing that was acknowledged
-            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.fsync,
         ]
         self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

@@ -30,6 +30,7 @@ BOT_TOKEN = "123456789:AAFakeTokenForEndToEndTests_abcdefghij"
 BOT_USERNAME = "rujokes_test_bot"
 ADMIN_ID = 777
 JOKE_BUTTONS = [texts.BUTTON_MORE, texts.BUTTON_UP, texts.BUTTON_DOWN]
+MENUS_PER_START = 4  # setMyCommands calls: the public and the admin's menu, each in Russian and in English
 T = TypeVar("T")
 
 
@@ -112,8 +113,10 @@ class Stack:
         self.worker = self.worker or start_worker(self.worker_env, self.worker_log)
         self.bot = self.bot or start_bot(self.bot_env, self.bot_log)
         self.wait_for_worker()
-        # setMyCommands is the bot's last step before polling (the fake logs a long poll only when it ends)
-        wait_until(lambda: self.api.calls("setMyCommands") or self._died(self.bot), 60, "the bot to start")
+        # The menus (setMyCommands: public and admin, Russian and English) are the bot's last step before polling
+        # (the fake logs a long poll only when it ends).
+        wait_until(lambda: len(self.api.calls("setMyCommands")) >= MENUS_PER_START or self._died(self.bot), 60,
+                   "the bot to start")
         assert self.bot.poll() is None, self.log_tail(self.bot_log)
         return self
 
@@ -133,10 +136,10 @@ class Stack:
 
     def restart_bot(self) -> None:
         """Stop the bot cleanly and start it again with the same settings; return once it polls."""
-        menus = len(self.api.calls("setMyCommands"))  # four a start: public and admin menus, in Russian and English
+        menus = len(self.api.calls("setMyCommands"))
         assert stop_process(self.bot) == 0, self.log_tail(self.bot_log)
         self.start_bot()
-        wait_until(lambda: len(self.api.calls("setMyCommands")) >= menus + 4 or self._died(self.bot), 60,
+        wait_until(lambda: len(self.api.calls("setMyCommands")) >= menus + MENUS_PER_START or self._died(self.bot), 60,
                    "the restarted bot")
         assert self.bot.poll() is None, self.log_tail(self.bot_log)
 

@@ -197,6 +197,7 @@ class FakeBotAPI:
             self.inline_answers: list[dict] = []
             self.callback_answers: list[dict] = []
             self.drafts: dict[int, list[dict]] = {}           # chat_id -> every sendMessageDraft, in order
+            self._disruptions: dict[str, dict] = {}          # method (lower case) or "*" -> see disrupt()
             self.commands: dict[str, list] = {}
             self.webhook_url, self.allowed_updates = "", []
             self._ids = itertools.count(1)                    # update ids, query ids, file ids
@@ -283,10 +284,19 @@ class FakeBotAPI:
             if name is None:
                 log.warning("fake Bot API: unsupported method %s(%s)", call.method, call.params)
                 raise ApiError(404, "Not Found")
+            disruption = self._disruption(name)
+            if disruption is not None and disruption["kind"] == "reset":
+                call.error = (0, "connection reset by the fake")
+                request.transport.close()  # before any answer: the client sees the connection drop
+                return web.Response()
+            if disruption is not None and disruption["kind"] == "5xx":
+                raise ApiError(502, "Bad Gateway")
             self._raise_injected_failure(name)
             result = True if name in _ALWAYS_TRUE else getattr(self, "_m_" + name)(call.params)
             if asyncio.iscoroutine(result):
                 result = await result
+            if disruption is not None and disruption["kind"] == "hang":
+                await asyncio.sleep(disruption["hang_s"])  # done, but answered after the client gave up
             return web.json_response({"ok": True, "result": result})
         except ApiError as exc:
             call.error = (exc.code, exc.description)
@@ -297,7 +307,7 @@ class FakeBotAPI:
 
     _CONTROL_ACTIONS = {"inject_update", "private_message", "group_message", "sticker_message", "photo_message",
                         "inline_query", "chosen_inline_result", "callback_query", "press_button", "fail_next", "reset",
-                        "stall_polls", "resume_polls", "set_chat_member"}
+                        "stall_polls", "resume_polls", "set_chat_member", "disrupt"}
 
     async def _handle_control(self, request: web.Request) -> web.Response:
         """For tests in another process. POST /_control/<helper> with JSON kwargs (helpers above), or GET
@@ -335,6 +345,21 @@ class FakeBotAPI:
                    "parameters": parameters, "times": times}
         with self._lock:
             self._failures.setdefault(method.lower(), []).append(failure)
+
+    def disrupt(self, method: str, kind: str, for_s: float, hang_s: float = 0.0) -> None:
+        """For the next `for_s` seconds every call of `method` ("*": any but getUpdates) fails the way a troubled
+        Telegram does: "5xx" (502 Bad Gateway, nothing done), "reset" (the connection drops before anything is
+        done) or "hang" (done, but answered only after `hang_s`: a client that timed out cannot tell)."""
+        if kind not in ("5xx", "reset", "hang"):
+            raise ValueError(f"unknown disruption {kind!r}")
+        with self._lock:
+            self._disruptions[method.lower()] = {"kind": kind, "until": time.time() + for_s, "hang_s": hang_s}
+
+    def _disruption(self, method: str) -> dict | None:
+        with self._lock:
+            found = self._disruptions.get(method.lower()) or (
+                self._disruptions.get("*") if method.lower() != "getupdates" else None)
+            return found if found is not None and time.time() < found["until"] else None
 
     def _raise_injected_failure(self, method: str) -> None:
         with self._lock:

@@ -155,3 +155,41 @@ async def test_every_message_in_every_chat_spends_one_global_budget_shared_by_bo
     for _ in range(20):  # answers to button presses are not messages: never paced
         await replicas[0](make_request, None, AnswerCallbackQuery(callback_query_id="1"))
     assert sent[-1] - sent[-20] < 0.2
+
+
+async def test_flood_control_retries_telegram_trouble_but_never_resends_what_may_have_been_sent():
+    from aiogram.exceptions import TelegramNetworkError, TelegramServerError
+    from aiogram.methods import EditMessageText, GetUpdates, SendMessage
+    from prometheus_client import CollectorRegistry
+
+    from bot.common.metrics import Metrics
+    from bot.telegram.middlewares import FloodControl
+
+    control = FloodControl(Metrics(CollectorRegistry()), backoff_s=0.01)
+
+    def failing(error: Exception, times: int):
+        tries: list[str] = []
+
+        async def make_request(bot, method):
+            tries.append(type(method).__name__)
+            if len(tries) <= times:
+                raise error
+            return True
+        return make_request, tries
+
+    server, network = TelegramServerError(method=None, message="Bad Gateway"), TelegramNetworkError(None, "reset")
+    make_request, tries = failing(server, 2)  # a 5xx did nothing: a send is tried again
+    assert await control(make_request, None, SendMessage(chat_id=1, text="x")) is True and len(tries) == 3
+    make_request, tries = failing(network, 2)  # an edit is the same edit however often it lands
+    assert await control(make_request, None, EditMessageText(chat_id=1, message_id=1, text="x")) and len(tries) == 3
+    make_request, tries = failing(network, 1)  # a send whose connection failed may have arrived: the caller decides
+    with pytest.raises(TelegramNetworkError):
+        await control(make_request, None, SendMessage(chat_id=1, text="x"))
+    assert len(tries) == 1
+    make_request, tries = failing(server, 1)  # aiogram's polling backs off by itself
+    with pytest.raises(TelegramServerError):
+        await control(make_request, None, GetUpdates())
+    make_request, tries = failing(server, 5)  # and the retries end
+    with pytest.raises(TelegramServerError):
+        await control(make_request, None, SendMessage(chat_id=1, text="x"))
+    assert len(tries) == control.transient_attempts

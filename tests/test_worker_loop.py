@@ -181,6 +181,37 @@ async def test_failing_generation_is_retried_then_dead_lettered_as_failed(
     assert DeadLetter.model_validate_json(fields[DATA_FIELD]).deliveries == 3
 
 
+class PoisonedEngine(UpperEngine):
+    """Raises for every batch that holds a prompt with "ЯД" in it, as a request that crashes the model would."""
+
+    def generate(self, size, jobs, on_partial=None, on_done=None, more_jobs=None):
+        if any("ЯД" in job.prompt for job in jobs):
+            self.calls.append((size, [job.prompt for job in jobs]))
+            raise RuntimeError("index out of range (fake poison)")
+        return super().generate(size, jobs, on_partial, on_done, more_jobs)
+
+
+async def test_a_poison_request_is_dead_lettered_alone_and_its_batch_mates_are_answered(
+    redis_client, queue, reader, make_worker, make_request, queue_config
+):
+    engine = PoisonedEngine()
+    worker = make_worker(engine, queue=dataclasses.replace(queue_config, max_deliveries=2, claim_idle_ms=60_000))
+    innocent = [make_request("штирлиц"), make_request("чапаев")]
+    poison = make_request("ЯД")
+    for request in (innocent[0], poison, innocent[1]):
+        await queue.submit(request)
+    for _ in range(4):
+        await worker.run_once()
+    results = {result.request_id: result for result in await final_results(reader, 3)}
+    assert [results[r.request_id].text for r in innocent] == ["nano:ШТИРЛИЦ", "nano:ЧАПАЕВ"]
+    assert (results[poison.request_id].status, results[poison.request_id].error) == ("failed", "max_deliveries")
+    [(_, fields)] = await redis_client.xrange(queue.keys.dead_letter)
+    assert DeadLetter.model_validate_json(fields[DATA_FIELD]).payload.find(poison.request_id) >= 0
+    await queue.submit(later := make_request("после яда"))  # the worker goes on serving
+    await worker.run_once()
+    assert [r.text for r in await final_results(reader, 1) if r.request_id == later.request_id] == ["nano:ПОСЛЕ ЯДА"]
+
+
 async def test_partial_results_reach_the_reader_while_generation_runs(queue, reader, make_worker, make_request):
     gate = threading.Event()
     worker = make_worker(UpperEngine(partial=True, gate=gate))

@@ -110,10 +110,19 @@ class Settings(BaseSettings):
                                    "set one (e.g. `openssl rand -hex 32`) to keep them across a token change. Secret."
     )
     admin_ids: Annotated[list[int], NoDecode] = Field(
-        default_factory=list, description="Comma-separated Telegram user ids allowed to use /model and /stats."
+        default_factory=list, description="Comma-separated Telegram user ids of the bot's admins (/model, /ban, "
+                                          "/broadcast, the bot's /stats…)."
     )
     telegram_api_base: str = Field(
         "", description="Bot API server base URL (a local telegram-bot-api or a test double). Empty: api.telegram.org."
+    )
+    telegram_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds the bot waits for one Bot API answer before it counts as a network error "
+                                "(and is retried; a long poll waits this much longer than its own timeout)."
+    )
+    delivery_retry_s: float = Field(
+        120.0, ge=0, description="How long the bot keeps trying to show a finished joke (or an apology) while "
+                                 "Telegram answers 5xx or the connection fails, before it gives that one up."
     )
     webhook_url: str = Field(
         "", description="Public HTTPS URL Telegram posts updates to. Empty: long polling (the default)."

@@ -25,13 +25,13 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError, TelegramUnauthorizedError
 from aiogram.types import BotCommand, BotCommandScopeChat, BotCommandScopeDefault
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -63,6 +63,7 @@ from bot.telegram.user_stats import UserStatsStore
 from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Inline queries come once per typing pause, so they get a roomier bucket than /joke.
 INLINE_RATE_FACTOR = 3
@@ -74,6 +75,8 @@ HEALTH_STALE_S = 30.0
 # read can outlast a small share (BENCHMARKS.md, "Figures behind code comments"): it gets 0.15.
 STAGE_SHARES = {"receiver": 0.15, "updates": 0.15, "daily": 0.025, "broadcasts": 0.025, "results_reader": 0.15,
                 "delivery": 0.2, "metrics": 0.1, "redis": 0.1, "session": 0.1}
+# The longest pause between two tries to reach Telegram at start-up.
+MAX_STARTUP_PAUSE_S = 30.0
 # Past a daily post's request deadline and grace, before its next attempt may start.
 DAILY_LEASE_MARGIN_S = 15.0
 # After the shutdown's budget, this much longer before the watchdog ends the process regardless.
@@ -84,7 +87,9 @@ WEBHOOK_MAX_BODY_BYTES = 256 * 1024
 
 def build_bot(settings: Settings, pacer: ChatPacer, metrics: Metrics, everywhere: ChatPacer | None = None) -> Bot:
     api = settings.telegram_api_base.rstrip("/")
-    session = AiohttpSession(api=TelegramAPIServer.from_base(api)) if api else AiohttpSession()
+    timeout = settings.telegram_timeout_s
+    session = (AiohttpSession(api=TelegramAPIServer.from_base(api), timeout=timeout) if api
+               else AiohttpSession(timeout=timeout))
     session.middleware(FloodControl(metrics))
     session.middleware(GroupPacing(pacer, everywhere))
     # No default parse_mode: every text goes out plain, so model output is never parsed as markup.
@@ -131,7 +136,7 @@ def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics)
     lease_s = settings.request_timeout_s + settings.result_grace_s + DAILY_LEASE_MARGIN_S
     daily = DailyJokes(redis, prefix, lease_s=lease_s, check_interval_s=settings.daily_check_interval_s)
     delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, signer, daily,
-                            settings.edit_interval_s)
+                            settings.edit_interval_s, retry_s=settings.delivery_retry_s)
     return Services(redis, queue, feedback, outstanding, chat_settings, jokes, delivery, metrics, signer, daily,
                     user_stats, AccessList(redis, prefix, settings), AuditLog(redis, prefix),
                     Broadcasts(redis, prefix, settings.broadcast_per_second))
@@ -161,18 +166,39 @@ def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
 
 
 async def set_commands(bot: Bot, settings: Settings) -> None:
-    """The command menu; admins also see the admin commands in their private chat with the bot."""
+    """The command menu; admins also see the admin commands in their private chat with the bot.
+
+    A menu Telegram refuses or cannot take now (5xx, a dropped connection) is logged and left as it was: it
+    is cosmetic, and a bot that died of it would answer nobody. A rejected token still ends the bot.
+    """
     for t in (texts.RU, texts.EN):
         # Russian for everyone (no language_code); English for clients set to English (Telegram picks).
         language = None if t is texts.RU else t.language
         public = [BotCommand(command=name, description=t.command(name)) for name in texts.COMMAND_NAMES]
-        await bot.set_my_commands(public, scope=BotCommandScopeDefault(), language_code=language)
         admin = public + [BotCommand(command=name, description=t.command(name)) for name in texts.ADMIN_COMMAND_NAMES]
-        for admin_id in settings.admin_ids:
+        scopes = [("public", public, BotCommandScopeDefault())]
+        scopes += [(f"admin {admin_id}", admin, BotCommandScopeChat(chat_id=admin_id))
+                   for admin_id in settings.admin_ids]
+        for name, commands, scope in scopes:
             try:
-                await bot.set_my_commands(admin, scope=BotCommandScopeChat(chat_id=admin_id), language_code=language)
-            except TelegramAPIError as error:  # e.g. the admin never opened a chat with the bot
-                log.warning("admin command menu for %s not set: %s", admin_id, error)
+                await bot.set_my_commands(commands, scope=scope, language_code=language)
+            except TelegramUnauthorizedError:
+                raise
+            except TelegramAPIError as error:  # e.g. the admin never opened a chat with the bot; Telegram's trouble
+                log.warning("%s command menu (%s) not set: %s", name, t.language, error)
+
+
+async def until_telegram_answers(what: str, call: Callable[[], Awaitable[T]], first_pause_s: float = 1.0) -> T:
+    """`call()`, tried again while Telegram has trouble (5xx, a failed connection), with a growing pause: a bot
+    that starts during an outage waits for Telegram instead of exiting. Anything else (a rejected token) raises."""
+    pause = first_pause_s
+    while True:
+        try:
+            return await call()
+        except (TelegramServerError, TelegramNetworkError) as error:
+            log.warning("%s: Telegram unavailable (%s); trying again in %.0fs", what, error, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_STARTUP_PAUSE_S)
 
 
 class Polling:
@@ -185,7 +211,8 @@ class Polling:
 
     async def serve(self) -> None:
         # A webhook left over from an earlier deployment would make getUpdates fail with 409.
-        await self.bot.delete_webhook(drop_pending_updates=False)
+        await until_telegram_answers("deleteWebhook", lambda: self.bot.delete_webhook(drop_pending_updates=False))
+        await until_telegram_answers("getMe", self.bot.me)  # cached: start_polling's own getMe is then local
         await self.dispatcher.start_polling(self.bot, polling_timeout=25, handle_signals=False,
                                             close_bot_session=False)
 
@@ -234,8 +261,9 @@ class Webhook:
 
     async def _register_webhook(self, _: web.Application) -> None:
         settings = self.settings
-        await self.bot.set_webhook(settings.webhook_url, secret_token=self.secret,
-                                   allowed_updates=self.dispatcher.resolve_used_update_types())
+        updates = self.dispatcher.resolve_used_update_types()
+        await until_telegram_answers("setWebhook", lambda: self.bot.set_webhook(
+            settings.webhook_url, secret_token=self.secret, allowed_updates=updates))
         log.info("webhook %s registered; listening on %s:%s%s", settings.webhook_url, settings.webhook_host,
                  settings.webhook_port, settings.webhook_path)
 

@@ -13,9 +13,15 @@ import asyncio
 import logging
 import time
 from contextlib import suppress
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable, TypeVar
 
-from aiogram.exceptions import TelegramAPIError, TelegramForbiddenError, TelegramRetryAfter
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
 from redis.exceptions import RedisError
 
 from bot.common.health import Liveness
@@ -36,6 +42,11 @@ from bot.telegram.waiters import InlineWaiters
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+# Telegram's trouble, not the message's: a 5xx or a failed connection (reset, timeout). Worth trying again.
+TRANSIENT = (TelegramServerError, TelegramNetworkError)
+RETRY_PAUSE_S = 2.0
+
 # A result's status -> the name of the text that explains it.
 STATUS_TEXTS = {"expired": "TIMEOUT", "busy": "BUSY", "failed": "FAILED", "unknown_size": "UNKNOWN_SIZE"}
 
@@ -43,7 +54,7 @@ STATUS_TEXTS = {"expired": "TIMEOUT", "busy": "BUSY", "failed": "FAILED", "unkno
 class DeliveryLoop:
     def __init__(self, reader: ResultReader, outstanding: OutstandingRequests, feedback: FeedbackStore,
                  outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, signer: Signer, daily: DailyJokes,
-                 edit_interval_s: float, sweep_interval_s: float = 1.0) -> None:
+                 edit_interval_s: float, sweep_interval_s: float = 1.0, retry_s: float = 120.0) -> None:
         self.reader = reader
         self.outstanding = outstanding
         self.feedback = feedback
@@ -54,6 +65,7 @@ class DeliveryLoop:
         self.daily = daily
         self.edit_interval_s = edit_interval_s
         self.sweep_interval_s = sweep_interval_s
+        self.retry_s = retry_s
         self._tasks: dict[str, asyncio.Task] = {}       # the latest delivery task per request
         self._last_partial: dict[str, float] = {}       # monotonic time of the last streamed update
         self._drafts_paused_until: dict[str, float] = {}
@@ -145,6 +157,22 @@ class DeliveryLoop:
         self._tasks[request_id] = task
         task.add_done_callback(forget_if_last)
 
+    async def _persist(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()`, tried again every RETRY_PAUSE_S while Telegram has trouble, for up to `retry_s`; then it raises.
+
+        A 5xx did nothing, so a retry is safe; a reset or a timeout may hide a message that was sent, so a
+        retried *send* can show twice (an edit cannot: placeholders make that case safe). BENCHMARKS.md counts it.
+        """
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return await send()
+            except TRANSIENT as error:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("showing %s: Telegram unavailable (%s); trying again", what, error)
+                await asyncio.sleep(RETRY_PAUSE_S)
+
     # -- the three kinds of delivery ------------------------------------------------------------------
 
     async def _partial(self, result: JokeResult) -> None:
@@ -189,7 +217,8 @@ class DeliveryLoop:
             text = getattr(t, STATUS_TEXTS.get(result.status, "FAILED"))
             log.warning("request %s answered %s (%s)", result.request_id, result.status, result.error)
         try:
-            message_id = await self.outbox.show(delivery, text, markup) or delivery.message_id
+            message_id = await self._persist(result.request_id, lambda: self.outbox.show(delivery, text, markup)) \
+                or delivery.message_id
             if markup is not None and message_id is not None and is_group_chat(delivery.chat_id):
                 # A reply to this message asks for a joke (handlers/joke.py).
                 await self.feedback.remember_chat_joke(delivery.chat_id, message_id, result.request_id)
@@ -225,7 +254,8 @@ class DeliveryLoop:
             await self.feedback.remember_joke(joke_id, record.prompt if record is not None else "", result.size or "?",
                                               result.latency_s)
             try:
-                message = await self.outbox.send(chat_id, f"{t.DAILY_HEADER}\n\n{joke}", reply_markup=markup)
+                message = await self._persist(post_id, lambda: self.outbox.send(chat_id, f"{t.DAILY_HEADER}\n\n{joke}",
+                                                                                 reply_markup=markup))
             except TelegramForbiddenError as error:  # removed from the chat, blocked: stop posting there
                 outcome = "undelivered"
                 log.warning("daily post %s: %s; unsubscribing chat %s", post_id, error, chat_id)
@@ -260,7 +290,8 @@ class DeliveryLoop:
         self._drafts_paused_until.pop(record.request_id, None)
         await self.feedback.count_timeout()
         try:
-            message_id = await self.outbox.show(record.delivery, texts.get(record.language).TIMEOUT)
+            message_id = await self._persist(record.request_id, lambda: self.outbox.show(
+                record.delivery, texts.get(record.language).TIMEOUT))
         except TelegramAPIError as error:
             log.warning("could not tell %s about the timeout: %s", record.delivery, error)
             return

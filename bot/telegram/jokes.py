@@ -19,6 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from aiogram.exceptions import TelegramNetworkError, TelegramServerError
 from aiogram.types import InlineKeyboardMarkup
 
 from bot.common.logs import log_event
@@ -226,8 +227,13 @@ class JokeService:
         # their budget is ~20 messages a minute.
         t = texts.get(origin.language)
         if not (origin.private and await self.outbox.draft(origin.chat_id, request_id, "")):
-            placeholder = await self.outbox.send(origin.chat_id, t.PLACEHOLDER, origin.reply_to_message_id)
-            delivery = delivery.model_copy(update={"message_id": placeholder.message_id})
+            try:
+                placeholder = await self.outbox.send(origin.chat_id, t.PLACEHOLDER, origin.reply_to_message_id)
+                delivery = delivery.model_copy(update={"message_id": placeholder.message_id})
+            except (TelegramServerError, TelegramNetworkError) as error:
+                # Telegram is in trouble: the joke is written anyway, and shown as a new message once it can be.
+                log.warning("no placeholder in chat %s (%s); the joke will come as a new message", origin.chat_id,
+                            error)
         sampling, size = params
         request = self._request(kind, delivery, origin.user_id, prompt, received_at=received_at,
                                 request_id=request_id, stream_partials=origin.private, sampling=sampling, size=size)

@@ -1,7 +1,10 @@
 """Outgoing-request middlewares on the Bot's session: every Bot API call of every handler passes here.
 
-`FloodControl` waits out Telegram's 429 (TelegramRetryAfter) and retries, never sooner than told;
-it also counts every failed call (telegram_errors) and every 429 (telegram_retry_afters).
+`FloodControl` waits out Telegram's 429 (TelegramRetryAfter) and retries, never sooner than told; it
+retries a 5xx or a failed connection (reset, timeout) a few times with a short backoff (a sendMessage only
+after a 5xx: one whose connection failed may have been delivered); it counts every
+failed call (telegram_errors) and every 429 (telegram_retry_afters). Longer outages are the callers'
+(the delivery keeps trying for DELIVERY_RETRY_S).
 `GroupPacing` spends the bot's global message budget (MESSAGES_PER_SECOND) before every message and edit,
 and a group chat's (GROUP_MESSAGES_PER_MINUTE) before each one sent there; channels count as groups.
 `InFlightUpdates` (an update middleware of the Dispatcher) lets shutdown wait for the updates in hand.
@@ -31,6 +34,7 @@ from aiogram.methods import (
     AnswerInlineQuery,
     EditMessageReplyMarkup,
     EditMessageText,
+    GetUpdates,
     SendChatAction,
     SendMessage,
     SendMessageDraft,
@@ -49,6 +53,9 @@ log = logging.getLogger(__name__)
 # Not worth waiting for: an inline answer after ~10 s is dropped by Telegram anyway, a draft or a
 # chat action is stale by the time a retry would land. Their callers treat the error as "skip".
 _NOT_RETRIED = (AnswerInlineQuery, SendMessageDraft, SendChatAction)
+# A 5xx or a dropped connection is worth a quick retry, except for these: aiogram's polling has its own backoff.
+_NOT_RETRIED_TRANSIENT = (*_NOT_RETRIED, GetUpdates)
+_TRANSIENT = (TelegramServerError, TelegramNetworkError)
 _PACED = (SendMessage, EditMessageText, EditMessageReplyMarkup, SendPhoto, SendSticker)
 # aiogram's exceptions carry no status code; most specific class first.
 _ERROR_CODES: tuple[tuple[type[TelegramAPIError], str], ...] = (
@@ -68,10 +75,13 @@ def api_method_name(method: TelegramMethod[Any]) -> str:
 
 
 class FloodControl(BaseRequestMiddleware):
-    def __init__(self, metrics: Metrics, max_attempts: int = 4, max_retry_after_s: float = 60.0) -> None:
+    def __init__(self, metrics: Metrics, max_attempts: int = 4, max_retry_after_s: float = 60.0,
+                 transient_attempts: int = 3, backoff_s: float = 0.5) -> None:
         self.metrics = metrics
         self.max_attempts = max_attempts
         self.max_retry_after_s = max_retry_after_s  # a longer ban is better reported than slept through
+        self.transient_attempts = transient_attempts
+        self.backoff_s = backoff_s
 
     async def __call__(
         self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType]
@@ -90,6 +100,15 @@ class FloodControl(BaseRequestMiddleware):
                 if give_up:
                     raise
                 await asyncio.sleep(error.retry_after)
+                attempt += 1
+            except _TRANSIENT as error:
+                self.metrics.telegram_error(api_method_name(method), error_code(error))
+                # A send whose connection failed may have been delivered: whether to send again is the caller's call.
+                maybe_sent = isinstance(error, TelegramNetworkError) and isinstance(method, SendMessage)
+                if maybe_sent or isinstance(method, _NOT_RETRIED_TRANSIENT) or attempt >= self.transient_attempts:
+                    raise
+                log.warning("%s failed (%s); retrying (attempt %d)", type(method).__name__, error, attempt)
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
                 attempt += 1
             except TelegramAPIError as error:
                 self.metrics.telegram_error(api_method_name(method), error_code(error))

@@ -49,6 +49,7 @@ class Worker:
         self._in_flight: list[ClaimedRequest] = []
         # Claimed while a batch of another size was running: served by the next batch.
         self._carry: list[ClaimedRequest] = []
+        self._alone: list[ClaimedRequest] = []  # after a failed batch, waiting for their turn alone
         self._batch_active_size: str | None = None  # the active size the running batch resolved "active" to
         self._started_at = time.time()
         self._liveness = Liveness()  # for /healthz: the claim loop went round, Redis answered
@@ -84,9 +85,9 @@ class Worker:
             with suppress(asyncio.CancelledError):
                 await heartbeat
             with suppress(RedisError):
-                if self._carry:  # claimed for a next batch that will not run: straight back to the queue
-                    await self.queue.release(self._carry, self.config.worker_id, penalize=False)
-                    self._carry = []
+                if self._carry or self._alone:  # claimed for a batch that will not run: straight back to the queue
+                    await self.queue.release(self._carry + self._alone, self.config.worker_id, penalize=False)
+                    self._carry, self._alone = [], []
             with suppress(RedisError):
                 await self.queue.remove_heartbeat(self.config.worker_id)
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -180,12 +181,24 @@ class Worker:
             await asyncio.shield(self._release_unanswered(early, penalize=False))
             raise
         except Exception:
-            # A bug or a bad input: retry elsewhere; max_deliveries ends a poison request in dead letters.
-            log.exception("generation failed for %d requests (size %s); released for retry", len(group), size)
-            await self.queue.release(await early.unanswered(), worker_id, penalize=True)
-            return
+            unanswered = await early.unanswered()
+            if len(unanswered) == 1:
+                # A bug or a bad input: retry elsewhere; max_deliveries ends a poison request in dead letters.
+                log.exception("generation failed for 1 request (size %s); released for retry", size)
+                await self.queue.release(unanswered, worker_id, penalize=True)
+                return
+            # One bad request must not fail the others: each is tried alone, so only one that fails alone is
+            # released (and, failing every time, dead-lettered after max_deliveries).
+            log.exception("generation failed for %d requests (size %s); trying each alone", len(unanswered), size)
+            outputs = None
         finally:
             self._in_flight = []
+        if outputs is None:
+            await partials.drain()
+            self._alone = list(unanswered)
+            while self._alone:
+                await self._generate_and_answer(size, [self._alone.pop(0)])
+            return
         if self.metrics is not None:
             self.metrics.batch_generated(size, len(outputs), time.monotonic() - started,
                                          sum(output.new_tokens for output in outputs))
@@ -259,7 +272,7 @@ class Worker:
                     self.metrics.queue_length.set(depth)
                 # Past its deadline a request is no longer kept fresh: if this worker is hung, another
                 # one reclaims it and answers "expired".
-                fresh = [c for c in self._in_flight + self._carry if c.request.deadline > time.time()]
+                fresh = [c for c in self._in_flight + self._carry + self._alone if c.request.deadline > time.time()]
                 if fresh:
                     await self.queue.touch(fresh, self.config.worker_id)
             except RedisError as error:

@@ -55,7 +55,7 @@ async def on_error(event: ErrorEvent, t: Texts = texts.RU) -> None:
     message = event.update.message
     if message is not None:
         try:
-            await message.answer(t.TEMPORARY_ERROR)
+            await message.reply(t.TEMPORARY_ERROR)  # a reply: in a busy group, to whom it is said
         except TelegramAPIError:
             pass
     elif event.update.callback_query is not None:
