@@ -110,3 +110,28 @@ def test_a_bot_killed_with_a_daily_post_in_flight_posts_it_once_after_its_restar
     time.sleep(1.5)
     posts = [m for m in stack.bot_messages(user) if m["text"].startswith(header)]
     assert len(posts) == 1 and is_joke(posts[0]), posts
+
+
+def test_a_bot_killed_with_an_update_in_hand_that_telegram_counts_as_delivered_answers_it_after_restart(restart_stack):
+    """aiogram confirms an update with its next poll while the handler still runs: killed then, the update is gone
+    from Telegram, and only the bot's inbox in Redis remembers it."""
+    from bot.telegram.inbox import REPLAY_AFTER_S
+
+    stack, group = restart_stack, restart_stack.new_group()
+    stack.api.disrupt("sendMessage", "hang", for_s=4, hang_s=6)  # the placeholder's send: the handler is in hand
+    update = stack.api.group_message(group, stack.new_user(), "/joke Штирлиц в руках")
+    # The placeholder exists as soon as "Telegram" did the call; its answer (and the call's log) comes 6 s later.
+    wait_until(lambda: [m for m in stack.bot_messages(group) if m.get("text") == texts.PLACEHOLDER], 30,
+               "the handler in hand, waiting for its placeholder's answer")
+    # aiogram's next poll, sent as soon as the update was handed to its handler, has confirmed it already
+    wait_until(lambda: update["update_id"] not in {u["update_id"] for u in stack.api.pending_updates}, 10,
+               "the poll that confirms the update to Telegram")
+    kill_bot(stack)
+    menus = len(stack.api.calls("setMyCommands"))
+    stack.start_bot()
+    wait_until(lambda: len(stack.api.calls("setMyCommands")) >= menus + 4, 60, "the restarted bot")
+    joke = wait_until(lambda: [m for m in stack.bot_messages(group) if is_joke(m)], REPLAY_AFTER_S + 60,
+                      "the replayed update's joke")
+    time.sleep(2)
+    assert len([m for m in stack.bot_messages(group) if is_joke(m)]) == 1, stack.bot_messages(group)
+    assert joke[0]["text"].startswith("Штирлиц в руках")

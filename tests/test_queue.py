@@ -292,3 +292,32 @@ async def test_claiming_for_a_running_batch_reads_new_requests_but_never_reclaim
     assert [c.request.request_id for c in joining.ready] == [fresh.request_id]
     boundary = await queue.claim_batch("w2", max_items=4)
     assert [c.request.request_id for c in boundary.ready] == [idle.request_id]
+
+
+async def test_the_bot_submits_what_it_waits_for_again_when_redis_lost_it_in_a_restart(redis_server_factory,
+                                                                                      queue_config, make_request):
+    from bot.queue.connection import connect
+    from bot.telegram.outstanding import OutstandingRequests
+
+    server = redis_server_factory(appendonly=False)  # a restart loses everything: the worst of everysec
+    client = connect(server.url)
+    try:
+        outstanding = OutstandingRequests(client, queue_config.prefix)
+        submitted: list[str] = []
+
+        async def submit(request):
+            submitted.append(request.request_id)
+
+        kept, answered = make_request("штирлиц"), make_request("вовочка")
+        for request in (kept, answered):
+            await outstanding.track(request, give_up_at=time.time() + 60, update_id=hash(request.request_id) % 10**6)
+        assert await outstanding.resubmit_after_restart(submit) == 0  # the first look: nothing restarted
+        await outstanding.forget(answered.request_id)
+        server.restart(kill=True)
+        assert await outstanding.resubmit_after_restart(submit) == 1
+        assert submitted == [kept.request_id]
+        record = await outstanding.get(kept.request_id)
+        assert record is not None and record.prompt == "штирлиц"  # the record is back, for the delivery
+        assert await outstanding.resubmit_after_restart(submit) == 0  # once per restart
+    finally:
+        await client.aclose()

@@ -333,6 +333,32 @@ async def test_requests_survive_a_redis_restart_with_aof_and_are_answered(
         await client.aclose()
 
 
+async def test_a_worker_waits_out_a_redis_that_refuses_writes_then_answers(
+    redis_server_factory, queue_config, make_request
+):
+    """As when the AOF's disk is full (MISCONF): here NOREPLICAS, the same refusal of every write."""
+    server = redis_server_factory(appendonly=True)
+    client = connect(server.url)
+    try:
+        queue = RequestQueue(client, queue_config)
+        await queue.ensure_groups()
+        worker = Worker(queue, UpperEngine(), WorkerConfig("w1", block_ms=50, default_size="nano"))
+        running = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.3)
+        await client.config_set("min-replicas-to-write", 1)
+        await asyncio.sleep(2.5)  # several rounds of refused claims and heartbeats
+        assert not running.done(), running.exception() if running.done() else None
+        await client.config_set("min-replicas-to-write", 0)
+        request = make_request("после отказа")
+        await queue.submit(request)
+        [result] = await final_results(ResultReader(client, queue_config), 1, timeout_s=5)
+        assert (result.request_id, result.text) == (request.request_id, "nano:ПОСЛЕ ОТКАЗА")
+        worker.request_stop()
+        await asyncio.wait_for(running, 2)
+    finally:
+        await client.aclose()
+
+
 async def test_worker_main_serves_with_the_engine_from_build_engine_until_sigterm(
     redis_server, redis_client, key_prefix, make_request, monkeypatch
 ):

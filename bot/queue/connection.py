@@ -23,6 +23,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 DEFAULT_DATA_DIR = Path("data/redis")
+# Redis is there but refuses writes for now: the AOF's disk is full (MISCONF), too few replicas
+# (NOREPLICAS), a read-only replica (READONLY), out of memory (OOM), still loading its data (LOADING).
+_REFUSALS = ("MISCONF", "NOREPLICAS", "READONLY", "OOM", "LOADING")
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether a Redis error is Redis being unavailable for a while (wait and retry), not a bug to stop on."""
+    if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return True
+    return isinstance(error, redis.exceptions.ResponseError) and str(error).startswith(_REFUSALS)
 
 
 def connect(url: str | None, data_dir: Path = DEFAULT_DATA_DIR) -> redis.asyncio.Redis:

@@ -37,6 +37,11 @@ class ResultReader(StreamsClient):
         # After a restart, first re-read what this consumer read but never acked.
         self._pending_cursor: str | None = "0"
 
+    def reread_pending(self) -> None:
+        """The next reads hand back this consumer's unacknowledged results again (from the start of its pending
+        list), then new ones: for results whose delivery failed, e.g. while Redis refused writes."""
+        self._pending_cursor = "0"
+
     async def ensure_group(self) -> None:
         await create_group(self._redis, self.keys.results, RESULT_GROUP)
 
@@ -93,6 +98,12 @@ class ResultReader(StreamsClient):
             if not superseded and not await self._redis.exists(done_key):
                 fresh.append(item)
         return fresh
+
+    async def still_pending(self, item: ReceivedResult) -> bool:
+        """False once the result was acknowledged: a re-read racing with its delivery's ack (see reread_pending)."""
+        entries = await self._redis.xpending_range(self.keys.results, RESULT_GROUP, min=item.entry_id,
+                                                   max=item.entry_id, count=1)
+        return bool(entries)
 
     async def ack(self, item: ReceivedResult) -> None:
         """Acknowledge a handled final result (partials are already acked)."""

@@ -8,10 +8,10 @@ their signature.
 With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
 
 SIGTERM/SIGINT start a bounded shutdown (bot/common/shutdown.py), in stages that each log their start, end
-and duration: stop taking updates (`polling` or `webhook`), let the updates in hand finish
-(`updates`), stop scheduling daily jokes (`daily`) and pause broadcasts (`broadcasts`), stop reading
-results (`results_reader`), let deliveries in progress finish (`delivery`), then close the metrics server,
-Redis and the Telegram session. The whole takes at most BOT_SHUTDOWN_TIMEOUT_S; a stage that overruns its
+and duration: stop taking updates (`polling` or `webhook`) and replaying them (`inbox`), let the updates
+in hand finish (`updates`), stop scheduling daily jokes (`daily`) and pause broadcasts (`broadcasts`), stop
+reading results (`results_reader`), let deliveries in progress finish (`delivery`), then close the metrics
+server, Redis and the Telegram session. The whole takes at most BOT_SHUTDOWN_TIMEOUT_S; a stage that overruns its
 share is cancelled with a warning. Nothing accepted is lost that way: a result is acked only once shown,
 so one cut short is re-read after a restart. Should even that not end the process (a blocked event loop),
 a watchdog exits with code 1 WATCHDOG_MARGIN_S later.
@@ -52,6 +52,7 @@ from bot.telegram.delivery import DeliveryLoop
 from bot.telegram.feedback import FeedbackStore
 from bot.telegram.handlers import broadcast as broadcast_handlers
 from bot.telegram.handlers import feature_routers
+from bot.telegram.inbox import UpdateInbox
 from bot.telegram.jokes import JokeService
 from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates, UserLanguage
 from bot.telegram.notices import Notices
@@ -73,7 +74,8 @@ HEALTH_STALE_S = 30.0
 # to the later ones (see bot/common/shutdown.py).
 # results_reader only cancels a blocked XREADGROUP, but on a loaded machine redis-py's unwinding of that
 # read can outlast a small share (BENCHMARKS.md, "Figures behind code comments"): it gets 0.15.
-STAGE_SHARES = {"receiver": 0.15, "updates": 0.15, "daily": 0.025, "broadcasts": 0.025, "results_reader": 0.15,
+STAGE_SHARES = {"receiver": 0.15, "inbox": 0.025, "updates": 0.125, "daily": 0.025, "broadcasts": 0.025,
+                "results_reader": 0.15,
                 "delivery": 0.2, "metrics": 0.1, "redis": 0.1, "session": 0.1}
 # The longest pause between two tries to reach Telegram at start-up.
 MAX_STARTUP_PAUSE_S = 30.0
@@ -136,7 +138,7 @@ def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics)
     lease_s = settings.request_timeout_s + settings.result_grace_s + DAILY_LEASE_MARGIN_S
     daily = DailyJokes(redis, prefix, lease_s=lease_s, check_interval_s=settings.daily_check_interval_s)
     delivery = DeliveryLoop(reader, outstanding, feedback, outbox, waiters, metrics, signer, daily,
-                            settings.edit_interval_s, retry_s=settings.delivery_retry_s)
+                            settings.edit_interval_s, retry_s=settings.delivery_retry_s, resubmit=queue.submit)
     return Services(redis, queue, feedback, outstanding, chat_settings, jokes, delivery, metrics, signer, daily,
                     user_stats, AccessList(redis, prefix, settings), AuditLog(redis, prefix),
                     Broadcasts(redis, prefix, settings.broadcast_per_second))
@@ -310,9 +312,12 @@ async def run(settings: Settings, redis: Redis) -> None:
     dispatcher = build_dispatcher(settings, services)
     in_flight = InFlightUpdates()
     dispatcher.update.outer_middleware(in_flight)
+    inbox = UpdateInbox(redis, settings.redis_prefix)
+    dispatcher.update.outer_middleware(inbox)
     receiver = Webhook(bot, dispatcher, settings) if settings.webhook_url else Polling(bot, dispatcher)
     server = start_metrics_server(settings, services)
     serving = asyncio.create_task(receiver.serve(), name=receiver.name)
+    inbox.start(dispatcher, bot)
     stopping = asyncio.create_task(stop.wait(), name="stop-signal")
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -323,6 +328,7 @@ async def run(settings: Settings, redis: Redis) -> None:
         started = time.monotonic()
         stages = [
             Stage(receiver.name, lambda: receiver.stop(serving), STAGE_SHARES["receiver"]),
+            Stage("inbox", inbox.stop, STAGE_SHARES["inbox"]),
             Stage("updates", in_flight.drain, STAGE_SHARES["updates"]),
             Stage("daily", services.daily.stop, STAGE_SHARES["daily"]),
             Stage("broadcasts", services.broadcasts.stop, STAGE_SHARES["broadcasts"]),

@@ -26,7 +26,8 @@ from redis.exceptions import RedisError
 
 from bot.common.health import Liveness
 from bot.common.metrics import Metrics
-from bot.queue.protocol import JokeResult
+from bot.queue.connection import is_outage
+from bot.queue.protocol import JokeRequest, JokeResult
 from bot.queue.results import ReceivedResult, ResultReader
 from bot.telegram import texts
 from bot.telegram.daily import DailyJokes, is_daily_post, joke_id_for
@@ -46,6 +47,8 @@ T = TypeVar("T")
 # Telegram's trouble, not the message's: a 5xx or a failed connection (reset, timeout). Worth trying again.
 TRANSIENT = (TelegramServerError, TelegramNetworkError)
 RETRY_PAUSE_S = 2.0
+# How often unacknowledged results are read again (besides right after a Redis outage).
+PENDING_REREAD_S = 30.0
 
 # A result's status -> the name of the text that explains it.
 STATUS_TEXTS = {"expired": "TIMEOUT", "busy": "BUSY", "failed": "FAILED", "unknown_size": "UNKNOWN_SIZE"}
@@ -54,7 +57,8 @@ STATUS_TEXTS = {"expired": "TIMEOUT", "busy": "BUSY", "failed": "FAILED", "unkno
 class DeliveryLoop:
     def __init__(self, reader: ResultReader, outstanding: OutstandingRequests, feedback: FeedbackStore,
                  outbox: Outbox, waiters: InlineWaiters, metrics: Metrics, signer: Signer, daily: DailyJokes,
-                 edit_interval_s: float, sweep_interval_s: float = 1.0, retry_s: float = 120.0) -> None:
+                 edit_interval_s: float, sweep_interval_s: float = 1.0, retry_s: float = 120.0,
+                 resubmit: Callable[[JokeRequest], Awaitable[object]] | None = None) -> None:
         self.reader = reader
         self.outstanding = outstanding
         self.feedback = feedback
@@ -66,7 +70,9 @@ class DeliveryLoop:
         self.edit_interval_s = edit_interval_s
         self.sweep_interval_s = sweep_interval_s
         self.retry_s = retry_s
+        self.resubmit = resubmit or (lambda request: asyncio.sleep(0))  # RequestQueue.submit in the bot
         self._tasks: dict[str, asyncio.Task] = {}       # the latest delivery task per request
+        self._finals: set[str] = set()                    # requests whose final result is being delivered
         self._last_partial: dict[str, float] = {}       # monotonic time of the last streamed update
         self._drafts_paused_until: dict[str, float] = {}
         self._liveness = Liveness()  # for /healthz: the loop went round, a read of the results stream succeeded
@@ -75,18 +81,25 @@ class DeliveryLoop:
     async def run(self) -> None:
         """Until cancelled. Redis outages are waited out, not fatal."""
         await self.reader.ensure_group()
-        next_sweep = 0.0
+        next_sweep, next_reread, redis_failed = 0.0, time.monotonic() + PENDING_REREAD_S, False
         while True:
             try:
+                if redis_failed or time.monotonic() >= next_reread:
+                    # A final whose delivery failed (Redis refused a write, say) is unacked: read it again.
+                    self.reader.reread_pending()
+                    next_reread, redis_failed = time.monotonic() + PENDING_REREAD_S, False
                 for item in await self.reader.read(count=50, block_ms=int(self.sweep_interval_s * 1000)):
                     self._dispatch(item)
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.sweep_interval_s
+                    if resubmitted := await self.outstanding.resubmit_after_restart(self.resubmit):
+                        log.warning("Redis restarted: submitted the %d requests this bot waits for again", resubmitted)
                     for record in await self.outstanding.claim_overdue():
                         self._chain(record.request_id, self._give_up(record))
                 self._liveness.redis_answered()
             except RedisError as error:
                 log.warning("Redis unavailable while reading results (%s); retrying", error)
+                redis_failed = True
                 await asyncio.sleep(1.0)
             except Exception:  # a bug: loud in the logs, but keep delivering what can be delivered
                 log.exception("the delivery loop failed; continuing")
@@ -128,7 +141,17 @@ class DeliveryLoop:
                 self._chain(result.request_id, self.reader.ack(item))
             return
         if result.is_final:
-            self._chain(result.request_id, self._final(item))
+            if result.request_id in self._finals:
+                return  # read again while its delivery is still under way (reread_pending): that one acks it
+            self._finals.add(result.request_id)
+
+            async def final() -> None:
+                try:
+                    await self._final(item)
+                finally:
+                    self._finals.discard(result.request_id)
+
+            self._chain(result.request_id, final())
             return
         running = self._tasks.get(result.request_id)
         recent = time.monotonic() - self._last_partial.get(result.request_id, float("-inf")) < self.edit_interval_s
@@ -173,6 +196,17 @@ class DeliveryLoop:
                 log.warning("showing %s: Telegram unavailable (%s); trying again", what, error)
                 await asyncio.sleep(RETRY_PAUSE_S)
 
+    async def _until_redis_answers(self, write: Callable[[], Awaitable[T]]) -> T:
+        """`write()`, tried again while Redis is unreachable or refuses writes, for up to `retry_s`."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return await write()
+            except RedisError as error:
+                if not is_outage(error) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(RETRY_PAUSE_S)
+
     # -- the three kinds of delivery ------------------------------------------------------------------
 
     async def _partial(self, result: JokeResult) -> None:
@@ -203,6 +237,8 @@ class DeliveryLoop:
             await self._daily_post(item)
             return
         record = await self.outstanding.get(result.request_id)
+        if record is None and not await self.reader.still_pending(item):
+            return  # delivered and acked while this copy was being read again: nothing to do
         delivery = record.delivery if record is not None else result.delivery
         t = texts.get(record.language if record is not None else None)
         markup, joke, outcome = None, clean_model_text(result.text), result.status
@@ -230,8 +266,9 @@ class DeliveryLoop:
         latency_s = time.time() - created_at if created_at else result.latency_s
         report_shown(self.metrics, result.request_id, record.kind if record is not None else "unknown", result.size,
                     result.status, outcome, latency_s)
-        await self.outstanding.forget(result.request_id)
-        await self.reader.ack(item)
+        # Shown: from here on a failure would show it twice after a re-read, so Redis is waited for.
+        await self._until_redis_answers(lambda: self.outstanding.forget(result.request_id))
+        await self._until_redis_answers(lambda: self.reader.ack(item))
         self._last_partial.pop(result.request_id, None)
         self._drafts_paused_until.pop(result.request_id, None)
 

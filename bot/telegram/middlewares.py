@@ -43,6 +43,7 @@ from aiogram.methods import (
     TelegramMethod,
 )
 from aiogram.methods.base import Response, TelegramType
+from redis.exceptions import RedisError
 
 from bot.common.metrics import Metrics
 from bot.telegram import texts
@@ -124,14 +125,19 @@ class GroupPacing(BaseRequestMiddleware):
         self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType]
     ) -> Response[TelegramType]:
         chat_id: Any = getattr(method, "chat_id", None)
-        if isinstance(method, _PACED) and self.everywhere is not None:
-            waited = await self.everywhere.wait_turn(0)
-            if waited > 0:
-                log.info("paced %s by %.1fs: the bot's messages per second", type(method).__name__, waited)
-        if isinstance(method, _PACED) and isinstance(chat_id, int) and is_group_chat(chat_id):
-            waited = await self.pacer.wait_turn(chat_id)
-            if waited > 0:
-                log.info("paced %s in chat %s by %.1fs", type(method).__name__, chat_id, waited)
+        try:
+            if isinstance(method, _PACED) and self.everywhere is not None:
+                waited = await self.everywhere.wait_turn(0)
+                if waited > 0:
+                    log.info("paced %s by %.1fs: the bot's messages per second", type(method).__name__, waited)
+            if isinstance(method, _PACED) and isinstance(chat_id, int) and is_group_chat(chat_id):
+                waited = await self.pacer.wait_turn(chat_id)
+                if waited > 0:
+                    log.info("paced %s in chat %s by %.1fs", type(method).__name__, chat_id, waited)
+        except RedisError as error:
+            # The budgets live in Redis: while it is away, send unpaced (Telegram's 429s still pace us)
+            # rather than let an apology for that very outage fail too.
+            log.warning("pacing skipped for %s, Redis unavailable: %s", type(method).__name__, error)
         return await make_request(bot, method)
 
 

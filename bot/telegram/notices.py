@@ -5,10 +5,16 @@ Keys (under the deployment prefix):
 """
 from __future__ import annotations
 
+import logging
+
+from aiogram.exceptions import TelegramAPIError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bot.telegram.outbox import Outbox
 from bot.telegram.texts import Texts
+
+log = logging.getLogger(__name__)
 
 # Long enough to be "once" for a person, short enough that the keys of people who left expire.
 TOLD_TTL_S = 365 * 24 * 3600
@@ -24,5 +30,8 @@ class Notices:
         """Before an English speaker's first joke: the jokes are Russian (the models know nothing else)."""
         if t.language == "ru":
             return
-        if await self._redis.set(f"{self._prefix}russian:{int(user_id)}", "1", nx=True, ex=TOLD_TTL_S):
-            await self._outbox.send(chat_id, t.JOKES_ARE_RUSSIAN)
+        try:
+            if await self._redis.set(f"{self._prefix}russian:{int(user_id)}", "1", nx=True, ex=TOLD_TTL_S):
+                await self._outbox.send(chat_id, t.JOKES_ARE_RUSSIAN)
+        except (TelegramAPIError, RedisError) as error:  # a courtesy: never worth failing the joke for
+            log.info("the jokes-are-Russian notice for %s not sent: %s", user_id, error)

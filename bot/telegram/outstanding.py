@@ -10,15 +10,22 @@ Keys (under the deployment prefix):
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
+from typing import Awaitable, Callable
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from bot.queue.protocol import Delivery, JokeRequest, key_part
+from bot.queue.submit import QueueFull
 from bot.telegram.texts import DEFAULT_LANGUAGE
 
+log = logging.getLogger(__name__)
+
+# Longer than Redis can lose in a crash (appendfsync everysec: about a second), short enough to stay small.
+ANSWERED_MEMORY_S = 300.0
 _RECORD_GRACE_S = 3600  # keep a record this long past give-up, so a late joke still finds its message
 # Telegram keeps an unconfirmed update for 24 h and re-delivers it to the next getUpdates: remember longer.
 UPDATE_TTL_S = 48 * 3600
@@ -51,6 +58,11 @@ class OutstandingRequests:
         self._inline_prompt_ttl_s = inline_prompt_ttl_s
         self._instance = uuid.uuid4().hex  # this bot process, in the claims of the updates it handles
         self._claim_update_script = redis.register_script(_CLAIM_UPDATE_LUA)
+        # What this process submitted and still waits for, in memory too: Redis with `appendfsync everysec`
+        # can lose its last second in a crash, requests and records alike (see `resubmit_after_restart`).
+        self._waiting: dict[str, tuple[JokeRequest, Outstanding, int | None]] = {}
+        self._answered: dict[str, float] = {}  # request id -> when it was forgotten (ANSWERED_MEMORY_S)
+        self._redis_run_id: str | None = None
 
     def _record_key(self, request_id: str) -> str:
         return f"{self._prefix}outstanding:{request_id}"
@@ -76,6 +88,7 @@ class OutstandingRequests:
             if update_id is not None:
                 pipe.set(self._update_key(update_id), _DONE, ex=UPDATE_TTL_S)
             await pipe.execute()
+        self._waiting[request.request_id] = (request, record, update_id)
         return record
 
     # -- updates: Telegram re-delivers what a killed bot did not confirm ----------------------------
@@ -107,6 +120,8 @@ class OutstandingRequests:
 
     async def forget(self, request_id: str) -> None:
         """The request is answered: nothing to wait for or time out."""
+        self._waiting.pop(request_id, None)
+        self._answered[request_id] = time.monotonic()
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self._due_key, request_id)
             pipe.delete(self._record_key(request_id))
@@ -122,10 +137,42 @@ class OutstandingRequests:
         for request_id in due:
             if not await self._redis.zrem(self._due_key, request_id):
                 continue  # answered or claimed meanwhile
+            self._waiting.pop(request_id, None)  # apologised for: not worth submitting again
             record = await self.get(request_id)
             if record is not None:
                 claimed.append(record)
         return claimed
+
+    async def resubmit_after_restart(self, submit: Callable[[JokeRequest], Awaitable[object]]) -> int:
+        """When Redis restarted since the last call (its run_id changed), write again the records of what this
+        process still waits for and submit those requests again: what a crash lost comes back, and what it
+        kept is answered twice at most, a duplicate the results reader drops. Returns how many were submitted."""
+        run_id = (await self._redis.info("server")).get("run_id")
+        restarted = self._redis_run_id is not None and run_id != self._redis_run_id
+        self._redis_run_id = run_id
+        recent = time.monotonic() - ANSWERED_MEMORY_S
+        self._answered = {rid: at for rid, at in self._answered.items() if at > recent}
+        if not restarted:
+            return 0
+        for request_id in list(self._answered):  # a forget the crash lost would bring a late apology back
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._due_key, request_id)
+                pipe.delete(self._record_key(request_id))
+                await pipe.execute()
+        waiting = list(self._waiting.values())
+        for request, record, update_id in waiting:
+            ttl = max(1, int(record.give_up_at - time.time()) + _RECORD_GRACE_S)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._record_key(request.request_id), record.model_dump_json(), ex=ttl, nx=True)
+                pipe.zadd(self._due_key, {request.request_id: record.give_up_at}, nx=True)
+                if update_id is not None:
+                    pipe.set(self._update_key(update_id), _DONE, ex=UPDATE_TTL_S)
+                await pipe.execute()
+            try:
+                await submit(request)
+            except QueueFull:  # the give-up sweep apologises for it in time
+                log.warning("request %s not submitted again: the queue is full", request.request_id)
+        return len(waiting)
 
     # -- inline messages ---------------------------------------------------------------------------
 

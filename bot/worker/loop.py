@@ -13,14 +13,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot.common.health import Liveness
 from bot.common.logs import log_event
 from bot.queue.claims import ClaimedBatch, ClaimedRequest
 from bot.queue.client import RequestQueue
+from bot.queue.connection import is_outage
 from bot.queue.protocol import ACTIVE_SIZE, JokeRequest, JokeResult, WorkerInfo
 from bot.worker.callbacks import EarlyAnswers, JoiningRequests, PartialPublisher, ok_result
 from bot.worker.config import WorkerConfig
@@ -76,7 +75,11 @@ class Worker:
                 try:
                     await self.run_once()
                     self._liveness.redis_answered()
-                except (RedisConnectionError, RedisTimeoutError) as error:
+                except RedisError as error:
+                    if not is_outage(error):
+                        raise
+                    # Unreachable, or refusing writes (a full disk under the AOF): what this worker could not
+                    # finish stays claimed, and is reclaimed and answered once Redis takes writes again.
                     log.warning("Redis unavailable (%s); retrying", error)
                     await self._sleep_unless_stopping(1.0)
                 self._liveness.loop_went_round()
