@@ -69,8 +69,9 @@ class DrillStack:
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, log_dir: Path, model_dir: Path, max_new_tokens: int, **bot_settings: str) -> DrillStack:
-        redis_server = RedisServer(log_dir / "redis", appendonly=True).start()
+    def create(cls, log_dir: Path, model_dir: Path, max_new_tokens: int, redis_fsync: str = "always",
+               **bot_settings: str) -> DrillStack:
+        redis_server = RedisServer(log_dir / "redis", appendonly=True, fsync=redis_fsync).start()
         api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
         prefix = f"drill-{uuid.uuid4().hex[:6]}:"
         # Users here ask fast, and the fake Bot API has no group limit: neither limit may pace the drill.
@@ -92,9 +93,20 @@ class DrillStack:
             raise RuntimeError(f"a process died at start; logs in {self.log_dir}")
         return self
 
-    def start_worker(self, worker_id: str) -> None:
-        self.workers[worker_id] = start_worker({**self.worker_env, "WORKER_ID": worker_id},
+    def start_worker(self, worker_id: str, **env: str) -> subprocess.Popen:
+        self.workers[worker_id] = start_worker({**self.worker_env, "WORKER_ID": worker_id, **env},
                                                self.log_dir / f"worker-{worker_id}.log")
+        return self.workers[worker_id]
+
+    def kill_bot(self) -> None:
+        self.bot.send_signal(signal.SIGKILL)
+        self.bot.wait()
+
+    def start_bot(self) -> None:
+        menus = len(self.api.calls("setMyCommands"))
+        self.bot = start_bot(self.bot_env, self.log_dir / f"bot-{menus}.log")  # the killed one's log stays
+        wait_until(lambda: len(self.api.calls("setMyCommands")) > menus or self.bot.poll() is not None, 60,
+                   "the bot to start")
 
     def kill_worker(self, worker_id: str) -> None:
         process = self.workers.pop(worker_id)
@@ -175,6 +187,17 @@ class Users:
         self.asks: dict[tuple[int, int], Ask] = {}
         self.sending = True
         self._cursor = 0
+
+    def ask_once(self, user_id: int, text: str, group: int | None = None) -> Ask:
+        """One extra ask (a poison request, an open-loop arrival) in `user_id`'s private chat or in `group`,
+        counted with the rest."""
+        if group is None:
+            message = self.api.private_message(user_id, text)["message"]
+        else:
+            message = self.api.group_message(group, user_id, text)["message"]
+        ask = Ask(group or user_id, message["message_id"], time.time())
+        self.asks[(ask.chat_id, ask.message_id)] = ask
+        return ask
 
     def step(self) -> None:
         """Read the Bot API calls made since the last step, then let idle users ask again."""
