@@ -144,6 +144,20 @@ class Stack:
         assert self.bot.poll() is None, self.log_tail(self.bot_log)
 
     @contextlib.contextmanager
+    def bot_with(self, **env: str) -> Iterator[None]:
+        """The bot restarted with other settings for the block, then the usual one again."""
+        assert stop_process(self.bot) == 0, self.log_tail(self.bot_log)
+        menus = len(self.api.calls("setMyCommands"))
+        self.bot = start_bot({**self.bot_env, **env}, self.bot_log)
+        try:
+            wait_until(lambda: len(self.api.calls("setMyCommands")) >= menus + MENUS_PER_START or self._died(self.bot),
+                       60, f"the bot with {env}")
+            assert self.bot.poll() is None, self.log_tail(self.bot_log)
+            yield
+        finally:
+            self.restart_bot()
+
+    @contextlib.contextmanager
     def watch_requests(self) -> Iterator[list[dict[str, Any]]]:
         """Every JokeRequest (as JSON) added to requests:normal while the block runs, in order.
 

@@ -5,9 +5,7 @@ resume after a crash and the access rules also against a real Redis alone).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,7 +14,7 @@ from bot.telegram.access import AccessList
 from bot.telegram.broadcast import Broadcasts
 from bot.telegram.texts import RU
 from bot.telegram.user_stats import opening_of
-from tests.e2e_stack import ADMIN_ID, Stack, button_texts, is_joke, start_bot, stop_process, wait_until
+from tests.e2e_stack import ADMIN_ID, Stack, button_texts, is_joke, wait_until
 
 
 def texts_in(stack: Stack, chat_id: int) -> list[str]:
@@ -36,21 +34,6 @@ def reply_to(stack: Stack, chat_id: int, text: str) -> str:
 def admin_says(stack: Stack, text: str) -> str:
     return reply_to(stack, ADMIN_ID, text)
 
-
-@contextlib.contextmanager
-def bot_with(stack: Stack, **env: str) -> Iterator[None]:
-    """The stack's bot restarted with other settings for the block, then the usual one again."""
-    assert stop_process(stack.bot) == 0
-    started = len(stack.api.calls("setMyCommands"))
-    stack.bot = start_bot({**stack.bot_env, **env}, stack.bot_log)
-    try:
-        wait_until(lambda: len(stack.api.calls("setMyCommands")) >= started + 4, 60, f"the bot with {env}")
-        yield
-    finally:
-        assert stop_process(stack.bot) == 0
-        started = len(stack.api.calls("setMyCommands"))
-        stack.start_bot()
-        wait_until(lambda: len(stack.api.calls("setMyCommands")) >= started + 4, 60, "the usual bot")
 
 
 # -- /ban, /unban ----------------------------------------------------------------------------------------
@@ -104,7 +87,7 @@ def test_every_admin_action_and_refused_attempt_is_in_the_audit_log(stack):
 
 def test_with_an_allow_list_only_admins_and_allowed_users_and_chats_get_jokes(stack):
     user, group, member = stack.new_user(), stack.new_group(), stack.new_user()
-    with bot_with(stack, ACCESS="allowlist"):
+    with stack.bot_with(ACCESS="allowlist"):
         assert reply_to(stack, user, "/joke Штирлиц") == RU.ACCESS_NOT_ALLOWED.format(user_id=user)
         assert admin_says(stack, "/joke Штирлиц для админа").startswith("Штирлиц для админа")
         assert admin_says(stack, f"/allow {user}") == RU.ALLOW_DONE.format(entity_id=user, note="")

@@ -5,14 +5,12 @@ joke; a hang (done, but answered too late) can double a *sent* message, never an
 """
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from bot.telegram.texts import RU
-from tests.e2e_stack import Stack, is_joke, start_bot, stop_process, wait_until
+from tests.e2e_stack import Stack, is_joke, stop_process, wait_until
 
 WINDOW_S = 5.0
 
@@ -47,23 +45,9 @@ def test_a_bot_api_failing_for_seconds_delays_jokes_but_loses_and_doubles_none(s
 RETRY_GRACE_S = 3.0  # past the delivery's retry pause: a second copy would have come by now
 
 
-@contextlib.contextmanager
-def bot_with(stack: Stack, **env: str) -> Iterator[None]:
-    assert stop_process(stack.bot) == 0
-    started = len(stack.api.calls("setMyCommands"))
-    stack.bot = start_bot({**stack.bot_env, **env}, stack.bot_log)
-    try:
-        wait_until(lambda: len(stack.api.calls("setMyCommands")) >= started + 4, 60, f"the bot with {env}")
-        yield
-    finally:
-        assert stop_process(stack.bot) == 0
-        started = len(stack.api.calls("setMyCommands"))
-        stack.start_bot()
-        wait_until(lambda: len(stack.api.calls("setMyCommands")) >= started + 4, 60, "the usual bot")
-
 
 def test_a_bot_api_hanging_past_the_timeout_loses_nothing_and_doubles_at_most_a_sent_joke(stack):
-    with bot_with(stack, TELEGRAM_TIMEOUT_S="1.5"):
+    with stack.bot_with(TELEGRAM_TIMEOUT_S="1.5"):
         stack.api.disrupt("*", "hang", for_s=WINDOW_S, hang_s=2.5)
         chats = ask(stack)
         for chat in chats:

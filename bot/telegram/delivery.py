@@ -180,32 +180,33 @@ class DeliveryLoop:
         self._tasks[request_id] = task
         task.add_done_callback(forget_if_last)
 
+    async def _retrying(self, call: Callable[[], Awaitable[T]], passing: Callable[[Exception], bool],
+                        what: str) -> T:
+        """`call()`, tried again every RETRY_PAUSE_S while it fails with an error `passing` says will pass, for up
+        to `retry_s`; then it raises."""
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return await call()
+            except Exception as error:
+                if not passing(error) or time.monotonic() >= deadline:
+                    raise
+                log.warning("%s: %s; trying again", what, error)
+                await asyncio.sleep(RETRY_PAUSE_S)
+
     async def _persist(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
-        """`send()`, tried again every RETRY_PAUSE_S while Telegram has trouble, for up to `retry_s`; then it raises.
+        """`send()` while Telegram has trouble (5xx, a failed connection).
 
         A 5xx did nothing, so a retry is safe; a reset or a timeout may hide a message that was sent, so a
         retried *send* can show twice (an edit cannot: placeholders make that case safe). BENCHMARKS.md counts it.
         """
-        deadline = time.monotonic() + self.retry_s
-        while True:
-            try:
-                return await send()
-            except TRANSIENT as error:
-                if time.monotonic() >= deadline:
-                    raise
-                log.warning("showing %s: Telegram unavailable (%s); trying again", what, error)
-                await asyncio.sleep(RETRY_PAUSE_S)
+        return await self._retrying(send, lambda error: isinstance(error, TRANSIENT),
+                                    f"showing {what}, Telegram unavailable")
 
     async def _until_redis_answers(self, write: Callable[[], Awaitable[T]]) -> T:
-        """`write()`, tried again while Redis is unreachable or refuses writes, for up to `retry_s`."""
-        deadline = time.monotonic() + self.retry_s
-        while True:
-            try:
-                return await write()
-            except RedisError as error:
-                if not is_outage(error) or time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(RETRY_PAUSE_S)
+        """`write()` while Redis is unreachable or refuses writes."""
+        return await self._retrying(write, lambda error: isinstance(error, RedisError) and is_outage(error),
+                                    "Redis unavailable")
 
     # -- the three kinds of delivery ------------------------------------------------------------------
 

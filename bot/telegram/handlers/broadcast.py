@@ -74,7 +74,7 @@ async def press(callback: CallbackQuery, callback_data: BroadcastAction, bot: Bo
                 daily: DailyJokes, settings: Settings, audit: AuditLog, signer: Signer, t: Texts) -> None:
     broadcast_id, action = callback_data.broadcast_id, callback_data.action
     chat_id = callback.message.chat.id if callback.message is not None else None
-    if callback.from_user.id not in settings.admin_ids:
+    if not await IsAdmin()(callback, settings):
         await audit.record(callback.from_user.id, chat_id, f"broadcast {action}", broadcast_id, "refused: not an admin")
         return await callback.answer(t.ADMIN_ONLY, show_alert=True)
     if action == "send":

@@ -10,7 +10,7 @@ from bot.common.settings import Settings
 from bot.queue.client import RequestQueue
 from bot.telegram.audit import AuditLog
 from bot.telegram.feedback import FeedbackStore
-from bot.telegram.handlers.admin import audit_command
+from bot.telegram.handlers.admin import IsAdmin, audit_command
 from bot.telegram.handlers.joke import sender_id
 from bot.telegram.texts import Texts
 from bot.telegram.user_stats import UserStatsStore
@@ -21,8 +21,7 @@ router = Router(name="stats")
 @router.message(Command("stats"))
 async def stats(message: Message, command: CommandObject, queue: RequestQueue, feedback: FeedbackStore,
                 user_stats: UserStatsStore, settings: Settings, audit: AuditLog, t: Texts) -> None:
-    is_admin = message.from_user is not None and message.from_user.id in settings.admin_ids
-    if is_admin and (command.args or "").strip().lower() != "me":
+    if await IsAdmin()(message, settings) and (command.args or "").strip().lower() != "me":
         await audit_command(audit, message, command, "shown")
         await message.reply(await bot_stats(queue, feedback, settings, t))
         return
