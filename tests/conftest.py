@@ -3,7 +3,9 @@ worker processes against a fake Bot API; the model tests opt into one torch thre
 from __future__ import annotations
 
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -34,6 +36,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def _survive_full_files() -> None:
+    """In the redis-server child, before exec: a write past RLIMIT_FSIZE fails instead of killing (SIGXFSZ)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 class RedisServer:
     """A redis-server child process on a unix socket; restartable on the same socket and data dir."""
 
@@ -59,7 +66,8 @@ class RedisServer:
             "--logfile", str(self.data_dir / "redis.log"),
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.fsync,
         ]
-        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         preexec_fn=_survive_full_files)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -81,6 +89,12 @@ class RedisServer:
             self._process.kill() if kill else self._process.terminate()
             self._process.wait(timeout=10)
         self._process = None
+
+    def disk_full(self, full: bool = True) -> None:
+        """While `full`, every write that would grow a file of this Redis fails (EFBIG, as ENOSPC would on a full
+        disk): the AOF can take no more. Done with the process's RLIMIT_FSIZE, so no mount or root is needed."""
+        limit = 1 if full else resource.RLIM_INFINITY
+        resource.prlimit(self._process.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
     def restart(self, *, kill: bool = False) -> None:
         self.stop(kill=kill)
@@ -104,8 +118,8 @@ def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]
     """Start extra Redis servers (AOF on by default) that a test may stop, kill and restart."""
     servers: list[RedisServer] = []
 
-    def start(data_dir: Path | None = None, *, appendonly: bool = True) -> RedisServer:
-        server = RedisServer(data_dir or tmp_path / f"redis-{len(servers)}", appendonly=appendonly)
+    def start(data_dir: Path | None = None, *, appendonly: bool = True, fsync: str = "always") -> RedisServer:
+        server = RedisServer(data_dir or tmp_path / f"redis-{len(servers)}", appendonly=appendonly, fsync=fsync)
         servers.append(server)
         return server.start()
 

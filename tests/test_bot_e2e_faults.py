@@ -69,3 +69,28 @@ def test_a_bot_started_while_the_bot_api_fails_waits_for_it_and_then_answers(sta
     user = stack.new_user()
     stack.api.private_message(user, "/joke Штирлиц после аварии")
     assert is_joke(stack.wait_for_reply(user, timeout=60))
+
+
+def test_a_joke_shown_just_before_redis_refuses_writes_is_not_shown_again_after(stack):
+    """Shown, then Redis refuses writes (its disk filled up, say) before the bot could forget the request: the bot
+    waits for Redis instead of failing the delivery, which the re-read after the outage would show a second time."""
+    user = stack.new_user()
+    # Every send is done at once and answered 5 s later: long enough to start refusing writes in between.
+    stack.api.disrupt("sendMessage", "hang", for_s=120, hang_s=5)
+    try:
+        stack.api.private_message(user, "/joke Штирлиц и полный диск")
+        wait_until(lambda: jokes_in(stack, user), 60, "the joke, its send still unanswered")
+        with stack.redis() as client:
+            client.config_set("min-replicas-to-write", 1)  # every write refused (NOREPLICAS), reads served
+            try:
+                time.sleep(8)  # the send's answer comes, the forget is refused, tried again
+            finally:
+                client.config_set("min-replicas-to-write", 0)
+        stack.wait_for_worker()  # its heartbeat lapsed while refused: until it beats again, jokes are refused
+        stack.api.private_message(user, "/joke Вовочка после аварии")  # read after the first one's re-read
+        wait_until(lambda: len(jokes_in(stack, user)) >= 2, 60, "the joke asked after the outage")
+        time.sleep(RETRY_GRACE_S)
+    finally:
+        stack.api.disrupt("sendMessage", "hang", for_s=0)  # over: the next tests' sends are answered at once
+    texts = [m["text"] for m in jokes_in(stack, user)]
+    assert sorted(t.split()[0] for t in texts) == ["Вовочка", "Штирлиц"], texts

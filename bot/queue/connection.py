@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import re
 import shutil
 import signal
 import subprocess
@@ -25,14 +26,16 @@ from redis.backoff import ExponentialBackoff
 DEFAULT_DATA_DIR = Path("data/redis")
 # Redis is there but refuses writes for now: the AOF's disk is full (MISCONF), too few replicas
 # (NOREPLICAS), a read-only replica (READONLY), out of memory (OOM), still loading its data (LOADING).
-_REFUSALS = ("MISCONF", "NOREPLICAS", "READONLY", "OOM", "LOADING")
+# The refusal starts the reply, or follows a pipeline's "Command # N (…) of pipeline caused error: " (its
+# args sometimes shown as a tuple) or a script's "@user_script:19: -".
+_REFUSAL = re.compile(r"(?:^|of pipeline caused error: \(?['\"]?|: -)(?:MISCONF|NOREPLICAS|READONLY|OOM|LOADING)\b")
 
 
 def is_outage(error: BaseException) -> bool:
     """Whether a Redis error is Redis being unavailable for a while (wait and retry), not a bug to stop on."""
     if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return True
-    return isinstance(error, redis.exceptions.ResponseError) and str(error).startswith(_REFUSALS)
+    return isinstance(error, redis.exceptions.ResponseError) and _REFUSAL.search(str(error)) is not None
 
 
 def connect(url: str | None, data_dir: Path = DEFAULT_DATA_DIR) -> redis.asyncio.Redis:

@@ -257,8 +257,9 @@ class DeliveryLoop:
             message_id = await self._persist(result.request_id, lambda: self.outbox.show(delivery, text, markup)) \
                 or delivery.message_id
             if markup is not None and message_id is not None and is_group_chat(delivery.chat_id):
-                # A reply to this message asks for a joke (handlers/joke.py).
-                await self.feedback.remember_chat_joke(delivery.chat_id, message_id, result.request_id)
+                # A reply to this message asks for a joke (handlers/joke.py). Shown already: wait for Redis.
+                await self._until_redis_answers(
+                    lambda: self.feedback.remember_chat_joke(delivery.chat_id, message_id, result.request_id))
         except TelegramAPIError as error:  # blocked by the user, chat gone, flood ban: nothing more to do
             outcome = "undelivered"
             log.warning("could not deliver %s to %s: %s", result.request_id, delivery, error)
