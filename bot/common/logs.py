@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,3 +68,24 @@ def log_event(logger: logging.Logger, event: str, fields: dict[str, Any], *, lev
                      if key not in hidden)
     text = f"{event} {shown}".rstrip() + (f": {message}" if message else "")
     logger.log(level, text, extra={"fields": fields})
+
+
+class Sparse:
+    """A warning that an outage would repeat for every call (every message while Redis is away, say), logged at
+    most once per `interval_s`, saying how many like it were left out since."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger, self.interval_s, self.clock = logger, interval_s, clock
+        self._last = float("-inf")
+        self._left_out = 0
+
+    def warning(self, message: str, *args: Any) -> None:
+        now = self.clock()
+        if now - self._last < self.interval_s:
+            self._left_out += 1
+            return
+        if self._left_out:
+            message, args = message + " (and %d more like it since)", (*args, self._left_out)
+        self.logger.warning(message, *args)
+        self._last, self._left_out = now, 0

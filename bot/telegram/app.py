@@ -24,6 +24,7 @@ import logging
 import secrets
 import signal
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -230,15 +231,23 @@ class Polling:
             serving.cancel()  # a no-op once it has returned
 
 
-def webhook_handler(dispatcher: Dispatcher, bot: Bot, secret: str) -> Any:
+def webhook_handler(dispatcher: Dispatcher, bot: Bot, secret: str, inbox: UpdateInbox | None = None) -> Any:
     """aiogram's handler, with the secret compared as bytes: its str comparison raises on a header with
-    non-ASCII characters (a 500 and a traceback per probe instead of a quiet 401)."""
+    non-ASCII characters (a 500 and a traceback per probe instead of a quiet 401); an update is kept in the
+    inbox before Telegram hears 200 and forgets it."""
     from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 
     class Handler(SimpleRequestHandler):
         def verify_secret(self, telegram_secret_token: str, bot: Bot) -> bool:
             sent = telegram_secret_token.encode("utf-8", "surrogateescape")  # whatever str aiohttp made of it
             return hmac.compare_digest(sent, secret.encode())  # constant time, before the body is read
+
+        async def handle(self, request: web.Request) -> web.Response:
+            if inbox is not None and self.verify_secret(request.headers.get("X-Telegram-Bot-Api-Secret-Token", ""),
+                                                        bot):
+                with suppress(ValueError):  # not JSON: aiogram answers it
+                    await inbox.keep_raw(await request.json(loads=bot.session.json_loads))  # the body is cached
+            return await super().handle(request)
 
     return Handler(dispatcher, bot, secret_token=secret)
 
@@ -248,7 +257,7 @@ class Webhook:
 
     name = "webhook"
 
-    def __init__(self, bot: Bot, dispatcher: Dispatcher, settings: Settings) -> None:
+    def __init__(self, bot: Bot, dispatcher: Dispatcher, settings: Settings, inbox: UpdateInbox | None = None) -> None:
         from aiogram.webhook.aiohttp_server import setup_application
 
         self.bot, self.dispatcher, self.settings = bot, dispatcher, settings
@@ -256,7 +265,7 @@ class Webhook:
         self.secret = settings.webhook_secret or secrets.token_urlsafe(32)
         # A body past the limit is refused with 413 while it is read, before any JSON parsing.
         app = web.Application(client_max_size=WEBHOOK_MAX_BODY_BYTES)
-        webhook_handler(dispatcher, bot, self.secret).register(app, path=settings.webhook_path)
+        webhook_handler(dispatcher, bot, self.secret, inbox).register(app, path=settings.webhook_path)
         setup_application(app, dispatcher, bot=bot)
         app.on_startup.append(self._register_webhook)
         self.runner = web.AppRunner(app, access_log=None)
@@ -314,7 +323,8 @@ async def run(settings: Settings, redis: Redis) -> None:
     dispatcher.update.outer_middleware(in_flight)
     inbox = UpdateInbox(redis, settings.redis_prefix)
     dispatcher.update.outer_middleware(inbox)
-    receiver = Webhook(bot, dispatcher, settings) if settings.webhook_url else Polling(bot, dispatcher)
+    bot.session.middleware(inbox.keep_received)
+    receiver = Webhook(bot, dispatcher, settings, inbox) if settings.webhook_url else Polling(bot, dispatcher)
     server = start_metrics_server(settings, services)
     serving = asyncio.create_task(receiver.serve(), name=receiver.name)
     inbox.start(dispatcher, bot)

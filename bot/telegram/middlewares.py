@@ -45,6 +45,7 @@ from aiogram.methods import (
 from aiogram.methods.base import Response, TelegramType
 from redis.exceptions import RedisError
 
+from bot.common.logs import Sparse
 from bot.common.metrics import Metrics
 from bot.telegram import texts
 from bot.telegram.ratelimit import ChatPacer, is_group_chat
@@ -120,6 +121,7 @@ class GroupPacing(BaseRequestMiddleware):
     def __init__(self, pacer: ChatPacer, everywhere: ChatPacer | None = None) -> None:
         self.pacer = pacer
         self.everywhere = everywhere
+        self._unpaced = Sparse(log)
 
     async def __call__(
         self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType]
@@ -137,7 +139,7 @@ class GroupPacing(BaseRequestMiddleware):
         except RedisError as error:
             # The budgets live in Redis: while it is away, send unpaced (Telegram's 429s still pace us)
             # rather than let an apology for that very outage fail too.
-            log.warning("pacing skipped for %s, Redis unavailable: %s", type(method).__name__, error)
+            self._unpaced.warning("pacing skipped for %s, Redis unavailable: %s", type(method).__name__, error)
         return await make_request(bot, method)
 
 
