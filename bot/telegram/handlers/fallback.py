@@ -15,6 +15,7 @@ from aiogram.types import CallbackQuery, ErrorEvent, Message
 
 from bot.common.logs import log_event
 from bot.telegram import texts
+from bot.telegram.handlers.inline import answer_hint
 from bot.telegram.texts import Texts
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,20 @@ async def expired_button(callback: CallbackQuery, t: Texts) -> None:
 
 
 @router.errors()
-async def on_error(event: ErrorEvent, t: Texts = texts.RU) -> None:
+async def on_error(event: ErrorEvent, bot: Bot, t: Texts = texts.RU) -> None:
     """A bug or an outage while handling an update: log it loudly, tell the user briefly."""
     log.error("update %s failed: %r", event.update.update_id, event.exception, exc_info=event.exception)
-    message = event.update.message
-    if message is not None:
-        try:
-            await message.reply(t.TEMPORARY_ERROR)  # a reply: in a busy group, to whom it is said
-        except TelegramAPIError:
-            pass
-    elif event.update.callback_query is not None:
-        try:
-            await event.update.callback_query.answer(t.TEMPORARY_ERROR)
-        except TelegramAPIError:
-            pass
+    update = event.update
+    try:
+        if update.message is not None:
+            await update.message.reply(t.TEMPORARY_ERROR)  # a reply: in a busy group, to whom it is said
+        elif update.callback_query is not None:
+            await update.callback_query.answer(t.TEMPORARY_ERROR)
+        elif update.inline_query is not None:  # rather than a spinner that ends in nothing
+            await answer_hint(update.inline_query, t.INLINE_UNAVAILABLE)
+        elif update.chosen_inline_result is not None and update.chosen_inline_result.inline_message_id:
+            # The ✍️ article the user sent would say "writing…" forever.
+            await bot.edit_message_text(t.TEMPORARY_ERROR,
+                                        inline_message_id=update.chosen_inline_result.inline_message_id)
+    except TelegramAPIError:
+        pass

@@ -38,7 +38,7 @@ PENDING_PREFIX = "p:"
 _TOKEN = re.compile(r"[0-9a-f]{16}")
 
 
-async def _answer_hint(query: InlineQuery, hint: str) -> None:
+async def answer_hint(query: InlineQuery, hint: str) -> None:
     # A button instead of a result: nothing gets sent to the chat by mistake.
     await query.answer([], cache_time=CACHE_TIME_S, is_personal=True,
                        button=InlineQueryResultsButton(text=hint[:64], start_parameter="inline_help"))
@@ -48,16 +48,16 @@ async def _answer_hint(query: InlineQuery, hint: str) -> None:
 async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: OutstandingRequests, signer: Signer,
                        event_update: Update, t: Texts) -> None:
     if not query.query.strip():
-        await _answer_hint(query, t.INLINE_HINT)
+        await answer_hint(query, t.INLINE_HINT)
         return
     prompt, hint = await jokes.inline_prompt_or_hint(query.from_user.id, query.query, t)
     if hint is not None:
-        await _answer_hint(query, hint)
+        await answer_hint(query, hint)
         return
     try:
         ready = await jokes.inline_variants(query.id, query.from_user.id, prompt, update_id=event_update.update_id)
     except QueueFull:
-        await _answer_hint(query, t.INLINE_BUSY)
+        await answer_hint(query, t.INLINE_BUSY)
         return
     results = [
         InlineQueryResultArticle(
