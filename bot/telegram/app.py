@@ -146,7 +146,9 @@ def build_services(settings: Settings, redis: Redis, bot: Bot, metrics: Metrics)
 
 
 def build_dispatcher(settings: Settings, services: Services) -> Dispatcher:
-    dispatcher = Dispatcher(settings=settings, queue=services.queue, feedback=services.feedback,
+    # No FSM: the bot keeps its state in Redis, and aiogram's in-memory FSM storage would keep a record for
+    # every (chat, user) it ever saw (it reads each update's state into a defaultdict): RSS growing with users.
+    dispatcher = Dispatcher(disable_fsm=True, settings=settings, queue=services.queue, feedback=services.feedback,
                             outstanding=services.outstanding, chat_settings=services.chat_settings,
                             jokes=services.jokes, metrics=services.metrics, signer=services.signer,
                             daily=services.daily, user_stats=services.user_stats, access=services.access,
