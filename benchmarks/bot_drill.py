@@ -8,6 +8,7 @@ tests/worker_process.py, tests/conftest.py's RedisServer): a real `rujokes-bot`,
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -67,11 +68,16 @@ class DrillStack:
     worker_env: dict[str, str]
     bot: subprocess.Popen | None = None
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    redis_disk: Path | None = None  # Redis' data directory when it is a small disk of its own (a tmpfs)
 
     @classmethod
     def create(cls, log_dir: Path, model_dir: Path, max_new_tokens: int, redis_fsync: str = "always",
-               **bot_settings: str) -> DrillStack:
-        redis_server = RedisServer(log_dir / "redis", appendonly=True, fsync=redis_fsync).start()
+               redis_disk_mb: int | None = None, **bot_settings: str) -> DrillStack:
+        """`redis_disk_mb`: give Redis' data a tmpfs of this size, a disk the drill can fill (root only; where
+        mounting is refused, Redis shares the machine's disk)."""
+        redis_dir = log_dir / "redis"
+        redis_disk = redis_dir if redis_disk_mb and mount_tmpfs(redis_dir, redis_disk_mb) else None
+        redis_server = RedisServer(redis_dir, appendonly=True, fsync=redis_fsync).start()
         api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
         prefix = f"drill-{uuid.uuid4().hex[:6]}:"
         # Users here ask fast, and the fake Bot API has no group limit: neither limit may pace the drill.
@@ -81,7 +87,8 @@ class DrillStack:
         settings.update(bot_settings)
         workers = worker_env(redis_server.url, prefix, model_dir, WORKER_BATCH_SIZE="8", CLAIM_IDLE_MS="3000",
                              HEARTBEAT_TTL_S="6", PARTIAL_INTERVAL_S="0.7")
-        return cls(api, redis_server, prefix, log_dir, bot_env(api, redis_server.url, prefix, **settings), workers)
+        return cls(api, redis_server, prefix, log_dir, bot_env(api, redis_server.url, prefix, **settings), workers,
+                   redis_disk=redis_disk)
 
     def start(self, n_workers: int) -> DrillStack:
         self.bot = start_bot(self.bot_env, self.log_dir / "bot.log")
@@ -147,46 +154,98 @@ class DrillStack:
             stop_process(process)
         self.api.stop()
         self.redis_server.cleanup()
+        if self.redis_disk is not None:
+            subprocess.run(["umount", "--lazy", str(self.redis_disk)], check=False)
+
+    def fill_redis_disk(self, full: bool) -> str:
+        """Fill Redis' disk to the last byte (or free it again); says how."""
+        if self.redis_disk is None:  # no disk of its own: its files may grow no more (RLIMIT_FSIZE)
+            self.redis_server.disk_full(full)
+            return "its files capped at their size (RLIMIT_FSIZE), as no disk of its own could be mounted"
+        filler = self.redis_disk / "filler"
+        if full:
+            with filler.open("wb") as file:
+                stat = os.statvfs(self.redis_disk)
+                os.posix_fallocate(file.fileno(), 0, stat.f_bavail * stat.f_frsize)
+        else:
+            filler.unlink(missing_ok=True)
+        return f"its own {self.redis_disk_size_mb()} MB disk (a tmpfs) filled to the last byte"
+
+    def redis_disk_size_mb(self) -> int:
+        stat = os.statvfs(self.redis_disk)
+        return round(stat.f_blocks * stat.f_frsize / 2**20)
+
+
+def mount_tmpfs(directory: Path, size_mb: int) -> bool:
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(directory)],
+                             capture_output=True)
+    return mounted.returncode == 0
+
+
+def buttons_of(markup: Any) -> list[str]:
+    rows = markup.get("inline_keyboard", []) if isinstance(markup, dict) else []
+    return [button.get("text") for row in rows for button in row]
 
 
 # -- simulated users -------------------------------------------------------------------------------
 
 
+INLINE = 0  # the chat_id of an inline user's asks (an inline query has no chat); their message_id: the query's id
+
+
 @dataclass
 class Ask:
-    """One /joke and what came back for it."""
+    """One /joke (or inline query) and what came back for it."""
 
     chat_id: int
     message_id: int
     sent_at: float
-    jokes: list[float] = field(default_factory=list)   # Bot API call times of finished jokes (one expected)
+    prompt: str = ""
+    user_id: int = 0
+    jokes: list[float] = field(default_factory=list)   # when each distinct message with a finished joke came
     other: list[str] = field(default_factory=list)     # finished replies that are not jokes (refusals, apologies)
     answered_at: float | None = None                    # the first finished reply, joke or not
+    joke_messages: set = field(default_factory=set)    # the messages behind `jokes`: an edit again is no double
 
     @property
     def answered(self) -> bool:
         return bool(self.jokes or self.other)
 
+    def joke(self, message: Any, at: float) -> None:
+        if message not in self.joke_messages:
+            self.joke_messages.add(message)
+            self.jokes.append(at)
+
 
 @dataclass
 class User:
     user_id: int
-    chat_id: int  # the user's id for a private chat; a group of their own otherwise
+    chat_id: int  # the user's id for a private chat; a group of their own; INLINE for an inline user
     asks: list[Ask] = field(default_factory=list)
 
 
 class Users:
     """Closed-loop users: each asks for a joke, waits for it, asks again (up to `requests_per_user`)."""
 
-    def __init__(self, api: FakeBotAPI, count: int, requests_per_user: int | None, group_every: int = 0) -> None:
-        """`group_every` = n: every n-th user asks in a group chat (a placeholder edited into the joke)."""
+    def __init__(self, api: FakeBotAPI, count: int, requests_per_user: int | None, group_every: int = 0,
+                 inline_every: int = 0) -> None:
+        """`group_every` = n: every n-th user asks in a group chat (a placeholder edited into the joke);
+        `inline_every` = m: every m-th of the others asks in inline mode (takes a finished variant, or picks
+        the ✍️ article and waits for the joke to be written into the message it sent)."""
         self.api = api
         self.requests_per_user = requests_per_user
-        in_group = [bool(group_every) and n % group_every == group_every - 1 for n in range(count)]
-        self.users = [User(20_000 + n, -(1_000_000_000_000 + n) if in_group[n] else 20_000 + n) for n in range(count)]
+        self.users = []
+        for n in range(count):
+            in_group = bool(group_every) and n % group_every == group_every - 1
+            others = n // group_every if group_every else n  # the index of this user among the others
+            inline = not in_group and bool(inline_every) and others % inline_every == inline_every - 1
+            chat_id = -(1_000_000_000_000 + n) if in_group else INLINE if inline else 20_000 + n
+            self.users.append(User(20_000 + n, chat_id))
         self.asks: dict[tuple[int, int], Ask] = {}
         self.sending = True
         self._cursor = 0
+        self._inline_messages: dict[str, Ask] = {}  # inline_message_id of a picked ✍️ article -> its ask
 
     def ask_once(self, user_id: int, text: str, group: int | None = None) -> Ask:
         """One extra ask (a poison request, an open-loop arrival) in `user_id`'s private chat or in `group`,
@@ -213,35 +272,64 @@ class Users:
                 continue
             prompt = PROMPTS[len(self.asks) % len(PROMPTS)]
             sent_at = time.time()
-            if user.chat_id > 0:
-                message = self.api.private_message(user.user_id, f"/joke {prompt}")["message"]
+            if user.chat_id == INLINE:
+                query_id = int(self.api.inline_query(user.user_id, prompt)["inline_query"]["id"])
+                ask = Ask(INLINE, query_id, sent_at, prompt, user.user_id)
             else:
-                message = self.api.group_message(user.chat_id, user.user_id, f"/joke {prompt}")["message"]
-            ask = Ask(user.chat_id, message["message_id"], sent_at)
+                if user.chat_id > 0:
+                    message = self.api.private_message(user.user_id, f"/joke {prompt}")["message"]
+                else:
+                    message = self.api.group_message(user.chat_id, user.user_id, f"/joke {prompt}")["message"]
+                ask = Ask(user.chat_id, message["message_id"], sent_at, prompt, user.user_id)
             user.asks.append(ask)
-            self.asks[(user.chat_id, ask.message_id)] = ask
+            self.asks[(ask.chat_id, ask.message_id)] = ask
 
     def _read(self, call: Call) -> None:
-        if call.error is not None or call.method not in ("sendMessage", "editMessageText"):
+        if call.error is not None:
+            return
+        if call.method == "answerInlineQuery":
+            self._read_inline_answer(call)
+            return
+        if call.method not in ("sendMessage", "editMessageText"):
             return
         chat_id, text = call.params.get("chat_id"), str(call.params.get("text") or "")
-        if call.method == "sendMessage":
-            asked_in = (call.params.get("reply_parameters") or {}).get("message_id")
+        if call.params.get("inline_message_id"):  # the joke written into a picked ✍️ article's message
+            message = str(call.params["inline_message_id"])
+            ask = self._inline_messages.get(message)
+        elif call.method == "sendMessage":  # every send is a message of its own
+            ask = self.asks.get((chat_id, (call.params.get("reply_parameters") or {}).get("message_id")))
+            message = ("sent", id(call))
         else:  # an edited placeholder: it replies to the user's message
             with self.api._lock:
                 placeholder = self.api.messages.get((chat_id, call.params.get("message_id"))) or {}
             asked_in = (placeholder.get("reply_to_message") or {}).get("message_id")
-        ask = self.asks.get((chat_id, asked_in))
+            ask, message = self.asks.get((chat_id, asked_in)), (chat_id, call.params.get("message_id"))
         if ask is None:
             return
-        markup = call.params.get("reply_markup") or {}
-        buttons = [button.get("text") for row in markup.get("inline_keyboard", []) for button in row]
-        if buttons == JOKE_BUTTONS:
-            ask.jokes.append(call.time)
+        if buttons_of(call.params.get("reply_markup")) == JOKE_BUTTONS:
+            ask.joke(message, call.time)
         elif text != texts.PLACEHOLDER and not text.endswith(texts.TYPING_SUFFIX):
             ask.other.append(text)
         else:
             return
+        ask.answered_at = ask.answered_at or call.time
+
+    def _read_inline_answer(self, call: Call) -> None:
+        ask = self.asks.get((INLINE, int(call.params.get("inline_query_id") or 0)))
+        if ask is None:
+            return
+        results = call.params.get("results") or []
+        finished = [r for r in results if buttons_of(r.get("reply_markup")) == JOKE_BUTTONS]
+        article = next((r for r in results if buttons_of(r.get("reply_markup")) == [texts.BUTTON_WRITE]), None)
+        if finished:  # the user sends a finished variant: that is the joke
+            ask.joke(("inline", ask.message_id), call.time)
+        elif article is not None:  # the user picks ✍️: the bot writes the joke into the message it sent
+            inline_message_id = f"drill-inline-{ask.message_id}"
+            self._inline_messages[inline_message_id] = ask
+            self.api.chosen_inline_result(ask.user_id, article["id"], ask.prompt, inline_message_id=inline_message_id)
+            return
+        else:  # a refusal: no results, a button that says why
+            ask.other.append(str((call.params.get("button") or {}).get("text") or "no results"))
         ask.answered_at = ask.answered_at or call.time
 
     def run(self, until: float, tick: Callable[[], None] = lambda: None, interval: float = 0.02) -> None:

@@ -4,28 +4,32 @@ or answered twice where that is avoidable, or a fault's requests never all get a
     python benchmarks/fault_drill.py [--users 32] [--model rujokes_model/weights/nano] [--fault-s 30]
                                      [--only NAME ...]
 
-Simulated users keep asking for jokes (half in private chats, half in groups, where a placeholder is
-edited into the joke) against the real bot, two real workers and a real Redis with the shipped fsync
-policy (deploy/redis.conf: appendfsync everysec), while, one at a time:
+Simulated users keep asking for jokes (a third in groups, where a placeholder is edited into the joke, a
+third in private chats, a third in inline mode) against the real bot, two real workers and a real Redis
+with the shipped fsync policy (deploy/redis.conf: appendfsync everysec), while, one at a time:
 
     worker-kill     a worker is killed with SIGKILL mid-batch: the other reclaims its requests
     worker-broken   a third worker starts with a model it cannot load: it exits saying why; nothing changes
     redis-kill      Redis is killed with SIGKILL and restarted on its AOF; the bot re-submits what it knows
     redis-away      Redis is stopped for --fault-s seconds, then started again on its AOF
-    redis-readonly  Redis refuses writes for --fault-s seconds (as with a full disk under the AOF)
+    redis-readonly  Redis refuses writes for --fault-s seconds (NOREPLICAS, as a replica-less primary does)
+    disk-full       the disk under Redis' AOF is full for --fault-s seconds (a tmpfs of its own, filled; where
+                    nothing can be mounted, its files are capped): Redis refuses writes (MISCONF)
     api-429         Telegram answers 429 (retry_after=1) to the next sendMessage and editMessageText calls
     api-5xx         the Bot API answers 502 to every call for --fault-s seconds
     api-reset       the Bot API drops every connection for --fault-s seconds
+    api-slow        the Bot API answers every call late but within the bot's timeout, for --fault-s seconds
     api-hang        the Bot API does every call but answers only after the bot's timeout, for --fault-s seconds
     bot-kill        the bot is killed with SIGKILL mid-stream and restarted (Telegram re-delivers what it did
                     not confirm)
     poison          one request makes the model raise on every attempt: its batch mates are answered, it is
                     dead-lettered after MAX_DELIVERIES with an apology, the workers keep serving
 
-Each row: requests asked during the fault (or in flight when it began), how many got a joke, a message
-that is not a joke (a refusal, an apology: the user was told), none (lost), or a joke twice (doubled), and
-the seconds until every one of them was answered. Then the users stop, every request is waited for, and
-the totals are checked.
+Each row: requests asked during the fault (or in flight when it began, unless an earlier row counted them),
+how many got a joke, a message that is not a joke (a refusal, an apology: the user was told), none (lost),
+or a joke in two messages (doubled: an edit of the same message again is none), the seconds from the
+fault's start until every one of them was answered, and from its end (the recovery, against the target
+CLAIM_IDLE + one batch). Then the users stop, every request is waited for, and the totals are checked.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot_drill import ROOT, Ask, DrillStack, Users, tiny_model
+from bot_drill import ROOT, Ask, DrillStack, Users, tiny_model, wait_until
 
 POISON = "ЯДОВИТЫЙ АНЕКДОТ"
 # The faults whose doubles are unavoidable: a call "Telegram" did but answered too late looks failed to the
@@ -65,7 +69,8 @@ class Row:
     started: float
     ended: float = 0.0
     asks: list[Ask] = field(default_factory=list)
-    cleared_s: float | None = None
+    cleared_s: float | None = None    # from the fault's start until all its asks were answered
+    recovered_s: float | None = None  # from the fault's end until then
 
     def figures(self) -> dict:
         return {"asked": len(self.asks), "jokes": sum(1 for a in self.asks if a.jokes),
@@ -78,6 +83,7 @@ class Drill:
     def __init__(self, stack: DrillStack, users: Users, args: argparse.Namespace) -> None:
         self.stack, self.users, self.args = stack, users, args
         self.rows: list[Row] = []
+        self._counted: set[int] = set()  # asks an earlier row counted (by id)
 
     def load(self, seconds: float) -> None:
         run_until(self.users, lambda: False, seconds)
@@ -85,7 +91,7 @@ class Drill:
     def fault(self, name: str, what: str, inject: Callable[[], None], heal: Callable[[], None] | None = None,
               duration_s: float = 0.0) -> Row:
         row = Row(name, what, time.time())
-        in_flight = self.users.outstanding_at(row.started)
+        in_flight = [a for a in self.users.outstanding_at(row.started) if id(a) not in self._counted]
         inject()
         self.load(duration_s)
         if heal is not None:
@@ -93,11 +99,15 @@ class Drill:
         row.ended = time.time()
         row.asks = in_flight + [a for a in self.users.asks.values() if row.started < a.sent_at <= row.ended
                                 and a not in in_flight]
+        self._counted.update(id(a) for a in row.asks)
         run_until(self.users, lambda: all(a.answered for a in row.asks), self.args.recovery_timeout_s)
         answered = [a.answered_at for a in row.asks if a.answered_at is not None]
-        row.cleared_s = (max(answered) - row.started if answered else 0.0) if len(answered) == len(row.asks) else None
+        if len(answered) == len(row.asks):
+            last = max(answered, default=row.started)
+            row.cleared_s, row.recovered_s = last - row.started, max(0.0, last - row.ended)
         self.load(self.args.quiet_s)
-        print(f"{name}: {what}: {row.figures()}, all answered after {row.cleared_s}", flush=True)
+        print(f"{name}: {what}: {row.figures()}, all answered after {row.cleared_s} (the fault's end + "
+              f"{row.recovered_s})", flush=True)
         self.rows.append(row)
         return row
 
@@ -152,6 +162,13 @@ class Drill:
         self.fault("redis-readonly", f"Redis refuses writes for {self.args.fault_s:.0f} s (as with a full disk)",
                    refuse(True), refuse(False), self.args.fault_s)
 
+    def disk_full(self) -> None:
+        how: list[str] = []
+        self.fault("disk-full", f"Redis' disk full for {self.args.fault_s:.0f} s",
+                   lambda: how.append(self.stack.fill_redis_disk(True)), lambda: self.stack.fill_redis_disk(False),
+                   self.args.fault_s)
+        self.rows[-1].what += f": {how[0]}"
+
     def api_429(self) -> None:
         def inject() -> None:
             for method in ("sendMessage", "editMessageText"):
@@ -159,8 +176,9 @@ class Drill:
 
         self.fault("api-429", "429 × 2 on sendMessage and on editMessageText", inject, duration_s=2)
 
-    def api(self, kind: str, what: str, **extra: float) -> None:
-        self.fault(f"api-{kind}", what, lambda: self.stack.api.disrupt("*", kind, for_s=self.args.fault_s, **extra),
+    def api(self, kind: str, what: str, name: str | None = None, **extra: float) -> None:
+        self.fault(name or f"api-{kind}", what,
+                   lambda: self.stack.api.disrupt("*", kind, for_s=self.args.fault_s, **extra),
                    duration_s=self.args.fault_s)
 
     def bot_kill(self) -> None:
@@ -182,25 +200,28 @@ class Drill:
 
 
 def markdown(rows: list[Row]) -> str:
-    lines = ["| fault | what | asked | jokes | told (not a joke) | lost | doubled | all answered after, s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| fault | what | asked | jokes | told (not a joke) | lost | doubled | all answered after, s "
+             "| after the fault's end, s |", "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         f = row.figures()
         cleared = "never" if row.cleared_s is None else f"{row.cleared_s:.1f}"
+        recovered = "never" if row.recovered_s is None else f"{row.recovered_s:.1f}"
         lines.append(f"| {row.name} | {row.what} | {f['asked']} | {f['jokes']} | {f['told']} | {f['lost']} | "
-                     f"{f['doubled']} | {cleared} |")
+                     f"{f['doubled']} | {cleared} | {recovered} |")
     return "\n".join(lines)
 
 
-FAULTS = ["worker-kill", "worker-broken", "redis-kill", "redis-away", "redis-readonly", "api-429", "api-5xx",
-          "api-reset", "api-hang", "bot-kill", "poison"]
+FAULTS = ["worker-kill", "worker-broken", "redis-kill", "redis-away", "redis-readonly", "disk-full", "api-429",
+          "api-5xx", "api-reset", "api-slow", "api-hang", "bot-kill", "poison"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--model", help="model directory for MODEL_NANO (default: a tiny random model)")
+    parser.add_argument("--model", help="model directory for --size (default: a tiny random nano)")
+    parser.add_argument("--size", choices=["nano", "mini"], default="nano",
+                        help="mini: served as by default (int8 weights, compiled step); needs --model")
     parser.add_argument("--fault-s", type=float, default=30, help="how long the timed faults last")
     parser.add_argument("--telegram-timeout-s", type=float, default=5, help="the bot's TELEGRAM_TIMEOUT_S")
     parser.add_argument("--warmup-s", type=float, default=5, help="load before the first fault")
@@ -215,19 +236,31 @@ def main() -> int:
     try:
         model_dir = Path(args.model) if args.model else tiny_model(tmp)
         stack = DrillStack.create(tmp / "stack", model_dir, args.max_new_tokens, redis_fsync="everysec",
+                                  redis_disk_mb=512,
                                   TELEGRAM_TIMEOUT_S=str(args.telegram_timeout_s), DELIVERY_RETRY_S="300",
                                   REQUEST_TIMEOUT_S="240", RESULT_GRACE_S="30")
         stack.worker_env.update(MAX_DELIVERIES="3", RUJOKES_DRILL_POISON=POISON, PYTHONPATH=os.pathsep.join(
             [str(ROOT / "benchmarks" / "fault_injection"), str(ROOT)]))
+        if args.size == "mini":  # as served by default: int8 weights (CPU_INT8_SIZES), the compiled step
+            stack.worker_env.update(MODEL_NANO="none", MODEL_MINI=str(model_dir), DEFAULT_SIZE="mini",
+                                    COMPILE_DECODE="true")
+            stack.bot_env["DEFAULT_SIZE"] = "mini"
         stack.start(2)
-        users = Users(stack.api, args.users, requests_per_user=None, group_every=2)
+        if args.size == "mini":  # the faults hit compiled batches
+            logs = [stack.log_dir / f"worker-{w}.log" for w in stack.workers]
+            wait_until(lambda: all("decode step compiled" in log.read_text(errors="replace") for log in logs), 600,
+                       "the workers' compiled decode steps")
+        users = Users(stack.api, args.users, requests_per_user=None, group_every=3, inline_every=2)
         drill = Drill(stack, users, args)
         drill.load(args.warmup_s)
         steps = {"worker-kill": drill.worker_kill, "worker-broken": drill.worker_broken,
                  "redis-kill": drill.redis_kill, "redis-away": drill.redis_away,
-                 "redis-readonly": drill.redis_readonly, "api-429": drill.api_429,
+                 "redis-readonly": drill.redis_readonly, "disk-full": drill.disk_full, "api-429": drill.api_429,
                  "api-5xx": lambda: drill.api("5xx", f"502 to every call for {args.fault_s:.0f} s"),
                  "api-reset": lambda: drill.api("reset", f"every connection dropped for {args.fault_s:.0f} s"),
+                 "api-slow": lambda: drill.api("hang", f"every call answered after {0.8 * args.telegram_timeout_s:.0f}"
+                                               f" s (within the bot's timeout) for {args.fault_s:.0f} s",
+                                               hang_s=0.8 * args.telegram_timeout_s, name="api-slow"),
                  "api-hang": lambda: drill.api("hang", f"every call answered after {args.telegram_timeout_s + 2:.0f} s "
                                                f"(past the bot's timeout) for {args.fault_s:.0f} s",
                                                hang_s=args.telegram_timeout_s + 2),
@@ -245,7 +278,8 @@ def main() -> int:
         if stack is not None:
             stack.close()
 
-    print(f"\n{args.users} users asking in a loop (half in private chats, half in groups), ≤ {args.max_new_tokens} "
+    print(f"\n{args.users} users asking in a loop (a third each in groups, private chats and inline mode), "
+          f"≤ {args.max_new_tokens} "
           f"new tokens, model {args.model or 'tiny random (tests/model_helpers.py)'}, 2 CPU workers, Redis AOF "
           f"everysec, TELEGRAM_TIMEOUT_S={args.telegram_timeout_s:g}\n")
     print(markdown(drill.rows))

@@ -9,13 +9,15 @@ the RSS of the bot, each worker and Redis, Redis' used memory and key count, and
 answers that came that minute. After `--warmup-min`, the bounds checked are:
 
     RSS of each process       grows by at most max(--rss-slack-mb, 10 %) from the first minute after warm-up
-    Redis keys                at most --keys-per-request × the requests of the last TTL window (bounded by TTLs)
+    Redis keys                at most --keys-per-request × the requests of the last TTL window (bounded by TTLs),
+                              and every kind of key that grows with traffic has a TTL (a census at the end)
     p95 latency               the last minute's is at most 2 × the first minute's after warm-up (flat)
     lost                      0 (every request answered by the end)
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -40,6 +42,18 @@ def sample(stack: DrillStack) -> dict[str, float]:
         figures["redis used MB"] = int(client.info("memory")["used_memory"]) / 2**20
         figures["keys"] = client.dbsize()
     return figures
+
+
+def key_census(stack: DrillStack) -> dict[str, tuple[int, int]]:
+    """Key kind (the key with its ids as #) -> (how many, the longest TTL among them in s; -1: one has none)."""
+    census: dict[str, tuple[int, int]] = {}
+    with stack.redis() as client:
+        for key in client.scan_iter(f"{stack.prefix}*", count=1000):
+            kind = re.sub(r"[0-9a-f]{16,}|-?\d+", "#", key.removeprefix(stack.prefix))
+            count, longest = census.get(kind, (0, 0))
+            ttl = client.ttl(key)
+            census[kind] = (count + 1, -1 if ttl == -1 or longest == -1 else max(longest, ttl))
+    return census
 
 
 def main() -> int:
@@ -87,6 +101,7 @@ def main() -> int:
             users.step()
             time.sleep(0.05)
         total = users.summary()
+        census = key_census(stack)
     finally:
         if stack is not None:
             stack.close()
@@ -106,6 +121,10 @@ def main() -> int:
             failures.append(f"p95 rose from {first['p95']:.2f} s to {last['p95']:.2f} s")
     if total["lost"]:
         failures.append(f"{total['lost']} requests lost")
+    # A kind with no TTL must not grow with traffic: fixed keys (streams, registries, totals) stay few.
+    untimed = [kind for kind, (count, longest) in census.items() if longest == -1 and count > 10]
+    if untimed:
+        failures.append(f"keys without a TTL that grow with traffic: {untimed}")
 
     columns = [k for k in minutes[0] if k != "minute"] if minutes else []
     print(f"\n{args.minutes:g} min at {args.rate:g} requests/s, model {args.model or 'tiny random'}, "
@@ -116,6 +135,12 @@ def main() -> int:
     for row in minutes:
         print(f"| {row['minute']} | " + " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c])
                                                   for c in columns) + " |")
+    print(f"\nRedis keys at the end, by kind ({sum(c for c, _ in census.values())} keys, "
+          f"{sum(c for c, _ in census.values()) / max(1, total['asked']):.1f} per request):\n")
+    print("| kind | keys | longest TTL |")
+    print("|---|---|---|")
+    for kind, (count, longest) in sorted(census.items(), key=lambda item: -item[1][0]):
+        print(f"| `{kind}` | {count} | {'none' if longest == -1 else f'{longest / 3600:.1f} h'} |")
     if minutes:
         plot(minutes, Path(args.png))
         print(f"\nplot: {args.png}")
