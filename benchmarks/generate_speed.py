@@ -10,6 +10,8 @@ interleaved so that load from other processes hits both alike. tok/s counts gene
 rows (batch × new tokens), prefill included. The Llama baseline mirrors our dims (vocab, hidden, ffn,
 layers, heads, kv heads); MHLA has no Llama counterpart, so it is compared with full MHA (kv = heads).
 Denormal floats are flushed to zero for both models, as the worker does (--keep-denormals to compare without).
+On a GPU (`--device cuda --dtype bf16`) the default modes add the serving engine's loop replayed from CUDA
+graphs ("graphed", "compiled+graphed"), with the whole batch sampled on the device.
 """
 from __future__ import annotations
 
@@ -22,7 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from rujokes_model import ModelConfig, TransformerForCausalLM
+from rujokes_model.compiled_step import compiled_step
+from rujokes_model.continuous import ContinuousBatch, RowSettings
 from rujokes_model.cpu_kernels import cpu_kernels_supported
+from rujokes_model.cuda_graph_step import GraphedDecodeStep
 
 VOCAB_SIZE = 1024
 PROMPT_LEN = 16
@@ -67,12 +72,29 @@ def seconds(run: Callable[[], torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
-MODES = ("eager", "compiled", "compiled+bf16w", "compiled+int8w")
+MODES = ("eager", "compiled", "compiled+bf16w", "compiled+int8w", "graphed", "compiled+graphed")
+# Modes that decode as the serving engine does: a continuous batch (sampled on the device on a GPU) whose step
+# is replayed from CUDA graphs (rujokes_model/cuda_graph_step.py; on a CPU the same step without capture).
+GRAPHED = ("graphed", "compiled+graphed")
 
 
 def cpu_weights(mode: str) -> str | None:
     """"compiled+int8w" -> "int8": the low-bit CPU weights a mode uses, if any."""
-    return mode.partition("+")[2].removesuffix("w") or None
+    return mode.partition("+")[2].removesuffix("w") if mode.endswith("w") else None
+
+
+def decode_graphed(model: TransformerForCausalLM, prompt: torch.Tensor, new_tokens: int, sample: bool,
+                   step: GraphedDecodeStep) -> torch.Tensor:
+    """`new_tokens` per row through a continuous batch decoding with `step` (no host sync per step on a GPU)."""
+    batch = ContinuousBatch(model, columns=prompt.shape[1] + new_tokens, step=step)
+    settings = [RowSettings(top_k=10, temperature=1.0, seed=row) if sample else RowSettings(temperature=0.0)
+                for row in range(prompt.shape[0])]
+    batch.join(prompt.tolist(), settings)
+    drawn = []
+    for _ in range(new_tokens):
+        drawn.append(batch.sample())
+        batch.feed()
+    return torch.cat([prompt, torch.stack(drawn, 1)], 1)
 
 
 def our_model(config: ModelConfig, mode: str, device: str, dtype: torch.dtype) -> TransformerForCausalLM:
@@ -99,10 +121,16 @@ def bench_variant(variant: Variant, batch: int, new_tokens: int, repeats: int, s
     prompt = torch.randint(3, VOCAB_SIZE, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones_like(prompt)
     sampling = dict(do_sample=True, top_k=10) if sample else dict(do_sample=False)
+    steps = {mode: GraphedDecodeStep(ours[mode], max_rows=batch,
+                                     inner=compiled_step(ours[mode]) if mode.startswith("compiled") else None)
+             for mode in modes if mode in GRAPHED}
 
     def run_ours(mode: str) -> torch.Tensor:
-        out = ours[mode].generate(prompt, new_tokens, eos_token_id=None, use_cache=True,
-                                  compile=mode.startswith("compiled"), **sampling)
+        if mode in GRAPHED:
+            out = decode_graphed(ours[mode], prompt, new_tokens, sample, steps[mode])
+        else:
+            out = ours[mode].generate(prompt, new_tokens, eos_token_id=None, use_cache=True,
+                                      compile=mode.startswith("compiled"), **sampling)
         assert out.shape == (batch, PROMPT_LEN + new_tokens)
         return out
 
@@ -136,9 +164,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+    parser.add_argument("--modes", nargs="+", choices=MODES,
                         help="our variants: eager steps, the compiled step, the compiled step with our bf16 or int8 "
-                             "CPU weight kernels")
+                             "CPU weight kernels, the serving engine's loop replayed from CUDA graphs (default: the "
+                             "kernels' modes on a CPU, the graphed ones on a GPU)")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="leave denormal floats on (the worker flushes them; applies to both models alike)")
     args = parser.parse_args()
@@ -153,7 +182,9 @@ def main() -> None:
           f"{'top-k 10 sampling' if args.sample else 'greedy'}, prompt {PROMPT_LEN}, new tokens {args.new_tokens}, "
           f"median of {args.repeats}, {args.device} {args.dtype}, "
           f"denormals {'kept' if args.keep_denormals else 'flushed'}")
-    modes = tuple(mode for mode in args.modes if not (cpu_weights(mode) and args.device != "cpu"))
+    cuda = args.device.startswith("cuda")
+    chosen = args.modes or [mode for mode in MODES if mode in ("eager", "compiled") or (mode in GRAPHED) == cuda]
+    modes = tuple(mode for mode in chosen if not (cpu_weights(mode) and cuda))
     header = f"{'variant':<28} {'params':>7} {'batch':>5} {'HF tok/s':>9} " + " ".join(
         f"{mode + ' tok/s (×HF)':>28}" for mode in modes)
     print(header)

@@ -35,6 +35,24 @@ class KVCache:
         """Add `other`'s rows after ours (requests joining a running batch); same length and layout."""
         self.keys, self.values = torch.cat([self.keys, other.keys]), torch.cat([self.values, other.values])
 
+    # -- fixed memory, for a graphed step (cuda_graph_step.py) ----------------------------------------
+    def first_rows(self, n: int) -> "KVCache":
+        """A cache of our first `n` rows, sharing our memory."""
+        view = object.__new__(KVCache)
+        view.keys, view.values = self.keys[:n], self.values[:n]
+        return view
+
+    def lives_in(self, home: "KVCache") -> bool:
+        """Whether our rows are the first rows of `home`'s memory."""
+        return self.keys.data_ptr() == home.keys.data_ptr() and self.values.data_ptr() == home.values.data_ptr()
+
+    def move_into(self, home: "KVCache") -> None:
+        """Copy our rows into `home`'s first rows and live there from now on."""
+        n = self.keys.shape[0]
+        home.keys[:n].copy_(self.keys)
+        home.values[:n].copy_(self.values)
+        self.keys, self.values = home.keys[:n], home.values[:n]
+
 
 class LatentCache:
     """MHLA cache: only the compressed KV latent (B, max_len, kv_lora_rank) and the shared,
@@ -72,3 +90,21 @@ class LatentCache:
     def _set_entries(self, entries: torch.Tensor) -> None:
         self.latent, self.rope_key = entries.split([self.latent.shape[-1], self.rope_key.shape[-1]], dim=-1)
         self.entries = entries
+
+    # -- fixed memory, for a graphed step (cuda_graph_step.py) ----------------------------------------
+    def first_rows(self, n: int) -> "LatentCache":
+        """A cache of our first `n` rows, sharing our memory."""
+        view = object.__new__(LatentCache)
+        view.latent, view.rope_key = self.latent, self.rope_key  # for their widths
+        view._set_entries(self.entries[:n])
+        return view
+
+    def lives_in(self, home: "LatentCache") -> bool:
+        """Whether our rows are the first rows of `home`'s memory."""
+        return self.entries.data_ptr() == home.entries.data_ptr()
+
+    def move_into(self, home: "LatentCache") -> None:
+        """Copy our rows into `home`'s first rows and live there from now on."""
+        n = self.entries.shape[0]
+        home.entries[:n].copy_(self.entries)
+        self._set_entries(home.entries[:n])

@@ -130,13 +130,13 @@ def test_unknown_size_raises_instead_of_guessing(engine):
 
 def test_build_engine_skips_sizes_that_cannot_be_loaded(tmp_path):
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="nano", compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[], model_sources=lambda: {
+    settings = SimpleNamespace(device="cpu", torch_threads=0, cuda_graphs=True, default_size="nano", compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[], model_sources=lambda: {
         "nano": str(path), "mini": str(tmp_path / "missing"), "small": ""})
     assert build_engine(settings).available_sizes() == ["nano"]
 
 
 def test_build_engine_with_nothing_loadable_names_the_training_command(tmp_path):
-    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="nano", compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[],
+    settings = SimpleNamespace(device="cpu", torch_threads=0, cuda_graphs=True, default_size="nano", compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[],
                                model_sources=lambda: {"nano": str(tmp_path / "missing")})
     with pytest.raises(RuntimeError, match="rujokes-train"):
         build_engine(settings)
@@ -147,7 +147,7 @@ def test_a_compiled_int8_engine_answers_while_compiling_and_writes_the_same_joke
     background; batches started before it is ready decode eagerly, later ones through the compiled step,
     and seeded jobs joining a running batch get the same texts either way."""
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="nano", compile_decode=True, cpu_bf16_sizes=[],
+    settings = SimpleNamespace(device="cpu", torch_threads=0, cuda_graphs=True, default_size="nano", compile_decode=True, cpu_bf16_sizes=[],
                                cpu_int8_sizes=["nano"], model_sources=lambda: {"nano": str(path)})
     engine = build_engine(settings)
     model = engine.models["nano"].model
@@ -175,7 +175,7 @@ def test_a_compiled_int8_engine_answers_while_compiling_and_writes_the_same_joke
 def test_only_the_default_size_compiles_at_start_and_another_once_it_is_asked_for(tmp_path):
     """A compile shares the cores with decoding: sizes nobody asks for never compile."""
     paths = {size: make_tiny_model_dir(tmp_path / size, seed=i) for i, size in enumerate(("nano", "mini"))}
-    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="mini", compile_decode=True,
+    settings = SimpleNamespace(device="cpu", torch_threads=0, cuda_graphs=True, default_size="mini", compile_decode=True,
                                cpu_bf16_sizes=[], cpu_int8_sizes=[], model_sources=lambda: {k: str(v) for k, v in paths.items()})
     engine = build_engine(settings)
     assert set(engine.compiling) == {"mini"}
@@ -195,7 +195,7 @@ def test_a_worker_without_a_compiler_serves_the_size_with_fp32_weights(tmp_path,
     monkeypatch.setenv("CXX", "no-such-compiler")
     monkeypatch.setenv("PATH", str(tmp_path))
     path = make_tiny_model_dir(tmp_path / "nano")
-    settings = SimpleNamespace(device="cpu", torch_threads=0, default_size="nano", compile_decode=False, cpu_bf16_sizes=[],
+    settings = SimpleNamespace(device="cpu", torch_threads=0, cuda_graphs=True, default_size="nano", compile_decode=False, cpu_bf16_sizes=[],
                                cpu_int8_sizes=["nano"], model_sources=lambda: {"nano": str(path)})
     engine = build_engine(settings)
     assert not any(isinstance(m, LowBitLinear) for m in engine.models["nano"].model.modules())
@@ -274,3 +274,21 @@ def test_forty_emoji_cut_to_fit_the_context_show_no_broken_character(engine):
                                     on_partial=lambda _, text: partials.append(text))
         for text in [output.text, *partials]:
             assert "\ufffd" not in text and text.startswith("😀"), (limit, text)
+
+
+def test_a_gpu_engine_s_graphed_steps_write_the_same_jokes_through_joins_and_leaves(tmp_path):
+    """What a GPU worker decodes through by default (CUDA_GRAPHS), here without the capture a CPU cannot do."""
+    path = make_tiny_model_dir(tmp_path / "tiny-nano")
+    plain = ModelEngine({"nano": load_source("nano", str(path), torch.device("cpu"))}, torch.device("cpu"))
+    graphed = ModelEngine({"nano": load_source("nano", str(path), torch.device("cpu"))}, torch.device("cpu"))
+    assert not graphed.cuda_graphs  # a CPU engine never asks for graphs...
+    graphed.cuda_graphs = True      # ...so this test opts in for it
+    texts = {}
+    for name, engine in (("plain", plain), ("graphed", graphed)):
+        late = [job(5, "Колобок", max_new_tokens=6), job(6, "Шеф, всё пропало", max_new_tokens=9)]
+        outputs = engine.generate("nano", [job(i, p, max_new_tokens=12 + i) for i, p in enumerate(PROMPTS[:3])],
+                                  more_jobs=lambda rows: [late.pop(0)] if late else [])
+        texts[name] = [o.text for o in outputs]
+    assert texts["graphed"] == texts["plain"] and len(texts["plain"]) == 5
+    (step,) = [held for _, held in graphed._graphed.values()]
+    assert sum(step.replays.values()) > 0 and step.replays[4] > 0, step.replays  # 3 to 5 rows: the bucket of 4 ran

@@ -12,9 +12,9 @@ COMBINATIONS = [("rope", "gqa"), ("rope", "mhla"), ("alibi", "gqa"), ("alibi", "
 SCHEDULE = [(0, 5, 9), (0, 2, 4), (2, 3, 8), (3, 6, 5), (7, 1, 6)]
 
 
-def run_schedule(model, prompts, settings_for) -> list[list[int]]:
-    """Drive a ContinuousBatch through SCHEDULE; returns each row's new tokens."""
-    batch = ContinuousBatch(model, columns=48)
+def run_schedule(model, prompts, settings_for, step=None) -> list[list[int]]:
+    """Drive a ContinuousBatch (decoding through `step`, if given) through SCHEDULE; returns each row's new tokens."""
+    batch = ContinuousBatch(model, columns=48, step=step)
     tokens: list[list[int]] = [[] for _ in SCHEDULE]
     live: list[int] = []  # schedule index of each batch row
     for round_ in range(40):

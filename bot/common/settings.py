@@ -80,6 +80,10 @@ class Settings(BaseSettings):
                           "workers; without one the worker logs it and stays eager. The graphs are cached in "
                           "TORCHINDUCTOR_CACHE_DIR (default ~/.cache/rujokes/inductor), so a restart compiles "
                           "far faster.")
+    cuda_graphs: bool = Field(
+        True, description="On a GPU worker, replay each decode step from CUDA graphs (one per batch size bucket, "
+                          "captured on first use, around the compiled step once it is ready): a step is then one "
+                          "launch instead of hundreds. Same tokens as without. No effect on a CPU.")
     cpu_bf16_sizes: Annotated[list[Size], NoDecode] = Field(
         default_factory=list, description="Comma-separated sizes whose weights a CPU worker keeps in bf16 (our AVX2 "
                                           "kernel, fp32 arithmetic): half the memory traffic per step, lossless for "

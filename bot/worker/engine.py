@@ -15,6 +15,7 @@ import torch
 from bot.worker.engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
 from rujokes_model.continuous import ContinuousBatch, RowSettings
+from rujokes_model.cuda_graph_step import GraphedDecodeStep
 from rujokes_model.serving import BackgroundCompile
 
 
@@ -29,6 +30,8 @@ class LoadedModel:
 # so after an ask that brought nothing the interval doubles (up to the max) and resets when jobs join.
 POLL_EVERY_STEPS = 4
 POLL_EVERY_STEPS_MAX = 32
+# Rows a GPU batch replays from CUDA graphs (cuda_graph_step.py); a batch past it runs the step directly.
+GRAPHED_ROWS = 64
 
 
 @dataclass(eq=False)  # rows are compared by identity
@@ -47,7 +50,7 @@ class _Row:
 class ModelEngine:
     def __init__(self, models: dict[str, LoadedModel], device: torch.device, *,
                  compiling: dict[str, BackgroundCompile] | None = None,
-                 compile_on_first_use: set[str] | None = None) -> None:
+                 compile_on_first_use: set[str] | None = None, cuda_graphs: bool = True) -> None:
         self.models = models
         self.device = device
         # Sizes whose compiled decode step is being built (rujokes_model.serving): a batch that starts
@@ -55,6 +58,8 @@ class ModelEngine:
         self.compiling = compiling or {}
         self._compile_on_first_use = set(compile_on_first_use or ())  # sizes whose compile starts when asked for
         self._lock = threading.Lock()  # one batch at a time per engine: models hold no per-call state, caches do
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self._graphed: dict[str, tuple[bool, GraphedDecodeStep]] = {}  # size -> (around the compiled step?, step)
 
     def available_sizes(self) -> list[str]:
         return list(self.models)
@@ -79,7 +84,7 @@ class ModelEngine:
                   on_done: DoneCallback | None, more_jobs: MoreJobs | None) -> list[GenerationOutput]:
         loaded = self.models[size]
         model, tokenizer = loaded.model, loaded.tokenizer
-        batch = ContinuousBatch(model, step=self.compiling[size].step if self.compiled(size) else None)
+        batch = ContinuousBatch(model, step=self._step(size))
         waiting = self._rows(loaded, jobs, streaming=on_partial is not None)
         order = [job.request_id for job in jobs]
         live: list[_Row] = []
@@ -119,6 +124,18 @@ class ModelEngine:
                 next_poll = steps + poll_every
             batch.feed()
         return [outputs[request_id] for request_id in order]
+
+    def _step(self, size: str):
+        """The decode step of a new batch: the compiled one once ready (else eager: None), on a GPU replayed
+        from CUDA graphs. A graphed step holds one batch's rows at a time, as the engine's lock ensures."""
+        compiled = self.compiling[size].step if self.compiled(size) else None
+        if not self.cuda_graphs:
+            return compiled
+        held = self._graphed.get(size)
+        if held is None or held[0] != (compiled is not None):  # the compile finished: capture it instead
+            held = (compiled is not None, GraphedDecodeStep(self.models[size].model, GRAPHED_ROWS, inner=compiled))
+            self._graphed[size] = held
+        return held[1]
 
     def _rows(self, loaded: LoadedModel, jobs: list[Job], streaming: bool) -> list[_Row]:
         tokenizer, context = loaded.tokenizer, loaded.model.config.max_seq_len

@@ -62,4 +62,5 @@ def build_engine(settings) -> ModelEngine:
         if background is not None:
             compiling[size] = background
     later = set(models) - {first} if settings.compile_decode and first in compiling else set()
-    return ModelEngine(models, device, compiling=compiling, compile_on_first_use=later)
+    return ModelEngine(models, device, compiling=compiling, compile_on_first_use=later,
+                       cuda_graphs=settings.cuda_graphs)
