@@ -90,3 +90,14 @@ def test_bundled_model_scores_its_card_figure_on_the_whole_validation_split(size
     measured = evaluate_texts(*load(path), prepare_corpus(DEFAULT_CORPUS).val).bits_per_char
     # The same split and code as the card: reproduced to ~1e-4 (nano 2.2450 vs 2.2451, mini 1.9644 vs 1.9644).
     assert abs(measured - claimed) <= 0.005, (size, measured, claimed)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_bundled_model_card_says_how_often_its_samples_copy_a_training_joke(size):
+    """Written by `benchmarks/memorisation.py --write-cards` (200 samples, the bot's sampling settings)."""
+    card = (pretrained_path(size) / "README.md").read_text(encoding="utf-8")
+    found = re.search(r"## Memorisation\n\n(\d+) of (\d+) samples \((\d+\.\d)%.*?≥ (\d+) consecutive words", card, re.S)
+    assert found, "no memorisation figures in the card"
+    copying, samples, percent, min_words = int(found[1]), int(found[2]), float(found[3]), int(found[4])
+    assert samples >= 200 and min_words >= 12 and 0 <= copying <= samples
+    assert abs(100 * copying / samples - percent) < 0.051

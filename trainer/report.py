@@ -159,7 +159,8 @@ def memorisation_lines(report: dict | None) -> list[str]:
     """How often samples copy the training set verbatim (trainer/memorisation.py)."""
     if not report:
         return []
+    longest = f"; the longest shared run is {report['longest_run_words']} words" if report["copying"] else ""
     return ["## Memorisation", "",
             f"{report['copying']} of {report['samples']} samples ({100 * report['copy_rate']:.1f}%; top-k 10, "
-            f"temperature 1) share a run of ≥ {report['min_words']} consecutive words with a training joke; the "
-            f"longest shared run is {report['longest_run_words']} words.", ""]
+            f"temperature 1) share a run of ≥ {report['min_words']} consecutive words with a training joke{longest}.",
+            ""]
