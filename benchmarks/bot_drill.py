@@ -7,6 +7,7 @@ tests/worker_process.py, tests/conftest.py's RedisServer): a real `rujokes-bot`,
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -164,9 +165,14 @@ class DrillStack:
             return "its files capped at their size (RLIMIT_FSIZE), as no disk of its own could be mounted"
         filler = self.redis_disk / "filler"
         if full:
-            with filler.open("wb") as file:
-                stat = os.statvfs(self.redis_disk)
-                os.posix_fallocate(file.fileno(), 0, stat.f_bavail * stat.f_frsize)
+            with filler.open("wb", buffering=0) as file:
+                for chunk in (2**20, 4096, 1):  # until not one more byte fits
+                    try:
+                        while True:
+                            file.write(b"\0" * chunk)
+                    except OSError as error:
+                        if error.errno != errno.ENOSPC:
+                            raise
         else:
             filler.unlink(missing_ok=True)
         return f"its own {self.redis_disk_size_mb()} MB disk (a tmpfs) filled to the last byte"
@@ -192,6 +198,9 @@ def buttons_of(markup: Any) -> list[str]:
 
 
 INLINE = 0  # the chat_id of an inline user's asks (an inline query has no chat); their message_id: the query's id
+# Telegram takes an answer to an inline query only this soon after it was sent (then: "query is too old"); the
+# fake Bot API has no such limit, so the users apply it: a query unanswered by then is expired, not lost.
+INLINE_WINDOW_S = 15.0
 
 
 @dataclass
@@ -207,10 +216,16 @@ class Ask:
     other: list[str] = field(default_factory=list)     # finished replies that are not jokes (refusals, apologies)
     answered_at: float | None = None                    # the first finished reply, joke or not
     joke_messages: set = field(default_factory=set)    # the messages behind `jokes`: an edit again is no double
+    expired: bool = False  # an inline query Telegram would no longer take an answer to (INLINE_WINDOW_S)
 
     @property
     def answered(self) -> bool:
         return bool(self.jokes or self.other)
+
+    @property
+    def settled(self) -> bool:
+        """Answered, or expired: nothing more can come."""
+        return self.answered or self.expired
 
     def joke(self, message: Any, at: float) -> None:
         if message not in self.joke_messages:
@@ -264,10 +279,15 @@ class Users:
         for call in calls[self._cursor:]:
             self._read(call)
         self._cursor = len(calls)
+        now = time.time()
+        for ask in self.asks.values():  # unanswered in Telegram's window, and no ✍️ article picked
+            if (ask.chat_id == INLINE and not ask.settled and now - ask.sent_at > INLINE_WINDOW_S
+                    and ask not in self._inline_messages.values()):
+                ask.expired = True
         if not self.sending:
             return
         for user in self.users:
-            if (user.asks and not user.asks[-1].answered) or (
+            if (user.asks and not user.asks[-1].settled) or (
                     self.requests_per_user is not None and len(user.asks) >= self.requests_per_user):
                 continue
             prompt = PROMPTS[len(self.asks) % len(PROMPTS)]
@@ -316,7 +336,7 @@ class Users:
 
     def _read_inline_answer(self, call: Call) -> None:
         ask = self.asks.get((INLINE, int(call.params.get("inline_query_id") or 0)))
-        if ask is None:
+        if ask is None or ask.expired or call.time - ask.sent_at > INLINE_WINDOW_S:  # Telegram: "query is too old"
             return
         results = call.params.get("results") or []
         finished = [r for r in results if buttons_of(r.get("reply_markup")) == JOKE_BUTTONS]
@@ -342,7 +362,7 @@ class Users:
             time.sleep(interval)
 
     def done(self) -> bool:
-        idle = all(not user.asks or user.asks[-1].answered for user in self.users)
+        idle = all(not user.asks or user.asks[-1].settled for user in self.users)
         if not self.sending:
             return idle
         return self.requests_per_user is not None and idle and all(
@@ -364,7 +384,8 @@ class Users:
             "asked": len(asks),
             "jokes": sum(1 for ask in asks if ask.jokes),
             "other": sum(1 for ask in asks if ask.other and not ask.jokes),
-            "lost": sum(1 for ask in asks if not ask.answered),
+            "lost": sum(1 for ask in asks if not ask.settled),
+            "expired": sum(1 for ask in asks if ask.expired),
             "duplicates": sum(max(0, len(ask.jokes) - 1) for ask in asks),
             "p50_s": percentile(latencies, 0.50), "p95_s": percentile(latencies, 0.95),
             "p99_s": percentile(latencies, 0.99),

@@ -27,7 +27,9 @@ with the shipped fsync policy (deploy/redis.conf: appendfsync everysec), while, 
 
 Each row: requests asked during the fault (or in flight when it began, unless an earlier row counted them),
 how many got a joke, a message that is not a joke (a refusal, an apology: the user was told), none (lost),
-or a joke in two messages (doubled: an edit of the same message again is none), the seconds from the
+or a joke in two messages (doubled: an edit of the same message again is none); an inline query left
+unanswered past Telegram's answer window (bot_drill.INLINE_WINDOW_S) is "inline expired", not lost: Telegram
+itself would take no answer then, and its user types it again. Then the seconds from the
 fault's start until every one of them was answered, and from its end (the recovery, against the target
 CLAIM_IDLE + one batch). Then the users stop, every request is waited for, and the totals are checked.
 """
@@ -75,8 +77,9 @@ class Row:
     def figures(self) -> dict:
         return {"asked": len(self.asks), "jokes": sum(1 for a in self.asks if a.jokes),
                 "told": sum(1 for a in self.asks if a.other and not a.jokes),
-                "lost": sum(1 for a in self.asks if not a.answered),
-                "doubled": sum(1 for a in self.asks if len(a.jokes) > 1)}
+                "lost": sum(1 for a in self.asks if not a.settled),
+                "doubled": sum(1 for a in self.asks if len(a.jokes) > 1),
+                "expired": sum(1 for a in self.asks if a.expired)}
 
 
 class Drill:
@@ -100,9 +103,9 @@ class Drill:
         row.asks = in_flight + [a for a in self.users.asks.values() if row.started < a.sent_at <= row.ended
                                 and a not in in_flight]
         self._counted.update(id(a) for a in row.asks)
-        run_until(self.users, lambda: all(a.answered for a in row.asks), self.args.recovery_timeout_s)
+        run_until(self.users, lambda: all(a.settled for a in row.asks), self.args.recovery_timeout_s)
         answered = [a.answered_at for a in row.asks if a.answered_at is not None]
-        if len(answered) == len(row.asks):
+        if all(a.settled for a in row.asks):
             last = max(answered, default=row.started)
             row.cleared_s, row.recovered_s = last - row.started, max(0.0, last - row.ended)
         self.load(self.args.quiet_s)
@@ -200,14 +203,14 @@ class Drill:
 
 
 def markdown(rows: list[Row]) -> str:
-    lines = ["| fault | what | asked | jokes | told (not a joke) | lost | doubled | all answered after, s "
-             "| after the fault's end, s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| fault | what | asked | jokes | told (not a joke) | inline expired | lost | doubled "
+             "| all answered after, s | after the fault's end, s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         f = row.figures()
         cleared = "never" if row.cleared_s is None else f"{row.cleared_s:.1f}"
         recovered = "never" if row.recovered_s is None else f"{row.recovered_s:.1f}"
-        lines.append(f"| {row.name} | {row.what} | {f['asked']} | {f['jokes']} | {f['told']} | {f['lost']} | "
-                     f"{f['doubled']} | {cleared} | {recovered} |")
+        lines.append(f"| {row.name} | {row.what} | {f['asked']} | {f['jokes']} | {f['told']} | {f['expired']} | "
+                     f"{f['lost']} | {f['doubled']} | {cleared} | {recovered} |")
     return "\n".join(lines)
 
 
@@ -283,14 +286,15 @@ def main() -> int:
           f"new tokens, model {args.model or 'tiny random (tests/model_helpers.py)'}, 2 CPU workers, Redis AOF "
           f"everysec, TELEGRAM_TIMEOUT_S={args.telegram_timeout_s:g}\n")
     print(markdown(drill.rows))
-    print("\n| requests | jokes | told | lost | doubled | p50 s | p95 s | p99 s |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| {total['asked']} | {total['jokes']} | {total['other']} | {total['lost']} | {total['duplicates']} | "
+    print("\n| requests | jokes | told | inline expired | lost | doubled | p50 s | p95 s | p99 s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| {total['asked']} | {total['jokes']} | {total['other']} | {total['expired']} | {total['lost']} | "
+          f"{total['duplicates']} | "
           f"{total['p50_s']:.2f} | {total['p95_s']:.2f} | {total['p99_s']:.2f} |")
     print(f"\nnot jokes, by text: {total['other_texts']}")
     for ask in users.asks.values():
-        if not ask.answered or len(ask.jokes) > 1:
-            print(f"{'lost' if not ask.answered else 'doubled'}: chat {ask.chat_id} message {ask.message_id} "
+        if not ask.settled or len(ask.jokes) > 1:
+            print(f"{'lost' if not ask.settled else 'doubled'}: chat {ask.chat_id} message {ask.message_id} "
                   f"asked at {ask.sent_at:.3f}, jokes at {[round(t, 3) for t in ask.jokes]}")
     avoidable = [row for row in drill.rows if row.figures()["doubled"] and row.name not in DOUBLES_POSSIBLE]
     failed = bool(total["lost"] or avoidable or any(row.cleared_s is None for row in drill.rows))
