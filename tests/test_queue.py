@@ -294,6 +294,28 @@ async def test_claiming_for_a_running_batch_reads_new_requests_but_never_reclaim
     assert [c.request.request_id for c in boundary.ready] == [idle.request_id]
 
 
+async def test_a_running_batch_takes_a_dead_worker_s_idle_requests_but_never_its_own(redis_client, queue_config,
+                                                                                     make_request):
+    """A busy worker's batch may never end (new requests keep joining it): it must not wait for its end to
+    answer what a dead worker held (the fault drill's mini row waited 2 minutes for that)."""
+    queue = RequestQueue(redis_client, dataclasses.replace(queue_config, claim_idle_ms=50))
+    await queue.ensure_groups()
+    mine, dead_workers, fresh = make_request("mine"), make_request("dead"), make_request("fresh")
+    await queue.submit(mine)
+    await queue.claim_batch("w1", max_items=1)
+    await queue.submit(dead_workers)
+    await queue.claim_batch("w-dead", max_items=1)
+    await asyncio.sleep(0.08)  # both idle past claim_idle_ms
+    await queue.submit(fresh)
+
+    joining = await queue.claim_batch("w1", max_items=4, reclaim="others")
+    assert sorted(c.request.request_id for c in joining.ready) == sorted([dead_workers.request_id, fresh.request_id])
+    (taken,) = [c for c in joining.ready if c.request.request_id == dead_workers.request_id]
+    assert taken.deliveries == 2  # counted against MAX_DELIVERIES like any reclaim
+    again = await queue.claim_batch("w1", max_items=4, reclaim="others")
+    assert again.ready == []  # its own idle request ("mine") stays with its running batch
+
+
 async def test_the_bot_submits_what_it_waits_for_again_when_redis_lost_it_in_a_restart(redis_server_factory,
                                                                                       queue_config, make_request):
     from bot.queue.connection import connect

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -85,13 +85,15 @@ class RequestClaims(StreamsClient):
             await create_group(self._redis, stream, WORKER_GROUP)
 
     async def claim_batch(self, consumer: str, max_items: int, block_ms: int = 0, *,
-                          reclaim: bool = True) -> ClaimedBatch:
+                          reclaim: bool | Literal["others"] = True) -> ClaimedBatch:
         """Reclaim requests of dead workers, then read new ones, high priority first.
 
         Requests retried more than max_deliveries times or past their deadline are answered here
         and come back in `answered`; the rest, at most max_items, come back in `ready`.
-        reclaim=False reads new requests only: for a running batch, whose own in-flight entries
-        could look idle to XAUTOCLAIM between heartbeats and must not be claimed a second time.
+        reclaim="others" is for a running batch, whose own in-flight entries could look idle to
+        XAUTOCLAIM between heartbeats and must not be claimed a second time: it reclaims only other
+        consumers' idle requests. (Waiting for the batch to end would leave a dead worker's requests
+        unanswered for as long as a busy worker's batch keeps taking new ones.) False: new requests only.
         """
         try:
             raw = await self._claim_raw(consumer, max_items, block_ms, reclaim)
@@ -103,8 +105,12 @@ class RequestClaims(StreamsClient):
             raw = await self._claim_raw(consumer, max_items, block_ms, reclaim)
         return await self._sort_out(consumer, raw)
 
-    async def _claim_raw(self, consumer: str, max_items: int, block_ms: int, reclaim: bool = True) -> list[_RawEntry]:
-        raw = await self._reclaim(consumer, max_items) if reclaim else []
+    async def _claim_raw(self, consumer: str, max_items: int, block_ms: int,
+                         reclaim: bool | Literal["others"] = True) -> list[_RawEntry]:
+        if reclaim == "others":
+            raw = await self._reclaim_from_others(consumer, max_items)
+        else:
+            raw = await self._reclaim(consumer, max_items) if reclaim else []
         if len(raw) < max_items:
             raw += await self._read_new(consumer, max_items - len(raw), 0 if raw else block_ms)
         return raw
@@ -127,6 +133,23 @@ class RequestClaims(StreamsClient):
             for (entry_id, fields), info in zip(claimed, pending):
                 deliveries = info[0]["times_delivered"] if info else 1
                 raw.append(_RawEntry(stream, entry_id, fields, deliveries))
+        return raw
+
+    async def _reclaim_from_others(self, consumer: str, max_items: int) -> list[_RawEntry]:
+        """Like `_reclaim`, but only requests idle in another consumer's hands."""
+        raw: list[_RawEntry] = []
+        for stream in self.keys.request_streams:
+            if len(raw) >= max_items:
+                break
+            idle = await self._redis.xpending_range(stream, WORKER_GROUP, "-", "+", count=max(100, max_items),
+                                                    idle=self.config.claim_idle_ms)
+            theirs = [p for p in idle if p["consumer"] != consumer][: max_items - len(raw)]
+            if not theirs:
+                continue
+            claimed = await self._redis.xclaim(stream, WORKER_GROUP, consumer, self.config.claim_idle_ms,
+                                               [p["message_id"] for p in theirs])
+            deliveries = {p["message_id"]: p["times_delivered"] + 1 for p in theirs}  # this claim counts too
+            raw += [_RawEntry(stream, entry_id, fields, deliveries.get(entry_id, 1)) for entry_id, fields in claimed]
         return raw
 
     async def _read_new(self, consumer: str, wanted: int, block_ms: int) -> list[_RawEntry]:

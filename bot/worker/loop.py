@@ -125,8 +125,8 @@ class Worker:
             return []
         if (await self.queue.get_active_size() or self.config.default_size) != self._batch_active_size:
             return []
-        # New requests only: dead workers' requests are reclaimed at the next batch boundary.
-        batch = await self.queue.claim_batch(self.config.worker_id, free, 0, reclaim=False)
+        # New requests, and dead workers' idle ones (never this worker's own: its batch is still running them).
+        batch = await self.queue.claim_batch(self.config.worker_id, free, 0, reclaim="others")
         self._note_answered(batch.answered)
         jobs = []
         for claimed in batch.ready:
