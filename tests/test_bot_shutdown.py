@@ -57,7 +57,7 @@ async def test_a_stage_that_never_ends_is_cancelled_and_the_next_stages_still_ru
     share, start = 0.8 * 0.5 / 0.75, record.fields
     # At most what was left when its start was logged (on a loaded machine that can be well after "quick").
     left_at_start = total_s - (record.created - started_wall)
-    assert share * left_at_start - 0.001 <= start["timeout_s"] <= share * total_s
+    assert share * left_at_start - 0.001 <= start["timeout_s"] <= share * total_s + 0.001  # logged to 3 decimals
     assert reports[1].duration_s >= start["timeout_s"] - 0.01  # it ran until then: cancelled, not waited for
     # The whole budget holds (a stage that were waited for would never end). Timers fire late on a loaded
     # machine, never early: 1 s of margin for that; the share itself is checked on the log line above.
