@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -308,14 +309,23 @@ async def test_sigterm_stops_an_idle_worker_and_removes_its_heartbeat(queue, mak
             loop.remove_signal_handler(sig)
 
 
-async def test_requests_survive_a_redis_restart_with_aof_and_are_answered(
-    redis_server_factory, queue_config, make_request
-):
+@contextlib.asynccontextmanager
+async def queue_on_own_redis(redis_server_factory, queue_config):
+    """(server, client, queue) on a Redis of the test's own (AOF on), which it may kill, restart or refuse writes."""
     server = redis_server_factory(appendonly=True)
     client = connect(server.url)
     try:
         queue = RequestQueue(client, queue_config)
         await queue.ensure_groups()
+        yield server, client, queue
+    finally:
+        await client.aclose()
+
+
+async def test_requests_survive_a_redis_restart_with_aof_and_are_answered(
+    redis_server_factory, queue_config, make_request
+):
+    async with queue_on_own_redis(redis_server_factory, queue_config) as (server, client, queue):
         requests = [make_request(f"номер {i}") for i in range(3)]
         for request in requests:
             await queue.submit(request)
@@ -329,19 +339,13 @@ async def test_requests_survive_a_redis_restart_with_aof_and_are_answered(
         assert sorted(r.request_id for r in results) == sorted(r.request_id for r in requests)
         worker.request_stop()
         await asyncio.wait_for(running, 2)
-    finally:
-        await client.aclose()
 
 
 async def test_a_worker_waits_out_a_redis_that_refuses_writes_then_answers(
     redis_server_factory, queue_config, make_request
 ):
     """As when the AOF's disk is full (MISCONF): here NOREPLICAS, the same refusal of every write."""
-    server = redis_server_factory(appendonly=True)
-    client = connect(server.url)
-    try:
-        queue = RequestQueue(client, queue_config)
-        await queue.ensure_groups()
+    async with queue_on_own_redis(redis_server_factory, queue_config) as (_, client, queue):
         worker = Worker(queue, UpperEngine(), WorkerConfig("w1", block_ms=50, default_size="nano"))
         running = asyncio.create_task(worker.run())
         await asyncio.sleep(0.3)
@@ -355,8 +359,6 @@ async def test_a_worker_waits_out_a_redis_that_refuses_writes_then_answers(
         assert (result.request_id, result.text) == (request.request_id, "nano:ПОСЛЕ ОТКАЗА")
         worker.request_stop()
         await asyncio.wait_for(running, 2)
-    finally:
-        await client.aclose()
 
 
 async def test_worker_main_serves_with_the_engine_from_build_engine_until_sigterm(

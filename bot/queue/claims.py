@@ -141,9 +141,13 @@ class RequestClaims(StreamsClient):
         for stream in self.keys.request_streams:
             if len(raw) >= max_items:
                 break
-            idle = await self._redis.xpending_range(stream, WORKER_GROUP, "-", "+", count=max(100, max_items),
-                                                    idle=self.config.claim_idle_ms)
-            theirs = [p for p in idle if p["consumer"] != consumer][: max_items - len(raw)]
+            others = [c["name"] for c in (await self._redis.xpending(stream, WORKER_GROUP))["consumers"]
+                      if c["name"] != consumer]
+            theirs = []
+            for other in others:  # per consumer: a long list of this worker's own cannot hide theirs
+                theirs += await self._redis.xpending_range(stream, WORKER_GROUP, "-", "+", max_items - len(raw),
+                                                           consumername=other, idle=self.config.claim_idle_ms)
+            theirs = theirs[: max_items - len(raw)]
             if not theirs:
                 continue
             claimed = await self._redis.xclaim(stream, WORKER_GROUP, consumer, self.config.claim_idle_ms,

@@ -58,12 +58,13 @@ class UpdateInbox:
     def _entry(self, update: dict[str, Any]) -> str:
         return json.dumps({"instance": self.instance, "at": time.time(), "update": update})
 
-    async def _keep(self, updates: dict[str, dict[str, Any]]) -> None:
+    async def _keep(self, updates: dict[str, dict[str, Any]]) -> bool:
         try:
             await self._redis.hset(self._key, mapping={field: self._entry(u) for field, u in updates.items()})
-            self._kept.update(updates)
+            return True
         except RedisError as error:  # Redis away: handled all the same, just not replayable
             self._not_kept.warning("updates %s not kept for replay: %s", ", ".join(updates), error)
+            return False
 
     async def keep_received(self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot,
                             method: TelegramMethod[TelegramType]) -> TelegramType:
@@ -71,13 +72,17 @@ class UpdateInbox:
         (The chain hands back the method's result, here the list of updates, despite its annotation.)"""
         result = await make_request(bot, method)
         if isinstance(method, GetUpdates) and result:
-            await self._keep({str(u.update_id): u.model_dump(mode="json", exclude_none=True) for u in result})
+            updates = {str(u.update_id): u.model_dump(mode="json", exclude_none=True) for u in result}
+            if await self._keep(updates):
+                self._kept.update(updates)
         return result
 
     async def keep_raw(self, update: Any) -> None:
         """For the webhook: keep an update as Telegram posted it, before answering Telegram."""
         if isinstance(update, dict) and isinstance(update.get("update_id"), int):
-            await self._keep({str(update["update_id"]): update})
+            field = str(update["update_id"])
+            if await self._keep({field: update}):
+                self._kept.add(field)
 
     async def __call__(self, handler: Callable[[Any, dict[str, Any]], Awaitable[Any]], event: Update,
                        data: dict[str, Any]) -> Any:
@@ -86,7 +91,6 @@ class UpdateInbox:
             self._kept.discard(field)
         else:  # a replay, or an update fed some other way
             await self._keep({field: event.model_dump(mode="json", exclude_none=True)})
-            self._kept.discard(field)
         try:
             return await handler(event, data)
         finally:

@@ -50,6 +50,7 @@ class Worker:
         self._carry: list[ClaimedRequest] = []
         self._alone: list[ClaimedRequest] = []  # after a failed batch, waiting for their turn alone
         self._batch_active_size: str | None = None  # the active size the running batch resolved "active" to
+        self._next_reclaim_in_batch = 0.0  # monotonic time a running batch next looks for dead workers' requests
         self._started_at = time.time()
         self._liveness = Liveness()  # for /healthz: the claim loop went round, Redis answered
         # One dedicated thread: generate calls never overlap, and asyncio.run does not wait for it.
@@ -126,7 +127,12 @@ class Worker:
         if (await self.queue.get_active_size() or self.config.default_size) != self._batch_active_size:
             return []
         # New requests, and dead workers' idle ones (never this worker's own: its batch is still running them).
-        batch = await self.queue.claim_batch(self.config.worker_id, free, 0, reclaim="others")
+        # A request only becomes reclaimable after claim_idle_ms: looking every half of that is soon enough,
+        # and keeps the extra Redis round trips off most of a batch's polls.
+        reclaim = time.monotonic() >= self._next_reclaim_in_batch
+        if reclaim:
+            self._next_reclaim_in_batch = time.monotonic() + self.queue.config.claim_idle_ms / 2000
+        batch = await self.queue.claim_batch(self.config.worker_id, free, 0, reclaim="others" if reclaim else False)
         self._note_answered(batch.answered)
         jobs = []
         for claimed in batch.ready:
