@@ -212,19 +212,21 @@ def known_buttons(stack: Stack) -> list[tuple[dict | str, str]]:
 
 @st.composite
 def replayed_button(draw: st.DrawFn, stack: Stack, example: Example) -> None:
-    """A button the bot really sent, pressed where it is (by anyone), elsewhere, or a character off."""
-    buttons = known_buttons(stack)
-    if not buttons:
-        draw(callback_update(stack, example))
-        return
-    where, data = buttons[draw(st.integers(0, 10**6)) % len(buttons)]
+    """A button the bot really sent, pressed where it is (by anyone), elsewhere, or a character off.
+
+    Every choice is drawn before the stack is looked at, and the same choices in every case: which buttons
+    exist depends on earlier examples, and hypothesis must see the same draws when it replays this one.
+    """
     user_id = stack.new_user()
-    how = draw(st.sampled_from(["as sent", "elsewhere", "altered"]))
+    pick, how = draw(st.integers(0, 10**6)), draw(st.sampled_from(["as sent", "elsewhere", "altered"]))
+    position, character = draw(st.integers(0, 10**6)), draw(st.sampled_from("0aA_-:ж"))
+    user, made_up = draw(users(user_id)), draw(st.text(min_size=1, max_size=64))
+    buttons = known_buttons(stack) or [(f"fuzz-gone-{user_id}", made_up)]  # none sent yet: an unknown one
+    where, data = buttons[pick % len(buttons)]
     if how == "altered":
-        position = draw(st.integers(0, len(data) - 1))
-        data = data[:position] + draw(st.sampled_from("0aA_-:ж")) + data[position + 1:]
-    query: dict[str, Any] = {"id": f"fuzz-cb-{user_id}", "from": draw(users(user_id)), "data": data,
-                             "chat_instance": "1"}
+        position %= len(data)
+        data = data[:position] + character + data[position + 1:]
+    query: dict[str, Any] = {"id": f"fuzz-cb-{user_id}", "from": user, "data": data, "chat_instance": "1"}
     if how == "elsewhere":
         where = {"message_id": 1, "date": int(time.time()), "chat": {"id": user_id, "type": "private",
                                                                          "first_name": "U"}} \
