@@ -67,6 +67,26 @@ async def test_inline_requests_are_claimed_before_normal_ones(redis_client, queu
     assert [c.request.request_id for c in first.ready + second.ready] == [inline.request_id, normal.request_id]
 
 
+async def test_inline_requests_that_never_stop_coming_leave_normal_ones_a_share(redis_client, queue_config,
+                                                                                make_request):
+    """A worker that cannot keep up must not serve inline queries alone while they keep coming: one
+    request in NORMAL_EVERY is a normal one, whether claimed one at a time or in batches."""
+    from bot.queue.claims import NORMAL_EVERY
+
+    queue = RequestQueue(redis_client, queue_config)
+    await queue.ensure_groups()
+    for n in range(3):
+        await queue.submit(make_request(f"команда {n}"))
+    for n in range(4 * NORMAL_EVERY):
+        await queue.submit(make_request(f"инлайн {n}", kind="inline", delivery=Delivery(inline_query_id=f"q{n}")))
+    one_at_a_time = [(await queue.claim_batch("w1", max_items=1)).ready[0].request for _ in range(2 * NORMAL_EVERY)]
+    kinds = [request.kind for request in one_at_a_time]
+    assert kinds.count("command") == 2 and kinds[:NORMAL_EVERY - 1] == ["inline"] * (NORMAL_EVERY - 1), kinds
+    batch = [c.request for c in (await queue.claim_batch("w1", max_items=NORMAL_EVERY)).ready]
+    assert [r.kind for r in batch] == ["inline"] * (NORMAL_EVERY - 1) + ["command"]  # inline first within it
+    assert [r.prompt for r in one_at_a_time + batch if r.kind == "command"] == ["команда 0", "команда 1", "команда 2"]
+
+
 async def test_blocking_claim_wakes_up_when_a_request_arrives(redis_client, queue_config, make_request):
     queue = RequestQueue(redis_client, queue_config)
     await queue.ensure_groups()

@@ -4,12 +4,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -462,3 +464,75 @@ def test_a_default_size_the_worker_did_not_load_becomes_its_largest_loaded_size(
         assert WorkerConfig.from_settings(settings, "cpu", ["small", "nano"]).default_size == "small"
     assert "DEFAULT_SIZE=mini is not loaded by this worker" in caplog.text
     assert WorkerConfig.from_settings(settings, "cpu").default_size == "mini"  # nothing known: as configured
+
+
+class NeverEndingBatch:
+    """A busy engine's batch: it asks for one row at a time between steps and runs until the prompt
+    `until` is in it (or `patience_s` is up), as a batch under steady load never drains."""
+
+    def __init__(self, until: str, patience_s: float) -> None:
+        self.until, self.patience_s = until, patience_s
+        self.seen: list[str] = []  # the prompts of the batch, in the order they came: first jobs, then joins
+        self.asks = 0
+
+    def available_sizes(self) -> list[str]:
+        return ["nano"]
+
+    def generate(self, size, jobs, on_partial=None, on_done=None, more_jobs=None) -> list[GenerationOutput]:
+        jobs = list(jobs)
+        self.seen += [job.prompt for job in jobs]
+        give_up = time.monotonic() + self.patience_s
+        while self.until not in self.seen and time.monotonic() < give_up:
+            time.sleep(0.01)
+            self.asks += 1
+            joining = more_jobs(3)  # a batch of 4 with one row free: the waiting requests compete for it
+            self.seen += [job.prompt for job in joining]
+            jobs += joining
+        return [GenerationOutput(job.request_id, job.prompt, new_tokens=1, forward_passes=1) for job in jobs]
+
+
+async def test_a_dead_worker_s_request_joins_a_running_batch_that_new_requests_keep_full(
+        redis_client, queue_config, make_worker, make_request):
+    """The fault drill's mini worker-kill row: the survivor's batch never ends under steady load. A dead
+    worker's request must join it within a few reclaim rounds, ahead of the new requests that keep coming."""
+    config = dataclasses.replace(queue_config, claim_idle_ms=200)
+    queue = RequestQueue(redis_client, config)
+    await queue.ensure_groups()
+    await queue.submit(make_request("held by the dead"))
+    assert len((await queue.claim_batch("w-dead", max_items=1)).ready) == 1  # and it never answers
+    await queue.submit(make_request("first"))
+    engine = NeverEndingBatch(until="held by the dead", patience_s=30)
+    worker = make_worker(engine, "w1", queue=config, batch_size=4)
+
+    async def steady_load() -> None:
+        for n in itertools.count():
+            await queue.submit(make_request(f"new {n}"))
+            await asyncio.sleep(0.005)
+
+    load = asyncio.create_task(steady_load())
+    try:
+        await asyncio.wait_for(worker.run_once(), 60)
+    finally:
+        load.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await load
+    assert "held by the dead" in engine.seen, (engine.asks, engine.seen[-5:])
+    assert engine.seen.index("held by the dead") > 0  # it joined the running batch, behind new ones
+
+
+async def test_a_joke_gets_its_share_of_a_running_batch_that_inline_queries_keep_full(
+        redis_client, queue_config, make_worker, make_request):
+    """The same drill row's other half: with one worker left and inline queries (read first) always
+    waiting, a /joke waited for the load to end. It must get its share of the free rows."""
+    from bot.queue.claims import NORMAL_EVERY
+
+    config = dataclasses.replace(queue_config, max_queue=500)
+    queue = RequestQueue(redis_client, config)
+    await queue.ensure_groups()
+    for n in range(300):  # more than the batch takes in the test's patience: the high stream never empties
+        await queue.submit(make_request(f"inline {n}", kind="inline", delivery=Delivery(inline_query_id=f"q{n}")))
+    await queue.submit(make_request("a joke"))
+    engine = NeverEndingBatch(until="a joke", patience_s=30)
+    worker = make_worker(engine, "w1", queue=config, batch_size=4)
+    await asyncio.wait_for(worker.run_once(), 60)
+    assert "a joke" in engine.seen[:NORMAL_EVERY], engine.seen[:2 * NORMAL_EVERY]

@@ -19,6 +19,9 @@ from bot.queue.streams import StreamsClient, create_group, is_nogroup, stream_en
 
 log = logging.getLogger(__name__)
 
+# Under contention, one new request in this many is read from the normal stream ahead of the high one.
+NORMAL_EVERY = 4
+
 # Write the answer (and the dead letter) and ack+delete the request in one step, but only if this
 # consumer still owns it: a worker whose request was reclaimed must not answer it a second time.
 _FINISH_LUA = """
@@ -78,6 +81,7 @@ class RequestClaims(StreamsClient):
         super().__init__(redis, config)
         self._finish_script = redis.register_script(_FINISH_LUA)
         self._own_script = redis.register_script(_OWN_LUA)
+        self._read = 0  # new requests this worker has read, for the normal stream's share (_read_new)
 
     async def ensure_groups(self) -> None:
         """Idempotent. Groups start at id 0 so requests submitted before any worker existed are served."""
@@ -86,7 +90,7 @@ class RequestClaims(StreamsClient):
 
     async def claim_batch(self, consumer: str, max_items: int, block_ms: int = 0, *,
                           reclaim: bool | Literal["others"] = True) -> ClaimedBatch:
-        """Reclaim requests of dead workers, then read new ones, high priority first.
+        """Reclaim requests of dead workers, then read new ones, high priority first (mostly: `_read_new`).
 
         Requests retried more than max_deliveries times or past their deadline are answered here
         and come back in `answered`; the rest, at most max_items, come back in `ready`.
@@ -157,12 +161,21 @@ class RequestClaims(StreamsClient):
         return raw
 
     async def _read_new(self, consumer: str, wanted: int, block_ms: int) -> list[_RawEntry]:
+        # High priority (inline: the user waits in the input field) first, but not always: a worker that
+        # cannot keep up would serve inline queries alone for as long as they keep coming, and a /joke
+        # would wait for the load to end. So every NORMAL_EVERY-th request read comes from the normal
+        # stream first; a slot it leaves empty goes to the high one, so no debt builds up.
+        high, normal = self.keys.request_streams
+        owed = (self._read + wanted) // NORMAL_EVERY - self._read // NORMAL_EVERY
         raw: list[_RawEntry] = []
-        for stream in self.keys.request_streams:
-            if len(raw) >= wanted:
-                break
-            reply = await self._redis.xreadgroup(WORKER_GROUP, consumer, {stream: ">"}, count=wanted - len(raw))
+        for stream, count in ((normal, owed), (high, wanted), (normal, wanted)):
+            count = min(count, wanted - len(raw))
+            if count <= 0:
+                continue
+            reply = await self._redis.xreadgroup(WORKER_GROUP, consumer, {stream: ">"}, count=count)
             raw += [_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in stream_entries(reply)]
+        raw.sort(key=lambda entry: entry.stream != high)  # within a batch, inline requests still go first
+        self._read += len(raw)
         if raw or block_ms <= 0:
             return raw
         streams = {stream: ">" for stream in self.keys.request_streams}
@@ -176,6 +189,7 @@ class RequestClaims(StreamsClient):
         extra = raw[wanted:]
         if extra:
             await self._set_ownership(consumer, [(e.stream, e.entry_id, 0) for e in extra], self.config.claim_idle_ms)
+        self._read += min(len(raw), wanted)
         return raw[:wanted]
 
     async def _sort_out(self, consumer: str, raw: list[_RawEntry]) -> ClaimedBatch:
