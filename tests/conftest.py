@@ -232,3 +232,12 @@ async def bot(api):
     bot = Bot(api.token, session=AiohttpSession(api=TelegramAPIServer.from_base(api.base_url)))
     yield bot
     await bot.session.close()
+
+
+@pytest.fixture
+def compile_at_normal_priority(monkeypatch):
+    """The background compile runs at nice 19 in production; on a machine loaded by other work (CI beside other
+    jobs, the stress runs) that starves it for minutes. These tests are about what happens once it ends."""
+    import rujokes_model.serving
+
+    monkeypatch.setattr(rujokes_model.serving, "COMPILE_NICENESS", 0)

@@ -142,15 +142,6 @@ def test_build_engine_with_nothing_loadable_names_the_training_command(tmp_path)
         build_engine(settings)
 
 
-@pytest.fixture
-def compile_at_normal_priority(monkeypatch):
-    """The background compile runs at nice 19 in production; on a machine loaded by other work (CI beside other
-    jobs, the stress runs) that starves it for minutes. These tests are about what happens once it ends."""
-    import rujokes_model.serving
-
-    monkeypatch.setattr(rujokes_model.serving, "COMPILE_NICENESS", 0)
-
-
 def test_a_compiled_int8_engine_answers_while_compiling_and_writes_the_same_jokes_after(tmp_path, compile_at_normal_priority):
     """COMPILE_DECODE and CPU_INT8_SIZES: build_engine returns at once with the step compiling in the
     background; batches started before it is ready decode eagerly, later ones through the compiled step,

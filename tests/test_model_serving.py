@@ -49,7 +49,8 @@ def test_int8_weights_are_the_cpu_default_where_weights_bound_a_step():
     assert default_int8_sizes() == ["mini", "small"]
 
 
-def test_requests_are_answered_before_the_compile_and_get_the_same_tokens_after_it(tiny_dir, held_compile):
+def test_requests_are_answered_before_the_compile_and_get_the_same_tokens_after_it(tiny_dir, held_compile,
+                                                                                   compile_at_normal_priority):
     served = load_for_serving(tiny_dir, cpu_weights="int8")
     assert any(isinstance(m, LowBitLinear) and m.kind == "int8" for m in served.model.modules())
     assert served.compiling is not None and not served.compiled
@@ -63,13 +64,13 @@ def test_requests_are_answered_before_the_compile_and_get_the_same_tokens_after_
     assert seeded_texts(served) == before
 
 
-def test_eager_decoding_during_a_real_compile_is_unaffected(tiny_dir):
+def test_eager_decoding_during_a_real_compile_is_unaffected(tiny_dir, compile_at_normal_priority):
     """The compile runs on its own thread while the caller decodes eagerly: nothing it does leaks in."""
     reference = load_for_serving(tiny_dir, cpu_weights=None, compile=False)
     expected = seeded_texts(reference)
     served = load_for_serving(tiny_dir, cpu_weights=None)
     rounds = 0
-    while not served.compiling.wait(timeout=0):
+    while not served.compiling.wait(timeout=0.05):  # the pause: the compile's turn on a loaded machine
         assert seeded_texts(served) == expected
         rounds += 1
     assert served.compiled, served.compiling.error
@@ -125,13 +126,14 @@ def test_bundled_sizes_load_by_name():
 
 
 @pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
-def test_two_sizes_loaded_together_both_get_their_compiled_steps(tmp_path):
+@pytest.mark.timeout(600)  # two real compiles, one after the other: under CPU burners each takes minutes
+def test_two_sizes_loaded_together_both_get_their_compiled_steps(tmp_path, compile_at_normal_priority):
     """The worker's default mix: an int8 model (which loads the kernels) and an fp32 ALiBi + MHLA one, both
     compiling in the background at once. Run together, dynamo's tracing failed with a spurious guard
     error; compiles now take turns."""
     int8 = load_for_serving(make_tiny_model_dir(tmp_path / "int8", attention="mhla"), cpu_weights="int8")
     fp32 = load_for_serving(make_tiny_model_dir(tmp_path / "fp32", attention="mhla", seed=1), cpu_weights=None)
     expected = [seeded_texts(int8), seeded_texts(fp32)]
-    assert int8.wait_until_compiled(timeout=300), int8.compiling.error
-    assert fp32.wait_until_compiled(timeout=300), fp32.compiling.error
+    assert int8.wait_until_compiled(timeout=550), int8.compiling.error
+    assert fp32.wait_until_compiled(timeout=550), fp32.compiling.error
     assert [seeded_texts(int8), seeded_texts(fp32)] == expected
