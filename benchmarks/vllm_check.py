@@ -8,7 +8,7 @@ vLLM pins its own torch and transformers, so it lives in a venv of its own; this
 
 `ours` greedily continues a few Russian prompts with the rujokes model the export came from (--model,
 default the bundled mini) and writes the prompts' token ids and the new tokens; `vllm` loads the export
-with `vllm.LLM` (CPU, eager; bf16, as vLLM's CPU MLA kernels require), encodes the same prompts with the
+with `vllm.LLM` (CPU, eager, bf16; attention on decompressed keys, see `vllm`), encodes the same prompts with the
 exported tokenizer, generates greedily and compares: the prompt ids must be ours, and the greedy tokens agree
 until bf16's rounding first flips an argmax (how far, per prompt, is printed). Exits 1 on a mismatch of the
 prompt ids or of the first new token.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,10 @@ def ours(export: Path, model_dir: Path, new_tokens: int, out: Path) -> None:
     print(f"{len(rows)} prompts, {new_tokens} greedy tokens each, written to {out}")
 
 
-def vllm(export: Path, expect: Path, new_tokens: int, dtype: str) -> int:
+def vllm(export: Path, expect: Path, new_tokens: int, dtype: str, memory: float) -> int:
+    # vLLM's CPU MLA kernels take only DeepSeek's own latent width (512 + 64); ours is 128 + 32, so attention
+    # runs on decompressed keys and values instead (the same function, more memory per token).
+    os.environ.setdefault("VLLM_MLA_DISABLE", "1")
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -50,7 +54,11 @@ def vllm(export: Path, expect: Path, new_tokens: int, dtype: str) -> int:
     rows = json.loads(expect.read_text())["rows"]
     tokenizer = AutoTokenizer.from_pretrained(export)
     started = time.perf_counter()
-    llm = LLM(model=str(export), dtype=dtype, max_model_len=257, enforce_eager=True)
+    # "-rotary_embedding": vLLM's CPU rotary kernel is wrong for (tokens, heads, dim) inputs with more than one
+    # head, which DeepSeek-V2's non-MLA attention passes (its own forward_native is right): without this every
+    # greedy token differed from the first one.
+    llm = LLM(model=str(export), dtype=dtype, max_model_len=257, enforce_eager=True, gpu_memory_utilization=memory,
+              compilation_config={"custom_ops": ["-rotary_embedding"]})
     print(f"vLLM loaded {export} in {time.perf_counter() - started:.1f} s")
     params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
     prompts = [TokensPrompt(prompt_token_ids=row["prompt_ids"]) for row in rows]
@@ -81,13 +89,16 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=40)
     parser.add_argument("--dtype", default="bfloat16",
                         help="vllm: the weights' dtype; vLLM's CPU MLA kernels take bf16 (or 8-bit), not fp32")
+    parser.add_argument("--memory", type=float, default=0.25,
+                        help="vllm: the share of the machine's memory it reserves (its gpu_memory_utilization, which "
+                             "on the CPU means RAM; its default 0.92 fails beside anything else running)")
     args = parser.parse_args()
     if args.side == "ours":
         from rujokes_model import pretrained_path
 
         ours(args.export, args.model or pretrained_path("mini"), args.new_tokens, args.out)
         return 0
-    return vllm(args.export, args.expect, args.new_tokens, args.dtype)
+    return vllm(args.export, args.expect, args.new_tokens, args.dtype, args.memory)
 
 
 if __name__ == "__main__":

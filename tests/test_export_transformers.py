@@ -45,7 +45,26 @@ def test_the_export_is_the_expected_plain_transformers_class(exported):
     assert config["architectures"] == [EXPECTED_CLASS[ours.config.attention]]
     assert config["model_type"] == {"mhla": "deepseek_v2"}.get(ours.config.attention, "llama")
     assert not any(p.suffix == ".py" for p in out.iterdir())  # no custom code
-    assert theirs.num_parameters() == ours.num_parameters()
+    own_head = ours.config.tie_embeddings and ours.config.attention == "mhla"  # see the next test
+    assert theirs.num_parameters() == ours.num_parameters() + own_head * ours.config.vocab_size * ours.config.d_model
+
+
+def test_a_deepseek_export_writes_its_head_out_and_a_llama_export_ties_it(exported):
+    """vLLM's DeepseekV2ForCausalLM never ties its head: an export relying on tie_word_embeddings served
+    zeros there (every greedy token wrong). Llama loaders all tie, so that export stays small."""
+    from safetensors import safe_open
+
+    _, _, out, ours, theirs = exported
+    config = json.loads((out / "config.json").read_text())
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        names = set(weights.keys())
+        head = weights.get_tensor("lm_head.weight") if "lm_head.weight" in names else None
+    if ours.config.attention == "mhla" or not ours.config.tie_embeddings:
+        assert config["tie_word_embeddings"] is False and head is not None
+        expected = ours.embed.weight if ours.config.tie_embeddings else ours.lm_head.weight
+        assert torch.equal(head, expected.detach())
+    else:
+        assert config["tie_word_embeddings"] is True and head is None
 
 
 def test_logits_equal_ours_on_random_prompts(exported):

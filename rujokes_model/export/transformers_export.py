@@ -16,6 +16,13 @@ from .architecture import deepseek_state_dict, llama_state_dict, target_architec
 BOT_SAMPLING = {"do_sample": True, "top_k": 10, "temperature": 1.0, "max_new_tokens": 120}
 
 
+def writes_own_head(config: ModelConfig) -> bool:
+    """Whether the export writes `lm_head.weight` although our model ties it to the embedding: the DeepSeek-V2
+    kind does, because vLLM's DeepseekV2ForCausalLM has no tied head (DeepSeek's checkpoints never tie) and
+    would serve an export that relied on tying with a head of zeros. Every Llama loader ties."""
+    return config.tie_embeddings and target_architecture(config) == "deepseek_v2"
+
+
 def hf_config_dict(config: ModelConfig, tokenizer: ByteLevelBPETokenizer) -> tuple[str, dict[str, Any]]:
     """(model_type, config kwargs) of the architecture that computes exactly what `config` does."""
     target = target_architecture(config)
@@ -24,7 +31,8 @@ def hf_config_dict(config: ModelConfig, tokenizer: ByteLevelBPETokenizer) -> tup
         num_hidden_layers=config.n_layer, num_attention_heads=config.n_head,
         max_position_embeddings=config.max_seq_len, rms_norm_eps=config.norm_eps, hidden_act="silu",
         rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},  # no scaling: we have none
-        tie_word_embeddings=config.tie_embeddings, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+        tie_word_embeddings=config.tie_embeddings and not writes_own_head(config),
+        attention_bias=False, mlp_bias=False, attention_dropout=0.0,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     if target == "llama":
         return "llama", common | dict(num_key_value_heads=config.n_kv_head, head_dim=config.head_dim)
@@ -49,7 +57,7 @@ def to_transformers(model, tokenizer: ByteLevelBPETokenizer):
               else deepseek_state_dict(state, config))
     hf_model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
     hf_model.load_state_dict(theirs, strict=True)  # strict: a name we failed to map is an error, not random init
-    if config.tie_embeddings:
+    if hf_config.tie_word_embeddings:
         hf_model.tie_weights()
     hf_model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
