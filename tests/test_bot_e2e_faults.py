@@ -60,6 +60,20 @@ def test_a_bot_api_hanging_past_the_timeout_loses_nothing_and_doubles_at_most_a_
             assert len({m["text"] for m in found}) == 1  # a copy of the same joke, never two different ones
 
 
+def test_a_long_hang_costs_a_private_joke_one_copy_not_one_per_retry(stack):
+    """A send that timed out may have been done: the retry waits for Telegram to answer in time again.
+    (Retried every timeout + RETRY_PAUSE_S instead, this window showed the joke three times.)"""
+    with stack.bot_with(TELEGRAM_TIMEOUT_S="1.5"):
+        user = stack.new_user()
+        stack.api.disrupt("*", "hang", for_s=12, hang_s=2.5)
+        stack.api.private_message(user, "/joke Штирлиц и долгий сбой")
+        wait_until(lambda: jokes_in(stack, user), 90, "the joke after the long hang")
+        time.sleep(12 + RETRY_GRACE_S)  # past the window, and past a retry after it
+        found = jokes_in(stack, user)
+        assert 1 <= len(found) <= 2, stack.bot_messages(user)
+        assert len({m["text"] for m in found}) == 1
+
+
 def test_a_bot_started_while_the_bot_api_fails_waits_for_it_and_then_answers(stack):
     assert stop_process(stack.bot) == 0
     stack.api.disrupt("*", "5xx", for_s=WINDOW_S)

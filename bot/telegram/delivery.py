@@ -195,13 +195,33 @@ class DeliveryLoop:
                 await asyncio.sleep(RETRY_PAUSE_S)
 
     async def _persist(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
-        """`send()` while Telegram has trouble (5xx, a failed connection).
+        """`send()` while Telegram has trouble (5xx, a failed connection), for up to `retry_s`; then it raises.
 
-        A 5xx did nothing, so a retry is safe; a reset or a timeout may hide a message that was sent, so a
-        retried *send* can show twice (an edit cannot: placeholders make that case safe). BENCHMARKS.md counts it.
+        A 5xx did nothing, so a retry is safe. A reset or a timeout may hide a message that was sent, so a
+        retried *send* can show twice (an edit cannot: placeholders make that case safe). After one, the next
+        try waits until Telegram answers a cheap call in time again: a Telegram that answers too late for a
+        minute then costs one copy, not one per retry. BENCHMARKS.md counts them.
         """
-        return await self._retrying(send, lambda error: isinstance(error, TRANSIENT),
-                                    f"showing {what}, Telegram unavailable")
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return await send()
+            except TRANSIENT as error:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("showing %s, Telegram unavailable: %s; trying again", what, error)
+                await asyncio.sleep(RETRY_PAUSE_S)
+                if isinstance(error, TelegramNetworkError):
+                    await self._until_telegram_answers(deadline)
+
+    async def _until_telegram_answers(self, deadline: float) -> None:
+        """Until getMe is answered within the client's timeout (or the deadline passes)."""
+        while time.monotonic() < deadline:
+            try:
+                await self.outbox.bot.get_me()
+                return
+            except TRANSIENT:
+                await asyncio.sleep(RETRY_PAUSE_S)
 
     async def _until_redis_answers(self, write: Callable[[], Awaitable[T]]) -> T:
         """`write()` while Redis is unreachable or refuses writes."""
