@@ -168,12 +168,16 @@ class RequestClaims(StreamsClient):
         high, normal = self.keys.request_streams
         owed = (self._read + wanted) // NORMAL_EVERY - self._read // NORMAL_EVERY
         raw: list[_RawEntry] = []
+        drained: set[str] = set()  # streams that gave fewer than asked: nothing more to read there now
         for stream, count in ((normal, owed), (high, wanted), (normal, wanted)):
             count = min(count, wanted - len(raw))
-            if count <= 0:
+            if count <= 0 or stream in drained:
                 continue
             reply = await self._redis.xreadgroup(WORKER_GROUP, consumer, {stream: ">"}, count=count)
-            raw += [_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in stream_entries(reply)]
+            read = [_RawEntry(s, entry_id, fields, 1) for s, entry_id, fields in stream_entries(reply)]
+            if len(read) < count:
+                drained.add(stream)
+            raw += read
         raw.sort(key=lambda entry: entry.stream != high)  # within a batch, inline requests still go first
         self._read += len(raw)
         if raw or block_ms <= 0:

@@ -180,10 +180,10 @@ class DeliveryLoop:
         self._tasks[request_id] = task
         task.add_done_callback(forget_if_last)
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]], passing: Callable[[Exception], bool],
-                        what: str) -> T:
+    async def _retrying(self, call: Callable[[], Awaitable[T]], passing: Callable[[Exception], bool], what: str,
+                        before_retry: Callable[[Exception, float], Awaitable[None]] | None = None) -> T:
         """`call()`, tried again every RETRY_PAUSE_S while it fails with an error `passing` says will pass, for up
-        to `retry_s`; then it raises."""
+        to `retry_s`; then it raises. `before_retry(error, deadline)`, if given, runs after each pause."""
         deadline = time.monotonic() + self.retry_s
         while True:
             try:
@@ -193,29 +193,25 @@ class DeliveryLoop:
                     raise
                 log.warning("%s: %s; trying again", what, error)
                 await asyncio.sleep(RETRY_PAUSE_S)
+                if before_retry is not None:
+                    await before_retry(error, deadline)
 
     async def _persist(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
-        """`send()` while Telegram has trouble (5xx, a failed connection), for up to `retry_s`; then it raises.
+        """`send()` while Telegram has trouble (5xx, a failed connection).
 
         A 5xx did nothing, so a retry is safe. A reset or a timeout may hide a message that was sent, so a
-        retried *send* can show twice (an edit cannot: placeholders make that case safe). After one, the next
-        try waits until Telegram answers a cheap call in time again: a Telegram that answers too late for a
-        minute then costs one copy, not one per retry. BENCHMARKS.md counts them.
+        retried *send* can show twice (an edit cannot: placeholders make that case safe); after one, the next
+        try waits for `_telegram_answering_again`. BENCHMARKS.md counts the copies.
         """
-        deadline = time.monotonic() + self.retry_s
-        while True:
-            try:
-                return await send()
-            except TRANSIENT as error:
-                if time.monotonic() >= deadline:
-                    raise
-                log.warning("showing %s, Telegram unavailable: %s; trying again", what, error)
-                await asyncio.sleep(RETRY_PAUSE_S)
-                if isinstance(error, TelegramNetworkError):
-                    await self._until_telegram_answers(deadline)
+        return await self._retrying(send, lambda error: isinstance(error, TRANSIENT),
+                                    f"showing {what}, Telegram unavailable",
+                                    before_retry=self._telegram_answering_again)
 
-    async def _until_telegram_answers(self, deadline: float) -> None:
-        """Until getMe is answered within the client's timeout (or the deadline passes)."""
+    async def _telegram_answering_again(self, error: Exception, deadline: float) -> None:
+        """After a failed connection, until getMe is answered within the client's timeout (or the deadline): a
+        Telegram that answers too late for a minute then costs a sent message one copy, not one per retry."""
+        if not isinstance(error, TelegramNetworkError):
+            return
         while time.monotonic() < deadline:
             try:
                 await self.outbox.bot.get_me()
