@@ -2,6 +2,7 @@
 
     python benchmarks/train_ablation.py --size nano --cpu-budget 240 --out runs/ablation
     python benchmarks/train_ablation.py --group stages --size nano --cpu-budget 600   # pretraining, EMA
+    python benchmarks/train_ablation.py --group tokenizer --size nano --cpu-budget 600   # BPE corpus × vocab
 
 Each variant trains for the same process CPU time (all threads), then is evaluated on the whole
 validation split. Prints a markdown table; the winner per size becomes its recipe default.
@@ -40,6 +41,26 @@ STAGE_VARIANTS = {
     "lit→jokes 50%, tokenizer on both + EMA 0.98": dict(pretrain_share=0.5, tokenizer_corpus="both", ema_decay=0.98),
 }
 
+# The tokenizer question: which corpus the BPE learns from and how large its vocabulary is, each trained
+# jokes-only on the size's recipe (so only the tokenizer differs). Bits/char compare across vocabularies.
+TOKENIZER_VARIANTS = {
+    f"BPE on {corpus}, V{vocab}": dict(tokenizer_corpus=corpus, vocab_size=vocab)
+    for corpus in ("jokes", "both") for vocab in (2048, 4096, 8192)
+}
+
+
+def run_tokenizer_variant(size: str, name: str, variant: dict, args) -> tuple:
+    from trainer.data import prepare_corpus
+    from trainer.stages import joint_tokenizer
+
+    config = recipe(size, cpu_budget_s=args.cpu_budget, eval_every=10**9, vocab_size=variant["vocab_size"])
+    jokes = prepare_corpus(args.data, val_fraction=config.val_fraction).train
+    general = prepare_corpus(args.pretrain_data, val_fraction=config.val_fraction).train \
+        if variant["tokenizer_corpus"] == "both" else []
+    tokenizer = joint_tokenizer(jokes, general, config.vocab_size)  # outside the budget, as in two-stage runs
+    return train(config, args.data, Path(args.out) / size / "tokenizer" / slug(name), progress=False,
+                 tokenizer=tokenizer)
+
 
 def run_stage_variant(size: str, name: str, variant: dict, args) -> tuple:
     variant = dict(variant)
@@ -64,18 +85,19 @@ def main() -> None:
     p.add_argument("--data", default=DEFAULT_CORPUS)
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--only", nargs="*", help="substrings of variant names to run")
-    p.add_argument("--group", choices=["architecture", "stages"], default="architecture")
+    p.add_argument("--group", choices=["architecture", "stages", "tokenizer"], default="architecture")
     p.add_argument("--pretrain-data", default=DEFAULT_PRETRAIN_CORPUS)
     args = p.parse_args()
     rows = []
-    variants = STAGE_VARIANTS if args.group == "stages" else VARIANTS
+    variants = {"stages": STAGE_VARIANTS, "tokenizer": TOKENIZER_VARIANTS}.get(args.group, VARIANTS)
+    run_variant = {"stages": run_stage_variant, "tokenizer": run_tokenizer_variant}.get(args.group)
     exact = set(args.only or ()) & set(variants)  # exact names select only themselves
     for name, variant in variants.items():
         if args.only and not (name in exact if exact else any(s in name for s in args.only)):
             continue
-        if args.group == "stages":
+        if run_variant:
             started = time.perf_counter()
-            result = run_stage_variant(args.size, name, variant, args)
+            result = run_variant(args.size, name, variant, args)
             rows.append((name, result.model.num_parameters(), result.steps, result.tokens_seen,
                          time.perf_counter() - started, result.final_eval))
             print(json.dumps({"variant": name, "steps": result.steps, **result.final_eval}, ensure_ascii=False),

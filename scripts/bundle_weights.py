@@ -28,8 +28,9 @@ def main() -> None:
     p.add_argument("--run", required=True, type=Path, help="output directory of rujokes-train")
     p.add_argument("--size", required=True, choices=SIZES)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="storage dtype of the weights")
+    p.add_argument("--weights-root", type=Path, default=WEIGHTS_ROOT, help="where bundled sizes live (the package's)")
     args = p.parse_args()
-    target = WEIGHTS_ROOT / args.size
+    target = args.weights_root / args.size
     if target.exists():
         shutil.rmtree(target)
     model = TransformerForCausalLM.from_pretrained(args.run)

@@ -1,22 +1,23 @@
 """Train nano, mini and small on one GPU with the two-stage recipe, bundle them, and pack them for the trip back.
 
-    python scripts/train_gpu.py [--runs runs/gpu] [--time-scale 1.0] [--only mini ...] [--export DIR]
+    python scripts/train_gpu.py [--runs runs/gpu] [--budget-s 500] [--only mini ...] [--export DIR]
     python scripts/train_gpu.py --smoke --no-bundle          # a few tiny steps of every run, on any machine
 
-About 8 minutes on one H100/H200. Every size first learns Russian from the literature corpus
-(../shared/data/russian_literature.jsonl), then the jokes from those weights (trainer/stages.py); one
-tokenizer, trained once on both corpora, serves every size. Each run has a wall-clock cap (the lr schedule
-compresses to fit) and ships its best-validation weights. Bundled: nano fp32, mini bf16, small int8 (the
-CPU worker's own rounding; dequantized on load for a GPU). `--export DIR` copies the bundled weights and
-every run's card and summary to DIR with files over 60 MB split into checksummed parts; on the CPU side
-`python scripts/install_gpu_weights.py DIR` joins, verifies and installs them.
+About 8 minutes on one H100/H200 (`scripts/gpu_session.sh` runs it there). Every size first learns Russian
+from the literature corpus (../shared/data/russian_literature.jsonl), then the jokes from those weights
+(trainer/stages.py); one tokenizer, trained once on both corpora, serves every size. Each run has a
+wall-clock cap (the lr schedule compresses to fit), scaled down when `--budget-s` would be overrun, and
+ships its best-validation weights. Bundled: nano fp32, mini and small int8 (the CPU worker's own rounding,
+measured at +0.0001 bits/char; dequantized on load for a GPU). `--export DIR` packs the bundled weights and
+every run's card and summary into one tar in checksummed parts (trainer/parts.py): as many as one return
+of the GPU machine holds go to DIR, the others to `<runs>/export-rest/1`, `/2`, … for the calls that fetch
+them. On the CPU side `python scripts/install_gpu_weights.py DIR [DIR ...]` joins, verifies and installs.
 Writes <runs>/summary.json with every run's figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -26,17 +27,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rujokes_model.pretrained import WEIGHTS_ROOT  # noqa: E402
 from trainer.data import DEFAULT_CORPUS, prepare_corpus  # noqa: E402
-from trainer.parts import DEFAULT_PART_BYTES, split_file  # noqa: E402
+from trainer.parts import pack_for_return  # noqa: E402
 from trainer.recipes import recipe  # noqa: E402
 from trainer.stages import DEFAULT_PRETRAIN_CORPUS, joint_tokenizer  # noqa: E402
 
 # run name → (size, recipe overrides, model overrides, first stage's share of the cap, bundle dtype)
 PLAN = {
     "nano": ("nano", dict(epochs=10, eval_every=100, time_limit_s=60), {}, 0.5, "fp32"),
-    "mini": ("mini", dict(epochs=8, eval_every=100, time_limit_s=110), {}, 0.5, "bf16"),
+    "mini": ("mini", dict(epochs=8, eval_every=100, time_limit_s=110), {}, 0.5, "int8"),
     "small": ("small", dict(epochs=6, eval_every=50, time_limit_s=200), {"dropout": 0.1}, 0.5, "int8"),
 }
+# What a run spends beyond its cap, for --budget-s: loading and packing the literature again, evaluations,
+# the card's samples (a guess from the jokes-only H200 run plus the first stage; each run re-measures what is left).
+RUN_OVERHEAD_S = 35.0
 # A few steps of every run at toy sizes: checks the plan end to end on a CPU before spending GPU time.
 SMOKE = dict(steps=4, time_limit_s=None, batch_size=4, seq_len=32, eval_every=1000, eval_batches=1,
              card_sample_tokens=4, card_memorisation_samples=5)
@@ -59,14 +64,22 @@ def shared_tokenizer(runs: Path, data: str, pretrain_data: str, vocab_size: int,
     return tokenizer
 
 
-def run_one(name: str, args, tokenizer) -> dict:
+def time_scale(names: list[str], left_s: float | None, scale: float) -> float:
+    """`scale`, lowered so that the caps of the runs still to come, and their overheads, fit in `left_s`."""
+    if left_s is None:
+        return scale
+    caps = sum(PLAN[n][1]["time_limit_s"] for n in names)
+    return max(0.05, min(scale, (left_s - RUN_OVERHEAD_S * len(names)) / caps))
+
+
+def run_one(name: str, args, tokenizer, scale: float) -> dict:
     from trainer.stages import PRETRAIN_DIR, stage_configs
     from trainer.train import train
 
     size, overrides, model_overrides, share, _ = PLAN[name]
     overrides = dict(overrides, **(SMOKE if args.smoke else {}))
     if overrides.get("time_limit_s"):
-        overrides["time_limit_s"] *= args.time_scale
+        overrides["time_limit_s"] *= scale
     config = recipe(size, **overrides)  # None values keep the recipe's own
     config.model_overrides.update(model_overrides, **(SMOKE_MODEL if args.smoke else {}))
     out = args.runs / name
@@ -80,26 +93,22 @@ def run_one(name: str, args, tokenizer) -> dict:
     return {"size": size, "pretrain_steps": pretrained.steps, "pretrain_val_bpc": pretrained.final_eval.get("val_bpc"),
             "steps": result.steps, "selected_step": result.selected_step, "tokens_seen": result.tokens_seen,
             "wall_time_s": round(time.perf_counter() - started, 1),
-            "train_tokens_per_s": round(result.tokens_seen / max(result.wall_time_s, 1e-9)), **result.final_eval}
+            "train_tokens_per_s": round(result.tokens_seen / max(result.wall_time_s, 1e-9)),
+            "time_limit_s": overrides.get("time_limit_s"), **result.final_eval}
 
 
-def export(runs: Path, target: Path, summary: dict, sizes: list[str]) -> None:
-    """Bundled weights, cards and the summary into `target`, big files as checksummed parts."""
-    from rujokes_model.pretrained import WEIGHTS_ROOT
-
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+def export(runs: Path, target: Path, rest: Path, summary: dict, sizes: list[str], weights_root: Path) -> list[Path]:
+    """Bundled weights, cards and the summary, packed into returns: `target` first, then `rest/1`, …"""
+    (runs / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files = {"summary.json": runs / "summary.json"}
     for size in sizes:
-        if (WEIGHTS_ROOT / size / "model.safetensors").is_file():
-            shutil.copytree(WEIGHTS_ROOT / size, target / "weights" / size, dirs_exist_ok=True)
+        for path in sorted((weights_root / size).iterdir()):
+            files[f"weights/{size}/{path.name}"] = path
     for name in summary:
         for file in ("README.md", "metrics.jsonl", "loss.png", "stages.json", "train_config.json"):
             if (runs / name / file).is_file():
-                (target / "runs" / name).mkdir(parents=True, exist_ok=True)
-                shutil.copy(runs / name / file, target / "runs" / name / file)
-    for path in sorted(target.rglob("*")):
-        if path.is_file() and path.stat().st_size > DEFAULT_PART_BYTES:
-            split_file(path, DEFAULT_PART_BYTES, remove=True)
+                files[f"runs/{name}/{file}"] = runs / name / file
+    return pack_for_return(files, target, rest, loose=(runs / "summary.json",))
 
 
 def main() -> int:
@@ -108,11 +117,16 @@ def main() -> int:
     p.add_argument("--data", default=DEFAULT_CORPUS)
     p.add_argument("--pretrain-data", default=DEFAULT_PRETRAIN_CORPUS)
     p.add_argument("--time-scale", type=float, default=1.0, help="multiply every run's wall-clock cap")
+    p.add_argument("--budget-s", type=float, help="the whole script's wall time (the GPU call's limit, less the "
+                                                  "export): runs still to come get shorter caps to fit")
+    p.add_argument("--weights-root", type=Path, default=None, help="bundle here (default: the package's weights)")
     p.add_argument("--only", nargs="+", choices=sorted(PLAN), help="run these plan entries only")
     p.add_argument("--smoke", action="store_true", help="4 tiny steps per run, to check the script itself")
     p.add_argument("--no-bundle", action="store_true", help="leave rujokes_model/weights alone")
-    p.add_argument("--export", type=Path, help="copy weights, cards and summary here, big files split in parts")
+    p.add_argument("--export", type=Path, help="pack weights, cards and summary here, in parts (one return's worth)")
+    p.add_argument("--export-rest", type=Path, help="the parts past one return (default: <runs>/export-rest)")
     args = p.parse_args()
+    started = time.monotonic()
     args.runs.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         # Both halves of the hash split: the split of these chunks is the same as in the whole corpus.
@@ -121,25 +135,33 @@ def main() -> int:
         (args.runs / "smoke_literature.jsonl").write_text("\n".join(chunks) + "\n", encoding="utf-8")
     tokenizer = shared_tokenizer(args.runs, args.data, args.pretrain_data, recipe("nano").vocab_size, args.smoke)
     summary: dict[str, dict] = {}
-    for name in args.only or PLAN:
-        print(f"== {name}", flush=True)
+    names = list(args.only or PLAN)
+    for index, name in enumerate(names):
+        left_s = None if args.budget_s is None else args.budget_s - (time.monotonic() - started)
+        scale = time_scale(names[index:], left_s, args.time_scale)
+        print(f"== {name} (caps × {scale:.2f})", flush=True)
         try:
-            summary[name] = run_one(name, args, tokenizer)
+            summary[name] = run_one(name, args, tokenizer, scale)
         except Exception:  # one failed run must not cost the others their GPU time
             traceback.print_exc()
             summary[name] = {"error": traceback.format_exc(limit=3)}
         print(json.dumps({name: summary[name]}), flush=True)
         (args.runs / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    weights_root = args.weights_root or WEIGHTS_ROOT
     bundled = []
     if not args.no_bundle:
         for name, figures in summary.items():
             if "val_bpc" in figures:
                 subprocess.run([sys.executable, str(ROOT / "scripts" / "bundle_weights.py"), "--run",
-                                str(args.runs / name), "--size", figures["size"], "--dtype", PLAN[name][4]],
-                               check=True)
+                                str(args.runs / name), "--size", figures["size"], "--dtype", PLAN[name][4],
+                                "--weights-root", str(weights_root)], check=True)
                 bundled.append(figures["size"])
     if args.export:
-        export(args.runs, args.export, summary, bundled)
+        folders = export(args.runs, args.export, args.export_rest or args.runs / "export-rest", summary, bundled,
+                         weights_root)
+        print(f"packed for {len(folders)} return(s): {args.export}", flush=True)
+        for folder in folders[1:]:  # what the next calls of the GPU machine, while it is still warm, fetch
+            print(f"  then fetch: cp {folder.resolve()}/* \"$OUT\"/", flush=True)
     return 0 if all("error" not in s for s in summary.values()) else 1
 
 

@@ -1,7 +1,10 @@
 """Corpus loading: readers per format, format errors, normalisation, dedupe, hash split, hub layout."""
 
+import bz2
 import csv
+import gzip
 import json
+import lzma
 import sys
 import types
 from pathlib import Path
@@ -152,6 +155,29 @@ def test_invalid_utf8_names_line(tmp_path):
     with pytest.raises(CorpusFormatError) as error:
         read_txt(path)
     assert_format_error(error, path, 4, "UTF-8")
+
+
+@pytest.mark.parametrize(("suffix", "compress"), [(".xz", lzma.compress), (".gz", gzip.compress),
+                                                  (".bz2", bz2.compress)])
+def test_a_compressed_corpus_reads_like_the_plain_one(tmp_path, suffix, compress):
+    plain = write_jsonl(tmp_path / "jokes.jsonl", [{"text": DIALOGUE}, {"text": PLAIN}, {"text": LONG}])
+    packed = tmp_path / f"packed.jsonl{suffix}"
+    packed.write_bytes(compress(plain.read_bytes()))
+    assert load_corpus(packed) == load_corpus(plain)
+    assert prepare_corpus(packed).train == prepare_corpus(plain).train
+    (tmp_path / "jokes.csv.gz").write_bytes(gzip.compress("text\nраз\n".encode()))
+    assert load_corpus(tmp_path / "jokes.csv.gz") == ["раз"]
+
+
+def test_a_damaged_or_unknown_compressed_file_names_the_file(tmp_path):
+    damaged = tmp_path / "jokes.jsonl.xz"
+    damaged.write_bytes(lzma.compress(b'{"text": "x"}\n')[:-8])
+    with pytest.raises(CorpusFormatError, match="not a valid .xz file") as error:
+        load_corpus(damaged)
+    assert error.value.path == damaged
+    (tmp_path / "jokes.xml.gz").write_bytes(gzip.compress(b"<joke/>"))
+    with pytest.raises(CorpusFormatError, match="unsupported"):
+        load_corpus(tmp_path / "jokes.xml.gz")
 
 
 def test_missing_source_and_unknown_extension(tmp_path):

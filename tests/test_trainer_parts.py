@@ -1,4 +1,5 @@
-"""Large files travel as checksummed parts; a damaged part is refused, never joined."""
+"""Large files travel as checksummed parts, dealt into returns the GPU machine can bring back; a damaged or
+missing part is refused, never joined."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,16 @@ import os
 
 import pytest
 
-from trainer.parts import MANIFEST_SUFFIX, PartsError, join_all, join_parts, split_file
+from trainer.parts import (
+    MANIFEST_SUFFIX,
+    RETURN_ARCHIVE,
+    PartsError,
+    join_all,
+    join_parts,
+    pack_for_return,
+    split_file,
+    unpack_return,
+)
 
 
 @pytest.fixture()
@@ -67,3 +77,67 @@ def test_join_all_rebuilds_every_split_file_and_cleans_up(tmp_path):
     assert sorted(joined) == sorted(files)
     assert all(p.read_bytes() == data for p, data in files.items())
     assert not list(tmp_path.rglob("*" + MANIFEST_SUFFIX)) and not list(tmp_path.rglob("*.part*"))
+
+
+# ---------------------------------------------------------------- packing for the GPU machine's returns
+
+@pytest.fixture()
+def export_files(tmp_path):
+    """A bundle like train_gpu.py's: one large file per size, small files beside them."""
+    source = tmp_path / "source"
+    files = {}
+    for name, size in [("weights/small/model.safetensors", 9_000), ("weights/mini/model.safetensors", 4_000),
+                       ("weights/mini/config.json", 50), ("summary.json", 30), ("runs/small/README.md", 200)]:
+        path = source / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+        files[name] = path
+    return files
+
+
+def returned(folder):
+    return sorted(p for p in folder.iterdir() if p.is_file())
+
+
+def test_packed_returns_each_fit_the_limits_and_unpack_to_the_same_files(export_files, tmp_path):
+    folders = pack_for_return(export_files, tmp_path / "out", tmp_path / "rest",
+                              loose=(export_files["summary.json"],), part_bytes=2_000, max_files=4, max_bytes=7_000)
+    assert folders[0] == tmp_path / "out" and len(folders) >= 3  # ≈ 14 kB of tar over returns of ≤ 7 kB
+    for folder in folders:
+        files = returned(folder)
+        assert len(files) <= 4 and sum(p.stat().st_size for p in files) <= 7_000
+        assert all(p.stat().st_size <= 2_000 for p in files if ".part" in p.name[-8:])
+    first = {p.name for p in returned(folders[0])}
+    assert {RETURN_ARCHIVE + MANIFEST_SUFFIX, "summary.json"} <= first  # the manifest and the glance come first
+    export = unpack_return(folders, tmp_path / "work")
+    for name, path in export_files.items():
+        assert (export / name).read_bytes() == path.read_bytes()
+
+
+def test_a_bundle_that_fits_one_return_needs_no_second_call(export_files, tmp_path):
+    folders = pack_for_return(export_files, tmp_path / "out", tmp_path / "rest")
+    assert folders == [tmp_path / "out"]
+    assert (unpack_return(folders, tmp_path / "work") / "weights/small/model.safetensors").read_bytes() == \
+        export_files["weights/small/model.safetensors"].read_bytes()
+
+
+def test_a_return_left_behind_or_corrupted_stops_the_unpacking(export_files, tmp_path):
+    folders = pack_for_return(export_files, tmp_path / "out", tmp_path / "rest", part_bytes=2_000, max_files=4,
+                              max_bytes=7_000)
+    with pytest.raises(PartsError, match="missing part"):
+        unpack_return(folders[:-1], tmp_path / "work")  # the last call's parts never fetched
+    assert not (tmp_path / "work" / "export").exists()
+    part = returned(folders[-1])[0]
+    data = bytearray(part.read_bytes())
+    data[5] ^= 0x01
+    part.write_bytes(bytes(data))
+    with pytest.raises(PartsError, match="checksum"):
+        unpack_return(folders, tmp_path / "work")
+    assert not (tmp_path / "work" / "export").exists()
+    with pytest.raises(PartsError, match="no gpu-export.tar.parts.json"):
+        unpack_return(folders[1:], tmp_path / "work")  # the first return, with the manifest, is missing
+
+
+def test_packing_refuses_parts_larger_than_a_return(export_files, tmp_path):
+    with pytest.raises(ValueError, match="do not fit"):
+        pack_for_return(export_files, tmp_path / "out", tmp_path / "rest", part_bytes=8_000, max_bytes=7_000)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -19,6 +22,9 @@ HUB_PREFIX = "hf://"
 HUB_FILES = ("dataset.json", "dataset.jsonl", "dataset.csv", "dataset.txt")
 # Keys under which a .json file's top-level object may keep its list of jokes.
 JSON_LIST_KEYS = ("text", "texts", "jokes", "data", "items", "rows")
+# A corpus may come compressed (`jokes.jsonl.xz`): the GPU machine gets the corpora that way, since the
+# literature alone is larger than what may travel there.
+DECOMPRESSORS = {".xz": lzma.decompress, ".gz": gzip.decompress, ".bz2": bz2.decompress}
 
 
 class CorpusFormatError(ValueError):
@@ -76,8 +82,21 @@ def _fold(normalized: str) -> str:
     return "".join(normalized.casefold().replace("ё", "е").split())
 
 
+def _format_suffix(path: Path) -> str:
+    """`.jsonl` for both `jokes.jsonl` and `jokes.jsonl.xz`."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in DECOMPRESSORS:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
+    if path.suffix.lower() in DECOMPRESSORS:
+        try:
+            data = DECOMPRESSORS[path.suffix.lower()](data)
+        except (lzma.LZMAError, OSError, EOFError) as error:  # gzip and bz2 raise OSError/EOFError
+            raise CorpusFormatError(path, None, f"not a valid {path.suffix} file ({error})") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -168,12 +187,14 @@ def read_txt(path: Path | str) -> list[str]:
 
 
 def read_file(path: Path | str, text_column: str = "text") -> list[str]:
-    """Dispatch on the file extension; `text_column` names the JSON field or CSV column."""
+    """Dispatch on the file extension (under a `.xz`, `.gz` or `.bz2` one); `text_column` names the JSON field
+    or CSV column."""
     path = Path(path)
     readers = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".txt": lambda p, _: read_txt(p)}
-    if path.suffix.lower() not in readers:
-        raise CorpusFormatError(path, None, "unsupported file type (expected .jsonl, .json, .csv or .txt)")
-    return readers[path.suffix.lower()](path, text_column)
+    if _format_suffix(path) not in readers:
+        raise CorpusFormatError(path, None, "unsupported file type (expected .jsonl, .json, .csv or .txt, "
+                                            "possibly compressed as .xz, .gz or .bz2)")
+    return readers[_format_suffix(path)](path, text_column)
 
 
 def read_directory(directory: Path | str, text_column: str = "text") -> list[str]:

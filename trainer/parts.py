@@ -1,18 +1,29 @@
-"""Split a large file into checksummed parts and join them back, verified.
+"""Split a large file into checksummed parts and join them back, verified; pack files for the GPU machine's return.
 
-The GPU machine returns files of at most 64 MB, and small's weights are larger: the training script splits
-each large file into parts below that with a manifest of SHA-256 sums, and the CPU side joins them, refusing
-a missing, truncated or corrupted part rather than loading a damaged checkpoint.
+One call of the GPU machine brings back at most RETURN_MAX_FILES files of RETURN_MAX_FILE_BYTES each and
+RETURN_MAX_BYTES in all, and the trained weights (small's alone: ≈ 84 MB in int8) are more than that.
+`pack_for_return` puts everything into one tar, splits it into parts with a manifest of SHA-256 sums and
+deals the parts into batches that each fit one call's return: the first batch (with the manifest) goes to
+the call's output folder, the others wait on the machine for the calls that fetch them. The CPU side joins
+the parts (`join_all`), refusing a missing, truncated or corrupted part rather than installing a damaged
+checkpoint, and unpacks the tar (`unpack_return`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
+import tarfile
 from pathlib import Path
 
 MANIFEST_SUFFIX = ".parts.json"
-DEFAULT_PART_BYTES = 60 * 2**20
+# What one call of the GPU machine brings back (its tool's limits).
+RETURN_MAX_FILES = 8
+RETURN_MAX_FILE_BYTES = 16 * 2**20
+RETURN_MAX_BYTES = 64 * 2**20
+DEFAULT_PART_BYTES = 15 * 2**20  # under a returned file's limit
+RETURN_ARCHIVE = "gpu-export.tar"
 _CHUNK = 4 * 2**20
 
 
@@ -84,3 +95,62 @@ def join_parts(manifest_path: str | Path, *, remove_parts: bool = False) -> Path
 def join_all(folder: str | Path, *, remove_parts: bool = True) -> list[Path]:
     """Join every split file under `folder` (what came back from the GPU machine)."""
     return [join_parts(m, remove_parts=remove_parts) for m in sorted(Path(folder).rglob("*" + MANIFEST_SUFFIX))]
+
+
+def pack_for_return(files: dict[str, Path], out: str | Path, rest: str | Path, *, loose: tuple[Path, ...] = (),
+                    part_bytes: int = DEFAULT_PART_BYTES, max_files: int = RETURN_MAX_FILES,
+                    max_bytes: int = RETURN_MAX_BYTES) -> list[Path]:
+    """Tar `files` (name in the archive → path), split the tar into checksummed parts and deal them into
+    folders that each fit one return: `out` first (with the manifest and copies of the small `loose` files,
+    to read at a glance), then `rest/1`, `rest/2`, … Returns those folders, `out` first."""
+    out, rest = Path(out), Path(rest)
+    if part_bytes > max_bytes:
+        raise ValueError(f"parts of {part_bytes} bytes do not fit a return of {max_bytes}")
+    if rest.exists():
+        shutil.rmtree(rest)
+    staging = rest / "staging"
+    staging.mkdir(parents=True)
+    with tarfile.open(staging / RETURN_ARCHIVE, "w") as tar:
+        for name, path in sorted(files.items()):
+            tar.add(path, arcname=name)
+    manifest = split_file(staging / RETURN_ARCHIVE, part_bytes, remove=True)
+    first = [manifest, *loose]
+    used_files, used_bytes = len(first), sum(p.stat().st_size for p in first)
+    if used_files > max_files or used_bytes > max_bytes:
+        raise ValueError(f"the manifest and {len(loose)} loose files do not fit one return")
+    batches: list[list[Path]] = [first]
+    for part in json.loads(manifest.read_text())["parts"]:
+        if used_files + 1 > max_files or used_bytes + part["size"] > max_bytes:
+            batches.append([])
+            used_files, used_bytes = 0, 0
+        batches[-1].append(staging / part["name"])
+        used_files, used_bytes = used_files + 1, used_bytes + part["size"]
+    folders = [out] + [rest / str(i) for i in range(1, len(batches))]
+    for folder, batch in zip(folders, batches):
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in batch:
+            (shutil.copy if path in loose else shutil.move)(path, folder / path.name)
+    shutil.rmtree(staging)
+    return folders
+
+
+def unpack_return(folders: list[str | Path], work: str | Path) -> Path:
+    """Gather what the calls brought back into `work`, join and verify the archive, unpack it into
+    `work/export` (names inside the archive may not leave it); returns that folder."""
+    work = Path(work)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    for folder in folders:
+        for path in Path(folder).iterdir():
+            if path.is_file():
+                shutil.copy(path, work / path.name)
+    manifest = work / (RETURN_ARCHIVE + MANIFEST_SUFFIX)
+    if not manifest.is_file():
+        raise PartsError(f"no {manifest.name} in {', '.join(map(str, folders))}")
+    archive = join_parts(manifest, remove_parts=True)
+    target = work / "export"
+    with tarfile.open(archive) as tar:
+        tar.extractall(target, filter="data")  # refuses absolute names, `..` and links out of the folder
+    archive.unlink()
+    return target
