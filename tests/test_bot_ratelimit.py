@@ -159,7 +159,7 @@ async def test_every_message_in_every_chat_spends_one_global_budget_shared_by_bo
 
 async def test_flood_control_retries_telegram_trouble_but_never_resends_what_may_have_been_sent():
     from aiogram.exceptions import TelegramNetworkError, TelegramServerError
-    from aiogram.methods import EditMessageText, GetUpdates, SendMessage
+    from aiogram.methods import EditMessageText, GetMe, GetUpdates, SendMessage
     from prometheus_client import CollectorRegistry
 
     from bot.common.metrics import Metrics
@@ -189,6 +189,10 @@ async def test_flood_control_retries_telegram_trouble_but_never_resends_what_may
     make_request, tries = failing(server, 1)  # aiogram's polling backs off by itself
     with pytest.raises(TelegramServerError):
         await control(make_request, None, GetUpdates())
+    make_request, tries = failing(network, 1)  # the delivery's probe: one try, so it sees Telegram's return at once
+    with pytest.raises(TelegramNetworkError):
+        await control(make_request, None, GetMe())
+    assert len(tries) == 1
     make_request, tries = failing(server, 5)  # and the retries end
     with pytest.raises(TelegramServerError):
         await control(make_request, None, SendMessage(chat_id=1, text="x"))

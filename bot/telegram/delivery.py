@@ -47,6 +47,8 @@ T = TypeVar("T")
 # Telegram's trouble, not the message's: a 5xx or a failed connection (reset, timeout). Worth trying again.
 TRANSIENT = (TelegramServerError, TelegramNetworkError)
 RETRY_PAUSE_S = 2.0
+# Between getMe probes after a failed connection: one cheap call, so Telegram's return is seen within this.
+PROBE_PAUSE_S = 0.5
 # How often unacknowledged results are read again (besides right after a Redis outage).
 PENDING_REREAD_S = 30.0
 
@@ -181,9 +183,10 @@ class DeliveryLoop:
         task.add_done_callback(forget_if_last)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]], passing: Callable[[Exception], bool], what: str,
-                        before_retry: Callable[[Exception, float], Awaitable[None]] | None = None) -> T:
-        """`call()`, tried again every RETRY_PAUSE_S while it fails with an error `passing` says will pass, for up
-        to `retry_s`; then it raises. `before_retry(error, deadline)`, if given, runs after each pause."""
+                        wait_for: Callable[[Exception, float], Awaitable[bool]] | None = None) -> T:
+        """`call()`, tried again while it fails with an error `passing` says will pass, for up to `retry_s`; then
+        it raises. Between tries, `wait_for(error, deadline)` if given, else (or where it returns False, not
+        having waited) a pause of RETRY_PAUSE_S."""
         deadline = time.monotonic() + self.retry_s
         while True:
             try:
@@ -192,9 +195,8 @@ class DeliveryLoop:
                 if not passing(error) or time.monotonic() >= deadline:
                     raise
                 log.warning("%s: %s; trying again", what, error)
-                await asyncio.sleep(RETRY_PAUSE_S)
-                if before_retry is not None:
-                    await before_retry(error, deadline)
+                if wait_for is None or not await wait_for(error, deadline):
+                    await asyncio.sleep(RETRY_PAUSE_S)
 
     async def _persist(self, what: str, send: Callable[[], Awaitable[T]]) -> T:
         """`send()` while Telegram has trouble (5xx, a failed connection).
@@ -204,20 +206,21 @@ class DeliveryLoop:
         try waits for `_telegram_answering_again`. BENCHMARKS.md counts the copies.
         """
         return await self._retrying(send, lambda error: isinstance(error, TRANSIENT),
-                                    f"showing {what}, Telegram unavailable",
-                                    before_retry=self._telegram_answering_again)
+                                    f"showing {what}, Telegram unavailable", wait_for=self._telegram_answering_again)
 
-    async def _telegram_answering_again(self, error: Exception, deadline: float) -> None:
+    async def _telegram_answering_again(self, error: Exception, deadline: float) -> bool:
         """After a failed connection, until getMe is answered within the client's timeout (or the deadline): a
-        Telegram that answers too late for a minute then costs a sent message one copy, not one per retry."""
+        Telegram that answers too late for a minute then costs a sent message one copy, not one per retry, and
+        the retry goes out as soon as Telegram is back. Any other error: False, not waited for."""
         if not isinstance(error, TelegramNetworkError):
-            return
+            return False
         while time.monotonic() < deadline:
             try:
                 await self.outbox.bot.get_me()
-                return
+                return True
             except TRANSIENT:
-                await asyncio.sleep(RETRY_PAUSE_S)
+                await asyncio.sleep(PROBE_PAUSE_S)
+        return True
 
     async def _until_redis_answers(self, write: Callable[[], Awaitable[T]]) -> T:
         """`write()` while Redis is unreachable or refuses writes."""

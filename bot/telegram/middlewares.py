@@ -34,6 +34,7 @@ from aiogram.methods import (
     AnswerInlineQuery,
     EditMessageReplyMarkup,
     EditMessageText,
+    GetMe,
     GetUpdates,
     SendChatAction,
     SendMessage,
@@ -55,8 +56,9 @@ log = logging.getLogger(__name__)
 # Not worth waiting for: an inline answer after ~10 s is dropped by Telegram anyway, a draft or a
 # chat action is stale by the time a retry would land. Their callers treat the error as "skip".
 _NOT_RETRIED = (AnswerInlineQuery, SendMessageDraft, SendChatAction)
-# A 5xx or a dropped connection is worth a quick retry, except for these: aiogram's polling has its own backoff.
-_NOT_RETRIED_TRANSIENT = (*_NOT_RETRIED, GetUpdates)
+# A 5xx or a dropped connection is worth a quick retry, except for these: aiogram's polling has its own backoff,
+# and getMe is the delivery's probe of whether Telegram answers in time again (its callers loop themselves).
+_NOT_RETRIED_TRANSIENT = (*_NOT_RETRIED, GetUpdates, GetMe)
 _TRANSIENT = (TelegramServerError, TelegramNetworkError)
 _PACED = (SendMessage, EditMessageText, EditMessageReplyMarkup, SendPhoto, SendSticker)
 # aiogram's exceptions carry no status code; most specific class first.
