@@ -16,7 +16,7 @@ with the shipped fsync policy (deploy/redis.conf: appendfsync everysec), while, 
     disk-full       the disk under Redis' AOF is full for --fault-s seconds (a tmpfs of its own, filled; where
                     nothing can be mounted, its files are capped): Redis refuses writes (MISCONF)
     api-429         Telegram answers 429 (retry_after=1) to the next sendMessage and editMessageText calls
-    api-5xx         the Bot API answers 502 to every call for --fault-s seconds
+    api-5xx         the Bot API answers 502 to every call (getUpdates too, in each api- row) for --fault-s seconds
     api-reset       the Bot API drops every connection for --fault-s seconds
     api-slow        the Bot API answers every call late but within the bot's timeout, for --fault-s seconds
     api-hang        the Bot API does every call but answers only after the bot's timeout, for --fault-s seconds
@@ -180,9 +180,11 @@ class Drill:
         self.fault("api-429", "429 × 2 on sendMessage and on editMessageText", inject, duration_s=2)
 
     def api(self, kind: str, what: str, name: str | None = None, **extra: float) -> None:
-        self.fault(name or f"api-{kind}", what,
-                   lambda: self.stack.api.disrupt("*", kind, for_s=self.args.fault_s, **extra),
-                   duration_s=self.args.fault_s)
+        def disrupt() -> None:  # every method, getUpdates too: an outage holds the users' updates back as well
+            for method in ("*", "getUpdates"):
+                self.stack.api.disrupt(method, kind, for_s=self.args.fault_s, **extra)
+
+        self.fault(name or f"api-{kind}", what, disrupt, duration_s=self.args.fault_s)
 
     def bot_kill(self) -> None:
         def kill_and_restart() -> None:

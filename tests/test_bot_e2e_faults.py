@@ -108,3 +108,23 @@ def test_a_joke_shown_just_before_redis_refuses_writes_is_not_shown_again_after(
         stack.api.disrupt("sendMessage", "hang", for_s=0)  # over: the next tests' sends are answered at once
     texts = [m["text"] for m in jokes_in(stack, user)]
     assert sorted(t.split()[0] for t in texts) == ["Вовочка", "Штирлиц"], texts
+
+
+def test_polling_tries_again_every_few_seconds_through_a_long_outage(stack):
+    """The users' updates wait at Telegram while getUpdates fails: the bot must look again often, or they reach
+    it seconds after Telegram is back (aiogram's own backoff grows to 5 s; 3.7 s apart by 12 s into an outage)."""
+    outage_s = 12.0
+    started = time.time()
+    stack.api.disrupt("getUpdates", "5xx", for_s=outage_s)
+    stack.api.sticker_message(stack.new_user())  # ends the long poll in flight (it began before the outage)
+    wait_until(lambda: any(c.error for c in stack.api.calls("getUpdates") if c.time >= started), 10,
+               "a getUpdates failing")
+    user = stack.new_user()
+    stack.api.private_message(user, "/joke Штирлиц и долгая тишина")
+    assert is_joke(stack.wait_for_reply(user, timeout=60))
+    polls = [c.time for c in stack.api.calls("getUpdates") if c.time >= started]
+    failed = [c.time for c in stack.api.calls("getUpdates") if c.time >= started and c.error]
+    assert len(failed) >= 5, polls
+    first_good = next(t for t in polls if t > failed[-1])
+    gaps = [b - a for a, b in zip(failed, [*failed[1:], first_good])]
+    assert max(gaps) < 3.0, gaps
