@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from rujokes_model.pretrained import WEIGHTS_ROOT  # noqa: E402
 from trainer.data import DEFAULT_CORPUS, prepare_corpus  # noqa: E402
-from trainer.parts import pack_for_return  # noqa: E402
+from trainer.parts import RETURN_MAX_BYTES, RETURN_MAX_FILES, pack_for_return  # noqa: E402
 from trainer.recipes import recipe  # noqa: E402
 from trainer.stages import DEFAULT_PRETRAIN_CORPUS, joint_tokenizer  # noqa: E402
 
@@ -108,7 +108,9 @@ def export(runs: Path, target: Path, rest: Path, summary: dict, sizes: list[str]
         for file in ("README.md", "metrics.jsonl", "loss.png", "stages.json", "train_config.json"):
             if (runs / name / file).is_file():
                 files[f"runs/{name}/{file}"] = runs / name / file
-    return pack_for_return(files, target, rest, loose=(runs / "summary.json",))
+    # Room in the first return for the call's own log (gpu_session.sh tees it there).
+    return pack_for_return(files, target, rest, loose=(runs / "summary.json",), max_files=RETURN_MAX_FILES - 1,
+                           max_bytes=RETURN_MAX_BYTES - 2**20)
 
 
 def main() -> int:
