@@ -13,6 +13,10 @@
 # Rehearse here first (minutes, no GPU): OUT=/tmp/gpu-out TRAIN_ARGS="--smoke --weights-root /tmp/gpu-w" \
 #   scripts/gpu_session.sh train && python scripts/install_gpu_weights.py /tmp/gpu-out --weights-root /tmp/gpu-i
 #
+# Once small's weights are in the package (≈ 84 MB), the working tree no longer fits the 64 MiB that may
+# travel: move rujokes_model/weights/small/model.safetensors out of the tree for the call (the plan retrains
+# small there anyway), and back afterwards.
+#
 # On the machine `python3` is the one with torch (2.11+, CUDA), accelerate, tokenizers, safetensors,
 # matplotlib and transformers; the project runs from the working tree (PYTHONPATH), nothing is installed.
 set -euo pipefail

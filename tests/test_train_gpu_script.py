@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import lzma
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,32 @@ def test_what_came_back_installs_and_small_generates_from_it(smoke_export, tmp_p
     prompt = torch.tensor([tokenizer.encode("Штирлиц")])
     out = model.generate(prompt, max_new_tokens=5, do_sample=False)
     assert out.shape == (1, prompt.shape[1] + 5)
+
+
+def install(folder: Path, weights: Path, work: Path, *extra: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "install_gpu_weights.py"), str(folder / "out"),
+                           "--work", str(work), "--weights-root", str(weights), "--sizes", "nano",
+                           "--data", str(folder / "jokes.jsonl"), *extra], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_a_newcomer_replaces_a_bundled_model_only_where_it_scores_better(smoke_export, tmp_path):
+    folder, _ = smoke_export
+    newcomer = folder / "bundled" / "nano"
+    weights = tmp_path / "weights"
+    shutil.copytree(newcomer, weights / "nano")  # the same weights bundled already: a tie is not a win
+    assert "nano: kept the bundled weights" in install(folder, weights, tmp_path / "w1")
+    worse = TransformerForCausalLM.from_pretrained(newcomer)
+    with torch.no_grad():
+        for parameter in worse.parameters():
+            parameter.add_(torch.randn_like(parameter) * 3)
+    worse.save_pretrained(weights / "nano")
+    assert "nano: installed" in install(folder, weights, tmp_path / "w2")
+    assert (weights / "nano" / "model.safetensors").read_bytes() == (newcomer / "model.safetensors").read_bytes()
+    worse.save_pretrained(weights / "nano")
+    # --force installs whatever came back, unscored.
+    assert "nano: installed" in install(folder, weights, tmp_path / "w3", "--force", "--data", "/nonexistent")
 
 
 def test_caps_shrink_to_fit_the_budget_and_never_grow():
