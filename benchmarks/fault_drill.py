@@ -50,8 +50,9 @@ from bot_drill import ROOT, Ask, DrillStack, Users, tiny_model, wait_until
 
 POISON = "ЯДОВИТЫЙ АНЕКДОТ"
 # The faults whose doubles are unavoidable: a call "Telegram" did but answered too late looks failed to the
-# bot, and a send it retries shows twice (an edited placeholder never does).
-DOUBLES_POSSIBLE = {"api-hang"}
+# bot, and a send it retries shows twice (an edited placeholder never does); a bot killed between its send and
+# Telegram's answer cannot know that the send was made, and its successor sends again. No Bot API call tells.
+DOUBLES_POSSIBLE = {"api-hang", "bot-kill"}
 
 
 def run_until(users: Users, condition: Callable[[], bool], timeout: float) -> bool:

@@ -54,6 +54,43 @@ async def test_chat_pacer_waits_for_a_slot_instead_of_refusing(redis_client, key
     assert time.monotonic() - started >= 0.18
 
 
+async def test_a_take_with_a_reserve_leaves_it_for_others_and_a_refusal_takes_nothing(redis_client, key_prefix):
+    bucket = TokenBucket(redis_client, key_prefix, per_minute=0.01, burst=3)  # no refill within the test
+    assert (await bucket.take("k", reserve=1)).allowed      # 3 → 2
+    assert (await bucket.take("k", reserve=1)).allowed      # 2 → 1
+    refused = await bucket.take("k", reserve=1)             # 1 left: the reserve
+    assert not refused.allowed and refused.retry_after_s > 0
+    assert (await bucket.take("k")).allowed                 # the refusal took nothing: the last one is there
+    assert not (await bucket.take("k")).allowed
+
+
+async def test_a_progress_edit_in_a_busy_group_is_skipped_and_leaves_the_slot_to_the_final(redis_client, key_prefix):
+    from aiogram.methods import EditMessageText
+
+    from bot.telegram.middlewares import GroupPacing, TurnSkipped, best_effort
+
+    made: list[str] = []
+
+    async def make_request(bot, method):
+        made.append(method.text)
+        return True
+
+    pacing = GroupPacing(ChatPacer(redis_client, key_prefix, per_minute=1, burst=2))
+    edit = lambda text: EditMessageText(chat_id=-77, message_id=5, text=text)  # noqa: E731
+    with best_effort():
+        await pacing(make_request, None, edit("Штирлиц…"))   # two slots: one for this, one left
+        started = time.monotonic()
+        with pytest.raises(TurnSkipped):
+            await pacing(make_request, None, edit("Штирлиц шёл…"))  # the last slot is the final's
+        assert time.monotonic() - started < 0.5  # skipped at once, not waited for
+    await pacing(make_request, None, edit("Штирлиц шёл по коридору."))  # the final: no wait
+    assert made == ["Штирлиц…", "Штирлиц шёл по коридору."]
+    assert time.monotonic() - started < 0.5
+    await pacing(make_request, None, EditMessageText(chat_id=42, message_id=1, text="x"))  # private: unpaced
+    with best_effort():
+        await pacing(make_request, None, EditMessageText(chat_id=43, message_id=1, text="y"))
+
+
 def test_group_chats_have_negative_ids():
     assert is_group_chat(-1001234) and is_group_chat(-5) and not is_group_chat(42) and not is_group_chat(None)
 

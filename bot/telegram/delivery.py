@@ -33,6 +33,7 @@ from bot.telegram import texts
 from bot.telegram.daily import DailyJokes, is_daily_post, joke_id_for
 from bot.telegram.feedback import FeedbackStore
 from bot.telegram.keyboards import delivery_scope, joke_keyboard
+from bot.telegram.middlewares import TurnSkipped, best_effort
 from bot.telegram.outbox import Outbox
 from bot.telegram.outstanding import Outstanding, OutstandingRequests
 from bot.telegram.prompts import clean_model_text
@@ -242,9 +243,12 @@ class DeliveryLoop:
                 if await self.outbox.draft(delivery.chat_id, result.request_id, text):
                     return
                 # Drafts don't work here: from now on a message shows the progress, edited in place.
-            message_id = await self.outbox.show(delivery, text + t.TYPING_SUFFIX)
+            with best_effort():  # in a busy group the finished joke gets the slot, not this progress
+                message_id = await self.outbox.show(delivery, text + t.TYPING_SUFFIX)
             if message_id is not None:
                 await self.outstanding.set_message_id(result.request_id, message_id)
+        except TurnSkipped:
+            return
         except TelegramRetryAfter as error:
             # Flood control: pause this joke's drafts, never hammer. Edits were already waited out.
             self._drafts_paused_until[result.request_id] = time.monotonic() + error.retry_after

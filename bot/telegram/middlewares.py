@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiogram import Bot
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
@@ -119,6 +121,24 @@ class FloodControl(BaseRequestMiddleware):
                 raise
 
 
+# Set around a call that may be skipped (a joke's progress edit): paced, it takes a slot only when one is
+# free now and another would be left, so that the placeholders and finished jokes behind it never wait for it.
+_BEST_EFFORT: ContextVar[bool] = ContextVar("best_effort", default=False)
+
+
+class TurnSkipped(Exception):
+    """A best-effort call was not made: its chat's (or the bot's) message budget is kept for the others."""
+
+
+@contextmanager
+def best_effort() -> Iterator[None]:
+    token = _BEST_EFFORT.set(True)
+    try:
+        yield
+    finally:
+        _BEST_EFFORT.reset(token)
+
+
 class GroupPacing(BaseRequestMiddleware):
     def __init__(self, pacer: ChatPacer, everywhere: ChatPacer | None = None) -> None:
         self.pacer = pacer
@@ -129,15 +149,22 @@ class GroupPacing(BaseRequestMiddleware):
         self, make_request: NextRequestMiddlewareType[TelegramType], bot: Bot, method: TelegramMethod[TelegramType]
     ) -> Response[TelegramType]:
         chat_id: Any = getattr(method, "chat_id", None)
+        in_group = isinstance(chat_id, int) and is_group_chat(chat_id)
         try:
-            if isinstance(method, _PACED) and self.everywhere is not None:
-                waited = await self.everywhere.wait_turn(0)
-                if waited > 0:
-                    log.info("paced %s by %.1fs: the bot's messages per second", type(method).__name__, waited)
-            if isinstance(method, _PACED) and isinstance(chat_id, int) and is_group_chat(chat_id):
-                waited = await self.pacer.wait_turn(chat_id)
-                if waited > 0:
-                    log.info("paced %s in chat %s by %.1fs", type(method).__name__, chat_id, waited)
+            if isinstance(method, _PACED) and _BEST_EFFORT.get():
+                # The chat's budget first: the scarcer one (a refusal there takes nothing from the bot's).
+                if not ((not in_group or await self.pacer.try_turn(chat_id))
+                        and (self.everywhere is None or await self.everywhere.try_turn(0))):
+                    raise TurnSkipped(f"{type(method).__name__} in chat {chat_id}")
+            elif isinstance(method, _PACED):
+                if self.everywhere is not None:
+                    waited = await self.everywhere.wait_turn(0)
+                    if waited > 0:
+                        log.info("paced %s by %.1fs: the bot's messages per second", type(method).__name__, waited)
+                if in_group:
+                    waited = await self.pacer.wait_turn(chat_id)
+                    if waited > 0:
+                        log.info("paced %s in chat %s by %.1fs", type(method).__name__, chat_id, waited)
         except RedisError as error:
             # The budgets live in Redis: while it is away, send unpaced (Telegram's 429s still pace us)
             # rather than let an apology for that very outage fail too.

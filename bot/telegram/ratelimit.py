@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-# Refill by elapsed time, then take `cost` tokens if there are enough. Redis's own clock (TIME), so
-# bots on different machines agree. Returns {allowed, seconds to wait until `cost` tokens exist}.
+# Refill by elapsed time, then take `cost` tokens if there are enough and `reserve` more would be left. Redis's
+# own clock (TIME), so bots on different machines agree. Returns {allowed, seconds to wait until they exist}.
 # Wait times travel as strings: a Lua number in a reply is truncated to an integer.
 _TAKE_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
+local reserve = tonumber(ARGV[4]) or 0
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1e6
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -26,11 +27,11 @@ local at = tonumber(state[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 local allowed = 0
 local wait = 0
-if tokens >= cost then
+if tokens >= cost + reserve then
   tokens = tokens - cost
   allowed = 1
 else
-  wait = (cost - tokens) / rate
+  wait = (cost + reserve - tokens) / rate
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
@@ -60,9 +61,10 @@ class TokenBucket:
         self._burst = burst
         self._take = redis.register_script(_TAKE_LUA)
 
-    async def take(self, key: str | int, cost: float = 1.0) -> Decision:
+    async def take(self, key: str | int, cost: float = 1.0, reserve: float = 0.0) -> Decision:
+        """`cost` tokens if `reserve` more would be left; a refusal takes nothing."""
         allowed, wait = await self._take(keys=[f"{self._key_prefix}{key}"],
-                                         args=[self._rate_per_s, self._burst, cost])
+                                         args=[self._rate_per_s, self._burst, cost, reserve])
         return Decision(bool(allowed), float(wait))
 
 
@@ -108,6 +110,10 @@ class ChatPacer:
             pause = min(decision.retry_after_s + 0.01, self._max_wait_s - waited + 0.01)
             await asyncio.sleep(pause)
             waited += pause
+
+    async def try_turn(self, chat_id: int, reserve: int = 1) -> bool:
+        """One slot now if `reserve` would still be free for messages that wait their turn, else none (no wait)."""
+        return (await self._bucket.take(chat_id, reserve=reserve)).allowed
 
 
 def global_pacer(redis: Redis, prefix: str, per_second: int) -> ChatPacer:
