@@ -98,8 +98,8 @@ def run_one(name: str, args, tokenizer, scale: float) -> dict:
 
 
 def export(runs: Path, target: Path, rest: Path, summary: dict, sizes: list[str], weights_root: Path) -> list[Path]:
-    """Bundled weights, cards and the summary, packed into returns: `target` first, then `rest/1`, …"""
-    (runs / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    """Bundled weights, cards and the summary (written after each run), packed into returns: `target` first,
+    then `rest/1`, …"""
     files = {"summary.json": runs / "summary.json"}
     for size in sizes:
         for path in sorted((weights_root / size).iterdir()):

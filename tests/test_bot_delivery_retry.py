@@ -16,19 +16,18 @@ class Telegram:
     def __init__(self, sends: list, probes: list) -> None:
         self.sends, self.probes, self.calls = list(sends), list(probes), []
 
-    async def send(self):
-        self.calls.append("send")
-        outcome = self.sends.pop(0)
+    def _answer(self, call: str, script: list):
+        self.calls.append(call)
+        outcome = script.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
+    async def send(self):
+        return self._answer("send", self.sends)
+
     async def get_me(self):
-        self.calls.append("getMe")
-        outcome = self.probes.pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        return self._answer("getMe", self.probes)
 
 
 def loop_with(telegram: Telegram, retry_s: float = 30.0) -> DeliveryLoop:

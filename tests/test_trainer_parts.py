@@ -11,7 +11,6 @@ from trainer.parts import (
     MANIFEST_SUFFIX,
     RETURN_ARCHIVE,
     PartsError,
-    join_all,
     join_parts,
     pack_for_return,
     split_file,
@@ -63,20 +62,6 @@ def test_a_missing_or_truncated_part_is_refused(big_file):
     last.unlink()
     with pytest.raises(PartsError, match="missing"):
         join_parts(manifest)
-
-
-def test_join_all_rebuilds_every_split_file_and_cleans_up(tmp_path):
-    files = {}
-    for name in ("a/model.safetensors", "b/model.safetensors"):
-        path = tmp_path / name
-        path.parent.mkdir()
-        path.write_bytes(os.urandom(5_000))
-        files[path] = path.read_bytes()
-        split_file(path, max_part_bytes=2_000, remove=True)
-    joined = join_all(tmp_path)
-    assert sorted(joined) == sorted(files)
-    assert all(p.read_bytes() == data for p, data in files.items())
-    assert not list(tmp_path.rglob("*" + MANIFEST_SUFFIX)) and not list(tmp_path.rglob("*.part*"))
 
 
 # ---------------------------------------------------------------- packing for the GPU machine's returns

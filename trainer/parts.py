@@ -5,7 +5,7 @@ RETURN_MAX_BYTES in all, and the trained weights (small's alone: ≈ 84 MB in in
 `pack_for_return` puts everything into one tar, splits it into parts with a manifest of SHA-256 sums and
 deals the parts into batches that each fit one call's return: the first batch (with the manifest) goes to
 the call's output folder, the others wait on the machine for the calls that fetch them. The CPU side joins
-the parts (`join_all`), refusing a missing, truncated or corrupted part rather than installing a damaged
+the parts, refusing a missing, truncated or corrupted part rather than installing a damaged
 checkpoint, and unpacks the tar (`unpack_return`).
 """
 from __future__ import annotations
@@ -90,11 +90,6 @@ def join_parts(manifest_path: str | Path, *, remove_parts: bool = False) -> Path
             (folder / part["name"]).unlink()
         manifest_path.unlink()
     return target
-
-
-def join_all(folder: str | Path, *, remove_parts: bool = True) -> list[Path]:
-    """Join every split file under `folder` (what came back from the GPU machine)."""
-    return [join_parts(m, remove_parts=remove_parts) for m in sorted(Path(folder).rglob("*" + MANIFEST_SUFFIX))]
 
 
 def pack_for_return(files: dict[str, Path], out: str | Path, rest: str | Path, *, loose: tuple[Path, ...] = (),
