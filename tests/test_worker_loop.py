@@ -23,6 +23,7 @@ from bot.queue.config import QueueConfig
 from bot.queue.connection import connect
 from bot.queue.protocol import DATA_FIELD, DeadLetter, Delivery, SamplingParams
 from bot.queue.results import ResultReader
+from bot.queue.submit import QueueFull
 from bot.worker.config import WorkerConfig
 from bot.worker.engine_api import GenerationOutput, Job
 from bot.worker.loop import Worker
@@ -504,9 +505,10 @@ async def test_a_dead_worker_s_request_joins_a_running_batch_that_new_requests_k
     engine = NeverEndingBatch(until="held by the dead", patience_s=30)
     worker = make_worker(engine, "w1", queue=config, batch_size=4)
 
-    async def steady_load() -> None:
+    async def steady_load() -> None:  # keeps the queue at max_queue: a full queue refuses, the load goes on
         for n in itertools.count():
-            await queue.submit(make_request(f"new {n}"))
+            with contextlib.suppress(QueueFull):
+                await queue.submit(make_request(f"new {n}"))
             await asyncio.sleep(0.005)
 
     load = asyncio.create_task(steady_load())
