@@ -53,6 +53,39 @@ async def test_submit_refuses_once_outstanding_work_reaches_max_queue(redis_clie
     await queue.submit(make_request())
 
 
+async def test_a_request_and_its_bot_side_record_reach_redis_together_or_not_at_all(redis_client, queue_config,
+                                                                                    make_request):
+    """The bot remembers a request (its record, its update settled) in the transaction that queues it: a bot killed
+    after remembering but before queueing left a settled update whose joke nobody would write."""
+    from bot.telegram.outstanding import OutstandingRequests
+
+    queue = RequestQueue(redis_client, queue_config)
+    await queue.ensure_groups()
+    outstanding = OutstandingRequests(redis_client, queue_config.prefix)
+    update_key = f"{queue_config.prefix}bot:update:41"
+
+    class Killed(Exception):
+        pass
+
+    def remember_then_die(pipe) -> None:
+        outstanding.track_in(pipe, doomed, give_up_at=time.time() + 60, update_id=41)
+        raise Killed  # the process ends before the transaction is sent
+
+    doomed = make_request("не дошёл")
+    with pytest.raises(Killed):
+        await queue.submit(doomed, along=remember_then_die)
+    assert await queue.depth() == 0
+    assert await outstanding.get(doomed.request_id) is None and await redis_client.get(update_key) is None
+    assert await outstanding.claim_update(41)  # so the update is handled again, by whichever bot gets it
+
+    request = make_request("дошёл")
+    await queue.submit(request, along=lambda pipe: outstanding.track_in(pipe, request, time.time() + 60, 42))
+    [claimed] = (await queue.claim_batch("w1", max_items=2)).ready
+    assert claimed.request.request_id == request.request_id
+    assert (await outstanding.get(request.request_id)).prompt == "дошёл"
+    assert await redis_client.get(f"{queue_config.prefix}bot:update:42") == "done"
+
+
 async def test_inline_requests_are_claimed_before_normal_ones(redis_client, queue_config, make_request):
     queue = RequestQueue(redis_client, queue_config)
     await queue.ensure_groups()

@@ -1,7 +1,10 @@
 """The bot's side of the request streams (protocol: bot/queue/protocol.py): submit with backpressure."""
 from __future__ import annotations
 
+from typing import Callable
+
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from bot.queue.config import QueueConfig
 from bot.queue.protocol import DATA_FIELD, JokeRequest
@@ -31,12 +34,22 @@ class RequestSubmitter(StreamsClient):
         super().__init__(redis, config)
         self._submit_script = redis.register_script(_SUBMIT_LUA)
 
-    async def submit(self, request: JokeRequest) -> str:
-        """Queue a request and return its stream entry id; raise QueueFull above max_queue."""
-        entry_id = await self._submit_script(
-            keys=[*self.keys.request_streams, self.keys.requests(request.priority)],
-            args=[self.config.max_queue, self.config.stream_maxlen, DATA_FIELD, request.model_dump_json()],
-        )
+    async def submit(self, request: JokeRequest, along: Callable[[Pipeline], object] | None = None) -> str:
+        """Queue a request and return its stream entry id; raise QueueFull above max_queue.
+
+        `along(pipeline)` adds writes that reach Redis in one transaction (MULTI/EXEC) with the request: a bot
+        killed in between leaves both or neither, never a record of a request nobody queued. They are made
+        even when the queue is full: the caller undoes them on QueueFull.
+        """
+        keys = [*self.keys.request_streams, self.keys.requests(request.priority)]
+        args = [self.config.max_queue, self.config.stream_maxlen, DATA_FIELD, request.model_dump_json()]
+        if along is None:
+            entry_id = await self._submit_script(keys=keys, args=args)
+        else:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                along(pipe)
+                await self._submit_script(keys=keys, args=args, client=pipe)
+                entry_id = (await pipe.execute())[-1]
         if entry_id is None:
             raise QueueFull(await self.depth(), self.config.max_queue)
         return entry_id

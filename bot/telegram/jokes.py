@@ -1,7 +1,8 @@
 """Starting a joke: the steps every entry point shares (commands, plain text, 🔁 Ещё, inline).
 
 claim the update → validate the prompt → rate-limit the user → show activity → check for live workers
-→ remember the request → submit it. Every refusal is said to the user at once; the answer itself arrives
+→ remember and submit the request (one transaction: a bot killed meanwhile leaves neither, and the update is
+handled again). Every refusal is said to the user at once; the answer itself arrives
 later through `DeliveryLoop`. Refusals and the texts around a joke are in the language of whoever asked
 (`ChatOrigin.language`, bot/telegram/texts.py); the delivery finds it in the request's record. Each
 accepted request is logged once, with the update it came from and its request_id, which the worker's and
@@ -94,11 +95,11 @@ class JokeService:
                            created_at=received_at, deadline=time.time() + timeout_s, **fields)
 
     async def _submit_tracked(self, request: JokeRequest, update_id: int | None, t: Texts) -> bool:
-        """Remember, then submit; on a full queue tell the user "busy" right away."""
-        await self.outstanding.track(request, give_up_at=request.deadline + self.settings.result_grace_s,
-                                     update_id=update_id, language=t.language)
+        """Remember and submit, in one transaction; on a full queue tell the user "busy" right away."""
+        give_up_at = request.deadline + self.settings.result_grace_s
         try:
-            await self.queue.submit(request)
+            await self.queue.submit(request, along=lambda pipe: self.outstanding.track_in(
+                pipe, request, give_up_at, update_id, t.language))
         except QueueFull as error:
             log.warning("refused %s: %s", request.request_id, error)
             self.metrics.request_event(request.kind, request.size, "busy")
@@ -250,10 +251,10 @@ class JokeService:
         request = self._request("daily", Delivery(chat_id=subscription.chat_id), subscription.by_user,
                                 random_opening(), received_at=time.time(), request_id=post_id, sampling=sampling,
                                 size=size)
-        await self.outstanding.track(request, give_up_at=request.deadline + self.settings.result_grace_s,
-                                     language=subscription.language)
+        give_up_at = request.deadline + self.settings.result_grace_s
         try:
-            await self.queue.submit(request)
+            await self.queue.submit(request, along=lambda pipe: self.outstanding.track_in(
+                pipe, request, give_up_at, language=subscription.language))
         except BaseException:
             await asyncio.shield(self.outstanding.forget(request.request_id))
             raise

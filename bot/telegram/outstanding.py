@@ -17,6 +17,7 @@ from typing import Awaitable, Callable
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from bot.queue.protocol import Delivery, JokeRequest, key_part
 from bot.queue.submit import QueueFull
@@ -74,21 +75,29 @@ class OutstandingRequests:
     def _update_key(self, update_id: int) -> str:
         return f"{self._prefix}update:{int(update_id)}"
 
-    async def track(self, request: JokeRequest, give_up_at: float, update_id: int | None = None,
-                    language: str = DEFAULT_LANGUAGE) -> Outstanding:
-        """Call before submitting: a fast worker's answer must find the record. The update that asked
-        (if any) is settled with it: from now on this request is what answers it."""
+    def track_in(self, pipe: Pipeline, request: JokeRequest, give_up_at: float, update_id: int | None = None,
+                 language: str = DEFAULT_LANGUAGE) -> Outstanding:
+        """Add the request's record to `pipe`, the transaction that submits it (RequestSubmitter.submit's `along`):
+        a fast worker's answer finds the record, and a bot killed before the transaction leaves neither, so the
+        update it came from is handled again. The update that asked (if any) is settled with it: from then on
+        this request is what answers it."""
         record = Outstanding(request_id=request.request_id, delivery=request.delivery, prompt=request.prompt,
                              kind=request.kind, user_id=request.user_id, give_up_at=give_up_at,
                              created_at=request.created_at, language=language)
         ttl = max(1, int(give_up_at - time.time()) + _RECORD_GRACE_S)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._record_key(request.request_id), record.model_dump_json(), ex=ttl)
-            pipe.zadd(self._due_key, {request.request_id: give_up_at})
-            if update_id is not None:
-                pipe.set(self._update_key(update_id), _DONE, ex=UPDATE_TTL_S)
-            await pipe.execute()
+        pipe.set(self._record_key(request.request_id), record.model_dump_json(), ex=ttl)
+        pipe.zadd(self._due_key, {request.request_id: give_up_at})
+        if update_id is not None:
+            pipe.set(self._update_key(update_id), _DONE, ex=UPDATE_TTL_S)
         self._waiting[request.request_id] = (request, record, update_id)
+        return record
+
+    async def track(self, request: JokeRequest, give_up_at: float, update_id: int | None = None,
+                    language: str = DEFAULT_LANGUAGE) -> Outstanding:
+        """`track_in` on a transaction of its own, for a request submitted separately."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            record = self.track_in(pipe, request, give_up_at, update_id, language)
+            await pipe.execute()
         return record
 
     # -- updates: Telegram re-delivers what a killed bot did not confirm ----------------------------
