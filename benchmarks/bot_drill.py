@@ -25,6 +25,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bot.telegram.lease import RELEASED, lease_key  # noqa: E402
 from bot.telegram.texts import RU as texts  # noqa: E402
 from tests.conftest import RedisServer  # noqa: E402
 from tests.e2e_stack import (  # noqa: E402
@@ -67,7 +68,7 @@ class DrillStack:
     log_dir: Path
     bot_env: dict[str, str]
     worker_env: dict[str, str]
-    bot: subprocess.Popen | None = None
+    bots: list[subprocess.Popen] = field(default_factory=list)  # the one holding the Telegram lease, and standbys
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
     redis_disk: Path | None = None  # Redis' data directory when it is a small disk of its own (a tmpfs)
 
@@ -91,30 +92,50 @@ class DrillStack:
         return cls(api, redis_server, prefix, log_dir, bot_env(api, redis_server.url, prefix, **settings), workers,
                    redis_disk=redis_disk)
 
-    def start(self, n_workers: int) -> DrillStack:
-        self.bot = start_bot(self.bot_env, self.log_dir / "bot.log")
+    def start(self, n_workers: int, standbys: int = 0) -> DrillStack:
+        """The bot, `n_workers` workers and, once the bot serves, `standbys` more bot processes (hot standbys)."""
+        self.bots.append(start_bot(self.bot_env, self.log_dir / "bot.log"))
         for number in range(1, n_workers + 1):
             self.start_worker(f"w{number}")
         wait_until(lambda: len(self.live_workers()) == n_workers or self._any_died(), 120, "the workers' heartbeats")
         wait_until(lambda: self.api.calls("setMyCommands") or self._any_died(), 60, "the bot to start")
+        for number in range(standbys):
+            log_path = self.log_dir / f"bot-standby-{number + 1}.log"
+            self.bots.append(start_bot(self.bot_env, log_path))
+            wait_until(lambda: "standby:" in log_path.read_text() or self._any_died(), 60, "a standby bot")
         if self._any_died():
             raise RuntimeError(f"a process died at start; logs in {self.log_dir}")
         return self
+
+    @property
+    def bot(self) -> subprocess.Popen:
+        """The bot process that serves Telegram: the lease's holder (host:pid:nonce), else the first."""
+        with self.redis() as client:
+            holder = client.get(lease_key(self.prefix)) or ""
+        pid = holder.removeprefix(RELEASED).split(":")[1] if holder.count(":") >= 2 else ""
+        return next((bot for bot in self.bots if str(bot.pid) == pid), self.bots[0])
 
     def start_worker(self, worker_id: str, **env: str) -> subprocess.Popen:
         self.workers[worker_id] = start_worker({**self.worker_env, "WORKER_ID": worker_id, **env},
                                                self.log_dir / f"worker-{worker_id}.log")
         return self.workers[worker_id]
 
-    def kill_bot(self) -> None:
-        self.bot.send_signal(signal.SIGKILL)
-        self.bot.wait()
-
-    def start_bot(self) -> None:
+    def kill_bot(self) -> int:
+        """SIGKILL the serving bot; returns how many setMyCommands calls there were (see `start_bot`)."""
+        victim = self.bot
         menus = len(self.api.calls("setMyCommands"))
-        self.bot = start_bot(self.bot_env, self.log_dir / f"bot-{menus}.log")  # the killed one's log stays
-        wait_until(lambda: len(self.api.calls("setMyCommands")) > menus or self.bot.poll() is not None, 60,
-                   "the bot to start")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        self.bots.remove(victim)
+        return menus
+
+    def start_bot(self, menus: int) -> None:
+        """Start a bot as its supervisor would after a death; return once one serves (menus set again since
+        `menus` calls): this new one, or a standby that took over meanwhile (the new one is then a standby)."""
+        new = start_bot(self.bot_env, self.log_dir / f"bot-{menus}.log")  # the killed one's log stays
+        self.bots.append(new)
+        wait_until(lambda: len(self.api.calls("setMyCommands")) > menus or new.poll() is not None, 60,
+                   "a bot to serve")
 
     def kill_worker(self, worker_id: str) -> None:
         process = self.workers.pop(worker_id)
@@ -122,7 +143,7 @@ class DrillStack:
         process.wait()
 
     def _any_died(self) -> bool:
-        return any(p.poll() is not None for p in [self.bot, *self.workers.values()] if p is not None)
+        return any(p.poll() is not None for p in [*self.bots, *self.workers.values()])
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_server.url, decode_responses=True)
@@ -150,7 +171,8 @@ class DrillStack:
                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
     def close(self) -> None:
-        stop_process(self.bot)
+        for bot in self.bots:
+            stop_process(bot)
         for process in self.workers.values():
             stop_process(process)
         self.api.stop()

@@ -20,8 +20,9 @@ with the shipped fsync policy (deploy/redis.conf: appendfsync everysec), while, 
     api-reset       the Bot API drops every connection for --fault-s seconds
     api-slow        the Bot API answers every call late but within the bot's timeout, for --fault-s seconds
     api-hang        the Bot API does every call but answers only after the bot's timeout, for --fault-s seconds
-    bot-kill        the bot is killed with SIGKILL mid-stream and restarted (Telegram re-delivers what it did
-                    not confirm)
+    bot-kill        the serving bot is killed with SIGKILL mid-stream and started again, as its supervisor would;
+                    with --standbys (1 by default, as deploy/ runs it) a standby takes over meanwhile (Telegram
+                    re-delivers what the dead one did not confirm)
     poison          one request makes the model raise on every attempt: its batch mates are answered, it is
                     dead-lettered after MAX_DELIVERIES with an apology, the workers keep serving
 
@@ -189,10 +190,10 @@ class Drill:
 
     def bot_kill(self) -> None:
         def kill_and_restart() -> None:
-            self.stack.kill_bot()
-            self.stack.start_bot()
+            self.stack.start_bot(self.stack.kill_bot())
 
-        self.fault("bot-kill", "the bot SIGKILLed mid-stream and restarted", kill_and_restart)
+        standby = "; a standby takes over" if len(self.stack.bots) > 1 else ""
+        self.fault("bot-kill", f"the bot SIGKILLed mid-stream and restarted{standby}", kill_and_restart)
 
     def poison(self) -> None:
         poisoned: list[Ask] = []
@@ -233,6 +234,8 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=5, help="load before the first fault")
     parser.add_argument("--quiet-s", type=float, default=3, help="load between recovering and the next fault")
     parser.add_argument("--recovery-timeout-s", type=float, default=180)
+    parser.add_argument("--standbys", type=int, default=1,
+                        help="hot standby bot processes beside the serving one (0: the bot-kill row waits for a start)")
     parser.add_argument("--only", nargs="*", choices=FAULTS, help="these faults only (default: all, in order)")
     args = parser.parse_args()
 
@@ -251,7 +254,7 @@ def main() -> int:
             stack.worker_env.update(MODEL_NANO="none", MODEL_MINI=str(model_dir), DEFAULT_SIZE="mini",
                                     COMPILE_DECODE="true")
             stack.bot_env["DEFAULT_SIZE"] = "mini"
-        stack.start(2)
+        stack.start(2, standbys=args.standbys)
         if args.size == "mini":  # the faults hit compiled batches
             logs = [stack.log_dir / f"worker-{w}.log" for w in stack.workers]
             wait_until(lambda: all("decode step compiled" in log.read_text(errors="replace") for log in logs), 600,

@@ -15,7 +15,18 @@ from typing import Iterator
 import pytest
 
 from bot.telegram.texts import RU as texts
-from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, Stack, calls_to, is_joke, make_stack, wait_until
+from tests.e2e_stack import (
+    BOT_TOKEN,
+    BOT_USERNAME,
+    MENUS_PER_START,
+    Stack,
+    calls_to,
+    is_joke,
+    make_stack,
+    start_bot,
+    stop_process,
+    wait_until,
+)
 from tests.fake_bot_api import FakeBotAPI
 
 
@@ -135,3 +146,47 @@ def test_a_bot_killed_with_an_update_in_hand_that_telegram_counts_as_delivered_a
     time.sleep(2)
     assert len([m for m in stack.bot_messages(group) if is_joke(m)]) == 1, stack.bot_messages(group)
     assert joke[0]["text"].startswith("Штирлиц в руках")
+
+
+def test_a_hot_standby_takes_over_from_a_killed_bot_and_from_a_stopped_one(restart_stack):
+    """Two bot processes on one token (bot/telegram/lease.py): one serves, the other waits with aiogram imported.
+    Killed mid-stream, the active one's requests are answered once by the standby, which did not have to start;
+    stopped cleanly, it hands over at the end of its shutdown, and a /joke sent then is answered too."""
+    stack = restart_stack
+    standby_log = stack.log_dir / "standby.log"
+    standby = start_bot(stack.bot_env, standby_log)
+    try:
+        wait_until(lambda: "standby:" in standby_log.read_text(), 60, f"the standby; log:\n{standby_log.read_text()}")
+        menus = len(stack.api.calls("setMyCommands"))
+        users = [stack.new_user() for _ in range(4)]
+        stack.pause_worker()
+        try:
+            stack.api.stall_polls()  # killed before confirming: Telegram gives the updates to the standby again
+            with stack.api.together():
+                sent = [stack.api.private_message(user, f"/joke Штирлиц {n}") for n, user in enumerate(users)]
+            with stack.redis() as client:
+                wait_until(lambda: client.xlen(f"{stack.prefix}requests:normal") == len(sent), 60, "accepted")
+            kill_bot(stack)
+            stack.api.resume_polls()
+            wait_until(lambda: "took the Telegram lease" in standby_log.read_text(), 30, "the standby's takeover")
+            assert "whose lease lapsed" in standby_log.read_text()
+            wait_until(lambda: len(stack.api.calls("setMyCommands")) >= menus + MENUS_PER_START, 30, "it serves")
+        finally:
+            stack.resume_worker()
+        for user in users:
+            stack.wait_for_reply(user, timeout=120)
+        time.sleep(1.5)
+        for user in users:
+            assert [is_joke(m) for m in stack.bot_messages(user)] == [True], stack.bot_messages(user)
+
+        stack.start_bot()  # the killed one, started again as its supervisor would: now the standby
+        wait_until(lambda: stack.bot_log.read_text().count("standby:") >= 1, 60, "the new standby")
+        assert stop_process(standby) == 0, standby_log.read_text()[-4000:]
+        wait_until(lambda: "took the Telegram lease" in stack.bot_log.read_text(), 30, "the handover")
+        takeover = stack.bot_log.read_text().split("took the Telegram lease")[-1].splitlines()[0]
+        assert "handed over by" in takeover and f":{standby.pid}:" in takeover, takeover  # no lapse waited out
+        user = stack.new_user()
+        stack.api.private_message(user, "/joke Вовочка")
+        assert is_joke(stack.wait_for_reply(user, timeout=60))
+    finally:
+        stop_process(standby)

@@ -64,7 +64,7 @@ async def test_updates_are_kept_on_receipt_and_what_a_killed_process_never_handl
     await bot.session.close()
 
 
-async def test_a_stopped_process_s_updates_are_replayed_at_once_a_live_one_s_only_when_long_overdue(redis_client,
+async def test_a_stopped_process_s_updates_are_replayed_soon_a_live_one_s_only_when_long_overdue(redis_client,
                                                                                                    key_prefix):
     """A bot restarted after a SIGKILL replays within ALIVE_TTL_S, not REPLAY_AFTER_S: the killed process stopped
     saying it is alive. A live process (another webhook replica) is left to finish its own."""
@@ -126,3 +126,19 @@ async def refusing_writes(client: redis.asyncio.Redis, handler, event, data):
     result = await handler(event, data)
     await client.config_set("min-replicas-to-write", 1)
     return result
+
+
+async def test_the_lease_holder_replays_what_another_process_left_at_once(redis_client, key_prefix):
+    """A standby that took the Telegram lease from a killed bot (bot/telegram/lease.py) handles updates alone: it
+    does not wait ALIVE_TTL_S for the dead one's alive key to expire, nor for a fresh entry to age."""
+    bot = Bot(TOKEN)
+    killed, _, _ = process(redis_client, key_prefix)
+    await killed.say_alive()  # its key outlives it by up to ALIVE_TTL_S
+    await killed.keep_raw(update(31, "/joke в руках убитого").model_dump(mode="json", exclude_none=True))
+    standby, dispatcher, seen = process(redis_client, key_prefix)
+    assert await standby.replay(dispatcher, bot) == 0  # without the lease: the other may be at it still
+    standby.exclusive = True
+    assert await standby.replay(dispatcher, bot) == 1
+    assert seen == ["/joke в руках убитого"]
+    assert await standby.replay(dispatcher, bot) == 0  # handled: gone from the inbox
+    await bot.session.close()

@@ -19,7 +19,8 @@ from bot.telegram.middlewares import InFlightUpdates
 from tests.e2e_stack import BOT_TOKEN, bot_env, free_port, start_bot, wait_until
 from tests.fake_bot_api import FakeBotAPI
 
-BOT_STAGES = ["polling", "inbox", "updates", "daily", "broadcasts", "results_reader", "delivery", "metrics", "redis", "session"]
+BOT_STAGES = ["polling", "inbox", "updates", "daily", "broadcasts", "results_reader", "delivery", "metrics", "lease", "redis",
+              "session"]
 
 
 def warnings_about(caplog: pytest.LogCaptureFixture, stage: str) -> list[str]:

@@ -31,7 +31,7 @@ from tests.worker_process import worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-UNITS = {"rujokes-bot.service": "rujokes-bot", "rujokes-worker@.service": "rujokes-worker"}
+UNITS = {"rujokes-bot@.service": "rujokes-bot", "rujokes-worker@.service": "rujokes-worker"}
 APP_SERVICES = ("bot", "worker", "worker-gpu")
 DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
 
@@ -133,6 +133,10 @@ def test_every_app_service_runs_a_console_script_declared_in_pyproject():
         assert program in scripts, f"{name}: {program!r} is not in [project.scripts]"
     assert services["bot"]["command"] == ["rujokes-bot"]
     assert services["worker"]["command"] == services["worker-gpu"]["command"] == ["rujokes-worker"]
+
+
+def test_compose_runs_the_bot_with_a_hot_standby():
+    assert compose()["services"]["bot"]["deploy"]["replicas"] == 2
 
 
 def test_every_variable_compose_uses_or_sets_is_a_setting_or_documented():
@@ -305,6 +309,13 @@ def test_every_variable_a_unit_sets_or_uses_is_known(name):
     used = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", unit.get("Service", "ExecStart")))
     unknown = (set(assigned) | set_by_environment | used) - known_variables()
     assert not unknown, f"{name}: unknown variables {sorted(unknown)}"
+
+
+def test_bot_template_runs_a_standby_beside_the_active_bot_each_with_its_own_overrides():
+    unit = read_unit("rujokes-bot@.service")
+    assert "-/etc/rujokes/bot-%i.env" in values(unit, "Service", "EnvironmentFile")
+    assert "rujokes-bot@1 rujokes-bot@2" in (DEPLOY / "systemd" / "rujokes-bot@.service").read_text()
+    assert "rujokes-bot@1 rujokes-bot@2" in deploy_readme()
 
 
 def test_worker_template_gives_each_instance_a_stable_id_and_its_own_overrides():

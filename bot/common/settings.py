@@ -168,6 +168,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Most seconds the bot takes to stop on SIGTERM; a shutdown stage that overruns its "
                                 "share is cancelled (results it did not deliver are re-read on the next start)."
     )
+    bot_lease_ttl_s: float = Field(
+        2.0, ge=0.5, le=60, description="One bot process at a time serves Telegram, renewing a lease in Redis; "
+                                        "others wait as hot standbys and take over this long after it dies."
+    )
     max_new_tokens: int = Field(_SAMPLING.max_new_tokens, ge=1, le=2048,
                                 description="Most tokens a joke may add to its opening.")
     top_k: int = Field(_SAMPLING.top_k, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")

@@ -7,18 +7,23 @@ Everything a handler needs is injected through the Dispatcher's keyword argument
 their signature.
 With BOT_METRICS_PORT set, `/metrics` and `/healthz` are served from a background thread.
 
+Only the process that holds the Telegram lease in Redis serves (bot/telegram/lease.py); another one started
+with the same settings waits, everything built, as a hot standby, and takes over when the lease lapses.
+
 SIGTERM/SIGINT start a bounded shutdown (bot/common/shutdown.py), in stages that each log their start, end
 and duration: stop taking updates (`polling` or `webhook`) and replaying them (`inbox`), let the updates
 in hand finish (`updates`), stop scheduling daily jokes (`daily`) and pause broadcasts (`broadcasts`), stop
 reading results (`results_reader`), let deliveries in progress finish (`delivery`), then close the metrics
-server, Redis and the Telegram session. The whole takes at most BOT_SHUTDOWN_TIMEOUT_S; a stage that overruns its
-share is cancelled with a warning. Nothing accepted is lost that way: a result is acked only once shown,
-so one cut short is re-read after a restart. Should even that not end the process (a blocked event loop),
+server, release the lease (`lease`: a standby takes over now), and close Redis and the Telegram session.
+The whole takes at most BOT_SHUTDOWN_TIMEOUT_S; a stage that overruns its share is cancelled with a
+warning. Nothing accepted is lost that way: a result is acked only once shown, so one cut short is re-read
+after a restart. Should even that not end the process (a blocked event loop),
 a watchdog exits with code 1 WATCHDOG_MARGIN_S later.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 import secrets
@@ -56,6 +61,7 @@ from bot.telegram.handlers import broadcast as broadcast_handlers
 from bot.telegram.handlers import feature_routers
 from bot.telegram.inbox import UpdateInbox
 from bot.telegram.jokes import JokeService
+from bot.telegram.lease import BotLease
 from bot.telegram.middlewares import FloodControl, GroupPacing, InFlightUpdates, UserLanguage
 from bot.telegram.notices import Notices
 from bot.telegram.outbox import Outbox
@@ -78,7 +84,7 @@ HEALTH_STALE_S = 30.0
 # read can outlast a small share (BENCHMARKS.md, "Figures behind code comments"): it gets 0.15.
 STAGE_SHARES = {"receiver": 0.15, "inbox": 0.025, "updates": 0.125, "daily": 0.025, "broadcasts": 0.025,
                 "results_reader": 0.15,
-                "delivery": 0.2, "metrics": 0.1, "redis": 0.1, "session": 0.1}
+                "delivery": 0.2, "metrics": 0.075, "lease": 0.05, "redis": 0.1, "session": 0.075}
 # The longest pause between two tries to reach Telegram at start-up.
 MAX_STARTUP_PAUSE_S = 30.0
 # Past a daily post's request deadline and grace, before its next attempt may start.
@@ -297,12 +303,28 @@ class Webhook:
         await self.runner.cleanup()
 
 
-def start_metrics_server(settings: Settings, services: Services) -> MetricsServer | None:
-    """`/metrics` + `/healthz` on BOT_METRICS_PORT; None when it is not set."""
+def start_metrics_server(settings: Settings, services: Services, lease: BotLease,
+                         serving: Callable[[], bool]) -> MetricsServer | None:
+    """`/metrics` + `/healthz` on BOT_METRICS_PORT; None when it is not set, or taken (logged: a standby on the
+    active bot's host tries again when it takes over). A standby (`serving()` False) is healthy while Redis answers
+    its lease checks: it is ready to take over."""
     if settings.bot_metrics_port is None:
         return None
-    return start_http_server(services.metrics.registry, settings.metrics_host, settings.bot_metrics_port,
-                             lambda: services.delivery.health(HEALTH_STALE_S))
+
+    def health() -> dict[str, Any]:
+        if serving():
+            return {**services.delivery.health(HEALTH_STALE_S), "role": "active"}
+        age = None if lease.redis_ok_at is None else round(time.monotonic() - lease.redis_ok_at, 3)
+        return {"healthy": age is not None and age <= HEALTH_STALE_S, "role": "standby", "redis_ok_age_s": age}
+
+    try:
+        return start_http_server(services.metrics.registry, settings.metrics_host, settings.bot_metrics_port, health)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        log.warning("BOT_METRICS_PORT %s is taken (the active bot on this host?): no /metrics or /healthz for now",
+                    settings.bot_metrics_port)
+        return None
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -320,7 +342,8 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def run(settings: Settings, redis: Redis) -> None:
-    """Serve until SIGTERM/SIGINT, then shut down within settings.bot_shutdown_timeout_s; closes `redis`."""
+    """Serve once this process holds the Telegram lease (bot/telegram/lease.py; until then it is a standby) until
+    SIGTERM/SIGINT or the lease is lost, then shut down within settings.bot_shutdown_timeout_s; closes `redis`."""
     stop = stop_on_signals()
     metrics = Metrics(CollectorRegistry())
     pacer = ChatPacer(redis, settings.redis_prefix, settings.group_messages_per_minute)
@@ -329,18 +352,38 @@ async def run(settings: Settings, redis: Redis) -> None:
     dispatcher = build_dispatcher(settings, services)
     in_flight = InFlightUpdates()
     dispatcher.update.outer_middleware(in_flight)
-    inbox = UpdateInbox(redis, settings.redis_prefix)
+    inbox = UpdateInbox(redis, settings.redis_prefix, exclusive=True)  # it replays only once the lease is held
     dispatcher.update.outer_middleware(inbox)
     bot.session.middleware(inbox.keep_received)
+    lease = BotLease(redis, settings.redis_prefix, settings.bot_lease_ttl_s)
+    holding = False
+    server = start_metrics_server(settings, services, lease, lambda: holding)
+    # Built and imported: a standby takes over within the lease's lapse, not after a process start.
+    if not await lease.acquire(stop):
+        log.info("standby bot stopped")
+        if server is not None:
+            await asyncio.to_thread(server.stop)
+        await redis.aclose()
+        await bot.session.close()
+        return
+    holding = True
+    server = server or start_metrics_server(settings, services, lease, lambda: holding)  # the dead one's port is free
     receiver = Webhook(bot, dispatcher, settings, inbox) if settings.webhook_url else Polling(bot, dispatcher)
-    server = start_metrics_server(settings, services)
     serving = asyncio.create_task(receiver.serve(), name=receiver.name)
     inbox.start(dispatcher, bot)
     stopping = asyncio.create_task(stop.wait(), name="stop-signal")
+    keeping = asyncio.create_task(lease.keep(), name="lease")
     try:
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({serving, stopping, keeping}, return_when=asyncio.FIRST_COMPLETED)
+        if keeping.done() and not keeping.cancelled():
+            if keeping.exception() is not None:
+                log.error("keeping the Telegram lease failed; stopping", exc_info=keeping.exception())
+            else:
+                log.warning("%s serves Telegram now (this bot's lease lapsed while it stalled, or Redis lost it); "
+                            "stopping, to start again as a standby", keeping.result())
     finally:
         stopping.cancel()
+        keeping.cancel()
         budget = settings.bot_shutdown_timeout_s
         start_watchdog(budget + WATCHDOG_MARGIN_S)
         started = time.monotonic()
@@ -353,6 +396,8 @@ async def run(settings: Settings, redis: Redis) -> None:
             Stage("results_reader", services.delivery.stop_reading, STAGE_SHARES["results_reader"]),
             Stage("delivery", services.delivery.close, STAGE_SHARES["delivery"]),
             *([Stage("metrics", lambda: asyncio.to_thread(server.stop), STAGE_SHARES["metrics"])] if server else []),
+            # Last before Redis closes: a standby takes over only once this bot's deliveries are done.
+            Stage("lease", lease.release, STAGE_SHARES["lease"]),
             Stage("redis", redis.aclose, STAGE_SHARES["redis"]),
             Stage("session", bot.session.close, STAGE_SHARES["session"]),
         ]

@@ -8,8 +8,10 @@ loop asks for more), in the webhook handler before it answers (`keep_raw`), and,
 the dispatcher, as the outermost update middleware. It removes the update once its handlers end (or, if
 Redis refused that, at its next round). Every ROUND_S each process says it is alive and `replay`s, handing
 the dispatcher what a stopped process left (its alive key gone: a restart after a SIGKILL replays within
-ALIVE_TTL_S), and what a live one has held for longer than REPLAY_AFTER_S. A replayed /joke is then claimed
-afresh (bot/telegram/outstanding.py's update claims): answered once, never twice.
+ALIVE_TTL_S), and what a live one has held for longer than REPLAY_AFTER_S. A process that holds the Telegram
+lease (bot/telegram/lease.py: `exclusive`) is the only one handling updates, so it replays what any other left
+at once: a standby that took over from a killed bot does not wait for the dead one's alive key to expire. A
+replayed /joke is then claimed afresh (bot/telegram/outstanding.py's update claims): answered once, never twice.
 
 Keys (under the deployment prefix):
     bot:inbox               hash update_id -> JSON {instance, at, update}
@@ -45,8 +47,9 @@ ALIVE_TTL_S = 6.0
 
 
 class UpdateInbox:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, exclusive: bool = False) -> None:
         self._redis = redis
+        self.exclusive = exclusive  # no other process handles updates while this one replays
         self._key = f"{prefix}bot:inbox"
         self._alive_prefix = f"{prefix}bot:alive:"
         self.instance = uuid.uuid4().hex
@@ -123,8 +126,8 @@ class UpdateInbox:
         for field, entry in entries.items():
             age = now - entry["at"]
             # Younger than ALIVE_TTL_S: its process may not have said it is alive yet.
-            if entry["instance"] == self.instance or age < ALIVE_TTL_S or (
-                    entry["instance"] in alive and age < REPLAY_AFTER_S):
+            if entry["instance"] == self.instance or not self.exclusive and (age < ALIVE_TTL_S or (
+                    entry["instance"] in alive and age < REPLAY_AFTER_S)):
                 continue
             how = "that stopped" if entry["instance"] not in alive else f"still running, after {age:.0f} s"
             log.warning("replaying update %s, left unfinished by a bot process %s", field, how)
