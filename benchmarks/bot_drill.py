@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -161,6 +162,25 @@ class DrillStack:
                     counts[consumer["name"]] = counts.get(consumer["name"], 0) + int(consumer["pending"])
         return counts
 
+    def claimed_by(self, worker_id: str) -> set[tuple[str, str]]:
+        """(stream, entry id) of the requests `worker_id` claimed and has not answered."""
+        with self.redis() as client:
+            return {(stream, entry["message_id"])
+                    for stream in (f"{self.prefix}requests:high", f"{self.prefix}requests:normal")
+                    for entry in client.xpending_range(stream, "workers", "-", "+", 1000, consumername=worker_id)}
+
+    def answered_at(self, claimed: set[tuple[str, str]], timeout_s: float) -> float | None:
+        """Wait (in this thread) until none of `claimed` is pending any more (answered: acked and deleted);
+        return when, or None after `timeout_s`."""
+        deadline = time.time() + timeout_s
+        with self.redis() as client:
+            while time.time() < deadline:
+                if not any(client.xpending_range(stream, "workers", entry_id, entry_id, 1)
+                           for stream, entry_id in claimed):
+                    return time.time()
+                time.sleep(0.05)
+        return None
+
     def bot_metric(self, name: str, **labels: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families
 
@@ -260,18 +280,21 @@ class User:
     user_id: int
     chat_id: int  # the user's id for a private chat; a group of their own; INLINE for an inline user
     asks: list[Ask] = field(default_factory=list)
+    thinks_s: float = 0.0  # before the next ask, once the last one is settled
 
 
 class Users:
     """Closed-loop users: each asks for a joke, waits for it, asks again (up to `requests_per_user`)."""
 
     def __init__(self, api: FakeBotAPI, count: int, requests_per_user: int | None, group_every: int = 0,
-                 inline_every: int = 0) -> None:
+                 inline_every: int = 0, think_s: float = 0.0) -> None:
         """`group_every` = n: every n-th user asks in a group chat (a placeholder edited into the joke);
         `inline_every` = m: every m-th of the others asks in inline mode (takes a finished variant, or picks
-        the ✍️ article and waits for the joke to be written into the message it sent)."""
+        the ✍️ article and waits for the joke to be written into the message it sent); `think_s`: how long a
+        user reads a joke before asking again, on average (drawn anew each time, so users do not ask in step)."""
         self.api = api
         self.requests_per_user = requests_per_user
+        self.think_s = think_s
         self.users = []
         for n in range(count):
             in_group = bool(group_every) and n % group_every == group_every - 1
@@ -312,6 +335,10 @@ class Users:
             if (user.asks and not user.asks[-1].settled) or (
                     self.requests_per_user is not None and len(user.asks) >= self.requests_per_user):
                 continue
+            last = user.asks[-1] if user.asks else None  # expired: no answer, the ask itself long past
+            if last is not None and now - (last.answered_at or last.sent_at) < user.thinks_s:
+                continue
+            user.thinks_s = random.uniform(0.0, 2 * self.think_s)
             prompt = PROMPTS[len(self.asks) % len(PROMPTS)]
             sent_at = time.time()
             if user.chat_id == INLINE:

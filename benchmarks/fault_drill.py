@@ -42,6 +42,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,8 +129,29 @@ class Drill:
 
         run_until(self.users, a_worker_is_busy, 20)
         victim = max(self.stack.workers, key=lambda worker_id: busy.get(worker_id, 0))
-        self.fault("worker-kill", f"kill -9 worker {victim} ({busy.get(victim, 0)} claimed)",
-                   lambda: self.stack.kill_worker(victim))
+        theirs: dict[str, float] = {}
+        watching: list[threading.Thread] = []
+
+        def kill() -> None:  # and time how soon the survivor answers the victim's own requests
+            claimed = self.stack.claimed_by(victim)
+            self.stack.kill_worker(victim)
+            killed, theirs["n"] = time.time(), len(claimed)
+
+            def watch() -> None:
+                answered = self.stack.answered_at(claimed, self.args.recovery_timeout_s)
+                if answered is not None:
+                    theirs["after_s"] = answered - killed
+
+            watching.append(threading.Thread(target=watch))
+            watching[0].start()
+
+        row = self.fault("worker-kill", f"kill -9 worker {victim} ({busy.get(victim, 0)} claimed)", kill)
+        for thread in watching:
+            thread.join()
+        # The target's part; the row's other asks also wait in the lone survivor's queue.
+        if theirs.get("n") and "after_s" in theirs:
+            row.what += f"; its {theirs['n']:.0f} answered {theirs['after_s']:.1f} s after the kill"
+            print(f"worker-kill: {row.what}", flush=True)
         self.stack.start_worker(victim)
 
     def worker_broken(self) -> None:
@@ -192,6 +214,10 @@ class Drill:
         def kill_and_restart() -> None:
             self.stack.start_bot(self.stack.kill_bot())
 
+        # Mid-stream: with requests in the bot's hands (as worker-kill waits for a busy worker).
+        with self.stack.redis() as client:
+            run_until(self.users, lambda: client.zcard(f"{self.stack.prefix}bot:outstanding:due") >= 6, 20)
+
         standby = "; a standby takes over" if len(self.stack.bots) > 1 else ""
         self.fault("bot-kill", f"the bot SIGKILLed mid-stream and restarted{standby}", kill_and_restart)
 
@@ -236,6 +262,11 @@ def main() -> int:
     parser.add_argument("--recovery-timeout-s", type=float, default=180)
     parser.add_argument("--standbys", type=int, default=1,
                         help="hot standby bot processes beside the serving one (0: the bot-kill row waits for a start)")
+    parser.add_argument("--think-s", type=float, default=0.0,
+                        help="a user's mean pause between a joke and the next ask. Without one (the default, as in "
+                             "every table in BENCHMARKS.md) 32 users keep the bot at its MESSAGES_PER_SECOND cap, so "
+                             "a recovery includes the queue behind that cap")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs after a passing run too")
     parser.add_argument("--only", nargs="*", choices=FAULTS, help="these faults only (default: all, in order)")
     args = parser.parse_args()
 
@@ -259,7 +290,8 @@ def main() -> int:
             logs = [stack.log_dir / f"worker-{w}.log" for w in stack.workers]
             wait_until(lambda: all("decode step compiled" in log.read_text(errors="replace") for log in logs), 600,
                        "the workers' compiled decode steps")
-        users = Users(stack.api, args.users, requests_per_user=None, group_every=3, inline_every=2)
+        users = Users(stack.api, args.users, requests_per_user=None, group_every=3, inline_every=2,
+                      think_s=args.think_s)
         drill = Drill(stack, users, args)
         drill.load(args.warmup_s)
         steps = {"worker-kill": drill.worker_kill, "worker-broken": drill.worker_broken,
@@ -304,8 +336,9 @@ def main() -> int:
                   f"asked at {ask.sent_at:.3f}, jokes at {[round(t, 3) for t in ask.jokes]}")
     avoidable = [row for row in drill.rows if row.figures()["doubled"] and row.name not in DOUBLES_POSSIBLE]
     failed = bool(total["lost"] or avoidable or any(row.cleared_s is None for row in drill.rows))
-    print(f"{'FAILED: ' if failed else ''}logs kept in {tmp}" if failed else "", file=sys.stderr)
-    if not failed:
+    if failed or args.keep_logs:
+        print(f"{'FAILED: ' if failed else ''}logs kept in {tmp}", file=sys.stderr)
+    else:
         shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failed else 0
 

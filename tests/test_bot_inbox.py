@@ -142,3 +142,29 @@ async def test_the_lease_holder_replays_what_another_process_left_at_once(redis_
     assert seen == ["/joke в руках убитого"]
     assert await standby.replay(dispatcher, bot) == 0  # handled: gone from the inbox
     await bot.session.close()
+
+
+async def test_replayed_updates_are_handled_side_by_side(redis_client, key_prefix):
+    """A killed bot may leave many updates; one slow handler (a placeholder paced behind the takeover's burst)
+    must not hold the others back, nor one that fails stop the rest."""
+    import asyncio
+
+    bot = Bot(TOKEN)
+    killed, _, _ = process(redis_client, key_prefix)
+    for n in range(3):
+        await killed.keep_raw(update(40 + n, f"/joke {n}").model_dump(mode="json", exclude_none=True))
+    standby, dispatcher, seen = UpdateInbox(redis_client, key_prefix, exclusive=True), Dispatcher(), []
+
+    @dispatcher.message()
+    async def handle(message: Message) -> None:
+        if message.text == "/joke 0":
+            await asyncio.sleep(1.0)  # slow
+        elif message.text == "/joke 1":
+            raise RuntimeError("a bug")
+        seen.append(message.text)
+
+    dispatcher.update.outer_middleware(standby)
+    assert await standby.replay(dispatcher, bot) == 3
+    assert seen == ["/joke 2", "/joke 0"]  # kept in this order, and 2 did not wait for 0
+    assert await redis_client.hkeys(f"{key_prefix}bot:inbox") == []
+    await bot.session.close()

@@ -122,7 +122,7 @@ class UpdateInbox:
         if others:
             flags = await self._redis.mget([self._alive_prefix + instance for instance in others])
             alive = {instance for instance, flag in zip(others, flags) if flag}
-        replayed = 0
+        updates = []
         for field, entry in entries.items():
             age = now - entry["at"]
             # Younger than ALIVE_TTL_S: its process may not have said it is alive yet.
@@ -131,10 +131,15 @@ class UpdateInbox:
                 continue
             how = "that stopped" if entry["instance"] not in alive else f"still running, after {age:.0f} s"
             log.warning("replaying update %s, left unfinished by a bot process %s", field, how)
-            update = Update.model_validate(entry["update"], context={"bot": bot})
-            await dispatcher.feed_update(bot, update)  # kept again, as this process's, until handled
-            replayed += 1
-        return replayed
+            updates.append(Update.model_validate(entry["update"], context={"bot": bot}))
+        # Side by side, as polling handles them: one slow handler (a placeholder paced behind a burst, an inline
+        # query waiting for its jokes) must not hold the others back. Each is kept again, as this process's.
+        outcomes = await asyncio.gather(*(dispatcher.feed_update(bot, update) for update in updates),
+                                        return_exceptions=True)
+        for update, outcome in zip(updates, outcomes):
+            if isinstance(outcome, Exception):
+                log.error("replaying update %s failed", update.update_id, exc_info=outcome)
+        return len(updates)
 
     def start(self, dispatcher: Dispatcher, bot: Bot) -> None:
         if self._task is None:
