@@ -28,6 +28,8 @@ from contextlib import suppress
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.common.logs import Sparse
+
 log = logging.getLogger(__name__)
 
 # Renew the lease if it is still ours, or take it back if it is gone (Redis lost it); 0: another holds it.
@@ -86,6 +88,7 @@ class BotLease:
         """Wait until this process holds the lease (True) or `stop` is set (False). Redis outages are waited out."""
         free_since: float | None = None  # when the lease was first seen free, in this run of sightings
         reported: str | None = None
+        unavailable = Sparse(log)  # an outage would log every half renewal interval
         while not stop.is_set():
             try:
                 holder = await self._redis.get(self.key)
@@ -110,7 +113,7 @@ class BotLease:
                     free_since = None
             except RedisError as error:
                 free_since = None
-                log.warning("standby: Redis unavailable (%s); waiting", error)
+                unavailable.warning("standby: Redis unavailable (%s); waiting", error)
             with suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.renew_s / 2)
         return False
