@@ -69,3 +69,26 @@ async def test_an_error_that_will_not_pass_is_raised_at_once_and_the_retries_end
     with pytest.raises(TelegramServerError):
         await loop_with(telegram, retry_s=0.1)._persist("r1", telegram.send)
     assert 2 <= telegram.calls.count("send") < 1000
+
+
+async def test_a_bot_that_lost_its_lease_cancels_its_deliveries_where_a_clean_stop_finishes_them():
+    """The process that holds the Telegram lease now re-reads every result not acked here: one this process went on
+    showing would be shown twice (bot/telegram/lease.py)."""
+    import asyncio
+
+    shown: list[str] = []
+
+    async def show(request_id: str) -> None:
+        await asyncio.sleep(0.3)  # a send on its way
+        shown.append(request_id)
+
+    stopping = loop_with(Telegram([], []))
+    stopping._chain("r1", show("r1"))
+    await asyncio.wait_for(stopping.close(), 5)
+    assert shown == ["r1"]
+
+    lost = loop_with(Telegram([], []))
+    lost._chain("r2", show("r2"))
+    await asyncio.wait_for(lost.abandon(), 0.2)
+    await asyncio.sleep(0.5)
+    assert shown == ["r1"] and not lost._tasks

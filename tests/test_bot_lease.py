@@ -96,3 +96,33 @@ async def test_redis_out_of_reach_is_waited_out_by_holder_and_standby():
             assert not kept.done()
     finally:
         await client.aclose()
+
+
+async def test_after_redis_was_away_the_incumbent_keeps_its_lease_though_its_client_reconnects_late(
+        redis_server_factory):
+    """Redis away long enough for the clients to fail, and back without the lease (no AOF): the incumbent's client
+    may still be in its retry backoff. A standby that took the free lease at once made two processes deliver
+    together (the fault drill's redis-away row, three jokes doubled)."""
+    from bot.queue.connection import connect
+
+    server = redis_server_factory(appendonly=False)
+    incumbent_client, standby_client = connect(server.url), connect(server.url)
+    try:
+        incumbent = BotLease(incumbent_client, "away:", 2.0)
+        standby = BotLease(standby_client, "away:", 2.0)
+        assert await acquired(incumbent, 5)
+        waiting = asyncio.create_task(standby.acquire(await stop_after(15)))
+        await asyncio.sleep(0.5)
+        server.stop()
+        await asyncio.sleep(6)  # past the clients' retries (5.1 s in all): the standby sees the outage
+        server.start()  # empty: the lease is gone
+        await asyncio.sleep(2)  # the incumbent's client still backing off
+        async with keeping(incumbent) as kept:
+            await asyncio.sleep(3 * incumbent.renew_s)  # its first renewal takes the lease back
+            assert not waiting.done(), "the standby took the lease from a live incumbent"
+            assert await standby_client.get(lease_key("away:")) == incumbent.holder
+            assert not kept.done()
+        waiting.cancel()
+    finally:
+        await incumbent_client.aclose()
+        await standby_client.aclose()

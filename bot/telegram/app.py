@@ -373,17 +373,26 @@ async def run(settings: Settings, redis: Redis) -> None:
     inbox.start(dispatcher, bot)
     stopping = asyncio.create_task(stop.wait(), name="stop-signal")
     keeping = asyncio.create_task(lease.keep(), name="lease")
+    lost = False  # the lease: another process serves now
     try:
         await asyncio.wait({serving, stopping, keeping}, return_when=asyncio.FIRST_COMPLETED)
         if keeping.done() and not keeping.cancelled():
             if keeping.exception() is not None:
                 log.error("keeping the Telegram lease failed; stopping", exc_info=keeping.exception())
             else:
+                lost = True
                 log.warning("%s serves Telegram now (this bot's lease lapsed while it stalled, or Redis lost it); "
                             "stopping, to start again as a standby", keeping.result())
     finally:
         stopping.cancel()
-        keeping.cancel()
+
+        async def hand_over() -> None:
+            # Renewed until here: a lease that lapsed during the deliveries' stage would let a standby deliver
+            # the same results (it re-reads what this process has not acked yet).
+            keeping.cancel()
+            await asyncio.gather(keeping, return_exceptions=True)
+            await lease.release()
+
         budget = settings.bot_shutdown_timeout_s
         start_watchdog(budget + WATCHDOG_MARGIN_S)
         started = time.monotonic()
@@ -394,10 +403,10 @@ async def run(settings: Settings, redis: Redis) -> None:
             Stage("daily", services.daily.stop, STAGE_SHARES["daily"]),
             Stage("broadcasts", services.broadcasts.stop, STAGE_SHARES["broadcasts"]),
             Stage("results_reader", services.delivery.stop_reading, STAGE_SHARES["results_reader"]),
-            Stage("delivery", services.delivery.close, STAGE_SHARES["delivery"]),
+            Stage("delivery", services.delivery.abandon if lost else services.delivery.close, STAGE_SHARES["delivery"]),
             *([Stage("metrics", lambda: asyncio.to_thread(server.stop), STAGE_SHARES["metrics"])] if server else []),
             # Last before Redis closes: a standby takes over only once this bot's deliveries are done.
-            Stage("lease", lease.release, STAGE_SHARES["lease"]),
+            Stage("lease", hand_over, STAGE_SHARES["lease"]),
             Stage("redis", redis.aclose, STAGE_SHARES["redis"]),
             Stage("session", bot.session.close, STAGE_SHARES["session"]),
         ]

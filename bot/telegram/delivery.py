@@ -134,6 +134,14 @@ class DeliveryLoop:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def abandon(self) -> None:
+        """Cancel the deliveries in progress (after `stop_reading`), for a process that lost the Telegram lease:
+        the one that holds it now re-reads the results not acked here, so finishing them would show them twice."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     # -- dispatching ---------------------------------------------------------------------------------
 
     def _dispatch(self, item: ReceivedResult) -> None:

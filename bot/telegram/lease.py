@@ -13,7 +13,7 @@ Two rules keep two processes from serving at the same time for long:
   again, as a standby.
 - Redis out of reach is not a lost lease (nobody else can take it either); and when Redis comes back
   without the key (a restart that lost it), the incumbent takes it back first: a standby takes a lease only
-  after seeing it free twice, a renewal interval apart.
+  after seeing it free twice, a renewal interval apart, or RECONNECT_GRACE_S apart after an outage.
 """
 from __future__ import annotations
 
@@ -64,6 +64,10 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 RELEASED = "released:"
+# After Redis was out of reach, how long a standby must see the lease free before it takes it: the incumbent's
+# client may be in its retry backoff when Redis returns (bot/queue/connection.py: up to 2 s between tries),
+# and a lease lost that way makes two processes deliver at once for a moment.
+RECONNECT_GRACE_S = 4.0
 
 
 def lease_key(prefix: str) -> str:
@@ -88,6 +92,7 @@ class BotLease:
         """Wait until this process holds the lease (True) or `stop` is set (False). Redis outages are waited out."""
         free_since: float | None = None  # when the lease was first seen free, in this run of sightings
         reported: str | None = None
+        after_outage = False  # Redis failed since the lease was last seen held: give the incumbent longer
         unavailable = Sparse(log)  # an outage would log every half renewal interval
         while not stop.is_set():
             try:
@@ -99,20 +104,21 @@ class BotLease:
                                  holder.removeprefix(RELEASED))
                         return True
                 elif holder is not None:
-                    free_since = None
+                    free_since, after_outage = None, False
                     if holder != reported:
                         log.info("standby: %s serves Telegram; this bot takes over when its lease lapses", holder)
                         reported = holder
                 elif free_since is None:
                     free_since = time.monotonic()
-                elif time.monotonic() - free_since >= self.renew_s:  # the incumbent had its chance to renew
+                elif time.monotonic() - free_since >= (RECONNECT_GRACE_S if after_outage else self.renew_s):
+                    # The incumbent had its chance to renew.
                     if await self._take(keys=[self.key], args=["", self.holder, self.ttl_ms]):
                         log.info("took the Telegram lease (%s)%s", self.holder,
                                  f" from {reported}, whose lease lapsed" if reported else "")
                         return True
                     free_since = None
             except RedisError as error:
-                free_since = None
+                free_since, after_outage = None, True
                 unavailable.warning("standby: Redis unavailable (%s); waiting", error)
             with suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.renew_s / 2)
