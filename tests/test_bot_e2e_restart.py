@@ -6,9 +6,12 @@ request timeout), on the session's Redis.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 import uuid
 from typing import Iterator
 
@@ -21,6 +24,7 @@ from tests.e2e_stack import (
     MENUS_PER_START,
     Stack,
     calls_to,
+    free_port,
     is_joke,
     make_stack,
     start_bot,
@@ -45,6 +49,14 @@ def restart_stack(redis_server, tmp_path_factory) -> Iterator[Stack]:
     finally:
         stack.close()
         api.stop()
+
+
+def healthz(port: int) -> tuple[int, str | None]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            return response.status, json.loads(response.read()).get("role")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()).get("role")
 
 
 def kill_bot(stack: Stack) -> None:
@@ -154,9 +166,11 @@ def test_a_hot_standby_takes_over_from_a_killed_bot_and_from_a_stopped_one(resta
     stopped cleanly, it hands over at the end of its shutdown, and a /joke sent then is answered too."""
     stack = restart_stack
     standby_log = stack.log_dir / "standby.log"
-    standby = start_bot(stack.bot_env, standby_log)
+    port = free_port()  # as compose runs it: a container, a port of its own
+    standby = start_bot({**stack.bot_env, "BOT_METRICS_PORT": str(port)}, standby_log)
     try:
         wait_until(lambda: "standby:" in standby_log.read_text(), 60, f"the standby; log:\n{standby_log.read_text()}")
+        assert healthz(port) == (200, "standby")  # ready to take over: compose's healthcheck passes
         menus = len(stack.api.calls("setMyCommands"))
         users = [stack.new_user() for _ in range(4)]
         stack.pause_worker()
@@ -171,6 +185,7 @@ def test_a_hot_standby_takes_over_from_a_killed_bot_and_from_a_stopped_one(resta
             wait_until(lambda: "took the Telegram lease" in standby_log.read_text(), 30, "the standby's takeover")
             assert "whose lease lapsed" in standby_log.read_text()
             wait_until(lambda: len(stack.api.calls("setMyCommands")) >= menus + MENUS_PER_START, 30, "it serves")
+            wait_until(lambda: healthz(port) == (200, "active"), 15, "the new active bot's /healthz")  # its own port
         finally:
             stack.resume_worker()
         for user in users:
