@@ -20,6 +20,8 @@ with the shipped fsync policy (deploy/redis.conf: appendfsync everysec), while, 
     api-reset       the Bot API drops every connection for --fault-s seconds
     api-slow        the Bot API answers every call late but within the bot's timeout, for --fault-s seconds
     api-hang        the Bot API does every call but answers only after the bot's timeout, for --fault-s seconds
+                    (within a send's patience: bot/telegram/outbox.py's SEND_PATIENCE)
+    api-hang-long   the same, answering past a send's patience too: a send that timed out may have been made
     bot-kill        the serving bot is killed with SIGKILL mid-stream and started again, as its supervisor would;
                     with --standbys (1 by default, as deploy/ runs it) a standby takes over meanwhile (Telegram
                     re-delivers what the dead one did not confirm)
@@ -37,6 +39,7 @@ CLAIM_IDLE + one batch). Then the users stop, every request is waited for, and t
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -50,11 +53,14 @@ from pathlib import Path
 
 from bot_drill import ROOT, Ask, DrillStack, Users, tiny_model, wait_until
 
+from bot.telegram.outbox import SEND_PATIENCE
+
 POISON = "ЯДОВИТЫЙ АНЕКДОТ"
-# The faults whose doubles are unavoidable: a call "Telegram" did but answered too late looks failed to the
-# bot, and a send it retries shows twice (an edited placeholder never does); a bot killed between its send and
-# Telegram's answer cannot know that the send was made, and its successor sends again. No Bot API call tells.
-DOUBLES_POSSIBLE = {"api-hang", "bot-kill"}
+# The faults whose doubles are unavoidable: a send "Telegram" did but answered later than even a send waits
+# looks failed to the bot, and retried it shows twice (an edited placeholder never does); a bot killed between
+# its send and Telegram's answer cannot know that the send was made, and its successor sends again. No Bot API
+# call tells.
+DOUBLES_POSSIBLE = {"api-hang-long", "bot-kill"}
 
 
 def run_until(users: Users, condition: Callable[[], bool], timeout: float) -> bool:
@@ -245,7 +251,8 @@ def markdown(rows: list[Row]) -> str:
 
 
 FAULTS = ["worker-kill", "worker-broken", "redis-kill", "redis-away", "redis-readonly", "disk-full", "api-429",
-          "api-5xx", "api-reset", "api-slow", "api-hang", "bot-kill", "poison"]
+          "api-5xx", "api-reset", "api-slow", "api-hang", "api-hang-long", "bot-kill",
+          "poison"]
 
 
 def main() -> int:
@@ -294,6 +301,7 @@ def main() -> int:
                       think_s=args.think_s)
         drill = Drill(stack, users, args)
         drill.load(args.warmup_s)
+        long_hang_s = math.ceil(args.telegram_timeout_s * SEND_PATIENCE) + 2
         steps = {"worker-kill": drill.worker_kill, "worker-broken": drill.worker_broken,
                  "redis-kill": drill.redis_kill, "redis-away": drill.redis_away,
                  "redis-readonly": drill.redis_readonly, "disk-full": drill.disk_full, "api-429": drill.api_429,
@@ -305,6 +313,9 @@ def main() -> int:
                  "api-hang": lambda: drill.api("hang", f"every call answered after {args.telegram_timeout_s + 2:.0f} s "
                                                f"(past the bot's timeout) for {args.fault_s:.0f} s",
                                                hang_s=args.telegram_timeout_s + 2),
+                 "api-hang-long": lambda: drill.api(
+                     "hang", f"every call answered after {long_hang_s:.0f} s (past a send's patience too) for "
+                     f"{args.fault_s:.0f} s", hang_s=long_hang_s, name="api-hang-long"),
                  "bot-kill": drill.bot_kill, "poison": drill.poison}
         for name in args.only or FAULTS:
             steps[name]()

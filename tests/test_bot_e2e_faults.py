@@ -46,7 +46,10 @@ RETRY_GRACE_S = 3.0  # past the delivery's retry pause: a second copy would have
 
 
 
-def test_a_bot_api_hanging_past_the_timeout_loses_nothing_and_doubles_at_most_a_sent_joke(stack):
+def test_a_bot_api_answering_past_the_timeout_loses_nothing_and_doubles_no_joke_it_answers_within_a_send_s_patience(
+        stack):
+    """Every call done, and answered 2.5 s later: past the bot's 1.5 s timeout, so edits and probes time out and are
+    tried again (harmless), but a send waits SEND_PATIENCE times as long (3 s) and gets its answer: one copy."""
     with stack.bot_with(TELEGRAM_TIMEOUT_S="1.5"):
         stack.api.disrupt("*", "hang", for_s=WINDOW_S, hang_s=2.5)
         chats = ask(stack)
@@ -54,18 +57,16 @@ def test_a_bot_api_hanging_past_the_timeout_loses_nothing_and_doubles_at_most_a_
             wait_until(lambda: jokes_in(stack, chat), 60, f"the joke in {chat} after the hang")
         time.sleep(RETRY_GRACE_S)
         for chat in chats:
-            found = jokes_in(stack, chat)
-            # Each try of a send that timed out was done by "Telegram": the bot cannot know, so it sends again.
-            assert 1 <= len(found) <= 2, stack.bot_messages(chat)
-            assert len({m["text"] for m in found}) == 1  # a copy of the same joke, never two different ones
+            assert len(jokes_in(stack, chat)) == 1, stack.bot_messages(chat)
 
 
 def test_a_long_hang_costs_a_private_joke_one_copy_not_one_per_retry(stack):
     """A send that timed out may have been done: the retry waits for Telegram to answer in time again.
-    (Retried every timeout + RETRY_PAUSE_S instead, this window showed the joke three times.)"""
+    (Retried every timeout + RETRY_PAUSE_S instead, this window showed the joke three times.) Answers come 4 s
+    late: past even a send's patience (3 s), so the bot cannot know whether the joke was sent, and sends it again."""
     with stack.bot_with(TELEGRAM_TIMEOUT_S="1.5"):
         user = stack.new_user()
-        stack.api.disrupt("*", "hang", for_s=12, hang_s=2.5)
+        stack.api.disrupt("*", "hang", for_s=12, hang_s=4)
         stack.api.private_message(user, "/joke Штирлиц и долгий сбой")
         wait_until(lambda: jokes_in(stack, user), 90, "the joke after the long hang")
         time.sleep(12 + RETRY_GRACE_S)  # past the window, and past a retry after it

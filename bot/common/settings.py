@@ -122,7 +122,8 @@ class Settings(BaseSettings):
     )
     telegram_timeout_s: float = Field(
         60.0, gt=0, description="Seconds the bot waits for one Bot API answer before it counts as a network error "
-                                "(and is retried; a long poll waits this much longer than its own timeout)."
+                                "(and is retried; a long poll waits this much longer than its own timeout, and a "
+                                "new message twice this long: sent again, it could show twice)."
     )
     delivery_retry_s: float = Field(
         120.0, ge=0, description="How long the bot keeps trying to show a finished joke (or an apology) while "

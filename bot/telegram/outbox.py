@@ -6,6 +6,7 @@ neither may be parsed as markup. 429s are waited out by the session's FloodContr
 from __future__ import annotations
 
 import logging
+import math
 
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest, TelegramRetryAfter
@@ -16,6 +17,9 @@ from bot.queue.protocol import Delivery
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_UTF16 = 4096  # Telegram counts message length in UTF-16 code units
+# A send whose answer is late may have been made, and giving up on it means sending it again: a second copy. So a
+# send waits this many times TELEGRAM_TIMEOUT_S for its answer; an edit or a probe, safe to repeat, waits once.
+SEND_PATIENCE = 2.0
 
 
 def utf16_len(text: str) -> int:
@@ -48,13 +52,14 @@ def _is_gone(error: TelegramBadRequest) -> bool:
 class Outbox:
     def __init__(self, bot: Bot) -> None:
         self.bot = bot
+        self.send_timeout_s = math.ceil(bot.session.timeout * SEND_PATIENCE)
 
     async def send(self, chat_id: int, text: str, reply_to_message_id: int | None = None,
                    reply_markup: InlineKeyboardMarkup | None = None) -> Message:
         reply = (ReplyParameters(message_id=reply_to_message_id, allow_sending_without_reply=True)
                  if reply_to_message_id else None)
         return await self.bot.send_message(chat_id, fit_message(text), reply_parameters=reply,
-                                           reply_markup=reply_markup)
+                                           reply_markup=reply_markup, request_timeout=self.send_timeout_s)
 
     async def show(self, delivery: Delivery, text: str, reply_markup: InlineKeyboardMarkup | None = None) -> int | None:
         """Edit the placeholder or inline message, or send a new reply when there is none.
