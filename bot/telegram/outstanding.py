@@ -32,7 +32,7 @@ _RECORD_GRACE_S = 3600  # keep a record this long past give-up, so a late joke s
 UPDATE_TTL_S = 48 * 3600
 _DONE = "done"
 # Atomic, so that one update is handled by one handler. A claim held by another process means that
-# process died mid-update (only one bot may poll a token at a time): the update is handled again.
+# process died mid-update (one bot serves a token at a time: bot/telegram/lease.py): the update is handled again.
 _CLAIM_UPDATE_LUA = """
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] or held == ARGV[2] then return 0 end
