@@ -280,7 +280,7 @@ class User:
     user_id: int
     chat_id: int  # the user's id for a private chat; a group of their own; INLINE for an inline user
     asks: list[Ask] = field(default_factory=list)
-    thinks_s: float = 0.0  # before the next ask, once the last one is settled
+    pause_s: float = 0.0  # before the next ask, once the last one is settled
 
 
 class Users:
@@ -336,9 +336,9 @@ class Users:
                     self.requests_per_user is not None and len(user.asks) >= self.requests_per_user):
                 continue
             last = user.asks[-1] if user.asks else None  # expired: no answer, the ask itself long past
-            if last is not None and now - (last.answered_at or last.sent_at) < user.thinks_s:
+            if last is not None and now - (last.answered_at or last.sent_at) < user.pause_s:
                 continue
-            user.thinks_s = random.uniform(0.0, 2 * self.think_s)
+            user.pause_s = random.uniform(0.0, 2 * self.think_s)
             prompt = PROMPTS[len(self.asks) % len(PROMPTS)]
             sent_at = time.time()
             if user.chat_id == INLINE:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -59,6 +60,11 @@ def healthz(port: int) -> tuple[int, str | None]:
         return error.code, json.loads(error.read()).get("role")
 
 
+def passed_over(stack: Stack) -> set[int]:
+    """The ids of the updates the bot's log says it passed over as handled before."""
+    return {int(n) for n in re.findall(r"duplicate update update_id=(\d+)", stack.bot_log.read_text())}
+
+
 def kill_bot(stack: Stack) -> None:
     os.kill(stack.bot.pid, signal.SIGKILL)
     stack.bot.wait(timeout=30)
@@ -86,8 +92,9 @@ def test_a_bot_killed_before_confirming_its_updates_answers_each_exactly_once(re
             stack.start_bot()
             wait_until(lambda: not ids & {u["update_id"] for u in stack.api.pending_updates}, 120,
                        f"the restarted bot to take the updates again; log:\n{stack.log_tail(stack.bot_log)}")
-            wait_until(lambda: stack.bot_log.read_text().count("duplicate update") == len(sent), 60,
-                       "each re-delivered update passed over")
+            # Each at least once: one the killed bot handled but had not yet removed from its inbox is also
+            # replayed, and passed over a second time.
+            wait_until(lambda: ids <= passed_over(stack), 60, "each re-delivered update passed over")
             assert client.xlen(queue) == len(sent)  # nothing submitted twice
     finally:
         stack.resume_worker()
@@ -138,8 +145,6 @@ def test_a_bot_killed_with_a_daily_post_in_flight_posts_it_once_after_its_restar
 def test_a_bot_killed_with_an_update_in_hand_that_telegram_counts_as_delivered_answers_it_after_restart(restart_stack):
     """aiogram confirms an update with its next poll while the handler still runs: killed then, the update is gone
     from Telegram, and only the bot's inbox in Redis remembers it."""
-    from bot.telegram.inbox import REPLAY_AFTER_S
-
     stack, group = restart_stack, restart_stack.new_group()
     stack.api.disrupt("sendMessage", "hang", for_s=4, hang_s=6)  # the placeholder's send: the handler is in hand
     update = stack.api.group_message(group, stack.new_user(), "/joke Штирлиц в руках")
@@ -153,7 +158,7 @@ def test_a_bot_killed_with_an_update_in_hand_that_telegram_counts_as_delivered_a
     menus = len(stack.api.calls("setMyCommands"))
     stack.start_bot()
     wait_until(lambda: len(stack.api.calls("setMyCommands")) >= menus + 4, 60, "the restarted bot")
-    joke = wait_until(lambda: [m for m in stack.bot_messages(group) if is_joke(m)], REPLAY_AFTER_S + 60,
+    joke = wait_until(lambda: [m for m in stack.bot_messages(group) if is_joke(m)], 90,
                       "the replayed update's joke")
     time.sleep(2)
     assert len([m for m in stack.bot_messages(group) if is_joke(m)]) == 1, stack.bot_messages(group)

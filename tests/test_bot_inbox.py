@@ -6,14 +6,12 @@ tests/test_bot_e2e_restart.py.)
 """
 from __future__ import annotations
 
-import time
-
 import redis.asyncio
 from aiogram import Bot, Dispatcher
 from aiogram.methods import GetUpdates
 from aiogram.types import Message, Update
 
-from bot.telegram.inbox import ALIVE_TTL_S, REPLAY_AFTER_S, UpdateInbox
+from bot.telegram.inbox import UpdateInbox
 
 TOKEN = "123456:TEST-inbox-token"
 
@@ -55,32 +53,12 @@ async def test_updates_are_kept_on_receipt_and_what_a_killed_process_never_handl
     assert first_seen == ["/joke handled"]
     assert set(await redis_client.hkeys(f"{key_prefix}bot:inbox")) == {"8"}
     # The process dies here, update 8 in hand. Its own inbox never replays it; the next process does, once.
-    assert await first.replay(first_dispatcher, bot, now=time.time() + REPLAY_AFTER_S + 1) == 0
+    assert await first.replay(first_dispatcher, bot) == 0
     second, second_dispatcher, second_seen = process(redis_client, key_prefix)
-    assert await second.replay(second_dispatcher, bot) == 0  # too fresh: its process may still be at it
-    assert await second.replay(second_dispatcher, bot, now=time.time() + REPLAY_AFTER_S + 1) == 1
+    assert await second.replay(second_dispatcher, bot) == 1
     assert second_seen == ["/joke never started"]
+    assert await second.replay(second_dispatcher, bot) == 0  # handled: gone
     assert await redis_client.hkeys(f"{key_prefix}bot:inbox") == []
-    await bot.session.close()
-
-
-async def test_a_stopped_process_s_updates_are_replayed_soon_a_live_one_s_only_when_long_overdue(redis_client,
-                                                                                                   key_prefix):
-    """A bot restarted after a SIGKILL replays within ALIVE_TTL_S, not REPLAY_AFTER_S: the killed process stopped
-    saying it is alive. A live process (another webhook replica) is left to finish its own."""
-    bot = Bot(TOKEN)
-    stopped, _, _ = process(redis_client, key_prefix)
-    live, _, _ = process(redis_client, key_prefix)
-    await live.say_alive()
-    await stopped.keep_raw(update(21, "/joke от убитого").model_dump(mode="json", exclude_none=True))
-    await live.keep_raw(update(22, "/joke от живого").model_dump(mode="json", exclude_none=True))
-    restarted, dispatcher, seen = process(redis_client, key_prefix)
-    soon = time.time() + ALIVE_TTL_S + 0.5  # (the live process says so again every round; here once is enough)
-    assert await restarted.replay(dispatcher, bot, now=soon) == 1
-    assert seen == ["/joke от убитого"]
-    await live.say_alive()
-    assert await restarted.replay(dispatcher, bot, now=time.time() + REPLAY_AFTER_S + 1) == 1  # stuck that long
-    assert seen == ["/joke от убитого", "/joke от живого"]
     await bot.session.close()
 
 
@@ -99,7 +77,7 @@ async def test_an_update_handled_while_redis_refused_writes_is_removed_once_it_t
         await first.replay(dispatcher, bot)  # this process's next round
         assert await client.hkeys(f"{key_prefix}bot:inbox") == []
         second, second_dispatcher, second_seen = process(client, key_prefix)
-        assert await second.replay(second_dispatcher, bot, now=time.time() + REPLAY_AFTER_S + 1) == 0
+        assert await second.replay(second_dispatcher, bot) == 0
         assert second_seen == []
     finally:
         await bot.session.close()
@@ -116,7 +94,7 @@ async def test_the_webhook_keeps_what_telegram_posted_as_it_is_and_ignores_what_
     assert await redis_client.hkeys(f"{key_prefix}bot:inbox") == ["11"]
     bot = Bot(TOKEN)
     other, other_dispatcher, other_seen = process(redis_client, key_prefix)
-    assert await other.replay(other_dispatcher, bot, now=time.time() + REPLAY_AFTER_S + 1) == 1
+    assert await other.replay(other_dispatcher, bot) == 1
     assert other_seen == ["/joke из вебхука"]
     await bot.session.close()
 
@@ -128,22 +106,6 @@ async def refusing_writes(client: redis.asyncio.Redis, handler, event, data):
     return result
 
 
-async def test_the_lease_holder_replays_what_another_process_left_at_once(redis_client, key_prefix):
-    """A standby that took the Telegram lease from a killed bot (bot/telegram/lease.py) handles updates alone: it
-    does not wait ALIVE_TTL_S for the dead one's alive key to expire, nor for a fresh entry to age."""
-    bot = Bot(TOKEN)
-    killed, _, _ = process(redis_client, key_prefix)
-    await killed.say_alive()  # its key outlives it by up to ALIVE_TTL_S
-    await killed.keep_raw(update(31, "/joke в руках убитого").model_dump(mode="json", exclude_none=True))
-    standby, dispatcher, seen = process(redis_client, key_prefix)
-    assert await standby.replay(dispatcher, bot) == 0  # without the lease: the other may be at it still
-    standby.exclusive = True
-    assert await standby.replay(dispatcher, bot) == 1
-    assert seen == ["/joke в руках убитого"]
-    assert await standby.replay(dispatcher, bot) == 0  # handled: gone from the inbox
-    await bot.session.close()
-
-
 async def test_replayed_updates_are_handled_side_by_side(redis_client, key_prefix):
     """A killed bot may leave many updates; one slow handler (a placeholder paced behind the takeover's burst)
     must not hold the others back, nor one that fails stop the rest."""
@@ -153,7 +115,7 @@ async def test_replayed_updates_are_handled_side_by_side(redis_client, key_prefi
     killed, _, _ = process(redis_client, key_prefix)
     for n in range(3):
         await killed.keep_raw(update(40 + n, f"/joke {n}").model_dump(mode="json", exclude_none=True))
-    standby, dispatcher, seen = UpdateInbox(redis_client, key_prefix, exclusive=True), Dispatcher(), []
+    standby, dispatcher, seen = UpdateInbox(redis_client, key_prefix), Dispatcher(), []
 
     @dispatcher.message()
     async def handle(message: Message) -> None:

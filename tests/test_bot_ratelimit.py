@@ -10,6 +10,7 @@ from bot.queue.protocol import Delivery, JokeRequest
 from bot.telegram.feedback import FeedbackStore, percentile
 from bot.telegram.outstanding import UPDATE_TTL_S, OutstandingRequests
 from bot.telegram.ratelimit import ChatPacer, TokenBucket, UserRateLimiter, is_group_chat
+from tests.results_helpers import track
 
 
 async def test_token_bucket_allows_the_burst_then_says_how_long_to_wait(redis_client, key_prefix):
@@ -131,8 +132,8 @@ def _request(deadline: float) -> JokeRequest:
 async def test_overdue_requests_are_claimed_exactly_once(redis_client, key_prefix):
     outstanding = OutstandingRequests(redis_client, key_prefix)
     late, fresh = _request(time.time() - 5), _request(time.time() + 60)
-    await outstanding.track(late, give_up_at=late.deadline)
-    await outstanding.track(fresh, give_up_at=fresh.deadline)
+    await track(outstanding, late, give_up_at=late.deadline)
+    await track(outstanding, fresh, give_up_at=fresh.deadline)
     first, second = await asyncio.gather(outstanding.claim_overdue(), outstanding.claim_overdue())
     assert [r.request_id for r in first + second] == [late.request_id]
     assert (await outstanding.get(late.request_id)).prompt == "Вовочка"  # kept for a late answer
@@ -141,7 +142,7 @@ async def test_overdue_requests_are_claimed_exactly_once(redis_client, key_prefi
 async def test_a_message_created_later_is_remembered_for_the_request(redis_client, key_prefix):
     outstanding = OutstandingRequests(redis_client, key_prefix)
     request = _request(time.time() + 60)
-    await outstanding.track(request, give_up_at=request.deadline)
+    await track(outstanding, request, give_up_at=request.deadline)
     await outstanding.set_message_id(request.request_id, 77)
     assert (await outstanding.get(request.request_id)).delivery.message_id == 77
     await outstanding.forget(request.request_id)
@@ -161,7 +162,7 @@ async def test_an_update_is_handled_once_unless_the_process_handling_it_died(red
     assert not await restarted.claim_update(1)  # in hand here
     request = _request(time.time() + 60)
     await bot.claim_update(2)
-    await bot.track(request, give_up_at=request.deadline, update_id=2)  # the update became this request
+    await track(bot, request, give_up_at=request.deadline, update_id=2)  # the update became this request
     await bot.settle_update(3)  # ...or a refusal
     for update_id in (2, 3):
         assert not await restarted.claim_update(update_id) and not await bot.claim_update(update_id)

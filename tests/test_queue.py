@@ -12,6 +12,7 @@ from bot.queue.connection import connect, start_embedded_redis
 from bot.queue.protocol import DATA_FIELD, WORKER_GROUP, DeadLetter, Delivery, JokeResult, WorkerInfo
 from bot.queue.results import ResultReader
 from bot.queue.submit import QueueFull
+from tests.results_helpers import track
 
 
 def answer_ok(claimed, worker_id: str, text: str = "анекдот") -> JokeResult:
@@ -385,7 +386,8 @@ async def test_the_bot_submits_what_it_waits_for_again_when_redis_lost_it_in_a_r
 
         kept, answered = make_request("штирлиц"), make_request("вовочка")
         for request in (kept, answered):
-            await outstanding.track(request, give_up_at=time.time() + 60, update_id=hash(request.request_id) % 10**6)
+            await track(outstanding, request, give_up_at=time.time() + 60,
+                        update_id=hash(request.request_id) % 10**6)
         assert await outstanding.resubmit_after_restart(submit) == 0  # the first look: nothing restarted
         await outstanding.forget(answered.request_id)
         server.restart(kill=True)

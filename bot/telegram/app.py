@@ -352,7 +352,7 @@ async def run(settings: Settings, redis: Redis) -> None:
     dispatcher = build_dispatcher(settings, services)
     in_flight = InFlightUpdates()
     dispatcher.update.outer_middleware(in_flight)
-    inbox = UpdateInbox(redis, settings.redis_prefix, exclusive=True)  # it replays only once the lease is held
+    inbox = UpdateInbox(redis, settings.redis_prefix)  # started (it replays) only once the lease is held
     dispatcher.update.outer_middleware(inbox)
     bot.session.middleware(inbox.keep_received)
     lease = BotLease(redis, settings.redis_prefix, settings.bot_lease_ttl_s)

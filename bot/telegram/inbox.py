@@ -6,16 +6,14 @@ meanwhile would lose them: Telegram will not send them again. `UpdateInbox` writ
 before Telegram can forget it: as a session middleware on getUpdates (the whole answer, before the polling
 loop asks for more), in the webhook handler before it answers (`keep_raw`), and, for anything else fed to
 the dispatcher, as the outermost update middleware. It removes the update once its handlers end (or, if
-Redis refused that, at its next round). Every ROUND_S each process says it is alive and `replay`s, handing
-the dispatcher what a stopped process left (its alive key gone: a restart after a SIGKILL replays within
-ALIVE_TTL_S), and what a live one has held for longer than REPLAY_AFTER_S. A process that holds the Telegram
-lease (bot/telegram/lease.py: `exclusive`) is the only one handling updates, so it replays what any other left
-at once: a standby that took over from a killed bot does not wait for the dead one's alive key to expire. A
-replayed /joke is then claimed afresh (bot/telegram/outstanding.py's update claims): answered once, never twice.
+Redis refused that, at its next round). Only the process that holds the Telegram lease handles updates and
+runs the inbox (bot/telegram/lease.py), so what any other process left is its predecessor's: every ROUND_S it
+`replay`s those at once (a standby that took over from a killed bot right away). Should the predecessor have
+stalled rather than died, it stops at its next lease renewal; an update it was still handling is claimed
+afresh by the replay (bot/telegram/outstanding.py's update claims), as is every replayed /joke.
 
 Keys (under the deployment prefix):
     bot:inbox               hash update_id -> JSON {instance, at, update}
-    bot:alive:{instance}    set by each bot process every ROUND_S, expiring after ALIVE_TTL_S
 """
 from __future__ import annotations
 
@@ -38,20 +36,13 @@ from bot.common.logs import Sparse
 
 log = logging.getLogger(__name__)
 
-# Longer than any handler runs (an inline query waits INLINE_WAIT_S, a reply takes a few Bot API calls):
-# an entry this old from a live process is one that process will never finish.
-REPLAY_AFTER_S = 30.0
 ROUND_S = 2.0
-# Three rounds: a process that missed them (SIGKILL, a frozen machine) has stopped.
-ALIVE_TTL_S = 6.0
 
 
 class UpdateInbox:
-    def __init__(self, redis: Redis, prefix: str, exclusive: bool = False) -> None:
+    def __init__(self, redis: Redis, prefix: str) -> None:
         self._redis = redis
-        self.exclusive = exclusive  # no other process handles updates while this one replays
         self._key = f"{prefix}bot:inbox"
-        self._alive_prefix = f"{prefix}bot:alive:"
         self.instance = uuid.uuid4().hex
         self._task: asyncio.Task | None = None
         self._kept: set[str] = set()       # kept on receipt, not yet handed to the update middleware
@@ -109,28 +100,16 @@ class UpdateInbox:
             await self._redis.hdel(self._key, *fields)
             self._unremoved.difference_update(fields)
 
-    async def say_alive(self) -> None:
-        await self._redis.set(self._alive_prefix + self.instance, "1", px=int(ALIVE_TTL_S * 1000))
-
-    async def replay(self, dispatcher: Dispatcher, bot: Bot, now: float | None = None) -> int:
-        """Feed the dispatcher the updates other processes left unfinished; returns how many."""
-        now = time.time() if now is None else now
+    async def replay(self, dispatcher: Dispatcher, bot: Bot) -> int:
+        """Feed the dispatcher the updates other (earlier) processes left unfinished; returns how many."""
         await self._remove_unremoved()
         entries = {field: json.loads(raw) for field, raw in (await self._redis.hgetall(self._key)).items()}
-        others = sorted({entry["instance"] for entry in entries.values()} - {self.instance})
-        alive: set[str] = set()
-        if others:
-            flags = await self._redis.mget([self._alive_prefix + instance for instance in others])
-            alive = {instance for instance, flag in zip(others, flags) if flag}
         updates = []
         for field, entry in entries.items():
-            age = now - entry["at"]
-            # Younger than ALIVE_TTL_S: its process may not have said it is alive yet.
-            if entry["instance"] == self.instance or not self.exclusive and (age < ALIVE_TTL_S or (
-                    entry["instance"] in alive and age < REPLAY_AFTER_S)):
+            if entry["instance"] == self.instance:
                 continue
-            how = "that stopped" if entry["instance"] not in alive else f"still running, after {age:.0f} s"
-            log.warning("replaying update %s, left unfinished by a bot process %s", field, how)
+            log.warning("replaying update %s, left unfinished %.0f s ago by an earlier bot process", field,
+                        time.time() - entry["at"])
             updates.append(Update.model_validate(entry["update"], context={"bot": bot}))
         # Side by side, as polling handles them: one slow handler (a placeholder paced behind a burst, an inline
         # query waiting for its jokes) must not hold the others back. Each is kept again, as this process's.
@@ -154,7 +133,6 @@ class UpdateInbox:
         unavailable = Sparse(log, interval_s=30.0)
         while True:
             try:
-                await self.say_alive()
                 await self.replay(dispatcher, bot)
             except RedisError as error:
                 unavailable.warning("Redis unavailable for the update inbox (%s); retrying", error)

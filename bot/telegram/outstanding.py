@@ -92,14 +92,6 @@ class OutstandingRequests:
         self._waiting[request.request_id] = (request, record, update_id)
         return record
 
-    async def track(self, request: JokeRequest, give_up_at: float, update_id: int | None = None,
-                    language: str = DEFAULT_LANGUAGE) -> Outstanding:
-        """`track_in` on a transaction of its own, for a request submitted separately."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            record = self.track_in(pipe, request, give_up_at, update_id, language)
-            await pipe.execute()
-        return record
-
     # -- updates: Telegram re-delivers what a killed bot did not confirm ----------------------------
 
     async def claim_update(self, update_id: int | None) -> bool:
