@@ -1,10 +1,11 @@
 """`rujokes run`: the whole stack from one command and `.env`.
 
 Starts an embedded Redis when REDIS_URL is empty, then `rujokes-worker` and, once a worker beats,
-`rujokes-bot` as child processes pointed at it (a /joke sent while the models load waits at Telegram
-for the bot instead of being refused for want of a worker). SIGINT/SIGTERM are passed on to the
-children; when one child exits the others are stopped too, and Redis goes last (after the children
-flushed their work to it).
+`rujokes-bot` and STANDBY_BOTS hot standbys (bot/telegram/lease.py) as child processes pointed at it
+(a /joke sent while the models load waits at Telegram for the bot instead of being refused for want of
+a worker). A child that exits is started again (bot/common/supervisor.py): a killed bot's standby
+serves meanwhile, and the restarted one becomes the next standby. SIGINT/SIGTERM are passed on to the
+children, and Redis goes last (after the children flushed their work to it).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from types import FrameType
@@ -21,8 +21,8 @@ from redis.exceptions import RedisError
 
 from bot.common.bot_token import TOKEN_HELP, token_problem
 from bot.common.logs import configure_logging
-from bot.common.settings import load_settings
-from bot.queue.config import QueueConfig
+from bot.common.settings import Settings, load_settings
+from bot.common.supervisor import Supervisor, module_command
 from bot.queue.connection import connect, start_embedded_redis
 from bot.queue.registry import WorkerRegistry
 
@@ -31,44 +31,38 @@ log = logging.getLogger("bot.common.launcher")
 WORKER_START_TIMEOUT_S = 600.0
 
 
-def _start(name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
-    # `python -m` rather than the console scripts: works without an activated virtualenv.
-    process = subprocess.Popen([sys.executable, "-m", module], env=env)
-    log.info("started %s (pid %d)", name, process.pid)
-    return process
+def bot_names(standbys: int) -> list[str]:
+    return ["bot"] if standbys == 0 else [f"bot-{i}" for i in range(1, standbys + 2)]
 
 
-def _stop_all(children: dict[str, subprocess.Popen], grace_s: float) -> None:
-    for process in children.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for name, process in children.items():
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0fs; killing it", name, grace_s)
-            process.kill()
-            process.wait()
-
-
-async def _wait_for_a_worker(url: str, config: QueueConfig, worker: subprocess.Popen, timeout_s: float) -> None:
-    """Until a worker is alive (this one or another; the registry's own test), the worker exits, or `timeout_s`."""
-    client = connect(url)
-    registry = WorkerRegistry(client, config)
-    deadline = time.monotonic() + timeout_s
+async def _a_worker_beats(registry: WorkerRegistry) -> bool:
     try:
-        while time.monotonic() < deadline and worker.poll() is None:
-            try:
-                if await registry.live_workers():
-                    return
-            except RedisError:
-                pass  # an external Redis still starting: keep waiting
+        return bool(await registry.live_workers())  # this worker or another: the registry's own test
+    except RedisError:
+        return False  # an external Redis still starting: keep waiting
+
+
+async def _supervise(supervisor: Supervisor, settings: Settings, url: str, with_bot: bool) -> int:
+    """Until a signal (0) or a child's exit that stops the stack (its code). The bots start once a worker beats,
+    or after WORKER_START_TIMEOUT_S without one."""
+    supervisor.start("worker", module_command("bot.worker.main"))
+    client = connect(url)
+    registry = WorkerRegistry(client, settings.queue_config())
+    bots_due, deadline = with_bot, time.monotonic() + WORKER_START_TIMEOUT_S
+    try:
+        while not supervisor.stopping:
+            if (code := supervisor.check()) is not None:
+                return code
+            if bots_due and (await _a_worker_beats(registry) or time.monotonic() >= deadline):
+                if time.monotonic() >= deadline:
+                    log.warning("no worker heartbeat within %.0fs; starting the bot anyway", WORKER_START_TIMEOUT_S)
+                for name in bot_names(settings.standby_bots):
+                    supervisor.start(name, module_command("bot.telegram.main"))
+                bots_due = False
             await asyncio.sleep(0.2)
+        return 0
     finally:
         await client.aclose()
-    if worker.poll() is None:
-        log.warning("no worker heartbeat within %.0fs; starting the bot anyway", timeout_s)
 
 
 def run_stack(with_bot: bool = True) -> int:
@@ -84,36 +78,17 @@ def run_stack(with_bot: bool = True) -> int:
     if not url:
         url, stop_redis = start_embedded_redis(settings.redis_data_dir)
         log.info("embedded Redis at %s (data in %s)", url, settings.redis_data_dir)
-    env = {**os.environ, "REDIS_URL": url}
-    children: dict[str, subprocess.Popen] = {}
-    stopping: list[int] = []
+    supervisor = Supervisor({**os.environ, "REDIS_URL": url})
 
     def forward(signum: int, _: FrameType | None) -> None:
-        stopping.append(signum)
-        for process in children.values():
-            if process.poll() is None:
-                process.send_signal(signum)
+        supervisor.request_stop(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    exit_code = 0
     try:
-        children["worker"] = _start("worker", "bot.worker.main", env)
-        if with_bot:
-            asyncio.run(_wait_for_a_worker(url, settings.queue_config(), children["worker"],
-                                           WORKER_START_TIMEOUT_S))
-            if children["worker"].poll() is None and not stopping:
-                children["bot"] = _start("bot", "bot.telegram.main", env)
-        while not stopping:
-            exited = {name: p.returncode for name, p in children.items() if p.poll() is not None}
-            if exited:
-                name, exit_code = next(iter(exited.items()))
-                log.error("%s exited with %s; stopping the stack", name, exit_code)
-                break
-            time.sleep(0.2)
+        return asyncio.run(_supervise(supervisor, settings, url, with_bot))
     finally:
-        _stop_all(children, max(settings.shutdown_grace_s, settings.bot_shutdown_timeout_s) + 5)
+        supervisor.stop_all(max(settings.shutdown_grace_s, settings.bot_shutdown_timeout_s) + 5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if stop_redis is not None:
             stop_redis()
-    return exit_code

@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         2.0, ge=0.5, le=60, description="One bot process at a time serves Telegram, renewing a lease in Redis; "
                                         "others wait as hot standbys and take over this long after it dies."
     )
+    standby_bots: int = Field(
+        1, ge=0, le=4, description="Hot standby bot processes `rujokes run` starts beside the serving one: when it "
+                                   "dies a standby serves within BOT_LEASE_TTL_S, and the dead one is started again "
+                                   "as the next standby. Each costs about 180 MB of memory; 0: one bot, restarted."
+    )
     max_new_tokens: int = Field(_SAMPLING.max_new_tokens, ge=1, le=2048,
                                 description="Most tokens a joke may add to its opening.")
     top_k: int = Field(_SAMPLING.top_k, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")
