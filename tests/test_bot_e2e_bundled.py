@@ -26,7 +26,11 @@ LETTER = re.compile(r"[^\W\d_]")
 def bundled_stack(redis_server, tmp_path_factory) -> Stack:
     api = FakeBotAPI.start_in_thread(token=BOT_TOKEN, username=BOT_USERNAME)
     stack = make_stack(api, redis_server.url, f"bundled-{uuid.uuid4().hex[:6]}:", tmp_path_factory.mktemp("bundled"),
-                       "none", "none", MAX_NEW_TOKENS="40")
+                       "none", "none", MAX_NEW_TOKENS="40",
+                       # The default deadline too: with an empty compile cache the first jokes are written while
+                       # the step compiles beside them, seconds slower each (BENCHMARKS.md, "rujokes run" with a
+                       # standby bot), past the tiny stacks' 8 s.
+                       REQUEST_TIMEOUT_S=str(Settings.model_fields["request_timeout_s"].default))
     # Only the default size, from the package's own weights (MODEL_*=bundled, as after a plain install).
     stack.worker_env.update(MODEL_NANO="none", MODEL_MINI="none", MODEL_SMALL="none", WORKER_ID="bundled-worker")
     stack.worker_env[f"MODEL_{DEFAULT_SIZE.upper()}"] = "bundled"
