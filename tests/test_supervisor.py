@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +110,31 @@ def test_after_a_stop_request_nothing_is_started_again_and_stop_all_kills_what_i
     assert stubborn.process.returncode == -signal.SIGKILL
     assert time.monotonic() - started < 5
     assert "bot did not stop within" in caplog.text
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_children_of_a_launcher_killed_with_sigkill_stop_too(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    launcher = subprocess.Popen(script(
+        "import os, sys, time\n"
+        "from bot.common.supervisor import Supervisor\n"
+        "supervisor = Supervisor(dict(os.environ))\n"
+        "child = supervisor.start('worker', [sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.process.pid))\n"
+        "time.sleep(600)\n"), cwd=Path(__file__).resolve().parent.parent)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and launcher.poll() is None, "the launcher script did not start"
+            time.sleep(0.05)
+        child_pid = int(pid_file.read_text())
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{child_pid}").exists() and \
+                Path(f"/proc/{child_pid}/stat").read_text().split()[2] != "Z":
+            time.sleep(0.05)
+        assert not Path(f"/proc/{child_pid}").exists() or Path(f"/proc/{child_pid}/stat").read_text().split()[2] == "Z"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

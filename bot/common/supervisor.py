@@ -15,6 +15,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from bot.queue.connection import die_with_parent
+
 log = logging.getLogger("bot.common.launcher")
 
 CONFIGURATION_ERROR = 2  # load_settings, rujokes-bot's token checks
@@ -69,7 +71,9 @@ class Supervisor:
         return child
 
     def _spawn(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.command, env=self.env)
+        # A launcher killed hard takes its children down with it, as it does its embedded Redis.
+        child.process = subprocess.Popen(child.command, env=self.env,
+                                         preexec_fn=die_with_parent if sys.platform == "linux" else None)
         child.started_at, child.start_at = time.monotonic(), None
         log.info("started %s (pid %d)", child.name, child.process.pid)
 

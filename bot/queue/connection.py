@@ -88,7 +88,7 @@ def start_embedded_redis(data_dir: Path, start_timeout_s: float = 20.0) -> tuple
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     )
 
     def stop() -> None:
@@ -127,7 +127,7 @@ def _wait_until_ready(process: subprocess.Popen, socket_path: Path, timeout_s: f
     raise RuntimeError(f"redis-server did not start within {timeout_s}s; see {log_file}")
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: if the launcher dies hard, take Redis down with it."""
+def die_with_parent() -> None:
+    """Runs in a child before exec: if the process that started it dies hard (SIGKILL), the child gets SIGTERM."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
