@@ -45,7 +45,7 @@ def test_pause_doubles_with_each_quick_exit_up_to_its_cap():
 
 
 def test_a_child_that_keeps_failing_at_start_is_started_again_with_pauses_then_stops_the_stack(supervisor, caplog):
-    caplog.set_level("INFO", logger="bot.common.launcher")
+    caplog.set_level("INFO", logger="bot.common.supervisor")
     supervisor.start("worker", script("import sys; sys.exit(1)"))
     code, took_s = run_until_stopped(supervisor, timeout_s=20)
     assert code == 1
@@ -55,7 +55,7 @@ def test_a_child_that_keeps_failing_at_start_is_started_again_with_pauses_then_s
 
 
 def test_a_configuration_error_stops_the_stack_at_once_and_is_not_retried(supervisor, caplog):
-    caplog.set_level("INFO", logger="bot.common.launcher")
+    caplog.set_level("INFO", logger="bot.common.supervisor")
     supervisor.start("bot", script("import sys; sys.exit(2)"))
     code, _ = run_until_stopped(supervisor, timeout_s=20)
     assert code == 2
@@ -63,7 +63,7 @@ def test_a_configuration_error_stops_the_stack_at_once_and_is_not_retried(superv
 
 
 def test_a_killed_child_that_had_settled_is_started_again_at_once_and_the_others_keep_running(supervisor, caplog):
-    caplog.set_level("INFO", logger="bot.common.launcher")
+    caplog.set_level("INFO", logger="bot.common.supervisor")
     forever = script("import time; time.sleep(600)")
     bot = supervisor.start("bot-1", forever)
     standby = supervisor.start("bot-2", forever)
@@ -83,7 +83,7 @@ def test_a_killed_child_that_had_settled_is_started_again_at_once_and_the_others
 
 def test_a_clean_exit_is_started_again_too(supervisor, caplog):
     """A bot that lost its lease stops with code 0, to start again as a standby."""
-    caplog.set_level("INFO", logger="bot.common.launcher")
+    caplog.set_level("INFO", logger="bot.common.supervisor")
     child = supervisor.start("bot", script("import time; time.sleep(1.2)"))
     code, _ = run_until_stopped(supervisor, timeout_s=1.6)
     assert code is None and child.running
@@ -92,7 +92,7 @@ def test_a_clean_exit_is_started_again_too(supervisor, caplog):
 
 def test_after_a_stop_request_nothing_is_started_again_and_stop_all_kills_what_ignores_sigterm(supervisor, caplog,
                                                                                                 tmp_path):
-    caplog.set_level("INFO", logger="bot.common.launcher")
+    caplog.set_level("INFO", logger="bot.common.supervisor")
     polite = supervisor.start("worker", script("import time; time.sleep(600)"))
     ready = tmp_path / "ready"
     stubborn = supervisor.start("bot", script(

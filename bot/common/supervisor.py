@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from bot.queue.connection import die_with_parent
 
-log = logging.getLogger("bot.common.launcher")
+log = logging.getLogger(__name__)
 
 CONFIGURATION_ERROR = 2  # load_settings, rujokes-bot's token checks
 
@@ -66,7 +66,7 @@ class Supervisor:
         self.signal_all(signum)
 
     def start(self, name: str, command: list[str]) -> Child:
-        child = self.children.setdefault(name, Child(name, command))
+        self.children[name] = child = Child(name, command)
         self._spawn(child)
         return child
 
@@ -83,25 +83,23 @@ class Supervisor:
             return 0
         now = time.monotonic()
         for child in self.children.values():
-            if child.start_at is not None:
-                if now >= child.start_at:
-                    self._spawn(child)
-                continue
-            if child.process is None or (code := child.process.poll()) is None:
-                continue
-            ran_s = now - child.started_at
-            if code == CONFIGURATION_ERROR:
-                log.error("%s exited with a configuration error (code %d); stopping the stack", child.name, code)
-                return code
-            child.quick_exits = child.quick_exits + 1 if ran_s < self.policy.settled_s else 0
-            if child.quick_exits >= self.policy.max_quick_exits:
-                log.error("%s exited %d times in a row within %.0fs of starting (last code %s); stopping the stack",
-                          child.name, child.quick_exits, self.policy.settled_s, code)
-                return code or 1
-            pause_s = self.policy.pause_after(child.quick_exits)
-            log.warning("%s exited with %s after %.1fs; starting it again in %.1fs", child.name, code, ran_s, pause_s)
-            child.start_at = now + pause_s
-            if pause_s == 0:
+            if child.start_at is None:  # running, unless it has just exited
+                if child.process is None or (code := child.process.poll()) is None:
+                    continue
+                ran_s = now - child.started_at
+                if code == CONFIGURATION_ERROR:
+                    log.error("%s exited with a configuration error (code %d); stopping the stack", child.name, code)
+                    return code
+                child.quick_exits = child.quick_exits + 1 if ran_s < self.policy.settled_s else 0
+                if child.quick_exits >= self.policy.max_quick_exits:
+                    log.error("%s exited %d times in a row within %.0fs of starting (last code %s); stopping the "
+                              "stack", child.name, child.quick_exits, self.policy.settled_s, code)
+                    return code or 1
+                pause_s = self.policy.pause_after(child.quick_exits)
+                log.warning("%s exited with %s after %.1fs; starting it again in %.1fs", child.name, code, ran_s,
+                            pause_s)
+                child.start_at = now + pause_s
+            if now >= child.start_at:
                 self._spawn(child)
         return None
 
