@@ -2,8 +2,9 @@
 uses by default, for the worker and for library users alike.
 
 `load_for_serving("mini")` is the one call: int8 weights where the CPU kernels load (mini and small;
-`cpu_weights_for`), the compiled decode step compiling on a background thread while the eager path
-already answers, and `ServingModel.generate` switching to the compiled step the moment it is ready.
+`cpu_weights_for`), the compiled decode step compiling on a background thread once the first answer is
+out while the eager path answers, and `ServingModel.generate` switching to the compiled step the moment
+it is ready.
 The switch changes no token: the compiled step computes what the eager one does (tests pin it), so a
 caller cannot tell which path served it except by speed. `generate()` itself stays exact and eager.
 Whatever cannot be had on this machine (no AVX2, no C++ compiler) is logged once and served without.
@@ -63,20 +64,29 @@ _one_compile_at_a_time = threading.Lock()
 # The compile thread's niceness: the lowest priority, so that answers (and the bot beside the worker) come
 # first on a small machine. Tests that run under CPU burners set it to 0, or the compile starves.
 COMPILE_NICENESS = 19
+# A compile starts once the first answer is out (`BackgroundCompile.begin`), or this long after it was asked
+# for: dynamo's tracing holds the GIL for seconds, and an eager joke written beside it took many times as
+# long (BENCHMARKS.md), so the first joke after a start waited for the compile it was meant not to wait for.
+COMPILE_START_WITHIN_S = 10.0
 
 
 class BackgroundCompile:
     """Compiles a model's decode step on a daemon thread; `ready` turns true once every graph kind is built.
 
-    Until then callers decode eagerly. A compile that fails leaves `error` set and the model eager. The
-    thread runs at the lowest CPU priority, so on a small machine it takes the cores nobody else wants:
-    the eager answers meanwhile, and the bot starting beside the worker, come first.
+    Until then callers decode eagerly. The compile starts when a caller says its first answer is out
+    (`begin`), when someone `wait`s for it, or after `start_within_s`. A compile that fails leaves `error`
+    set and the model eager. The thread runs at the lowest CPU priority, so on a small machine it takes
+    the cores nobody else wants: the eager answers meanwhile, and the bot starting beside the worker, come
+    first.
     """
 
-    def __init__(self, model: TransformerForCausalLM, name: str = "model") -> None:
+    def __init__(self, model: TransformerForCausalLM, name: str = "model",
+                 start_within_s: float | None = None) -> None:
         self.model, self.name = model, name
+        self.start_within_s = COMPILE_START_WITHIN_S if start_within_s is None else start_within_s
         self.error: BaseException | None = None
         self.seconds: float | None = None
+        self._begin = threading.Event()
         self._done = threading.Event()
         self._ready = False
         # Derived weights are made here, before the thread starts, so eager decoding on the caller's
@@ -92,6 +102,7 @@ class BackgroundCompile:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPILE_NICENESS)
         except (AttributeError, OSError):  # not Linux, or not allowed: compile at the normal priority
             pass
+        self._begin.wait(self.start_within_s)
         started = time.monotonic()
         try:
             with _one_compile_at_a_time:
@@ -111,8 +122,13 @@ class BackgroundCompile:
     def ready(self) -> bool:
         return self._ready
 
+    def begin(self) -> None:
+        """Start compiling now (if not started yet): the caller's first answer is out."""
+        self._begin.set()
+
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the compile ended (or `timeout`); whether the compiled step is ready."""
+        """Start the compile now, block until it ended (or `timeout`); whether the compiled step is ready."""
+        self.begin()
         self._done.wait(timeout)
         return self._ready
 
@@ -178,7 +194,11 @@ class ServingModel:
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
         kwargs.setdefault("eos_token_id", self.tokenizer.eos_token_id)
         kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        return self.model.generate(input_ids, max_new_tokens, compile=self.compiled, **kwargs)
+        try:
+            return self.model.generate(input_ids, max_new_tokens, compile=self.compiled, **kwargs)
+        finally:
+            if self.compiling is not None:
+                self.compiling.begin()
 
     def complete(self, prompt: str, max_new_tokens: int = 150, *, n: int = 1, top_k: int | None = 10,
                  **kwargs) -> list[str]:

@@ -68,15 +68,16 @@ def test_rujokes_run_serves_jokes_from_dotenv_keeps_a_standby_bot_and_stops_ever
     with open(log, "wb") as output:
         launcher = subprocess.Popen([rujokes, "run"], cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        # Sent at once, while the models load: it waits at "Telegram" until the bot starts, which the launcher
-        # does once the worker beats, so it is answered with a joke rather than refused for want of a worker.
+        # Sent at once, while the models load: it waits at "Telegram" until the bots, started beside the worker,
+        # see it beat, so it is answered with a joke rather than refused for want of a worker.
         api.private_message(4242, "/joke Штирлиц пришел домой")
         wait_until(lambda: jokes_in(4242) or launcher.poll() is not None, 180, "a joke through the whole stack")
         assert launcher.poll() is None, log.read_text()[-3000:]
         assert api.messages_in_chat(4242)[-1].startswith("Штирлиц пришел домой"), api.messages_in_chat(4242)
         assert texts.WORKERS_DOWN not in api.messages_in_chat(4242)
         text = log.read_text()
-        assert "started; sizes" in text.split("started bot")[0], "the bot starts once the worker serves"
+        assert "started; sizes" not in text.split("started bot-2")[0], "the bots start while the models load"
+        assert "a worker beats; taking Telegram updates" in text
         assert list((tmp_path / "redis").glob("appendonly*")), "the embedded Redis keeps an AOF in REDIS_DATA_DIR"
         assert sorted(started_pids().values()) == ["bot-1", "bot-2", "worker"], "a bot and its hot standby"
 
@@ -90,6 +91,8 @@ def test_rujokes_run_serves_jokes_from_dotenv_keeps_a_standby_bot_and_stops_ever
         assert launcher.poll() is None, log.read_text()[-3000:]
         assert len(jokes_in(4343)) == 1
         wait_until(lambda: len(started_pids()) == 4, 30, "the killed bot started again")
+        restarted = max(started_pids())
+        assert b"--await-worker-s" not in Path(f"/proc/{restarted}/cmdline").read_bytes(), "a worker beat: no wait"
         assert re.search(rf"{started_pids()[serving]} exited with -9 after [\d.]+s; starting it again in [\d.]+s",
                          log.read_text())
         wait_until(lambda: lease_holder_pid(redis_url) not in (None, serving), 30, "the standby holds the lease")

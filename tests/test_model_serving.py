@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import pytest
 import torch
 
+from rujokes_model import serving
 from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
 from rujokes_model.config import ModelConfig, cpu_weights_for, default_int8_sizes
 from rujokes_model.cpu_kernels import cpu_kernels_supported
@@ -62,6 +64,35 @@ def test_requests_are_answered_before_the_compile_and_get_the_same_tokens_after_
     threads = torch.get_num_threads()
     assert compiled_step(served.model)._compiled_for == {(True, threads), (False, threads)}
     assert seeded_texts(served) == before
+
+
+@pytest.fixture
+def compile_starts(monkeypatch) -> list[float]:
+    """When each background compile began (its warm-up), without compiling anything."""
+    began: list[float] = []
+    monkeypatch.setattr(CompiledDecodeStep, "warm_up", lambda self, *args, **kwargs: began.append(time.monotonic()))
+    return began
+
+
+def test_the_compile_waits_for_the_first_answer(tiny_dir, compile_starts):
+    """Dynamo's tracing beside the first eager answer made that answer many times slower: it goes first."""
+    served = load_for_serving(tiny_dir, cpu_weights=None)
+    time.sleep(0.5)
+    assert compile_starts == [] and not served.compiled
+    answered_at = time.monotonic()
+    served.complete("Кот", 4)
+    assert served.wait_until_compiled(timeout=30)
+    assert len(compile_starts) == 1 and compile_starts[0] >= answered_at
+
+
+def test_the_compile_starts_unasked_after_its_bound(tiny_dir, compile_starts, monkeypatch):
+    monkeypatch.setattr(serving, "COMPILE_START_WITHIN_S", 0.3)
+    created_at = time.monotonic()
+    served = load_for_serving(tiny_dir, cpu_weights=None)
+    deadline = time.monotonic() + 30
+    while not served.compiled and time.monotonic() < deadline:  # polled: wait() would start it itself
+        time.sleep(0.02)
+    assert served.compiled and compile_starts[0] - created_at >= 0.3
 
 
 def test_eager_decoding_during_a_real_compile_is_unaffected(tiny_dir, compile_at_normal_priority):

@@ -90,6 +90,20 @@ def test_a_clean_exit_is_started_again_too(supervisor, caplog):
     assert starts(supervisor, "bot", caplog) == 2
 
 
+def test_restart_with_changes_the_next_start_only(supervisor, tmp_path):
+    """rujokes run starts its bots with --await-worker-s and drops it once a worker beat."""
+    marks = tmp_path / "marks"
+    child = supervisor.start("bot", script(f"open({str(marks)!r}, 'a').write('first\\n'); import time; time.sleep(1.2)"))
+    supervisor.restart_with("bot", script(f"open({str(marks)!r}, 'a').write('second\\n'); import time; time.sleep(600)"))
+    first_pid = child.process.pid
+    code, _ = run_until_stopped(supervisor, timeout_s=1.6)
+    assert code is None and child.running and child.process.pid != first_pid
+    deadline = time.monotonic() + 30
+    while marks.read_text().count("\n") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marks.read_text().split() == ["first", "second"]
+
+
 def test_after_a_stop_request_nothing_is_started_again_and_stop_all_kills_what_ignores_sigterm(supervisor, caplog,
                                                                                                 tmp_path):
     caplog.set_level("INFO", logger="bot.common.supervisor")

@@ -1,11 +1,12 @@
 """`rujokes run`: the whole stack from one command and `.env`.
 
-Starts an embedded Redis when REDIS_URL is empty, then `rujokes-worker` and, once a worker beats,
-`rujokes-bot` and STANDBY_BOTS hot standbys (bot/telegram/lease.py) as child processes pointed at it
-(a /joke sent while the models load waits at Telegram for the bot instead of being refused for want of
-a worker). A child that exits is started again (bot/common/supervisor.py): a killed bot's standby
-serves meanwhile, and the restarted one becomes the next standby. SIGINT/SIGTERM are passed on to the
-children, and Redis goes last (after the children flushed their work to it).
+Starts an embedded Redis when REDIS_URL is empty, then `rujokes-worker`, `rujokes-bot` and STANDBY_BOTS
+hot standbys (bot/telegram/lease.py) as child processes pointed at it, all at once: the bots import and
+build everything while the models load, then wait for a worker's heartbeat before they take updates (a
+/joke sent meanwhile waits at Telegram instead of being refused for want of a worker). A child that exits
+is started again (bot/common/supervisor.py): a killed bot's standby serves meanwhile, and the restarted
+one becomes the next standby. SIGINT/SIGTERM are passed on to the children, and Redis goes last (after the
+children flushed their work to it).
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from types import FrameType
 
 from redis.exceptions import RedisError
@@ -43,22 +43,24 @@ async def _a_worker_beats(registry: WorkerRegistry) -> bool:
 
 
 async def _supervise(supervisor: Supervisor, settings: Settings, url: str, with_bot: bool) -> int:
-    """Until a signal (0) or a child's exit that stops the stack (its code). The bots start once a worker beats,
-    or after WORKER_START_TIMEOUT_S without one."""
+    """Until a signal (0) or a child's exit that stops the stack (its code). The bots start beside the worker
+    and wait up to WORKER_START_TIMEOUT_S for its heartbeat; once one beat, a bot started again serves at once
+    (its standby may be the only one left, workers or not)."""
     supervisor.start("worker", module_command("bot.worker.main"))
+    bots = bot_names(settings.standby_bots) if with_bot else []
+    for name in bots:
+        supervisor.start(name, [*module_command("bot.telegram.main"), "--await-worker-s", str(WORKER_START_TIMEOUT_S)])
     client = connect(url)
     registry = WorkerRegistry(client, settings.queue_config())
-    bots_due, deadline = with_bot, time.monotonic() + WORKER_START_TIMEOUT_S
+    awaiting = bool(bots)
     try:
         while not supervisor.stopping:
             if (code := supervisor.check()) is not None:
                 return code
-            if bots_due and (await _a_worker_beats(registry) or time.monotonic() >= deadline):
-                if time.monotonic() >= deadline:
-                    log.warning("no worker heartbeat within %.0fs; starting the bot anyway", WORKER_START_TIMEOUT_S)
-                for name in bot_names(settings.standby_bots):
-                    supervisor.start(name, module_command("bot.telegram.main"))
-                bots_due = False
+            if awaiting and await _a_worker_beats(registry):
+                for name in bots:
+                    supervisor.restart_with(name, module_command("bot.telegram.main"))
+                awaiting = False
             await asyncio.sleep(0.2)
         return 0
     finally:

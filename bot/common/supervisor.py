@@ -70,6 +70,10 @@ class Supervisor:
         self._spawn(child)
         return child
 
+    def restart_with(self, name: str, command: list[str]) -> None:
+        """Start `name` with `command` from its next start on; a running child is left as it is."""
+        self.children[name].command = command
+
     def _spawn(self, child: Child) -> None:
         # A launcher killed hard takes its children down with it, as it does its embedded Redis.
         child.process = subprocess.Popen(child.command, env=self.env,

@@ -43,6 +43,7 @@ from aiogram.utils.backoff import BackoffConfig
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from bot.common.metrics import Metrics, MetricsServer, start_http_server
 from bot.common.settings import Settings
@@ -341,9 +342,27 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def run(settings: Settings, redis: Redis) -> None:
+async def await_worker(queue: RequestQueue, stop: asyncio.Event, timeout_s: float) -> None:
+    """Until a worker beats, `stop` is set or `timeout_s` passed. `rujokes run` starts its bots beside the
+    worker and asks them to wait: a /joke sent while the models load then waits at Telegram for the bot,
+    rather than being refused for want of a worker."""
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set():
+        with suppress(RedisError):  # an external Redis still starting: keep waiting
+            if await queue.live_workers():
+                log.info("a worker beats; taking Telegram updates")
+                return
+        if time.monotonic() >= deadline:
+            log.warning("no worker heartbeat within %.0fs; taking Telegram updates anyway", timeout_s)
+            return
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+
+
+async def run(settings: Settings, redis: Redis, await_worker_s: float = 0.0) -> None:
     """Serve once this process holds the Telegram lease (bot/telegram/lease.py; until then it is a standby) until
-    SIGTERM/SIGINT or the lease is lost, then shut down within settings.bot_shutdown_timeout_s; closes `redis`."""
+    SIGTERM/SIGINT or the lease is lost, then shut down within settings.bot_shutdown_timeout_s; closes `redis`.
+    With `await_worker_s`, first wait that long at most for a worker's heartbeat (`await_worker`)."""
     stop = stop_on_signals()
     metrics = Metrics(CollectorRegistry())
     pacer = ChatPacer(redis, settings.redis_prefix, settings.group_messages_per_minute)
@@ -358,8 +377,10 @@ async def run(settings: Settings, redis: Redis) -> None:
     lease = BotLease(redis, settings.redis_prefix, settings.bot_lease_ttl_s)
     holding = False
     server = start_metrics_server(settings, services, lease, lambda: holding)
+    if await_worker_s:
+        await await_worker(services.queue, stop, await_worker_s)
     # Built and imported: a standby takes over within the lease's lapse, not after a process start.
-    if not await lease.acquire(stop):
+    if stop.is_set() or not await lease.acquire(stop):
         log.info("standby bot stopped")
         if server is not None:
             await asyncio.to_thread(server.stop)

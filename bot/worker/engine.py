@@ -77,8 +77,12 @@ class ModelEngine:
         if size in self._compile_on_first_use:
             self._compile_on_first_use.discard(size)
             self.compiling[size] = BackgroundCompile(self.models[size].model, size)
-        with self._lock:
-            return self._generate(size, jobs, on_partial, on_done, more_jobs)
+        try:
+            with self._lock:
+                return self._generate(size, jobs, on_partial, on_done, more_jobs)
+        finally:
+            if size in self.compiling:  # its first batch is out: the compile's turn
+                self.compiling[size].begin()
 
     def _generate(self, size: str, jobs: list[Job], on_partial: PartialCallback | None,
                   on_done: DoneCallback | None, more_jobs: MoreJobs | None) -> list[GenerationOutput]:
