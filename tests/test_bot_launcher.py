@@ -76,7 +76,7 @@ def test_rujokes_run_serves_jokes_from_dotenv_keeps_a_standby_bot_and_stops_ever
         assert api.messages_in_chat(4242)[-1].startswith("Штирлиц пришел домой"), api.messages_in_chat(4242)
         assert texts.WORKERS_DOWN not in api.messages_in_chat(4242)
         text = log.read_text()
-        assert "started; sizes" not in text.split("started bot-2")[0], "the bots start while the models load"
+        assert "started; sizes" not in text.split("started bot-1")[0], "the bot starts while the models load"
         assert "a worker beats; taking Telegram updates" in text
         assert list((tmp_path / "redis").glob("appendonly*")), "the embedded Redis keeps an AOF in REDIS_DATA_DIR"
         assert sorted(started_pids().values()) == ["bot-1", "bot-2", "worker"], "a bot and its hot standby"

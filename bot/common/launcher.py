@@ -1,12 +1,12 @@
 """`rujokes run`: the whole stack from one command and `.env`.
 
-Starts an embedded Redis when REDIS_URL is empty, then `rujokes-worker`, `rujokes-bot` and STANDBY_BOTS
-hot standbys (bot/telegram/lease.py) as child processes pointed at it, all at once: the bots import and
-build everything while the models load, then wait for a worker's heartbeat before they take updates (a
-/joke sent meanwhile waits at Telegram instead of being refused for want of a worker). A child that exits
-is started again (bot/common/supervisor.py): a killed bot's standby serves meanwhile, and the restarted
-one becomes the next standby. SIGINT/SIGTERM are passed on to the children, and Redis goes last (after the
-children flushed their work to it).
+Starts an embedded Redis when REDIS_URL is empty, then `rujokes-worker` and `rujokes-bot` as child processes
+pointed at it, both at once: the bot imports and builds everything while the models load, then waits for a
+worker's heartbeat before it takes updates (a /joke sent meanwhile waits at Telegram instead of being
+refused for want of a worker). STANDBY_BOTS hot standbys (bot/telegram/lease.py) follow once a worker
+beats. A child that exits is started again (bot/common/supervisor.py): a killed bot's standby serves
+meanwhile, and the restarted one becomes the next standby. SIGINT/SIGTERM are passed on to the children,
+and Redis goes last (after the children flushed their work to it).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from types import FrameType
 
 from redis.exceptions import RedisError
@@ -43,23 +44,26 @@ async def _a_worker_beats(registry: WorkerRegistry) -> bool:
 
 
 async def _supervise(supervisor: Supervisor, settings: Settings, url: str, with_bot: bool) -> int:
-    """Until a signal (0) or a child's exit that stops the stack (its code). The bots start beside the worker
-    and wait up to WORKER_START_TIMEOUT_S for its heartbeat; once one beat, a bot started again serves at once
-    (its standby may be the only one left, workers or not)."""
+    """Until a signal (0) or a child's exit that stops the stack (its code). The serving bot starts beside the
+    worker and waits up to WORKER_START_TIMEOUT_S for its heartbeat; the standbys start once one beat (on a
+    small machine a third process importing at once would slow the other two), and from then on a bot started
+    again serves at once (it may be the only one left, workers or not)."""
     supervisor.start("worker", module_command("bot.worker.main"))
     bots = bot_names(settings.standby_bots) if with_bot else []
-    for name in bots:
-        supervisor.start(name, [*module_command("bot.telegram.main"), "--await-worker-s", str(WORKER_START_TIMEOUT_S)])
+    if bots:
+        supervisor.start(bots[0], [*module_command("bot.telegram.main"), "--await-worker-s",
+                                   str(WORKER_START_TIMEOUT_S)])
     client = connect(url)
     registry = WorkerRegistry(client, settings.queue_config())
-    awaiting = bool(bots)
+    awaiting, deadline = bool(bots), time.monotonic() + WORKER_START_TIMEOUT_S
     try:
         while not supervisor.stopping:
             if (code := supervisor.check()) is not None:
                 return code
-            if awaiting and await _a_worker_beats(registry):
-                for name in bots:
-                    supervisor.restart_with(name, module_command("bot.telegram.main"))
+            if awaiting and (await _a_worker_beats(registry) or time.monotonic() >= deadline):
+                supervisor.restart_with(bots[0], module_command("bot.telegram.main"))
+                for name in bots[1:]:
+                    supervisor.start(name, module_command("bot.telegram.main"))
                 awaiting = False
             await asyncio.sleep(0.2)
         return 0
