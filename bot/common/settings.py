@@ -74,8 +74,9 @@ class Settings(BaseSettings):
                              "cores.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the worker runs the models.")
     compile_decode: bool = Field(
-        True, description="Compile each model's decode step (torch.compile) in the background at worker start; "
-                          "requests are answered on the eager path until it is ready, with the same tokens. "
+        True, description="Compile each model's decode step (torch.compile) in the background, from the worker's "
+                          "first batch's end or 10 s after its start; requests are answered on the eager path "
+                          "until it is ready, with the same tokens. "
                           "≈ 2-3× faster decoding on a CPU (BENCHMARKS.md). Needs a C++ compiler (g++) on CPU "
                           "workers; without one the worker logs it and stays eager. The graphs are cached in "
                           "TORCHINDUCTOR_CACHE_DIR (default ~/.cache/rujokes/inductor), so a restart compiles "
