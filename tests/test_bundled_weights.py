@@ -24,7 +24,7 @@ FIGURES = json.loads((HELDOUT / "bits_per_char.json").read_text(encoding="utf-8"
 OPEN_SOURCES = ("gorovuha/CleanComedy:", "debian/fortunes-ru:")  # CC BY 4.0, GPL-2: see ATTRIBUTION.md
 # The same weights, tokenizer, texts and code reproduce a figure to ~1e-4 bits/char (float summation order
 # on another CPU or thread count). 0.02 is 1% of the figure: far below what a damaged checkpoint, a
-# mismatched tokenizer or a broken scoring path costs, and 1/17 of the nano-mini gap on this sample (0.34).
+# mismatched tokenizer or a broken scoring path costs, and under 1/10 of the nano-mini gap on this sample (0.23).
 MARGIN_BITS_PER_CHAR = 0.02
 
 
@@ -88,7 +88,7 @@ def test_bundled_model_scores_its_card_figure_on_the_whole_validation_split(size
     card = (path / "README.md").read_text(encoding="utf-8")
     claimed = float(re.search(r"validation bits per character \| ([0-9.]+)", card).group(1))
     measured = evaluate_texts(*load(path), prepare_corpus(DEFAULT_CORPUS).val).bits_per_char
-    # The same split and code as the card: reproduced to ~1e-4 (nano 2.2450 vs 2.2451, mini 1.9644 vs 1.9644).
+    # The same split and code as the card: reproduced to ~1e-4 (mini 1.9644 vs 1.9644).
     assert abs(measured - claimed) <= 0.005, (size, measured, claimed)
 
 
