@@ -76,3 +76,11 @@ async def test_a_reply_finds_the_joke_only_in_the_message_and_chat_it_was_shown_
     assert await feedback.chat_joke(-100500, 8) is None  # another message (a refusal, /help, a user's)
     assert await feedback.chat_joke(-100501, 7) is None  # the same message id in another chat
     assert 0 < await redis_client.ttl(f"{key_prefix}bot:chat_joke:-100500:7") <= 30 * 86_400
+
+
+def test_a_lone_surrogate_in_the_text_counts_as_one_unit_and_is_dropped():
+    """JSON may carry an unpaired "\\ud83d" (the fuzzer sent one in a caption): its UTF-16 unit still counts in
+    the offsets, and it never reaches the opening (encoding it strictly raised inside the handler's filter)."""
+    text = f"\ud83d @{USERNAME} Штирлиц"
+    assert opening(text, [MessageEntity(type="mention", offset=2, length=len(USERNAME) + 1)]) == "Штирлиц"
+    assert opening(f"@{USERNAME} Чапаев \udc00", typed(f"@{USERNAME} Чапаев")) == "Чапаев"

@@ -34,7 +34,8 @@ def without_bot_mentions(text: str | None, entities: Sequence[MessageEntity] | N
     """
     if not text or not entities:
         return None
-    units = text.encode("utf-16-le")
+    # surrogatepass: JSON can carry an unpaired surrogate, which is still one UTF-16 unit of Telegram's offsets.
+    units = text.encode("utf-16-le", "surrogatepass")
     spans = sorted((e.offset, e.offset + e.length) for e in entities if is_bot_mention(e, units, bot_id, username))
     if not spans:
         return None

@@ -23,7 +23,7 @@ SEND_PATIENCE = 2.0
 
 
 def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def fit_message(text: str, limit: int = MAX_MESSAGE_UTF16) -> str:
@@ -31,7 +31,7 @@ def fit_message(text: str, limit: int = MAX_MESSAGE_UTF16) -> str:
     text = text.strip()
     if utf16_len(text) <= limit:
         return text
-    cut = text.encode("utf-16-le")[: (limit - 1) * 2].decode("utf-16-le", errors="ignore")
+    cut = text.encode("utf-16-le", "surrogatepass")[: (limit - 1) * 2].decode("utf-16-le", errors="ignore")
     return cut.rstrip() + "…"
 
 
