@@ -48,14 +48,17 @@ async def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
     return False
 
 
-async def test_kill_9_mid_batch_loses_nothing_and_answers_each_request_once(redis_server, key_prefix, model_dir, tmp_path):
+async def test_kill_9_mid_batch_loses_nothing_and_answers_each_request_once(redis_server, key_prefix, tmp_path):
     client = redis.asyncio.from_url(redis_server.url, decode_responses=True)
     config = QueueConfig(prefix=key_prefix, max_queue=100, max_deliveries=5, claim_idle_ms=1500)
     queue, reader = RequestQueue(client, config), ResultReader(client, config)
     await queue.ensure_groups()
     await reader.ensure_group()
-    env = worker_env(redis_server.url, key_prefix, model_dir, WORKER_BATCH_SIZE="8", PARTIAL_INTERVAL_S="0.2")
-    batch = requests(8, max_new_tokens=100)
+    # A long context, so the batch runs for a second or more: the worker caps a joke at half the context,
+    # and a batch of the usual 64 tokens could end between seeing its first partial and the kill.
+    long_model = make_tiny_model_dir(tmp_path / "long-nano", max_seq_len=1024)
+    env = worker_env(redis_server.url, key_prefix, long_model, WORKER_BATCH_SIZE="8", PARTIAL_INTERVAL_S="0.1")
+    batch = requests(8, max_new_tokens=480)
     for request in batch:
         request.stream_partials = True  # partials show the batch is mid-generation
         await queue.submit(request)
