@@ -72,7 +72,7 @@ def seconds(run: Callable[[], torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
-MODES = ("eager", "compiled", "compiled+bf16w", "compiled+int8w", "graphed", "compiled+graphed")
+MODES = ("eager", "compiled", "compiled+blas", "compiled+bf16w", "compiled+int8w", "graphed", "compiled+graphed")
 # Modes that decode as the serving engine does: a continuous batch (sampled on the device on a GPU) whose step
 # is replayed from CUDA graphs (rujokes_model/cuda_graph_step.py; on a CPU the same step without capture).
 GRAPHED = ("graphed", "compiled+graphed")
@@ -105,9 +105,12 @@ def our_model(config: ModelConfig, mode: str, device: str, dtype: torch.dtype) -
     if weights:
         from rujokes_model.lowbit_weights import use_lowbit_weights
         use_lowbit_weights(model, weights)
-    elif device == "cpu" and mode != "eager" and cpu_kernels_supported():
+    elif device == "cpu" and mode == "compiled+blas" and cpu_kernels_supported():
         from rujokes_model.lowbit_weights import use_cpu_kernels
-        use_cpu_kernels(model)  # as the worker serves fp32 models: MHLA attention on the kernel
+        use_cpu_kernels(model)  # fp32 products on torch's BLAS, MHLA attention on the kernel (the path before)
+    elif device == "cpu" and mode != "eager" and cpu_kernels_supported():
+        from rujokes_model.lowbit_weights import use_fp32_kernels
+        use_fp32_kernels(model)  # as the worker serves fp32 models: products and MHLA attention on the kernels
     return model
 
 
@@ -165,9 +168,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--modes", nargs="+", choices=MODES,
-                        help="our variants: eager steps, the compiled step, the compiled step with our bf16 or int8 "
-                             "CPU weight kernels, the serving engine's loop replayed from CUDA graphs (default: the "
-                             "kernels' modes on a CPU, the graphed ones on a GPU)")
+                        help="our variants: eager steps, the compiled step (fp32 weights on our CPU kernels, as "
+                             "served), the same with fp32 products on torch's BLAS (compiled+blas), with our bf16 "
+                             "or int8 CPU weight kernels, the serving engine's loop replayed from CUDA graphs "
+                             "(default: the kernels' modes on a CPU, the graphed ones on a GPU)")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="leave denormal floats on (the worker flushes them; applies to both models alike)")
     args = parser.parse_args()

@@ -110,14 +110,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 SIZES = tuple(PRESETS)
 
 
-# Below this width a decode step is per-op overhead, not weight traffic: int8 buys nano nothing
+# Below this width a decode step is per-op overhead, not weight traffic: int8 buys nano nothing over its fp32
+# weights on the same kernels
 # (BENCHMARKS.md, "Generation speed").
 INT8_FROM_D_MODEL = 384
 
 
 def cpu_weights_for(config: ModelConfig) -> CpuWeights:
     """The weights format a CPU serves a model with by default: int8 where reading the weights bounds a
-    decode step (mini and small), the stored fp32 otherwise."""
+    decode step (mini and small), the stored fp32 otherwise (on the kernels' fp32 loop: `use_fp32_kernels`)."""
     return "int8" if config.d_model >= INT8_FROM_D_MODEL else None
 
 

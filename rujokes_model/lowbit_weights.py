@@ -1,7 +1,8 @@
-"""Low-bit weights for CPU decoding: int8 (a quarter of fp32's bytes) or bf16 (half), fp32 in and out.
+"""Low-bit weights for CPU decoding: int8 (a quarter of fp32's bytes) or bf16 (half), fp32 in and out; and
+fp32 weights through the same kernels where a product's call costs more than its bytes.
 
 A decode step of mini or small reads every weight once for a few rows, and on a CPU it is bound by those
-bytes. `use_lowbit_weights(model, "int8")` swaps each Linear for a `LowBitLinear` that multiplies with
+bytes. `use_lowbit_weights(model, "int8")` swaps each Linear for a `KernelLinear` that multiplies with
 our AVX2 kernels (`kernels/decode_kernels.cpp`):
 - **int8**: symmetric, one fp32 scale per output row (absmax / 127); each activation row is scaled to int16
   (14 bits of its largest value) and the products are summed exactly in int32. Lossy: the model *becomes* its
@@ -11,6 +12,9 @@ our AVX2 kernels (`kernels/decode_kernels.cpp`):
   Its cost in quality is measured in BENCHMARKS.md.
 - **bf16**: widened to fp32 in registers, fp32 FMAs; exact for the bf16 checkpoints we ship (others are
   rounded to bf16 the same way).
+- **fp32** (`use_fp32_kernels`): the weights as they are, nothing rounded, the bf16 loop without the
+  widening. For decoding's few rows it beats torch's BLAS path at every size: nano's products are too
+  small to pay for a BLAS call, mini's one-row products ran 3× slower on BLAS (BENCHMARKS.md).
 
 Rows are computed independently and in a fixed order, so a row's output never depends on its batch mates.
 For inference on the CPU with fp32 activations; anything else (a GPU, autograd) falls back to F.linear on
@@ -26,7 +30,7 @@ from torch import nn
 
 from .cpu_kernels import load_cpu_kernels
 
-KINDS = ("int8", "bf16")
+KINDS = ("int8", "bf16", "fp32")
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,15 +41,16 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.contiguous(), scale.contiguous()
 
 
-class LowBitLinear(nn.Linear):
-    """A bias-free Linear that multiplies with a low-bit copy of its weight (fp32 in, fp32 out)."""
+class KernelLinear(nn.Linear):
+    """A bias-free Linear that multiplies through our kernels with a low-bit copy of its weight, or with the
+    fp32 weight itself (fp32 in, fp32 out)."""
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, kind: str) -> "LowBitLinear":
+    def from_linear(cls, linear: nn.Linear, kind: str) -> "KernelLinear":
         if kind not in KINDS:
-            raise ValueError(f"unknown low-bit kind {kind!r}; choose one of {', '.join(KINDS)}")
+            raise ValueError(f"unknown kernel weights {kind!r}; choose one of {', '.join(KINDS)}")
         if linear.bias is not None:
-            raise ValueError("LowBitLinear converts bias-free layers only")
+            raise ValueError("KernelLinear converts bias-free layers only")
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.in_features, new.out_features, new.kind = linear.in_features, linear.out_features, kind
@@ -63,9 +68,11 @@ class LowBitLinear(nn.Linear):
             # The model is its rounding. copy_ bumps the weight's version, which renews derived weights
             # such as MHLA's absorbed matrices.
             self.weight.copy_(self.qweight.float() * self.scale[:, None])
-        else:
+        elif self.kind == "bf16":
             self.qweight, self.scale = self.weight.detach().to(torch.bfloat16).contiguous(), None
             self.weight.copy_(self.qweight.float())
+        else:  # the Parameter's own storage: nothing rounded, nothing copied
+            self.qweight, self.scale = self.weight.detach(), None
         # Fixed shapes for torch.compile: a compiled step with dynamic=True would otherwise give every
         # dimension of these plain attributes a symbol, passed in and checked at every call.
         for tensor in (self.qweight, self.scale):
@@ -90,7 +97,9 @@ class LowBitLinear(nn.Linear):
             return F.linear(x, self.weight)
         if self.kind == "int8":
             return torch.ops.rujokes_cpu.int8_linear(x, self.qweight, self.scale)
-        return torch.ops.rujokes_cpu.bf16_linear(x, self.qweight)
+        if self.kind == "bf16":
+            return torch.ops.rujokes_cpu.bf16_linear(x, self.qweight)
+        return torch.ops.rujokes_cpu.fp32_linear(x, self.qweight)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, weights={self.kind}"
@@ -117,7 +126,7 @@ class AbsorbedHeads:
         self.uv = rows[:, keys_per_head:].contiguous()                      # (H, v, rank)
         self.uv_scale = scales[:, keys_per_head:].contiguous()              # (H, v)
         for tensor in (self.uk_t, self.uk_scale, self.ones, self.uv, self.uv_scale):
-            torch._dynamo.mark_static(tensor)  # fixed shapes in a compiled step, as for LowBitLinear
+            torch._dynamo.mark_static(tensor)  # fixed shapes in a compiled step, as for KernelLinear
 
     def to_latent(self, q: torch.Tensor) -> torch.Tensor:
         """(H, M, keys) queries → (H, M, rank): q · W_UK per head."""
@@ -140,8 +149,9 @@ def use_cpu_kernels(model: nn.Module) -> int:
 
 
 def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
-    """Swap the model's Linear layers for LowBitLinear in place (CPU, fp32); returns how many were swapped.
-    The model's MHLA layers get the kernels' decode attention too (use_cpu_kernels).
+    """Swap the model's Linear layers for KernelLinear in place (CPU, fp32); returns how many were swapped.
+    The model's MHLA layers get the kernels' decode attention too (use_cpu_kernels). kind "fp32" rounds
+    nothing (`use_fp32_kernels`).
 
     Builds the kernels on first use (a C++ compiler is needed once; see cpu_kernels.py).
     """
@@ -154,6 +164,14 @@ def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, LowBitLinear.from_linear(child, kind))
+                setattr(parent, name, KernelLinear.from_linear(child, kind))
                 swapped += 1
     return swapped
+
+
+
+def use_fp32_kernels(model: nn.Module) -> int:
+    """How the CPU serves an fp32 model: its Linear layers multiply through the kernels' fp32 loop, on the
+    weights as they are (nothing rounded), and its MHLA layers attend with the decode kernel. Rows stay
+    independent of their batch mates, as with low-bit weights. Returns how many Linear layers were swapped."""
+    return use_lowbit_weights(model, "fp32")

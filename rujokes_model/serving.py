@@ -2,9 +2,9 @@
 uses by default, for the worker and for library users alike.
 
 `load_for_serving("mini")` is the one call: int8 weights where the CPU kernels load (mini and small;
-`cpu_weights_for`), the compiled decode step compiling on a background thread once the first answer is
-out while the eager path answers, and `ServingModel.generate` switching to the compiled step the moment
-it is ready.
+`cpu_weights_for`; fp32 models, nano among them, multiply on the kernels' fp32 loop), the compiled
+decode step compiling on a background thread once the first answer is out while the eager path answers,
+and `ServingModel.generate` switching to the compiled step the moment it is ready.
 The switch changes no token: the compiled step computes what the eager one does (tests pin it), so a
 caller cannot tell which path served it except by speed. `generate()` itself stays exact and eager.
 Whatever cannot be had on this machine (no AVX2, no C++ compiler) is logged once and served without.
@@ -24,7 +24,7 @@ import torch
 from .compiled_step import compiled_step
 from .config import SIZES, CpuWeights, cpu_weights_for
 from .cpu_kernels import KernelBuildError, find_cxx
-from .lowbit_weights import use_cpu_kernels, use_lowbit_weights
+from .lowbit_weights import use_fp32_kernels, use_lowbit_weights
 from .model import TransformerForCausalLM
 from .pretrained import pretrained_path
 from .tokenizer import ByteLevelBPETokenizer
@@ -147,10 +147,11 @@ def speed_up(model: TransformerForCausalLM, *, cpu_weights: CpuWeights, compile:
             log.error("%s: keeping fp32 weights, the %s kernels are unavailable: %s", name, cpu_weights,
                       str(error).strip().splitlines()[0])
     elif model.device.type == "cpu" and model.embed.weight.dtype == torch.float32:
-        try:  # fp32 weights, but MHLA's decode attention still runs faster on the kernel (exact math)
-            use_cpu_kernels(model)
+        try:  # fp32 weights, nothing rounded, but the kernels multiply and attend faster than torch (exact math)
+            layers = use_fp32_kernels(model)
+            log.info("%s: %d layers use fp32 weights on the CPU kernels", name, layers)
         except KernelBuildError as error:
-            log.warning("%s: MHLA attention without the CPU kernel: %s", name, str(error).strip().splitlines()[0])
+            log.warning("%s: fp32 weights without the CPU kernels: %s", name, str(error).strip().splitlines()[0])
     if not compile:
         return None
     reason = compile_unavailable(model.device)

@@ -10,7 +10,7 @@ from bot.worker.engine import ModelEngine
 from bot.worker.engine_api import Job
 from bot.worker.loading import build_engine, load_source
 from rujokes_model.compiled_step import compiled_step
-from rujokes_model.lowbit_weights import LowBitLinear
+from rujokes_model.lowbit_weights import KernelLinear
 from tests.model_helpers import make_tiny_model_dir
 
 PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",
@@ -151,8 +151,8 @@ def test_a_compiled_int8_engine_answers_while_compiling_and_writes_the_same_joke
                                cpu_int8_sizes=["nano"], model_sources=lambda: {"nano": str(path)})
     engine = build_engine(settings)
     model = engine.models["nano"].model
-    assert all(m.kind == "int8" for m in model.modules() if isinstance(m, LowBitLinear))
-    assert any(isinstance(m, LowBitLinear) for m in model.modules())
+    assert all(m.kind == "int8" for m in model.modules() if isinstance(m, KernelLinear))
+    assert any(isinstance(m, KernelLinear) for m in model.modules())
     first = [job(0, "Вовочка", max_new_tokens=16), job(1, "Кот", max_new_tokens=5)]
     late = [job(2, "Колобок", max_new_tokens=7)]
 
@@ -198,7 +198,7 @@ def test_a_worker_without_a_compiler_serves_the_size_with_fp32_weights(tmp_path,
     settings = SimpleNamespace(device="cpu", torch_threads=0, cuda_graphs=True, default_size="nano", compile_decode=False, cpu_bf16_sizes=[],
                                cpu_int8_sizes=["nano"], model_sources=lambda: {"nano": str(path)})
     engine = build_engine(settings)
-    assert not any(isinstance(m, LowBitLinear) for m in engine.models["nano"].model.modules())
+    assert not any(isinstance(m, KernelLinear) for m in engine.models["nano"].model.modules())
     assert "keeping fp32 weights" in caplog.text and "g++" in caplog.text
     [output] = engine.generate("nano", [job(0, "Кот", max_new_tokens=4)])
     assert output.request_id == "r0" and output.text

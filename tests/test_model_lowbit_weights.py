@@ -1,4 +1,4 @@
-"""Low-bit CPU weights: our C++ int8 and bf16 kernels against plain fp32 arithmetic, and in the model."""
+"""CPU weight kernels: our C++ int8, bf16 and fp32 products against plain fp32 arithmetic, and in the model."""
 import subprocess
 
 import pytest
@@ -9,7 +9,13 @@ from torch import nn
 from rujokes_model import TransformerForCausalLM
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.cpu_kernels import KernelBuildError, build, cpu_kernels_supported, kernel_threads, load_cpu_kernels
-from rujokes_model.lowbit_weights import AbsorbedHeads, LowBitLinear, quantize_int8, use_lowbit_weights
+from rujokes_model.lowbit_weights import (
+    AbsorbedHeads,
+    KernelLinear,
+    quantize_int8,
+    use_fp32_kernels,
+    use_lowbit_weights,
+)
 from tests.model_helpers import random_ids, tiny_model, torch_threads
 
 pytestmark = pytest.mark.skipif(not cpu_kernels_supported(), reason="the kernels are AVX2 (x86-64) code")
@@ -97,6 +103,36 @@ def test_bf16_kernel_is_fp32_math_on_bf16_weights():
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("in_features", [96, 100, 31])  # nano's width, a tail after 32-wide blocks, under one block
+def test_fp32_kernel_is_fp32_math_on_the_weights_as_they_are(in_features):
+    torch.manual_seed(0)
+    weight = torch.randn(45, in_features) * 0.05
+    for rows in (1, 2, 3, 4, 7):
+        x = torch.randn(rows, in_features)
+        torch.testing.assert_close(torch.ops.rujokes_cpu.fp32_linear(x, weight), F.linear(x, weight),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="must be fp32"):
+        torch.ops.rujokes_cpu.fp32_linear(torch.randn(2, in_features), weight.bfloat16())
+
+
+def test_fp32_kernels_round_nothing_and_share_the_weights_storage():
+    """An fp32 model served on the kernels is the same model: the Parameters are untouched, the kernel reads
+    them in place (a later change of a weight is what the next product sees), the logits match torch's."""
+    model = tiny_model("alibi", "gqa", seed=3, tie_embeddings=True)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = random_ids(6, model.config.vocab_size, seed=2, batch=2)
+    with torch.inference_mode():
+        before = model(ids)
+    assert use_fp32_kernels(model) == sum(isinstance(m, KernelLinear) for m in model.modules()) > 0
+    assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())
+    linear = next(m for m in model.modules() if isinstance(m, KernelLinear))
+    assert linear.kind == "fp32" and linear.qweight.data_ptr() == linear.weight.data_ptr()
+    with torch.inference_mode(), torch.profiler.profile() as profiler:
+        after = model(ids)
+    assert any(event.name == "rujokes_cpu::fp32_linear" for event in profiler.events())
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
 def test_the_kernels_run_on_as_many_threads_as_torch_is_given():
     """at::parallel_for is OpenMP pragmas in torch's headers: a build without -fopenmp drops them and
     leaves every kernel on one core (it did, and a second core then gave nothing)."""
@@ -105,12 +141,12 @@ def test_the_kernels_run_on_as_many_threads_as_torch_is_given():
             assert kernel_threads() == count
 
 
-@pytest.mark.parametrize("kind", ["int8", "bf16"])
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
 def test_a_rows_output_is_bit_identical_whatever_its_batch_mates_and_threads(kind):
     """Seeded jokes must not depend on who shares the batch: every row, alone or in any batch, at any
     position and with any thread count, gets exactly the same numbers."""
     torch.manual_seed(1)
-    linear = LowBitLinear.from_linear(nn.Linear(384, 300, bias=False), kind)
+    linear = KernelLinear.from_linear(nn.Linear(384, 300, bias=False), kind)
     x = torch.randn(11, 384)
     alone = torch.cat([linear(x[i:i + 1]) for i in range(11)])
     for count in (1, 2):
@@ -122,7 +158,7 @@ def test_a_rows_output_is_bit_identical_whatever_its_batch_mates_and_threads(kin
 
 def test_any_leading_shape_and_non_contiguous_input():
     torch.manual_seed(2)
-    linear = LowBitLinear.from_linear(nn.Linear(64, 40, bias=False), "int8")
+    linear = KernelLinear.from_linear(nn.Linear(64, 40, bias=False), "int8")
     x = torch.randn(2, 3, 128)[..., ::2]  # (2, 3, 64), strided
     out = linear(x)
     assert out.shape == (2, 3, 40)
@@ -148,8 +184,8 @@ def test_bad_inputs_are_refused_with_a_clear_message():
         int8_op(torch.randn(2, 64), q, scale[:4])
     with pytest.raises(RuntimeError, match="int8"):
         int8_op(torch.randn(2, 64), q.float(), scale)
-    with pytest.raises(ValueError, match="unknown low-bit kind"):
-        LowBitLinear.from_linear(nn.Linear(4, 4, bias=False), "int4")
+    with pytest.raises(ValueError, match="unknown kernel weights"):
+        KernelLinear.from_linear(nn.Linear(4, 4, bias=False), "int4")
 
 
 @pytest.mark.parametrize("kind", ["int8", "bf16"])
@@ -173,7 +209,7 @@ def test_the_model_becomes_its_rounding_and_keeps_checkpoint_ties_and_cache_path
     assert model.lm_head.weight is model.embed.weight
     assert list(model.state_dict()) == keys
     for module in model.modules():
-        if isinstance(module, LowBitLinear):
+        if isinstance(module, KernelLinear):
             stored = module.qweight.float() * (module.scale[:, None] if kind == "int8" else 1)
             assert torch.equal(module.weight, stored)
     with torch.inference_mode():
@@ -193,14 +229,14 @@ def test_the_model_becomes_its_rounding_and_keeps_checkpoint_ties_and_cache_path
 
 
 def test_training_and_other_devices_fall_back_to_plain_fp32_on_the_rounded_weight():
-    linear = LowBitLinear.from_linear(nn.Linear(32, 16, bias=False), "int8")
+    linear = KernelLinear.from_linear(nn.Linear(32, 16, bias=False), "int8")
     x = torch.randn(4, 32, requires_grad=True)
     out = linear(x)
     out.sum().backward()  # autograd works: F.linear on the dequantized weight
     assert torch.equal(out, F.linear(x, linear.weight)) and x.grad is not None
 
 
-@pytest.mark.parametrize("kind", ["int8", "bf16"])
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp32"])
 def test_lowbit_weights_through_the_compiled_step_give_the_eager_tokens(kind):
     """The kernels register their shapes in C++, so a compiled step calls them without Python."""
     model = tiny_model("alibi", "gqa", seed=4)

@@ -13,7 +13,7 @@ from rujokes_model import serving
 from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
 from rujokes_model.config import ModelConfig, cpu_weights_for, default_int8_sizes
 from rujokes_model.cpu_kernels import cpu_kernels_supported
-from rujokes_model.lowbit_weights import LowBitLinear
+from rujokes_model.lowbit_weights import KernelLinear
 from rujokes_model.serving import load_for_serving, use_persistent_compile_cache
 from tests.model_helpers import make_tiny_model_dir
 
@@ -54,7 +54,7 @@ def test_int8_weights_are_the_cpu_default_where_weights_bound_a_step():
 def test_requests_are_answered_before_the_compile_and_get_the_same_tokens_after_it(tiny_dir, held_compile,
                                                                                    compile_at_normal_priority):
     served = load_for_serving(tiny_dir, cpu_weights="int8")
-    assert any(isinstance(m, LowBitLinear) and m.kind == "int8" for m in served.model.modules())
+    assert any(isinstance(m, KernelLinear) and m.kind == "int8" for m in served.model.modules())
     assert served.compiling is not None and not served.compiled
     before = seeded_texts(served)  # answered while the compile has not even started
     assert not served.compiled and not compiled_step(served.model)._compiled_for
@@ -132,7 +132,7 @@ def test_without_a_compiler_it_says_so_once_and_serves_fp32(tiny_dir, tmp_path, 
     with caplog.at_level(logging.INFO, logger="rujokes_model.serving"):
         served = load_for_serving(tiny_dir, cpu_weights="int8")
     assert served.compiling is None and not served.compiled
-    assert not any(isinstance(m, LowBitLinear) for m in served.model.modules())
+    assert not any(isinstance(m, KernelLinear) for m in served.model.modules())
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 2, errors  # one line for the weights, one for the compiled step
     assert "keeping fp32 weights" in errors[0] and "no C++ compiler" in errors[1]
@@ -152,6 +152,9 @@ def test_the_compile_cache_persists_outside_tmp_unless_configured(monkeypatch, t
 def test_bundled_sizes_load_by_name():
     served = load_for_serving("nano", compile=False)
     assert served.model.config.d_model == ModelConfig.preset("nano").d_model
+    if cpu_kernels_supported():  # nano keeps its fp32 weights, multiplied on the kernels' fp32 loop
+        kinds = {m.kind for m in served.model.modules() if isinstance(m, KernelLinear)}
+        assert kinds == {"fp32"} and not any(type(m) is torch.nn.Linear for m in served.model.modules())
     [text] = served.complete("Штирлиц", 12)
     assert text.startswith("Штирлиц") and len(text) > len("Штирлиц")
 

@@ -94,7 +94,8 @@ class Settings(BaseSettings):
         default_factory=default_int8_sizes,
         description="Comma-separated sizes whose weights a CPU worker rounds to int8 (one scale per row): a quarter "
                     "of fp32's traffic, ≈ 1.5-2× faster decoding than bf16 for mini and small, at a small measured "
-                    "quality cost (BENCHMARKS.md). Default: mini,small (nano gains nothing). Empty: none. Needs "
+                    "quality cost (BENCHMARKS.md). Default: mini,small (nano, bound by per-op overhead, not "
+                    "bytes, gains nothing; its fp32 weights run on the kernels too). Empty: none. Needs "
                     "an x86-64 CPU with AVX2 and g++; without them the worker logs it and keeps fp32.")
     # One field per size of SIZES (model_sources reads them by name).
     model_nano: str = _model_source("nano")

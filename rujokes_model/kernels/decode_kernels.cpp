@@ -8,6 +8,8 @@
 //     vpmaddwd, 16 products per instruction, summed exactly in int32.
 //   int8_head_linear(x, w, scale): the same, one weight matrix per head (MHLA's absorbed W_UK and W_UV).
 //   bf16_linear(x, w): w bf16 (N, K), widened to fp32 in registers, fp32 FMAs.
+//   fp32_linear(x, w): the same loop over fp32 weights. For nano-sized layers, where a decode step is the
+//     overhead around tiny products, not their bytes, it costs less a call than torch's (BLAS) path.
 //   latent_attention(q, entries, mask, scale, rank): MHLA's absorbed attention for one new token a row,
 //     scores, softmax and values in one pass over the row's latent cache.
 // A row's result never depends on its batch mates or the thread count: int8 sums are exact integers and
@@ -213,7 +215,7 @@ at::Tensor int8_head_linear(const at::Tensor& x, const at::Tensor& weight, const
   return out;
 }
 
-// ---- bf16 weights × fp32 activations -----------------------------------------------------------------
+// ---- bf16 or fp32 weights × fp32 activations -----------------------------------------------------------
 
 constexpr int kFloatRows = 3;  // rows sharing each widened weight vector: 3 × 4 accumulators of 16 registers
 
@@ -230,20 +232,25 @@ inline float sum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// out[r·ldo] = Σ_k x[r, k]·w[k] for R rows and one bf16 weight row; four accumulators a row hide the
-// FMA latency, in the same layout for every R, so the sum order is fixed.
-template <int R>
-inline void bf16_dot(const float* x, int64_t K, const c10::BFloat16* w, float* out, int64_t ldo) {
+// Eight weights as fp32: bf16 widened (exact), fp32 as they are.
+inline __m256 load8(const c10::BFloat16* w) { return widen_bf16(w); }
+inline __m256 load8(const float* w) { return _mm256_loadu_ps(w); }
+
+// out[r·ldo] = Σ_k x[r, k]·w[k] for R rows and one weight row (bf16 or fp32); four accumulators a row hide
+// the FMA latency, in the same layout for every R, so the sum order is fixed.
+template <int R, typename W>
+inline void float_dot(const float* x, int64_t K, const W* w, float* out, int64_t ldo) {
   __m256 acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int a = 0; a < 4; ++a) acc[r][a] = _mm256_setzero_ps();
   const char* ahead = reinterpret_cast<const char*>(w + kPrefetchRows * K);
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    _mm_prefetch(ahead + 2 * k, _MM_HINT_T0);  // 32 bf16 weights: one 64-byte line
+    for (size_t line = 0; line < 32 * sizeof(W); line += 64)  // 32 weights: one 64-byte line of bf16, two of fp32
+      _mm_prefetch(ahead + sizeof(W) * k + line, _MM_HINT_T0);
 #pragma GCC unroll 4
     for (int a = 0; a < 4; ++a) {
-      const __m256 wv = widen_bf16(w + k + 8 * a);
+      const __m256 wv = load8(w + k + 8 * a);
 #pragma GCC unroll 3
       for (int r = 0; r < R; ++r)
         acc[r][a] = _mm256_fmadd_ps(_mm256_loadu_ps(x + r * K + k + 8 * a), wv, acc[r][a]);
@@ -257,24 +264,34 @@ inline void bf16_dot(const float* x, int64_t K, const c10::BFloat16* w, float* o
   }
 }
 
-at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
-  check_common("bf16_linear", x, weight);
-  TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "bf16_linear: the weight must be bf16");
+template <typename W>
+at::Tensor float_linear(const char* op, const at::Tensor& x, const at::Tensor& weight) {
+  check_common(op, x, weight);
   const int64_t N = weight.size(0), K = weight.size(1);
   const at::Tensor rows = x.reshape({-1, K}).contiguous();
   const int64_t M = rows.size(0);
   at::Tensor out = at::empty({M, N}, x.options());
   const float* xp = rows.const_data_ptr<float>();
-  const c10::BFloat16* w = weight.const_data_ptr<c10::BFloat16>();
+  const W* w = weight.const_data_ptr<W>();
   float* o = out.mutable_data_ptr<float>();
   for_each_block<kFloatRows>(M, N, K, [&](int64_t m, int rows_here, int64_t n) {
     switch (rows_here) {
-      case 1: return bf16_dot<1>(xp + m * K, K, w + n * K, o + m * N + n, N);
-      case 2: return bf16_dot<2>(xp + m * K, K, w + n * K, o + m * N + n, N);
-      default: return bf16_dot<3>(xp + m * K, K, w + n * K, o + m * N + n, N);
+      case 1: return float_dot<1>(xp + m * K, K, w + n * K, o + m * N + n, N);
+      case 2: return float_dot<2>(xp + m * K, K, w + n * K, o + m * N + n, N);
+      default: return float_dot<3>(xp + m * K, K, w + n * K, o + m * N + n, N);
     }
   });
   return out.view(out_shape(x, N));
+}
+
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(weight.scalar_type() == at::kBFloat16, "bf16_linear: the weight must be bf16");
+  return float_linear<c10::BFloat16>("bf16_linear", x, weight);
+}
+
+at::Tensor fp32_linear(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(weight.scalar_type() == at::kFloat, "fp32_linear: the weight must be fp32");
+  return float_linear<float>("fp32_linear", x, weight);
 }
 
 // ---- MHLA decode attention over the latent cache --------------------------------------------------------
@@ -494,6 +511,7 @@ at::Tensor int8_head_linear_meta(const at::Tensor& x, const at::Tensor& weight, 
 TORCH_LIBRARY(rujokes_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("bf16_linear(Tensor x, Tensor weight) -> Tensor");
+  m.def("fp32_linear(Tensor x, Tensor weight) -> Tensor");
   m.def("int8_head_linear(Tensor x, Tensor weight, Tensor scale) -> Tensor");
   m.def("latent_attention(Tensor q, Tensor entries, Tensor mask, float scale, int rank) -> Tensor");
   m.def("parallel_threads() -> int", &parallel_threads);  // no tensor arguments: one kernel for every backend
@@ -502,6 +520,7 @@ TORCH_LIBRARY(rujokes_cpu, m) {
 TORCH_LIBRARY_IMPL(rujokes_cpu, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("bf16_linear", &bf16_linear);
+  m.impl("fp32_linear", &fp32_linear);
   m.impl("int8_head_linear", &int8_head_linear);
   m.impl("latent_attention", &latent_attention);
 }
@@ -509,6 +528,7 @@ TORCH_LIBRARY_IMPL(rujokes_cpu, CPU, m) {
 TORCH_LIBRARY_IMPL(rujokes_cpu, Meta, m) {
   m.impl("int8_linear", &int8_linear_meta);
   m.impl("bf16_linear", &bf16_linear_meta);
+  m.impl("fp32_linear", &bf16_linear_meta);
   m.impl("int8_head_linear", &int8_head_linear_meta);
   m.impl("latent_attention", &latent_attention_meta);
 }
