@@ -140,6 +140,23 @@ def test_without_a_compiler_it_says_so_once_and_serves_fp32(tiny_dir, tmp_path, 
     assert text.startswith("Кот")
 
 
+def test_an_fp32_model_without_a_compiler_is_served_on_torch_with_one_warning(tiny_dir, tmp_path, monkeypatch,
+                                                                             caplog):
+    import rujokes_model.cpu_kernels as cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "_loaded", None)  # as in a fresh process
+    monkeypatch.setenv("RUJOKES_KERNEL_DIR", str(tmp_path / "no-build-yet"))
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="rujokes_model.serving"):
+        served = load_for_serving(tiny_dir, compile=False)  # nano-shaped: fp32 weights by default
+    assert not any(isinstance(m, KernelLinear) for m in served.model.modules())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "fp32 weights without the CPU kernels" in warnings[0], warnings
+    [text] = served.complete("Кот", 8)
+    assert text.startswith("Кот")
+
+
 def test_the_compile_cache_persists_outside_tmp_unless_configured(monkeypatch, tmp_path):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

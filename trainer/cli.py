@@ -137,7 +137,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                    help="which part of the corpus (the same hash split as training)")
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--limit", type=int, help="evaluate only the first N jokes")
-    p.add_argument("--cpu-weights", choices=["fp32", *LOWBIT_KINDS], default="fp32",
+    p.add_argument("--cpu-weights", choices=LOWBIT_KINDS, default="fp32",
                    help="score the model as a CPU worker with CPU_BF16_SIZES / CPU_INT8_SIZES would run it")
     args = p.parse_args(argv)
     model = TransformerForCausalLM.from_pretrained(args.model, revision=args.revision)
