@@ -66,7 +66,7 @@ class CompiledDecodeStep:
             if kind not in self._compiled_for:  # first call of its kind: guards checked, graph compiled
                 self.model.prepare_for_decoding()  # derived weights made eagerly; the graph reads them
                 # No duck sizing: two dims that happen to be equal now (a batch of 2 and 2 KV heads)
-                # must not share a symbol, as later calls skip the guard that would tell them apart.
+                # must not share a symbol, or a later call where they differ would fail a guard and recompile.
                 # Floats (norm eps, attention scale) are constants of the model: specialised, not graph inputs
                 # that would be boxed into tensors and read back at every call.
                 with torch.fx.experimental._config.patch(use_duck_shape=False), \
@@ -74,10 +74,11 @@ class CompiledDecodeStep:
                     logits = self._step(self.model, plan, cache, tokens, column)
                 self._compiled_for.add(kind)
                 return logits
-            # Later calls skip re-checking guards that cannot fail: shapes are symbolic and the graphs
-            # serve this model alone; only what tells them apart (rows, threads) is checked.
-            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-                return self._step(self.model, plan, cache, tokens, column)
+            # Later calls check the graph's few remaining guards (the tensors passed per call): that costs no
+            # more than skipping them did (BENCHMARKS.md), and a skip would be process-wide: dynamo keeps the
+            # stance in a global, so a step running on one thread switched guards off for a compile of another
+            # size's graphs on the compile thread, which could then reuse a graph of the wrong kind.
+            return self._step(self.model, plan, cache, tokens, column)
 
     @torch.inference_mode()  # inference tensors, like those of generate and ContinuousBatch: guards tell them apart
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), columns: int = 8) -> None:

@@ -253,12 +253,12 @@ def test_lowbit_weights_through_the_compiled_step_give_the_eager_tokens(kind):
 
 def test_one_compiled_graph_serves_every_batch_size_after_warm_up():
     """The kernels' shape functions keep the batch symbolic: after warming up for one row and for two,
-    batches of 3 and 5 run without a recompile (which the worker's guard-skipping stance would refuse)."""
+    batches of 3 and 5 run without a recompile (a multi-second stall in a worker)."""
     model = tiny_model("rope", "mhla", seed=5)
     use_lowbit_weights(model, "int8")
     step = compiled_step(model)
     step.warm_up()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.compiler.set_stance("fail_on_recompile"):
         for batch in (3, 5):
             cache = model.new_cache(batch, 16)
             plan = model.decode_plan(torch.ones(batch, 1, dtype=torch.long), 16)
