@@ -1,5 +1,5 @@
 """Low-bit weights for CPU decoding: int8 (a quarter of fp32's bytes) or bf16 (half), fp32 in and out; and
-fp32 weights through the same kernels where a product's call costs more than its bytes.
+fp32 weights through the same kernels, which decode faster than torch's BLAS.
 
 A decode step of mini or small reads every weight once for a few rows, and on a CPU it is bound by those
 bytes. `use_lowbit_weights(model, "int8")` swaps each Linear for a `KernelLinear` that multiplies with
@@ -13,8 +13,9 @@ our AVX2 kernels (`kernels/decode_kernels.cpp`):
 - **bf16**: widened to fp32 in registers, fp32 FMAs; exact for the bf16 checkpoints we ship (others are
   rounded to bf16 the same way).
 - **fp32** (`use_fp32_kernels`): the weights as they are, nothing rounded, the bf16 loop without the
-  widening. For decoding's few rows it beats torch's BLAS path at every size: nano's products are too
-  small to pay for a BLAS call, mini's one-row products ran 3× slower on BLAS (BENCHMARKS.md).
+  widening. For a lone row it beats torch's BLAS path at every size: nano's products are too small to
+  pay for a BLAS call, and mini's ran 3× slower on BLAS. For nano at batch 8, BLAS is within 5% of it
+  (BENCHMARKS.md).
 
 Rows are computed independently and in a fixed order, so a row's output never depends on its batch mates.
 For inference on the CPU with fp32 activations; anything else (a GPU, autograd) falls back to F.linear on
@@ -167,7 +168,6 @@ def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
                 setattr(parent, name, KernelLinear.from_linear(child, kind))
                 swapped += 1
     return swapped
-
 
 
 def use_fp32_kernels(model: nn.Module) -> int:
