@@ -111,8 +111,7 @@ SIZES = tuple(PRESETS)
 
 
 # Below this width a decode step is per-op overhead, not weight traffic: int8 buys nano nothing over its fp32
-# weights on the same kernels
-# (BENCHMARKS.md, "Generation speed").
+# weights on the same kernels (BENCHMARKS.md, "Generation speed").
 INT8_FROM_D_MODEL = 384
 
 

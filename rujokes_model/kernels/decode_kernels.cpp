@@ -8,8 +8,8 @@
 //     vpmaddwd, 16 products per instruction, summed exactly in int32.
 //   int8_head_linear(x, w, scale): the same, one weight matrix per head (MHLA's absorbed W_UK and W_UV).
 //   bf16_linear(x, w): w bf16 (N, K), widened to fp32 in registers, fp32 FMAs.
-//   fp32_linear(x, w): the same loop over fp32 weights. For nano-sized layers, where a decode step is the
-//     overhead around tiny products, not their bytes, it costs less a call than torch's (BLAS) path.
+//   fp32_linear(x, w): the same loop over fp32 weights, for fp32 models: a decode step's few rows run
+//     faster on it than on torch's BLAS path (nano's tiny products, mini's one-row products).
 //   latent_attention(q, entries, mask, scale, rank): MHLA's absorbed attention for one new token a row,
 //     scores, softmax and values in one pass over the row's latent cache.
 // A row's result never depends on its batch mates or the thread count: int8 sums are exact integers and
