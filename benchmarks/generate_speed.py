@@ -72,7 +72,8 @@ def seconds(run: Callable[[], torch.Tensor]) -> float:
     return time.perf_counter() - start
 
 
-MODES = ("eager", "compiled", "compiled+blas", "compiled+bf16w", "compiled+int8w", "graphed", "compiled+graphed")
+MODES = ("eager", "compiled", "compiled+dynamo", "compiled+blas", "compiled+bf16w", "compiled+int8w",
+         "compiled+dynamo+int8w", "graphed", "compiled+graphed")
 # Modes that decode as the serving engine does: a continuous batch (sampled on the device on a GPU) whose step
 # is replayed from CUDA graphs (rujokes_model/cuda_graph_step.py; on a CPU the same step without capture).
 GRAPHED = ("graphed", "compiled+graphed")
@@ -80,7 +81,7 @@ GRAPHED = ("graphed", "compiled+graphed")
 
 def cpu_weights(mode: str) -> str | None:
     """"compiled+int8w" -> "int8": the low-bit CPU weights a mode uses, if any."""
-    return mode.partition("+")[2].removesuffix("w") if mode.endswith("w") else None
+    return mode.rpartition("+")[2].removesuffix("w") if mode.endswith("w") else None
 
 
 def decode_graphed(model: TransformerForCausalLM, prompt: torch.Tensor, new_tokens: int, sample: bool,
@@ -111,6 +112,8 @@ def our_model(config: ModelConfig, mode: str, device: str, dtype: torch.dtype) -
     elif device == "cpu" and mode != "eager" and cpu_kernels_supported():
         from rujokes_model.lowbit_weights import use_fp32_kernels
         use_fp32_kernels(model)  # as the worker serves fp32 models: products and MHLA attention on the kernels
+    if "dynamo" in mode:  # torch.compile's graphs instead of the library built ahead of time (the path before)
+        compiled_step(model).ahead_of_time = False
     return model
 
 
@@ -169,8 +172,10 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--modes", nargs="+", choices=MODES,
                         help="our variants: eager steps, the compiled step (fp32 weights on our CPU kernels, as "
-                             "served), the same with fp32 products on torch's BLAS (compiled+blas), with our bf16 "
-                             "or int8 CPU weight kernels, the serving engine's loop replayed from CUDA graphs "
+                             "served: on a CPU built ahead of time), the same compiled by torch.compile "
+                             "(compiled+dynamo), with fp32 products on torch's BLAS (compiled+blas), with our bf16 "
+                             "or int8 CPU weight kernels (compiled+dynamo+int8w: int8 on torch.compile's graphs), "
+                             "the serving engine's loop replayed from CUDA graphs "
                              "(default: the kernels' modes on a CPU, the graphed ones on a GPU)")
     parser.add_argument("--keep-denormals", action="store_true",
                         help="leave denormal floats on (the worker flushes them; applies to both models alike)")

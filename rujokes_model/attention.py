@@ -121,7 +121,11 @@ class MultiHeadLatentAttention(nn.Module):
         self.mode: Literal["auto", "naive", "absorbed"] = "auto"  # auto: absorbed for cached decode steps
         # Decode steps attend with our CPU kernel: set by lowbit_weights.use_cpu_kernels, for this model only.
         self.cpu_decode_kernel = False
-        self._absorbed_cache: tuple | None = None  # (weight version key, W_UK, W_UVᵀ) for inference
+        # For inference, W_UK and W_UVᵀ are kept (non-persistent buffers, so an exported step names them)
+        # with the weight version they were derived from.
+        self._absorbed_key: tuple | None = None
+        self.register_buffer("absorbed_uk", None, persistent=False)
+        self.register_buffer("absorbed_uv_t", None, persistent=False)
 
     def prepare_for_decoding(self) -> None:
         """Derive the absorbed weights now (eagerly): a compiled decode step then reads them, never derives them."""
@@ -174,18 +178,18 @@ class MultiHeadLatentAttention(nn.Module):
         Derived from wkv_b; at inference they are kept until the weight changes (its version counter,
         storage, dtype or device), so decoding does not re-slice and copy them every step.
         """
-        if torch.compiler.is_compiling() and self._absorbed_cache is not None:
-            return self._absorbed_cache[1:]  # a compiled step is built after an eager one filled the cache
+        if torch.compiler.is_compiling() and self._absorbed_key is not None:
+            return self.absorbed_uk, self.absorbed_uv_t  # a compiled step is built after an eager one kept them
         self._lowbit_heads()  # made here, eagerly, never while a compiled step is traced
         weight = self.wkv_b.weight
         key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        if self._absorbed_cache is not None and self._absorbed_cache[0] == key:
-            return self._absorbed_cache[1:]
+        if self._absorbed_key == key:
+            return self.absorbed_uk, self.absorbed_uv_t
         w_ukv = weight.view(self.n_head, self.nope_dim + self.v_dim, self.rank)
         w_uk = w_ukv[:, : self.nope_dim].contiguous()
         w_uv_t = w_ukv[:, self.nope_dim:].transpose(1, 2).contiguous()
         if not (torch.is_grad_enabled() and weight.requires_grad):  # never cache a tensor with autograd history
-            self._absorbed_cache = (key, w_uk, w_uv_t)
+            self._absorbed_key, self.absorbed_uk, self.absorbed_uv_t = key, w_uk, w_uv_t
         return w_uk, w_uv_t
 
     def _lowbit_heads(self, x: torch.Tensor | None = None):

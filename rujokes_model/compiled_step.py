@@ -7,13 +7,17 @@ step to the next. Shapes are symbolic (`dynamic=True`): one graph serves every b
 cache length, and one more serves a batch of one (PyTorch specialises sizes 0 and 1). Rows leaving or
 joining a running batch therefore never recompile after `warm_up`.
 
-On the CPU, inductor turns the step into C++ (`cpp_wrapper`: no Python between kernels). That needs a
-C++ compiler and the Python headers at the first call (≈ 10–30 s on two cores; later processes reuse
-inductor's on-disk cache). Tokens are exactly those of the eager step up to float rounding order.
+On the CPU each graph is built ahead of time (aot_step.py: exported, compiled by AOTInductor into a library
+that reads the model's weights in place and is entered with no dynamo in between; cached on disk by shape).
+That needs a C++ compiler and the Python headers at the first call (≈ 10–30 s a graph on two cores; later
+processes load the cached library in about a second). A model that cannot be exported, and a GPU, get
+torch.compile's graphs (C++ via inductor's `cpp_wrapper` on a CPU). Tokens are exactly those of the eager
+step up to float rounding order.
 """
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import types
 import weakref
@@ -21,7 +25,10 @@ import weakref
 import torch
 import torch.fx.experimental._config
 
+from .aot_step import AotStepLibrary, flat_inputs
 from .decode_plan import DecodePlan
+
+log = logging.getLogger(__name__)
 
 _numbers = itertools.count()
 
@@ -41,8 +48,12 @@ def _own_copy(function: types.FunctionType) -> types.FunctionType:
 class CompiledDecodeStep:
     """`step(tokens (B,), cache, plan, column)` → next-token logits (B, V), compiled on first use."""
 
-    def __init__(self, model, *, cpp_wrapper: bool | None = None) -> None:
+    def __init__(self, model, *, cpp_wrapper: bool | None = None, ahead_of_time: bool | None = None) -> None:
         self.model = model
+        # On the CPU each graph kind is built ahead of time (aot_step.py): the same graph, entered without
+        # dynamo's per-call Python. A model it cannot export is compiled by dynamo instead, logged once.
+        self.ahead_of_time = model.device.type == "cpu" if ahead_of_time is None else ahead_of_time
+        self._libraries: dict[tuple[bool, int], AotStepLibrary] = {}
         # Graph kinds compiled so far: (a lone row?, intra-op threads). Dynamo guards on the thread count
         # (inductor's C++ is built for it), so a process that changes torch.set_num_threads needs new graphs.
         self._compiled_for: set[tuple[bool, int]] = set()
@@ -59,10 +70,15 @@ class CompiledDecodeStep:
                                             "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
     def __call__(self, tokens: torch.Tensor, cache: list, plan: DecodePlan, column: int | torch.Tensor) -> torch.Tensor:
+        if not isinstance(column, torch.Tensor):
+            column = torch.tensor(column, device=tokens.device)
+        kind = (tokens.shape[0] == 1, torch.get_num_threads())
+        library = self._libraries.get(kind)
+        if library is not None:
+            return library(flat_inputs(tokens, cache, plan, column))
+        if self.ahead_of_time and self._build_ahead_of_time(kind):
+            return self._libraries[kind](flat_inputs(tokens, cache, plan, column))
         with torch.inference_mode():  # the caller's cache and plan must be inference tensors too
-            if not isinstance(column, torch.Tensor):
-                column = torch.tensor(column, device=tokens.device)
-            kind = (tokens.shape[0] == 1, torch.get_num_threads())
             if kind not in self._compiled_for:  # first call of its kind: guards checked, graph compiled
                 self.model.prepare_for_decoding()  # derived weights made eagerly; the graph reads them
                 # No duck sizing: two dims that happen to be equal now (a batch of 2 and 2 KV heads)
@@ -79,6 +95,25 @@ class CompiledDecodeStep:
             # stance in a global, so a step running on one thread switched guards off for a compile of another
             # size's graphs on the compile thread, which could then reuse a graph of the wrong kind.
             return self._step(self.model, plan, cache, tokens, column)
+
+    @property
+    def kinds(self) -> dict[tuple[bool, int], str]:
+        """Each graph kind (a lone row?, intra-op threads) built so far, and how: "ahead-of-time" or "torch.compile"."""
+        return {**{kind: "torch.compile" for kind in self._compiled_for},
+                **{kind: "ahead-of-time" for kind in self._libraries}}
+
+    def _build_ahead_of_time(self, kind: tuple[bool, int]) -> bool:
+        """Build (or load from the cache) the library of this kind; False, logged, where it cannot be."""
+        self.model.prepare_for_decoding()  # derived weights made eagerly: the library reads them
+        try:
+            self._libraries[kind] = AotStepLibrary(self.model, lone=kind[0])
+        except Exception as error:  # noqa: BLE001 - any export or build failure means "compile with dynamo"
+            self.ahead_of_time = False
+            message = str(error).strip().splitlines()
+            log.warning("decode step compiled by torch.compile: building it ahead of time failed: %s",
+                        message[0] if message else type(error).__name__)
+            return False
+        return True
 
     @torch.inference_mode()  # inference tensors, like those of generate and ContinuousBatch: guards tell them apart
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), columns: int = 8) -> None:
@@ -97,11 +132,13 @@ _steps_lock = threading.Lock()  # a background compile (serving.py) and a caller
 
 
 def _built_for(model) -> tuple:
-    """What a step's graphs depend on: the model's dtype, device, kinds of layers and their kernel switches.
-    The graphs skip the guards on the model's modules, so a step traced before a swap of layers
-    (lowbit_weights) would keep calling the old ones."""
+    """What a step's graphs depend on: the model's dtype, device, kinds of layers, their kernel switches and
+    packed weights. The graphs skip the guards on the model's modules, and a library built ahead of time
+    holds the tensors it was given, so a step built before a swap of layers or a `repack` (lowbit_weights)
+    would keep calling the old ones."""
     return (model.embed.weight.dtype, model.device,
-            tuple((type(module), getattr(module, "cpu_decode_kernel", None)) for module in model.modules()))
+            tuple((type(module), getattr(module, "cpu_decode_kernel", None), getattr(module, "packing", None))
+                  for module in model.modules()))
 
 
 def compiled_step(model) -> CompiledDecodeStep:

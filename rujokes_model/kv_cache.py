@@ -35,6 +35,18 @@ class KVCache:
         """Add `other`'s rows after ours (requests joining a running batch); same length and layout."""
         self.keys, self.values = torch.cat([self.keys, other.keys]), torch.cat([self.values, other.values])
 
+    # -- as flat tensors, for an exported step (aot_step.py) --------------------------------------------
+    COLUMN_DIM = 2  # of each tensor
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.keys, self.values
+
+    def over(self, keys: torch.Tensor, values: torch.Tensor) -> "KVCache":
+        """A cache of this layout over the given tensors (shared, not copied)."""
+        view = object.__new__(KVCache)
+        view.keys, view.values = keys, values
+        return view
+
     # -- fixed memory, for a graphed step (cuda_graph_step.py) ----------------------------------------
     def first_rows(self, n: int) -> "KVCache":
         """A cache of our first `n` rows, sharing our memory."""
@@ -90,6 +102,19 @@ class LatentCache:
     def _set_entries(self, entries: torch.Tensor) -> None:
         self.latent, self.rope_key = entries.split([self.latent.shape[-1], self.rope_key.shape[-1]], dim=-1)
         self.entries = entries
+
+    # -- as flat tensors, for an exported step (aot_step.py) --------------------------------------------
+    COLUMN_DIM = 1
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.entries,)
+
+    def over(self, entries: torch.Tensor) -> "LatentCache":
+        """A cache of this layout over `entries` (shared, not copied)."""
+        view = object.__new__(LatentCache)
+        view.latent, view.rope_key = self.latent, self.rope_key  # for their widths
+        view._set_entries(entries)
+        return view
 
     # -- fixed memory, for a graphed step (cuda_graph_step.py) ----------------------------------------
     def first_rows(self, n: int) -> "LatentCache":

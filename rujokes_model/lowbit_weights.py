@@ -25,6 +25,8 @@ exact math, not a rounding.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,7 @@ from torch import nn
 from .cpu_kernels import load_cpu_kernels
 
 KINDS = ("int8", "bf16", "fp32")
+_packings = itertools.count()
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,19 +66,23 @@ class KernelLinear(nn.Linear):
     @torch.no_grad()
     def repack(self) -> None:
         self._heads: AbsorbedHeads | None = None
-        # Plain attributes, not buffers: the checkpoint keeps its one fp32 weight.
+        self.packing = next(_packings)  # new tensors below: a decode step built on the old ones is stale
         if self.kind == "int8":
-            self.qweight, self.scale = quantize_int8(self.weight)
+            qweight, scale = quantize_int8(self.weight)
             # The model is its rounding. copy_ bumps the weight's version, which renews derived weights
             # such as MHLA's absorbed matrices.
-            self.weight.copy_(self.qweight.float() * self.scale[:, None])
+            self.weight.copy_(qweight.float() * scale[:, None])
         elif self.kind == "bf16":
-            self.qweight, self.scale = self.weight.detach().to(torch.bfloat16).contiguous(), None
-            self.weight.copy_(self.qweight.float())
+            qweight, scale = self.weight.detach().to(torch.bfloat16).contiguous(), None
+            self.weight.copy_(qweight.float())
         else:  # the Parameter's own storage: nothing rounded, nothing copied
-            self.qweight, self.scale = self.weight.detach(), None
+            qweight, scale = self.weight.detach(), None
+        # Non-persistent buffers: the checkpoint keeps its one fp32 weight, and an exported decode step
+        # (aot_step.py) names them, so it can share them instead of copying them.
+        self.register_buffer("qweight", qweight, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
         # Fixed shapes for torch.compile: a compiled step with dynamic=True would otherwise give every
-        # dimension of these plain attributes a symbol, passed in and checked at every call.
+        # dimension of these tensors a symbol, passed in and checked at every call.
         for tensor in (self.qweight, self.scale):
             if tensor is not None:
                 torch._dynamo.mark_static(tensor)
@@ -106,7 +113,7 @@ class KernelLinear(nn.Linear):
         return f"{super().extra_repr()}, weights={self.kind}"
 
 
-class AbsorbedHeads:
+class AbsorbedHeads(nn.Module):
     """MHLA's absorbed matrices (see MultiHeadLatentAttention._absorbed) read from wkv_b's int8 rows.
 
     For small they are a fifth of a decode step's bytes if kept in fp32. wkv_b's rows are, per head, `keys`
@@ -118,16 +125,19 @@ class AbsorbedHeads:
     """
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, n_head: int, keys_per_head: int) -> None:
+        super().__init__()
         self.layout = (n_head, keys_per_head)
         rows, rank = qweight.view(n_head, -1, qweight.shape[-1]), qweight.shape[-1]
         scales = scale.view(n_head, -1)
-        self.uk_t = rows[:, :keys_per_head].transpose(1, 2).contiguous()   # (H, rank, keys)
-        self.uk_scale = scales[:, None, :keys_per_head].contiguous()       # (H, 1, keys): scales the query
-        self.ones = torch.ones(n_head, rank)
-        self.uv = rows[:, keys_per_head:].contiguous()                      # (H, v, rank)
-        self.uv_scale = scales[:, keys_per_head:].contiguous()              # (H, v)
-        for tensor in (self.uk_t, self.uk_scale, self.ones, self.uv, self.uv_scale):
-            torch._dynamo.mark_static(tensor)  # fixed shapes in a compiled step, as for KernelLinear
+        # Buffers, never in a checkpoint (a submodule of wkv_b, made after any load), as for KernelLinear.
+        tensors = {"uk_t": rows[:, :keys_per_head].transpose(1, 2),  # (H, rank, keys)
+                   "uk_scale": scales[:, None, :keys_per_head],        # (H, 1, keys): scales the query
+                   "ones": torch.ones(n_head, rank),
+                   "uv": rows[:, keys_per_head:],                      # (H, v, rank)
+                   "uv_scale": scales[:, keys_per_head:]}              # (H, v)
+        for name, tensor in tensors.items():
+            self.register_buffer(name, tensor.contiguous(), persistent=False)
+            torch._dynamo.mark_static(getattr(self, name))  # fixed shapes in a compiled step, as for KernelLinear
 
     def to_latent(self, q: torch.Tensor) -> torch.Tensor:
         """(H, M, keys) queries → (H, M, rank): q · W_UK per head."""

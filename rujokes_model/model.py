@@ -148,6 +148,7 @@ class TransformerForCausalLM(nn.Module):
             return DecodePlan(first, padding, -self.alibi[:, None, None] * distances, None, dtype)
         return DecodePlan(first, padding.to(dtype), None, torch.complex(self.rope_cos, self.rope_sin), dtype)
 
+    @torch.no_grad()  # derived for inference: kept, never with autograd history
     def prepare_for_decoding(self) -> None:
         """Derive what cached decoding reads but does not store (MHLA's absorbed weights), before a compiled step."""
         for block in self.blocks:

@@ -166,7 +166,7 @@ def test_a_compiled_int8_engine_answers_while_compiling_and_writes_the_same_joke
     assert not was_compiled  # a tiny model's compile takes seconds, its first batch milliseconds
     assert engine.compiling["nano"].wait(timeout=300), engine.compiling["nano"].error
     threads = torch.get_num_threads()
-    assert compiled_step(model)._compiled_for == {(True, threads), (False, threads)}
+    assert compiled_step(model).kinds == {(True, threads): "ahead-of-time", (False, threads): "ahead-of-time"}
     now_compiled, compiled = texts()
     assert now_compiled and set(compiled) == {"r0", "r1", "r2"}
     assert compiled == eager

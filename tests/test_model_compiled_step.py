@@ -9,7 +9,7 @@ the test.
 import pytest
 import torch
 
-from rujokes_model.compiled_step import compiled_step
+from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
 from rujokes_model.continuous import ContinuousBatch, RowSettings
 from tests.model_helpers import ATTENTIONS, POSITIONS, left_pad, random_ids, tiny_model, torch_threads
 
@@ -59,8 +59,8 @@ def test_compiled_generate_gives_the_eager_tokens_for_a_batch_and_for_a_lone_row
     assert torch.equal(model.generate(lone, 14, do_sample=False, compile=True),
                        model.generate(lone, 14, do_sample=False))
     threads = torch.get_num_threads()
-    # one graph for a lone row, one for batches
-    assert compiled_step(model)._compiled_for == {(True, threads), (False, threads)}
+    # one graph for a lone row, one for batches, both built ahead of time (the CPU's way)
+    assert compiled_step(model).kinds == {(True, threads): "ahead-of-time", (False, threads): "ahead-of-time"}
 
 
 def test_a_changed_thread_count_compiles_anew_instead_of_failing(model):
@@ -72,7 +72,7 @@ def test_a_changed_thread_count_compiles_anew_instead_of_failing(model):
     with torch_threads(other):
         assert torch.equal(model.generate(lone, 8, do_sample=False, compile=True), expected)
     assert torch.equal(model.generate(lone, 8, do_sample=False, compile=True), expected)
-    assert (True, other) in compiled_step(model)._compiled_for
+    assert compiled_step(model).kinds[(True, other)] == "ahead-of-time"
 
 
 def test_seeded_sampling_through_the_compiled_step_reproduces_eager_draws(model):
@@ -90,8 +90,8 @@ def test_rows_joining_and_leaving_a_compiled_running_batch_get_the_eager_tokens(
                 6: [random_ids(5, vocab, seed=4)[0]]}
     leave_at = {3: [0], 5: [0]}  # round → batch rows that leave after sampling
 
-    def run(compile_: bool) -> list[list[int]]:
-        batch = ContinuousBatch(model, columns=40, compile=compile_)
+    def run(compile_: bool, step=None) -> list[list[int]]:
+        batch = ContinuousBatch(model, columns=40, compile=compile_, step=step)
         drawn = []
         for round_ in range(10):
             if round_ in schedule:
@@ -101,7 +101,12 @@ def test_rows_joining_and_leaving_a_compiled_running_batch_get_the_eager_tokens(
             batch.feed()
         return drawn
 
+    eager = run(False)
     compiled_step(model).warm_up()  # both graphs, whichever tests ran before
+    assert run(True) == eager
+    # torch.compile's graphs (a GPU's step, and the CPU's where export fails) must not recompile either
+    dynamo = CompiledDecodeStep(model, ahead_of_time=False)
+    dynamo.warm_up()
     with torch.compiler.set_stance("fail_on_recompile"):
-        compiled = run(True)
-    assert compiled == run(False)
+        assert run(True, step=dynamo) == eager
+    assert set(dynamo.kinds.values()) == {"torch.compile"}

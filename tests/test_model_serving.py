@@ -57,12 +57,12 @@ def test_requests_are_answered_before_the_compile_and_get_the_same_tokens_after_
     assert any(isinstance(m, KernelLinear) and m.kind == "int8" for m in served.model.modules())
     assert served.compiling is not None and not served.compiled
     before = seeded_texts(served)  # answered while the compile has not even started
-    assert not served.compiled and not compiled_step(served.model)._compiled_for
+    assert not served.compiled and not compiled_step(served.model).kinds
 
     held_compile.set()
     assert served.wait_until_compiled(timeout=300), served.compiling.error
     threads = torch.get_num_threads()
-    assert compiled_step(served.model)._compiled_for == {(True, threads), (False, threads)}
+    assert compiled_step(served.model).kinds == {(True, threads): "ahead-of-time", (False, threads): "ahead-of-time"}
     assert seeded_texts(served) == before
 
 

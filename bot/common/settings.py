@@ -74,13 +74,14 @@ class Settings(BaseSettings):
                              "cores.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the worker runs the models.")
     compile_decode: bool = Field(
-        True, description="Compile each model's decode step (torch.compile) in the background, from the worker's "
+        True, description="Compile each model's decode step in the background (on a CPU ahead of time with "
+                          "AOTInductor, on a GPU with torch.compile), from the worker's "
                           "first batch's end or 10 s after its start; requests are answered on the eager path "
                           "until it is ready, with the same tokens. "
                           "≈ 2-3× faster decoding on a CPU (BENCHMARKS.md). Needs a C++ compiler (g++) on CPU "
-                          "workers; without one the worker logs it and stays eager. The graphs are cached in "
-                          "TORCHINDUCTOR_CACHE_DIR (default ~/.cache/rujokes/inductor), so a restart compiles "
-                          "far faster.")
+                          "workers; without one the worker logs it and stays eager. The compiled steps are cached "
+                          "in TORCHINDUCTOR_CACHE_DIR (default ~/.cache/rujokes/inductor), so a restart loads "
+                          "them instead of compiling.")
     cuda_graphs: bool = Field(
         True, description="On a GPU worker, replay each decode step from CUDA graphs (one per batch size bucket, "
                           "captured on first use, around the compiled step once it is ready): a step is then one "

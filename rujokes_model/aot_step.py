@@ -1,0 +1,168 @@
+"""The CPU's compiled decode step, built ahead of time: the step exported once (torch.export), turned into a
+shared library by AOTInductor, and called with a flat list of tensors.
+
+The graph is compiled_step's (static shapes: the cache column a 0-d tensor, attention over the whole cache
+with a mask; one graph for a lone row and one for any batch ≥ 2, each for any cache length), so tokens
+are those of the eager step up to float rounding order. What changes is the call: torch.compile's step
+spends about as long in Python per call (dynamo's frame, guards, wrappers) as in its C++; the library is
+entered straight from one Python call (BENCHMARKS.md, "Ahead-of-time decode step").
+
+The library holds code, not weights: the model's parameters and buffers are handed to it at load as
+user-managed constants, so it reads the model's own memory. It depends only on shapes, so it is cached on
+disk by a hash of the exported graph (under TORCHINDUCTOR_CACHE_DIR): a restart, or another model of the
+same shapes, loads it instead of compiling. Every new library is checked against the eager step once
+before it serves.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+from torch.utils._pytree import tree_leaves, tree_map
+
+from .decode_plan import DecodePlan
+
+
+class AotUnavailable(RuntimeError):
+    """This model's step cannot be exported and served ahead of time (the caller compiles it with dynamo)."""
+
+
+class _FlatStep(nn.Module):
+    """The decode step over flat tensors: what torch.export needs, and what the library is called with."""
+
+    def __init__(self, model, cache_layout: list, has_alibi: bool, has_rotations: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.layout = cache_layout  # one cache per layer, only for its type and widths
+        self.has_alibi, self.has_rotations = has_alibi, has_rotations
+
+    def forward(self, tokens, column, padding, first, extras: list, caches: list) -> torch.Tensor:
+        extras = list(extras)
+        plan = object.__new__(DecodePlan)
+        plan.first, plan.padding, plan.rotations = first, padding, None
+        plan.alibi = extras.pop(0) if self.has_alibi else None
+        plan.real_rotations = extras.pop(0) if self.has_rotations else None
+        plan.dtype = self.model.embed.weight.dtype
+        cache = [layer.over(*tensors) for layer, tensors in zip(self.layout, caches)]
+        return self.model(tokens[:, None], cache=cache, inputs=plan.static_inputs(column))[:, -1]
+
+
+def flat_inputs(tokens: torch.Tensor, cache: list, plan: DecodePlan, column: torch.Tensor) -> list[torch.Tensor]:
+    """The library's inputs in the exported order: tokens, column, padding, first, [alibi], [rotations], caches.
+
+    The library trusts its inputs' shapes (AOTI_RUNTIME_CHECK_INPUTS=1 makes its C++ check them all, at ≈ a
+    tenth of nano's step), so the two that callers' caches and plans could disagree on are checked here: a
+    mismatch raises instead of being written out of bounds. Other sizes are the model's, fixed in the graph.
+    """
+    first_cache = cache[0].tensors()[0]
+    rows, columns = first_cache.shape[0], first_cache.shape[cache[0].COLUMN_DIM]
+    if tokens.shape[0] != rows or plan.padding.shape[0] != rows or plan.padding.shape[-1] != columns:
+        raise ValueError(f"tokens, plan and cache disagree: {tokens.shape[0]} tokens, a plan of "
+                         f"{tuple(plan.padding.shape)}, a cache of {rows} rows × {columns} columns")
+    inputs = [tokens, column, plan.padding, plan.first]
+    if plan.alibi is not None:
+        inputs.append(plan.alibi)
+    if plan.real_rotations is not None:
+        inputs.append(plan.real_rotations)
+    for layer in cache:
+        inputs.extend(layer.tensors())
+    return inputs
+
+
+def package_dir() -> Path:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    return Path(cache_dir()) / "rujokes_decode_steps"
+
+
+def _export(model, lone: bool):
+    """The exported step for a lone row or for batches, the module it traced and its example arguments."""
+    rows, columns = (1, 17) if lone else (3, 17)  # sizes unlike any model dimension, so none is unified
+    with torch.no_grad():  # not inference mode: export traces no inference tensors
+        cache = model.new_cache(rows, columns)
+        plan = model.decode_plan(torch.ones(rows, 1, dtype=torch.long, device=model.device), columns)
+        tokens = torch.zeros(rows, dtype=torch.long, device=model.device)
+        column = torch.tensor(3, device=model.device)
+        step = _FlatStep(model, cache, plan.alibi is not None, plan.real_rotations is not None)
+        extras = [t for t in (plan.alibi, plan.real_rotations) if t is not None]
+        args = (tokens, column, plan.padding, plan.first, extras, [layer.tensors() for layer in cache])
+        batch = Dim.STATIC if lone else Dim("batch", min=2)
+        cols = Dim("columns", min=2)
+        shapes = ({0: batch}, {}, {0: batch, 3: cols}, {0: batch},
+                  [{2: cols} if t is plan.alibi else {} for t in extras],
+                  [tuple({0: batch, layer.COLUMN_DIM: cols} for _ in layer.tensors()) for layer in cache])
+        program = torch.export.export(step, args, dynamic_shapes=shapes, strict=True)
+    lifted = [spec.target for spec in program.graph_signature.input_specs if spec.kind.name == "CONSTANT_TENSOR"]
+    if lifted:  # a tensor the library could only copy in: the weights would no longer be the model's
+        raise AotUnavailable(f"the step reads tensors that are neither parameters nor buffers: {lifted[:3]}")
+    return program, step, args
+
+
+def _package_key(program, step: nn.Module) -> str:
+    """What the library's code depends on: the graph, its constants' shapes and layouts, torch, the kernels
+    it calls and the intra-op threads inductor wrote its loops for."""
+    from . import cpu_kernels
+    constants = [(name, tuple(t.shape), tuple(t.stride()), str(t.dtype))
+                 for name, t in (*step.named_parameters(remove_duplicate=False),
+                                 *step.named_buffers(remove_duplicate=False)) if t is not None]
+    text = "\n".join([program.graph_module.code, str(program.range_constraints), repr(constants),
+                      torch.__version__, str(cpu_kernels._loaded), str(torch.get_num_threads())])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _build_package(program, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        built = Path(scratch) / path.name
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(built), inductor_configs={"aot_inductor.package_constants_in_so": False})
+        os.replace(built, path)  # atomic: a concurrent builder sees the whole file or none
+
+
+class AotStepLibrary:
+    """The step for a lone row or for batches, as a loaded library reading the model's weights in place.
+    Call it with `flat_inputs(...)`; it writes the caches in place and returns the logits (B, V)."""
+
+    def __init__(self, model, lone: bool) -> None:
+        with torch.inference_mode(False):  # a caller decoding in inference mode: export traces normal tensors
+            self._load(model, lone)
+
+    def _load(self, model, lone: bool) -> None:
+        program, step, example = _export(model, lone)
+        self.path = package_dir() / f"{_package_key(program, step)}.pt2"
+        self.built = not self.path.is_file()  # False: loaded from the cache
+        if self.built:
+            _build_package(program, self.path)
+        loaded = torch._inductor.aoti_load_package(str(self.path))
+        tensors = {**dict(step.named_parameters(remove_duplicate=False)),
+                   **dict(step.named_buffers(remove_duplicate=False))}
+        wanted = loaded.get_constant_fqns()
+        missing = [name for name in wanted if name not in tensors]
+        if missing:
+            raise AotUnavailable(f"the library wants constants the model lacks: {missing[:3]}")
+        # Kept here as well: the library holds pointers into these tensors, not references.
+        self._constants = {name: tensors[name].detach() for name in wanted}
+        loaded.load_constants(self._constants, check_full_update=True, user_managed=True)
+        self._run = loaded.loader.run
+        self._check(step, example)
+
+    def _check(self, step: nn.Module, example: tuple) -> None:
+        """Logits and cache writes against the eager step's on the traced example (a wrong input order, a
+        constant bound to the wrong tensor or a stale library would all show here)."""
+        clone = lambda tree: tree_map(torch.clone, tree)  # noqa: E731
+        ours, theirs = clone(example), clone(example)
+        with torch.no_grad():
+            pairs = [(self(tree_leaves(ours)), step(*theirs)), *zip(tree_leaves(ours), tree_leaves(theirs))]
+        for got, expected in pairs:
+            # Float rounding order differs (and int8 weights round activations to int16 at every layer, so
+            # a last-bit difference can grow to ≈ 1e-4 of the largest value); a wrong binding is far off.
+            error = float((got.double() - expected.double()).abs().max()) if got.numel() else 0.0
+            if error > 1e-2 * float(expected.abs().max() if expected.numel() else 0) + 1e-6:
+                raise AotUnavailable(f"the built step differs from the eager step by {error:.3g}")
+
+    def __call__(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self._run(inputs)[0]
