@@ -28,7 +28,7 @@ from bot_drill import PROMPTS, Users, percentile  # first: it puts the repositor
 from tests.e2e_stack import BOT_TOKEN, BOT_USERNAME, stop_process, wait_until  # noqa: E402
 from tests.fake_bot_api import FakeBotAPI  # noqa: E402
 
-COMPILED = re.compile(r"(\w+): decode step compiled in ([\d.]+) s")
+COMPILED = re.compile(r"(\w+): decode step compiled (?:\([^)]*\) )?in ([\d.]+) s")
 
 
 def run_env(api: FakeBotAPI, state: Path, caches: Path, overrides: list[str]) -> dict[str, str]:

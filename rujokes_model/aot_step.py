@@ -12,6 +12,11 @@ user-managed constants, so it reads the model's own memory. It depends only on s
 disk by a hash of the exported graph (under TORCHINDUCTOR_CACHE_DIR): a restart, or another model of the
 same shapes, loads it instead of compiling. Every new library is checked against the eager step once
 before it serves.
+
+Known cost: torch's binding of the library holds the GIL for the whole step (torch.compile's C++ releases it),
+so other Python threads (a worker's event loop) wait for the step to end; the library's own C entry points
+would release it through ctypes, but custom ops (our kernels) need AOTInductor's proxy executor, which
+only that binding creates. BENCHMARKS.md has the worker latency measured both ways.
 """
 from __future__ import annotations
 

@@ -114,7 +114,9 @@ class BackgroundCompile:
         else:
             self.seconds = time.monotonic() - started
             self._ready = True
-            log.info("%s: decode step compiled in %.1f s; batches from now on use it", self.name, self.seconds)
+            how = " and ".join(sorted(set(self.step.kinds.values())))
+            log.info("%s: decode step compiled (%s) in %.1f s; batches from now on use it", self.name, how,
+                     self.seconds)
         finally:
             self._done.set()
 
