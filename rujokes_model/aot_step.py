@@ -48,11 +48,9 @@ class _FlatStep(nn.Module):
 
     def forward(self, tokens, column, padding, first, extras: list, caches: list) -> torch.Tensor:
         extras = list(extras)
-        plan = object.__new__(DecodePlan)
-        plan.first, plan.padding, plan.rotations = first, padding, None
-        plan.alibi = extras.pop(0) if self.has_alibi else None
-        plan.real_rotations = extras.pop(0) if self.has_rotations else None
-        plan.dtype = self.model.embed.weight.dtype
+        alibi = extras.pop(0) if self.has_alibi else None
+        plan = DecodePlan(first, padding, alibi, None, self.model.embed.weight.dtype)
+        plan.real_rotations = extras.pop(0) if self.has_rotations else None  # static_inputs reads only these
         cache = [layer.over(*tensors) for layer, tensors in zip(self.layout, caches)]
         return self.model(tokens[:, None], cache=cache, inputs=plan.static_inputs(column))[:, -1]
 
@@ -60,8 +58,8 @@ class _FlatStep(nn.Module):
 def flat_inputs(tokens: torch.Tensor, cache: list, plan: DecodePlan, column: torch.Tensor) -> list[torch.Tensor]:
     """The library's inputs in the exported order: tokens, column, padding, first, [alibi], [rotations], caches.
 
-    The library trusts its inputs' shapes (AOTI_RUNTIME_CHECK_INPUTS=1 makes its C++ check them all, at ≈ a
-    tenth of nano's step), so the two that callers' caches and plans could disagree on are checked here: a
+    The library trusts its inputs' shapes (AOTI_RUNTIME_CHECK_INPUTS=1 makes its C++ check them all, at a cost
+    measured in BENCHMARKS.md), so the two that callers' caches and plans could disagree on are checked here: a
     mismatch raises instead of being written out of bounds. Other sizes are the model's, fixed in the graph.
     """
     first_cache = cache[0].tensors()[0]

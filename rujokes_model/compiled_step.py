@@ -27,6 +27,7 @@ import torch.fx.experimental._config
 
 from .aot_step import AotStepLibrary, flat_inputs
 from .decode_plan import DecodePlan
+from .lowbit_weights import AbsorbedHeads
 
 log = logging.getLogger(__name__)
 
@@ -135,10 +136,11 @@ def _built_for(model) -> tuple:
     """What a step's graphs depend on: the model's dtype, device, kinds of layers, their kernel switches and
     packed weights. The graphs skip the guards on the model's modules, and a library built ahead of time
     holds the tensors it was given, so a step built before a swap of layers or a `repack` (lowbit_weights)
-    would keep calling the old ones."""
+    would keep calling the old ones. AbsorbedHeads are left out: the first step derives them from their
+    layer's packing (which is in the key), and must not be made stale by doing so."""
     return (model.embed.weight.dtype, model.device,
             tuple((type(module), getattr(module, "cpu_decode_kernel", None), getattr(module, "packing", None))
-                  for module in model.modules()))
+                  for module in model.modules() if not isinstance(module, AbsorbedHeads)))
 
 
 def compiled_step(model) -> CompiledDecodeStep:

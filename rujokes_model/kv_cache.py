@@ -50,9 +50,7 @@ class KVCache:
     # -- fixed memory, for a graphed step (cuda_graph_step.py) ----------------------------------------
     def first_rows(self, n: int) -> "KVCache":
         """A cache of our first `n` rows, sharing our memory."""
-        view = object.__new__(KVCache)
-        view.keys, view.values = self.keys[:n], self.values[:n]
-        return view
+        return self.over(self.keys[:n], self.values[:n])
 
     def lives_in(self, home: "KVCache") -> bool:
         """Whether our rows are the first rows of `home`'s memory."""
@@ -119,10 +117,7 @@ class LatentCache:
     # -- fixed memory, for a graphed step (cuda_graph_step.py) ----------------------------------------
     def first_rows(self, n: int) -> "LatentCache":
         """A cache of our first `n` rows, sharing our memory."""
-        view = object.__new__(LatentCache)
-        view.latent, view.rope_key = self.latent, self.rope_key  # for their widths
-        view._set_entries(self.entries[:n])
-        return view
+        return self.over(self.entries[:n])
 
     def lives_in(self, home: "LatentCache") -> bool:
         """Whether our rows are the first rows of `home`'s memory."""

@@ -12,7 +12,7 @@ import torch
 import rujokes_model.aot_step as aot_step
 from rujokes_model.aot_step import AotStepLibrary, AotUnavailable, flat_inputs
 from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
-from rujokes_model.lowbit_weights import KernelLinear, use_fp32_kernels, use_lowbit_weights
+from rujokes_model.lowbit_weights import AbsorbedHeads, KernelLinear, use_fp32_kernels, use_lowbit_weights
 from tests.model_helpers import tiny_model, torch_threads
 
 COLUMNS = 12
@@ -152,3 +152,14 @@ def test_a_repack_gives_a_new_step_that_reads_the_new_weights(packages):
                 module.repack()
     assert compiled_step(model) is not first
     assert torch.equal(model.generate(ids, 6, do_sample=False, compile=True), model.generate(ids, 6, do_sample=False))
+
+
+def test_the_step_that_derives_int8_absorbed_heads_is_the_one_reused(packages):
+    """The first call derives MHLA's int8 AbsorbedHeads (a submodule of wkv_b): that must not make the step
+    stale, or every model would build its libraries twice."""
+    model = tiny_model("rope", "mhla", seed=3)
+    use_lowbit_weights(model, "int8")  # no prepare_for_decoding: generate's first call derives the heads
+    step = compiled_step(model)
+    model.generate(torch.tensor([[5, 6, 7]]), 4, do_sample=False, compile=True)
+    assert any(isinstance(m, AbsorbedHeads) for m in model.modules())
+    assert compiled_step(model) is step and step.kinds
