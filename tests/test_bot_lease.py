@@ -8,6 +8,7 @@ import time
 
 import redis.asyncio
 
+from bot.common.tasks import cancel_and_wait
 from bot.telegram.lease import BotLease, lease_key
 from tests.e2e_stack import free_port
 
@@ -30,9 +31,7 @@ async def keeping(lease: BotLease):
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        assert not await cancel_and_wait(task, timeout_s=10)  # a plain cancel can be lost in a Redis write
 
 
 async def test_one_holder_at_a_time_and_a_standby_takes_over_at_once_when_it_is_released(redis_client, key_prefix):

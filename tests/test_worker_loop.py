@@ -18,6 +18,7 @@ import pytest
 
 from bot.common.logs import JsonFormatter
 from bot.common.settings import Settings
+from bot.common.tasks import cancel_and_wait
 from bot.queue.client import RequestQueue
 from bot.queue.config import QueueConfig
 from bot.queue.connection import connect
@@ -515,9 +516,7 @@ async def test_a_dead_worker_s_request_joins_a_running_batch_that_new_requests_k
     try:
         await asyncio.wait_for(worker.run_once(), 60)
     finally:
-        load.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await load
+        assert not await cancel_and_wait(load, timeout_s=10)  # a plain cancel can be lost in a Redis write
     assert "held by the dead" in engine.seen, (engine.asks, engine.seen[-5:])
     assert engine.seen.index("held by the dead") > 0  # it joined the running batch, behind new ones
 

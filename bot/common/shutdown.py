@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
 from bot.common.logs import log_event
+from bot.common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,12 @@ async def run_stage(stage: Stage, timeout_s: float, unwind_s: float) -> StageRep
     if not done:
         _log(logging.WARNING, stage.name, "overrun", f"still running after {timeout_s:.2f}s; cancelling it",
              timeout_s=round(timeout_s, 3))
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=unwind_s)
         outcome = "timeout"
-        if not done:
+        if await cancel_and_wait(task, timeout_s=unwind_s):
             outcome = "abandoned"
             _log(logging.WARNING, stage.name, "abandoned",
                  f"ignored cancellation for {unwind_s:.2f}s; leaving it behind")
-    if done and not task.cancelled() and task.exception() is not None:
+    if task.done() and not task.cancelled() and task.exception() is not None:
         outcome = "error"
         error = task.exception()
         _log(logging.WARNING, stage.name, "error", f"{type(error).__name__}: {error}")
@@ -115,10 +114,8 @@ def run_bounded(main: Coroutine[Any, Any, Any], leftover_s: float = 1.0) -> Any:
     finally:
         try:
             leftovers = [task for task in asyncio.all_tasks(loop) if not task.done()]
-            for task in leftovers:
-                task.cancel()
             if leftovers:
-                _, pending = loop.run_until_complete(asyncio.wait(leftovers, timeout=leftover_s))
+                pending = loop.run_until_complete(cancel_and_wait(*leftovers, timeout_s=leftover_s))
                 for task in pending:
                     log.warning("task %s ignored cancellation at exit; leaving it behind", task.get_name())
             loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), leftover_s))

@@ -48,6 +48,7 @@ from redis.exceptions import RedisError
 from bot.common.metrics import Metrics, MetricsServer, start_http_server
 from bot.common.settings import Settings
 from bot.common.shutdown import Stage, run_stages, start_watchdog
+from bot.common.tasks import cancel_and_wait
 from bot.queue.client import RequestQueue
 from bot.queue.results import ResultReader
 from bot.telegram import texts
@@ -240,7 +241,7 @@ class Polling:
                 try:
                     await self.dispatcher.stop_polling()
                 except RuntimeError:  # "Polling is not started": still starting up
-                    serving.cancel()
+                    await cancel_and_wait(serving)
             await asyncio.gather(serving, return_exceptions=True)
         finally:
             serving.cancel()  # a no-op once it has returned
@@ -299,8 +300,7 @@ class Webhook:
         await asyncio.Event().wait()  # until cancelled
 
     async def stop(self, serving: asyncio.Task) -> None:
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
+        await cancel_and_wait(serving)
         await self.runner.cleanup()
 
 
@@ -410,8 +410,7 @@ async def run(settings: Settings, redis: Redis, await_worker_s: float = 0.0) -> 
         async def hand_over() -> None:
             # Renewed until here: a lease that lapsed during the deliveries' stage would let a standby deliver
             # the same results (it re-reads what this process has not acked yet).
-            keeping.cancel()
-            await asyncio.gather(keeping, return_exceptions=True)
+            await cancel_and_wait(keeping)
             await lease.release()
 
         budget = settings.bot_shutdown_timeout_s

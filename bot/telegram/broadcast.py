@@ -29,6 +29,8 @@ from aiogram.exceptions import TelegramAPIError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.common.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 BROADCAST_TTL_S = 7 * 24 * 3600
@@ -124,10 +126,7 @@ class Broadcasts:
             self.run_in_background(broadcast_id, send, finished)
 
     async def stop(self) -> None:
-        runners = list(self._runners.values())
-        for runner in runners:
-            runner.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+        await cancel_and_wait(*self._runners.values())
 
     async def run(self, broadcast_id: str, send: Send, finished: Finished) -> None:
         key, lease = self._key(broadcast_id), self._key(broadcast_id, "lease")

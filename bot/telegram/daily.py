@@ -39,6 +39,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.common.tasks import cancel_and_wait
 from bot.queue.submit import QueueFull
 
 log = logging.getLogger(__name__)
@@ -260,8 +261,7 @@ class DailyJokes:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
 
     async def _run(self, submit: SubmitPost) -> None:
         while True:

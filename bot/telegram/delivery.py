@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 
 from bot.common.health import Liveness
 from bot.common.metrics import Metrics
+from bot.common.tasks import cancel_and_wait
 from bot.queue.connection import is_outage
 from bot.queue.protocol import JokeRequest, JokeResult
 from bot.queue.results import ReceivedResult, ResultReader
@@ -121,8 +122,7 @@ class DeliveryLoop:
     async def stop_reading(self) -> None:
         """Stop reading results. What was read and not delivered stays unacked: re-read after a restart."""
         if self._reading is not None:
-            self._reading.cancel()
-            await asyncio.gather(self._reading, return_exceptions=True)
+            await cancel_and_wait(self._reading)
 
     async def close(self) -> None:
         """Wait for the deliveries in progress (after `stop_reading`).
@@ -137,10 +137,7 @@ class DeliveryLoop:
     async def abandon(self) -> None:
         """Cancel the deliveries in progress (after `stop_reading`), for a process that lost the Telegram lease:
         the one that holds it now re-reads the results not acked here, so finishing them would show them twice."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks.values())
 
     # -- dispatching ---------------------------------------------------------------------------------
 

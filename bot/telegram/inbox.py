@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.common.logs import Sparse
+from bot.common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,7 @@ class UpdateInbox:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
 
     async def _run(self, dispatcher: Dispatcher, bot: Bot) -> None:
         unavailable = Sparse(log, interval_s=30.0)

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from bot.common.health import Liveness
 from bot.common.logs import log_event
+from bot.common.tasks import cancel_and_wait
 from bot.queue.claims import ClaimedBatch, ClaimedRequest
 from bot.queue.client import RequestQueue
 from bot.queue.connection import is_outage
@@ -87,9 +88,7 @@ class Worker:
                     await self._sleep_unless_stopping(1.0)
                 self._liveness.loop_went_round()
         finally:
-            heartbeat.cancel()
-            with suppress(asyncio.CancelledError):
-                await heartbeat
+            await cancel_and_wait(heartbeat)
             with suppress(RedisError):
                 if self._carry or self._alone:  # claimed for a batch that will not run: straight back to the queue
                     await self.queue.release(self._carry + self._alone, self.config.worker_id, penalize=False)
