@@ -13,16 +13,19 @@ disk by a hash of the exported graph (under TORCHINDUCTOR_CACHE_DIR): a restart,
 same shapes, loads it instead of compiling. Every new library is checked against the eager step once
 before it serves.
 
-Known cost: torch's binding of the library holds the GIL for the whole step (torch.compile's C++ releases it),
-so other Python threads (a worker's event loop) wait for the step to end; the library's own C entry points
-would release it through ctypes, but custom ops (our kernels) need AOTInductor's proxy executor, which
-only that binding creates. BENCHMARKS.md has the worker latency measured both ways.
+The library runs through our op `torch.ops.rujokes_aot.run` (kernels/aot_runner.cpp) around torch's C++
+runner, not through torch's Python binding of it: the binding holds the GIL for the whole step, an op call
+releases it, so a worker's event loop runs while a batch decodes, as beside torch.compile's step
+(BENCHMARKS.md, "The step's library releases the GIL").
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
+import weakref
+import zipfile
 from pathlib import Path
 
 import torch
@@ -126,6 +129,31 @@ def _build_package(program, path: Path) -> None:
         os.replace(built, path)  # atomic: a concurrent builder sees the whole file or none
 
 
+def _library_in(package: Path) -> Path:
+    """The shared library inside a package, unpacked once beside it (atomically, as packages are written);
+    the proxy executor's description (a .json of the same name) stays beside it, where the runner looks."""
+    unpacked = package.with_suffix(".d")
+    if not unpacked.is_dir():
+        with tempfile.TemporaryDirectory(dir=package.parent) as scratch:
+            with zipfile.ZipFile(package) as archive:
+                archive.extractall(Path(scratch) / "files")
+            with contextlib.suppress(OSError):  # another process unpacked it first: theirs is the same
+                os.replace(Path(scratch) / "files", unpacked)
+    found = sorted(unpacked.rglob("*.so"))
+    if len(found) != 1:
+        raise AotUnavailable(f"expected one library in {package}, found {len(found)}")
+    return found[0]
+
+
+def _runner_ops():
+    from .cpu_kernels import KernelBuildError, load_aot_runner
+    try:
+        load_aot_runner()
+    except KernelBuildError as error:
+        raise AotUnavailable(f"the step's runner could not be built: {error}") from error
+    return torch.ops.rujokes_aot
+
+
 class AotStepLibrary:
     """The step for a lone row or for batches, as a loaded library reading the model's weights in place.
     Call it with `flat_inputs(...)`; it writes the caches in place and returns the logits (B, V)."""
@@ -140,17 +168,19 @@ class AotStepLibrary:
         self.built = not self.path.is_file()  # False: loaded from the cache
         if self.built:
             _build_package(program, self.path)
-        loaded = torch._inductor.aoti_load_package(str(self.path))
+        ops = _runner_ops()
+        handle = ops.load(str(_library_in(self.path)))
+        weakref.finalize(self, ops.unload, handle)
+        names = ops.constant_names(handle)
+        wanted = dict(zip(names[::2], names[1::2]))  # the library's name → the module's (FQN)
         tensors = {**dict(step.named_parameters(remove_duplicate=False)),
                    **dict(step.named_buffers(remove_duplicate=False))}
-        wanted = loaded.get_constant_fqns()
-        missing = [name for name in wanted if name not in tensors]
+        missing = [fqn for fqn in wanted.values() if fqn not in tensors]
         if missing:
             raise AotUnavailable(f"the library wants constants the model lacks: {missing[:3]}")
-        # Kept here as well: the library holds pointers into these tensors, not references.
-        self._constants = {name: tensors[name].detach() for name in wanted}
-        loaded.load_constants(self._constants, check_full_update=True, user_managed=True)
-        self._run = loaded.loader.run
+        # Every one, or the runner refuses: the library reads these tensors' memory, and the runner holds them.
+        ops.bind(handle, list(wanted), [tensors[fqn].detach() for fqn in wanted.values()])
+        self._handle, self._run = handle, ops.run.default
         self._check(step, example)
 
     def _check(self, step: nn.Module, example: tuple) -> None:
@@ -168,4 +198,4 @@ class AotStepLibrary:
                 raise AotUnavailable(f"the built step differs from the eager step by {error:.3g}")
 
     def __call__(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        return self._run(inputs)[0]
+        return self._run(self._handle, inputs)[0]

@@ -1,7 +1,8 @@
 """Our C++ CPU kernels (`kernels/*.cpp`): compiled on first use, cached on disk, registered as torch ops.
 
 The kernels register under `torch.ops.rujokes_cpu` from C++ (TORCH_LIBRARY), shape functions included,
-so a compiled decode graph calls them through the dispatcher with no Python in between. Building needs
+so a compiled decode graph calls them through the dispatcher with no Python in between. A second library
+(`kernels/aot_runner.cpp`, `torch.ops.rujokes_aot`) runs the ahead-of-time decode step (aot_step.py). Building needs
 a C++ compiler (g++, as torch.compile does; ≈ 15 s on two cores) but not ninja or setuptools: one
 compiler call against torch's own headers and libraries. The library lands in `RUJOKES_KERNEL_DIR`
 (default `~/.cache/rujokes/kernels`) under a name hashed from the source, torch's version and the flags,
@@ -23,10 +24,12 @@ from pathlib import Path
 import torch
 
 SOURCE = "decode_kernels.cpp"
+AOT_RUNNER_SOURCE = "aot_runner.cpp"
 # -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers; without it every kernel runs on one thread.
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
 _loaded: Path | None = None
+_aot_runner: Path | None = None
 # What compiled graphs read (attention.py): a bool, on which dynamo can guard (it cannot on a Path).
 _kernels_in_process = False
 
@@ -67,23 +70,23 @@ def _command(compiler: str, source: Path, output: Path) -> list[str]:
             f"-Wl,-rpath,{torch_dir / 'lib'}"]
 
 
-def build() -> Path:
-    """The shared library for this source and torch, compiled now unless already cached."""
-    source = resources.files(__package__) / "kernels" / SOURCE
+def build(name: str = SOURCE) -> Path:
+    """The shared library for this source (in kernels/) and torch, compiled now unless already cached."""
+    source = resources.files(__package__) / "kernels" / name
     code = source.read_bytes()
     key = hashlib.sha256(code + torch.__version__.encode() + " ".join(_FLAGS).encode()).hexdigest()[:16]
-    target = kernel_dir() / f"{Path(SOURCE).stem}-{key}.so"
+    target = kernel_dir() / f"{Path(name).stem}-{key}.so"
     if target.is_file():
         return target
     compiler = _compiler()
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        copied = Path(scratch) / SOURCE  # a real file, even when the package is zipped
+        copied = Path(scratch) / name  # a real file, even when the package is zipped
         copied.write_bytes(code)
         built = Path(scratch) / target.name
         done = subprocess.run(_command(compiler, copied, built), capture_output=True, text=True)
         if done.returncode != 0:
-            raise KernelBuildError(f"compiling {SOURCE} failed ({compiler}):\n{done.stderr[-3000:]}")
+            raise KernelBuildError(f"compiling {name} failed ({compiler}):\n{done.stderr[-3000:]}")
         os.replace(built, target)  # atomic: a concurrent builder sees the whole file or none
     return target
 
@@ -102,6 +105,19 @@ def load_cpu_kernels() -> Path:
         return _loaded
 
 
+def load_aot_runner() -> Path:
+    """Build (once per source and torch) and load the ahead-of-time step's runner ops; returns the library."""
+    global _aot_runner
+    with _lock:
+        if _aot_runner is None:
+            if not (Path(torch.__file__).parent / "include" / "torch" / "library.h").is_file():
+                raise KernelBuildError("running the ahead-of-time decode step needs torch's C++ headers")
+            library = build(AOT_RUNNER_SOURCE)
+            torch.ops.load_library(str(library))
+            _aot_runner = library
+        return _aot_runner
+
+
 def kernels_loaded() -> bool:
     """Whether this process has loaded the kernels (load_cpu_kernels; use_lowbit_weights calls it)."""
     return _kernels_in_process
@@ -117,6 +133,7 @@ def main() -> None:
     """`rujokes-build-kernels`: build ahead of time (images, CI). Compiling needs no AVX2 on the build
     machine; loading checks for it."""
     print(build())
+    print(build(AOT_RUNNER_SOURCE))
 
 
 if __name__ == "__main__":

@@ -5,13 +5,18 @@ compiled_step's tests pin its tokens in generate and in a running batch; these p
 build costs seconds, so the libraries are built once per module (and reused from the disk cache after that).
 """
 import logging
+import statistics
+import threading
+import time
 
 import pytest
 import torch
 
 import rujokes_model.aot_step as aot_step
+import rujokes_model.cpu_kernels as cpu_kernels
 from rujokes_model.aot_step import AotStepLibrary, AotUnavailable, flat_inputs
 from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
+from rujokes_model.cpu_kernels import KernelBuildError
 from rujokes_model.lowbit_weights import AbsorbedHeads, KernelLinear, use_fp32_kernels, use_lowbit_weights
 from tests.model_helpers import tiny_model, torch_threads
 
@@ -91,8 +96,33 @@ def test_a_library_for_other_shapes_or_threads_is_a_different_package(packages):
     use_fp32_kernels(narrower)
     paths.add(AotStepLibrary(narrower, lone=True).path)
     with torch_threads(1 if torch.get_num_threads() > 1 else 2):  # inductor writes its loops for a thread count
-        paths.add(AotStepLibrary(served("alibi", "gqa", "fp32"), lone=True).path)
+        paths.add(AotStepLibrary(served("alibi", "gqa", "fp32"), lone=False).path)
     assert len(paths) == 4
+
+
+def test_other_python_threads_run_while_the_library_steps(packages):
+    """A worker's event loop beside the engine's thread: woken every millisecond, it is late by far less
+    than a step (torch's Python binding of the library held the GIL for whole steps: late by about one)."""
+    with torch_threads(1):  # a core for the waking thread (the library is the previous test's, from disk)
+        model = served("alibi", "gqa", "fp32")
+        library = AotStepLibrary(model, lone=False)
+        rows, columns = 512, 1024  # tens of milliseconds a step for this tiny model
+        with torch.inference_mode():
+            cache, plan = model.new_cache(rows, columns), model.decode_plan(torch.ones(rows, 1, dtype=torch.long),
+                                                                             columns)
+            inputs = flat_inputs(torch.zeros(rows, dtype=torch.long), cache, plan, torch.tensor(1))
+            started = time.perf_counter()
+            library(inputs)
+            step_s = time.perf_counter() - started
+            stepping = threading.Thread(target=lambda: [library(inputs) for _ in range(10)])
+            late = []
+            stepping.start()
+            while stepping.is_alive():
+                woken = time.perf_counter()
+                time.sleep(0.001)
+                late.append(time.perf_counter() - woken - 0.001)
+            stepping.join()
+    assert len(late) > 10 and statistics.median(late) < step_s / 4, (step_s, sorted(late)[::max(1, len(late) // 10)])
 
 
 def test_inputs_that_disagree_are_refused_before_the_library_runs(packages):
@@ -106,6 +136,23 @@ def test_inputs_that_disagree_are_refused_before_the_library_runs(packages):
         shorter = model.new_cache(3, COLUMNS - 2)
         with pytest.raises(ValueError, match="disagree"):  # a plan for 12 columns over a cache of 10
             library(flat_inputs(torch.tensor([3, 4, 5]), shorter, plan, torch.tensor(1)))
+
+
+def test_a_runner_that_cannot_be_built_makes_the_step_unavailable_not_broken(packages, monkeypatch):
+    def no_compiler():
+        raise KernelBuildError("no C++ compiler found")
+
+    monkeypatch.setattr(cpu_kernels, "load_aot_runner", no_compiler)
+    with pytest.raises(AotUnavailable, match="runner could not be built: no C\\+\\+ compiler"):
+        AotStepLibrary(served("alibi", "gqa", "fp32"), lone=True)  # compiled_step then uses torch.compile's
+
+
+def test_a_library_that_is_unloaded_is_refused_by_the_runner(packages):
+    library = AotStepLibrary(served("alibi", "gqa", "fp32"), lone=True)
+    handle = library._handle
+    del library
+    with pytest.raises(RuntimeError, match=f"no decode-step library is loaded under handle {handle}"):
+        torch.ops.rujokes_aot.run(handle, [])
 
 
 def test_a_library_bound_to_other_weights_fails_its_check(packages):
