@@ -27,6 +27,8 @@ SOURCE = "decode_kernels.cpp"
 AOT_RUNNER_SOURCE = "aot_runner.cpp"
 # -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers; without it every kernel runs on one thread.
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++20", "-shared", "-fPIC", "-w")
+# The runner is glue around torch's own and must load on any x86-64, AVX2 or not.
+_PORTABLE_FLAGS = tuple(flag for flag in _FLAGS if flag not in ("-mavx2", "-mfma"))
 _lock = threading.Lock()
 _loaded: Path | None = None
 _aot_runner: Path | None = None
@@ -62,9 +64,13 @@ def _compiler() -> str:
     return compiler
 
 
+def _flags(name: str) -> tuple[str, ...]:
+    return _FLAGS if name == SOURCE else _PORTABLE_FLAGS
+
+
 def _command(compiler: str, source: Path, output: Path) -> list[str]:
     torch_dir = Path(torch.__file__).parent
-    return [compiler, *_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+    return [compiler, *_flags(source.name), f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
             f"-I{torch_dir / 'include'}", f"-I{torch_dir / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
             str(source), "-o", str(output), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
             f"-Wl,-rpath,{torch_dir / 'lib'}"]
@@ -74,7 +80,7 @@ def build(name: str = SOURCE) -> Path:
     """The shared library for this source (in kernels/) and torch, compiled now unless already cached."""
     source = resources.files(__package__) / "kernels" / name
     code = source.read_bytes()
-    key = hashlib.sha256(code + torch.__version__.encode() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    key = hashlib.sha256(code + torch.__version__.encode() + " ".join(_flags(name)).encode()).hexdigest()[:16]
     target = kernel_dir() / f"{Path(name).stem}-{key}.so"
     if target.is_file():
         return target

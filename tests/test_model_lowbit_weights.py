@@ -294,3 +294,11 @@ def test_the_build_is_cached_by_source_and_a_missing_compiler_is_named(tmp_path,
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a))
     assert build().is_file() and calls == []
+
+
+def test_only_the_kernels_are_built_for_avx2_the_step_runner_loads_on_any_x86_64(tmp_path):
+    from rujokes_model.cpu_kernels import AOT_RUNNER_SOURCE, SOURCE, _command
+
+    kernels, runner = (_command("g++", tmp_path / name, tmp_path / "out.so") for name in (SOURCE, AOT_RUNNER_SOURCE))
+    assert {"-mavx2", "-mfma"} <= set(kernels)
+    assert not {"-mavx2", "-mfma"} & set(runner) and "-O3" in runner
