@@ -137,7 +137,8 @@ class DeliveryLoop:
     async def abandon(self) -> None:
         """Cancel the deliveries in progress (after `stop_reading`), for a process that lost the Telegram lease:
         the one that holds it now re-reads the results not acked here, so finishing them would show them twice."""
-        await cancel_and_wait(*self._tasks.values())
+        # Cancelled again soon if one runs on: it has no clean-up to wait for, and what it sent would show twice.
+        await cancel_and_wait(*self._tasks.values(), redeliver_s=0.05)
 
     # -- dispatching ---------------------------------------------------------------------------------
 
