@@ -1,13 +1,13 @@
 """Our C++ CPU kernels (`kernels/*.cpp`): compiled on first use, cached on disk, registered as torch ops.
 
-The kernels register under `torch.ops.rujokes_cpu` from C++ (TORCH_LIBRARY), shape functions included,
-so a compiled decode graph calls them through the dispatcher with no Python in between. A second library
-(`kernels/aot_runner.cpp`, `torch.ops.rujokes_aot`) runs the ahead-of-time decode step (aot_step.py). Building needs
-a C++ compiler (g++, as torch.compile does; ≈ 15 s on two cores) but not ninja or setuptools: one
-compiler call against torch's own headers and libraries. The library lands in `RUJOKES_KERNEL_DIR`
-(default `~/.cache/rujokes/kernels`) under a name hashed from the source, torch's version and the flags,
-so a changed kernel or torch never loads a stale build; concurrent builders each write a temporary file
-and rename it into place.
+The kernels register under `torch.ops.rujokes_cpu` from C++ (TORCH_LIBRARY), shape functions included, so
+a compiled decode graph calls them through the dispatcher with no Python in between. A second library
+(`kernels/aot_runner.cpp`, `torch.ops.rujokes_aot`) runs the ahead-of-time decode step (aot_step.py).
+Building needs a C++ compiler (g++, as torch.compile does; ≈ 15 s on two cores) but not ninja or
+setuptools: one compiler call against torch's own headers and libraries. The library lands in
+`RUJOKES_KERNEL_DIR` (default `~/.cache/rujokes/kernels`) under a name hashed from the source, torch's
+version and the flags, so a changed kernel or torch never loads a stale build; concurrent builders each
+write a temporary file and rename it into place.
 """
 from __future__ import annotations
 
@@ -40,11 +40,15 @@ class KernelBuildError(RuntimeError):
     """The CPU kernels could not be built or loaded; the message says what to install or set."""
 
 
+def _has_torch_headers() -> bool:
+    return (Path(torch.__file__).parent / "include" / "torch" / "library.h").is_file()
+
+
 def cpu_kernels_supported() -> bool:
     """x86-64 with AVX2 (the kernels' instruction set) and a torch that exposes its C++ headers."""
     return (platform.machine() in ("x86_64", "AMD64")
             and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-            and (Path(torch.__file__).parent / "include" / "torch" / "library.h").is_file())
+            and _has_torch_headers())
 
 
 def kernel_dir() -> Path:
@@ -97,6 +101,12 @@ def build(name: str = SOURCE) -> Path:
     return target
 
 
+def _build_and_load(name: str) -> Path:
+    library = build(name)
+    torch.ops.load_library(str(library))
+    return library
+
+
 def load_cpu_kernels() -> Path:
     """Build (once per source and torch) and load the kernels into this process; returns the library."""
     global _loaded, _kernels_in_process
@@ -104,9 +114,7 @@ def load_cpu_kernels() -> Path:
         if _loaded is None:
             if not cpu_kernels_supported():
                 raise KernelBuildError("the int8 CPU kernels need an x86-64 CPU with AVX2 and torch's C++ headers")
-            library = build()
-            torch.ops.load_library(str(library))
-            _loaded = library
+            _loaded = _build_and_load(SOURCE)
             _kernels_in_process = True
         return _loaded
 
@@ -116,11 +124,9 @@ def load_aot_runner() -> Path:
     global _aot_runner
     with _lock:
         if _aot_runner is None:
-            if not (Path(torch.__file__).parent / "include" / "torch" / "library.h").is_file():
+            if not _has_torch_headers():
                 raise KernelBuildError("running the ahead-of-time decode step needs torch's C++ headers")
-            library = build(AOT_RUNNER_SOURCE)
-            torch.ops.load_library(str(library))
-            _aot_runner = library
+            _aot_runner = _build_and_load(AOT_RUNNER_SOURCE)
         return _aot_runner
 
 
