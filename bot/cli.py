@@ -11,6 +11,7 @@ from rujokes_model.config import SIZES
 def _joke(args: argparse.Namespace) -> int:
     import torch
 
+    from bot.worker.endings import end_at_sentence
     from bot.worker.loading import load_source, resolve_device
     from rujokes_model.config import cpu_weights_for
     from rujokes_model.serving import speed_up
@@ -31,10 +32,14 @@ def _joke(args: argparse.Namespace) -> int:
     out = model.generate(ids, args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, top_k=args.top_k, temperature=args.temperature,
                          generator=generator, mid_character_ids=tokenizer.mid_character_ids())
+    opening = tokenizer.decode(ids[0].tolist()).strip()
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     for i, row in enumerate(out.tolist()):
         if i:
             print("\n* * *\n")
-        print(tokenizer.decode(row).strip())
+        text = tokenizer.decode(row).strip()
+        cut = not ends.intersection(row[ids.shape[1]:])  # ran into --max-new-tokens: end as the bot does
+        print(end_at_sentence(text, opening) if cut else text)
     return 0
 
 

@@ -54,8 +54,8 @@ async def test_kill_9_mid_batch_loses_nothing_and_answers_each_request_once(redi
     queue, reader = RequestQueue(client, config), ResultReader(client, config)
     await queue.ensure_groups()
     await reader.ensure_group()
-    # A long context, so the batch runs for a second or more: the worker caps a joke at half the context,
-    # and a batch of the usual 64 tokens could end between seeing its first partial and the kill.
+    # A long context, so the batch runs for a second or more: a batch of the usual tiny model's few dozen
+    # tokens could end between seeing its first partial and the kill.
     long_model = make_tiny_model_dir(tmp_path / "long-nano", max_seq_len=1024)
     env = worker_env(redis_server.url, key_prefix, long_model, WORKER_BATCH_SIZE="8", PARTIAL_INTERVAL_S="0.1")
     batch = requests(8, max_new_tokens=480)

@@ -182,7 +182,9 @@ class Settings(BaseSettings):
                                    "as the next standby. Each costs about 180 MB of memory; 0: one bot, restarted."
     )
     max_new_tokens: int = Field(_SAMPLING.max_new_tokens, ge=1, le=2048,
-                                description="Most tokens a joke may add to its opening.")
+                                description="Most tokens a joke may add to its opening, where the model's context "
+                                            "leaves room for them. A joke that reaches them ends after its last "
+                                            "whole sentence.")
     top_k: int = Field(_SAMPLING.top_k, ge=0, description="Sample from the k likeliest tokens (0: no top-k).")
     temperature: float = Field(_SAMPLING.temperature, ge=0, description="Sampling temperature (0: greedy).")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bot.worker.endings import end_at_sentence
 from bot.worker.engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
 from rujokes_model.continuous import ContinuousBatch, RowSettings
@@ -112,8 +113,9 @@ class ModelEngine:
                         on_partial(row.job.request_id, (row.prompt_text + row.decoder.emitted).strip())
                 if token == tokenizer.eos_token_id or len(row.new_ids) >= row.limit:
                     leaving.append(index)
-                    output = GenerationOutput(row.job.request_id, self._text(tokenizer, row.prompt, row.new_ids),
-                                              len(row.new_ids), row.passes)
+                    cut = token != tokenizer.eos_token_id
+                    text = self._text(tokenizer, row.prompt, row.new_ids, cut=cut)
+                    output = GenerationOutput(row.job.request_id, text, len(row.new_ids), row.passes, cut)
                     outputs[row.job.request_id] = output
                     if on_done is not None:
                         on_done(output)
@@ -145,7 +147,10 @@ class ModelEngine:
         tokenizer, context = loaded.tokenizer, loaded.model.config.max_seq_len
         rows = []
         for job, ids in zip(jobs, tokenizer.encode_batch([job.prompt for job in jobs])):
-            limit = max(1, min(job.max_new_tokens, context // 2))
+            # The joke gets its whole limit where the opening leaves room for it; a long opening keeps up to
+            # half the context, and the joke what is left.
+            kept = min(len(ids), max(context - job.max_new_tokens, context // 2))
+            limit = max(1, min(job.max_new_tokens, context - kept))
             # Keep the prompt's last tokens that fit, from a whole character on: a byte-level token may hold
             # part of one (its <bos> is lost only for absurdly long prompts).
             prompt = tokenizer.cut_prompt(ids, context - limit)
@@ -172,6 +177,8 @@ class ModelEngine:
         return admitted
 
     @staticmethod
-    def _text(tokenizer: ByteLevelBPETokenizer, prompt: list[int], new: list[int]) -> str:
+    def _text(tokenizer: ByteLevelBPETokenizer, prompt: list[int], new: list[int], *, cut: bool) -> str:
+        """The joke's text; `cut`: its row ran into its token limit, so it ends after its last whole sentence."""
         # decode drops a character the token limit cut in half (and any stray byte) rather than show U+FFFD
-        return tokenizer.decode(prompt + new).strip()
+        text = tokenizer.decode(prompt + new).strip()
+        return end_at_sentence(text, tokenizer.decode(prompt).strip()) if cut else text

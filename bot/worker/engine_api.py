@@ -33,6 +33,7 @@ class GenerationOutput:
     text: str
     new_tokens: int
     forward_passes: int
+    cut: bool = False  # the row ran into its token limit (its text ends after a sentence: bot/worker/endings.py)
 
 
 class Engine(Protocol):
