@@ -15,13 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.common.metrics import Metrics, start_http_server
 from bot.queue.client import RequestQueue
+from bot.queue.protocol import SamplingParams
 from bot.worker.config import WorkerConfig
 from bot.worker.engine_api import GenerationOutput, Job
 from bot.worker.loop import Worker
 
 
 class EchoEngine:
-    """Answers "<size>:<prompt>", one token per character; can hold generation until a gate opens."""
+    """Answers "<size>:<prompt>", one token per character, cut at the job's token limit as the real engine
+    cuts (and says so); can hold generation until a gate opens."""
 
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.gate = gate
@@ -32,8 +34,10 @@ class EchoEngine:
     def generate(self, size: str, jobs: list[Job], on_partial=None, on_done=None, more_jobs=None) -> list[GenerationOutput]:
         if self.gate is not None:
             self.gate.wait(timeout=10)
-        return [GenerationOutput(job.request_id, f"{size}:{job.prompt}", new_tokens=len(job.prompt),
-                                 forward_passes=len(job.prompt)) for job in jobs]
+        return [GenerationOutput(job.request_id, f"{size}:{job.prompt[:job.max_new_tokens]}",
+                                 new_tokens=min(len(job.prompt), job.max_new_tokens),
+                                 forward_passes=min(len(job.prompt), job.max_new_tokens),
+                                 cut=len(job.prompt) > job.max_new_tokens) for job in jobs]
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -96,6 +100,17 @@ async def test_a_served_request_moves_the_request_latency_and_token_metrics(queu
     assert samples[("rujokes_batch_size_sum", frozenset({"size": "nano"}.items()))] == 1
     assert samples[("rujokes_generated_tokens_total", frozenset({"size": "nano"}.items()))] == len("штирлиц")
     assert samples[("rujokes_tokens_per_second", frozenset({"size": "nano"}.items()))] > 0
+    assert samples[("rujokes_cut_jokes_total", frozenset({"size": "nano"}.items()))] == 0
+
+
+async def test_jokes_that_ran_into_their_token_limit_are_counted(queue, make_worker, make_request, metrics):
+    for prompt in ["штирлиц", "вовочка пришел в школу", "кот"]:
+        await queue.submit(make_request(prompt, sampling=SamplingParams(max_new_tokens=5)))
+
+    assert await make_worker(EchoEngine()).run_once() == 3
+
+    assert metrics.registry.get_sample_value("rujokes_cut_jokes_total", {"size": "nano"}) == 2
+    assert metrics.registry.get_sample_value("rujokes_generated_tokens_total", {"size": "nano"}) == 5 + 5 + 3
 
 
 async def test_a_request_expired_in_the_queue_is_counted_with_unknown_kind(queue, make_worker, make_request, metrics):

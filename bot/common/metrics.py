@@ -66,6 +66,10 @@ class Metrics:
         self.generated_tokens = Counter(
             "generated_tokens", "Tokens generated (prompt tokens not counted).", ["size"],
             namespace=NAMESPACE, registry=registry)
+        self.cut_jokes = Counter(
+            "cut_jokes", "Jokes that ran into their token limit (each ends after its last whole sentence): many "
+            "against rujokes_requests_total say MAX_NEW_TOKENS is short for the model.", ["size"],
+            namespace=NAMESPACE, registry=registry)
         self.tokens_per_second = Gauge(
             "tokens_per_second", "Generated tokens per second of the last batch, all its rows together.",
             ["size"], namespace=NAMESPACE, registry=registry)
@@ -98,10 +102,12 @@ class Metrics:
         if latency_s is not None and outcome == "ok":
             self.reply_latency.labels(kind=kind or "unknown", size=_size_label(size)).observe(latency_s)
 
-    def batch_generated(self, size: str, batch_size: int, seconds: float, tokens: int) -> None:
+    def batch_generated(self, size: str, batch_size: int, seconds: float, tokens: int, cut: int = 0) -> None:
+        """Worker: one engine call done; `cut`: its jokes that ran into their token limit."""
         self.batch_size.labels(size=size).observe(batch_size)
         self.generation_seconds.labels(size=size).observe(seconds)
         self.generated_tokens.labels(size=size).inc(tokens)
+        self.cut_jokes.labels(size=size).inc(cut)
         if seconds > 0:
             self.tokens_per_second.labels(size=size).set(tokens / seconds)
 

@@ -211,7 +211,8 @@ class Worker:
             return
         if self.metrics is not None:
             self.metrics.batch_generated(size, len(outputs), time.monotonic() - started,
-                                         sum(output.new_tokens for output in outputs))
+                                         sum(output.new_tokens for output in outputs),
+                                         sum(output.cut for output in outputs))
         remaining = {c.request.request_id for c in await early.unanswered()}
         await partials.drain()  # so no partial lands after its final result
         by_id: dict[str, GenerationOutput] = {output.request_id: output for output in outputs}
