@@ -9,9 +9,10 @@ entered straight from one Python call (BENCHMARKS.md, "Ahead-of-time decode step
 
 The library holds code, not weights: the model's parameters and buffers are handed to it at load as
 user-managed constants, so it reads the model's own memory. It depends only on shapes, so it is cached on
-disk by a hash of the exported graph (under TORCHINDUCTOR_CACHE_DIR): a restart, or another model of the
-same shapes, loads it instead of compiling. Every new library is checked against the eager step once
-before it serves.
+disk (under TORCHINDUCTOR_CACHE_DIR) by a hash of what makes the graph: the code, the model's config, layers
+and shapes, torch, threads and CPU. A restart, or another model of the same shapes, loads it with no export
+at all (tracing holds the GIL for seconds, which a worker's first eager jokes would wait for). Every library
+is checked against the eager step once before it serves.
 
 The library runs through our op `torch.ops.rujokes_aot.run` (kernels/aot_runner.cpp) around torch's C++
 runner, not through torch's Python binding of it: the binding holds the GIL for the whole step, an op call
@@ -21,6 +22,7 @@ releases it, so a worker's event loop runs while a batch decodes, as beside torc
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -85,22 +87,30 @@ def package_dir() -> Path:
     return Path(cache_dir()) / "rujokes_decode_steps"
 
 
-def _export(model, lone: bool):
-    """The exported step for a lone row or for batches, the module it traced and its example arguments."""
+def _example(model, lone: bool) -> tuple[_FlatStep, tuple, tuple]:
+    """The flat step for a lone row or for batches, example arguments for it and their dynamic shapes: what
+    an export traces and a loaded library is checked on (cheap: no tracing)."""
     rows, columns = (1, 17) if lone else (3, 17)  # sizes unlike any model dimension, so none is unified
     with torch.no_grad():  # not inference mode: export traces no inference tensors
         cache = model.new_cache(rows, columns)
         plan = model.decode_plan(torch.ones(rows, 1, dtype=torch.long, device=model.device), columns)
         tokens = torch.zeros(rows, dtype=torch.long, device=model.device)
         column = torch.tensor(3, device=model.device)
-        step = _FlatStep(model, cache, plan.alibi is not None, plan.real_rotations is not None)
-        extras = [t for t in (plan.alibi, plan.real_rotations) if t is not None]
-        args = (tokens, column, plan.padding, plan.first, extras, [layer.tensors() for layer in cache])
-        batch = Dim.STATIC if lone else Dim("batch", min=2)
-        cols = Dim("columns", min=2)
-        shapes = ({0: batch}, {}, {0: batch, 3: cols}, {0: batch},
-                  [{2: cols} if t is plan.alibi else {} for t in extras],
-                  [tuple({0: batch, layer.COLUMN_DIM: cols} for _ in layer.tensors()) for layer in cache])
+    step = _FlatStep(model, cache, plan.alibi is not None, plan.real_rotations is not None)
+    extras = [t for t in (plan.alibi, plan.real_rotations) if t is not None]
+    args = (tokens, column, plan.padding, plan.first, extras, [layer.tensors() for layer in cache])
+    batch = Dim.STATIC if lone else Dim("batch", min=2)
+    cols = Dim("columns", min=2)
+    shapes = ({0: batch}, {}, {0: batch, 3: cols}, {0: batch},
+              [{2: cols} if t is plan.alibi else {} for t in extras],
+              [tuple({0: batch, layer.COLUMN_DIM: cols} for _ in layer.tensors()) for layer in cache])
+    return step, args, shapes
+
+
+def _export(model, lone: bool):
+    """The exported step for a lone row or for batches, the module it traced and its example arguments."""
+    step, args, shapes = _example(model, lone)
+    with torch.no_grad():
         program = torch.export.export(step, args, dynamic_shapes=shapes, strict=True)
     lifted = [spec.target for spec in program.graph_signature.input_specs if spec.kind.name == "CONSTANT_TENSOR"]
     if lifted:  # a tensor the library could only copy in: the weights would no longer be the model's
@@ -108,15 +118,35 @@ def _export(model, lone: bool):
     return program, step, args
 
 
-def _package_key(program, step: nn.Module) -> str:
-    """What the library's code depends on: the graph, its constants' shapes and layouts, torch, the kernels
-    it calls and the intra-op threads inductor wrote its loops for."""
+@functools.cache
+def _source_digest() -> str:
+    """The package's own code (Python and C++): what the traced graph is made of, besides torch."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.cpp")]):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _package_key(step: _FlatStep, args: tuple, lone: bool) -> str:
+    """What the library's code depends on, known without tracing it: the code that makes the graph (ours and
+    torch's), the model's config and layers (their kinds, kernel switches and packings), its constants' and
+    inputs' shapes and layouts, the kernels it calls, the intra-op threads inductor wrote its loops for and
+    the CPU's vector instructions. Tracing costs seconds of a held GIL, which a worker's first eager jokes
+    would wait for at every start; the check after loading still compares the library with the eager step."""
     from . import cpu_kernels
-    constants = [(name, tuple(t.shape), tuple(t.stride()), str(t.dtype))
-                 for name, t in (*step.named_parameters(remove_duplicate=False),
-                                 *step.named_buffers(remove_duplicate=False)) if t is not None]
-    text = "\n".join([program.graph_module.code, str(program.range_constraints), repr(constants),
-                      torch.__version__, str(cpu_kernels._loaded), str(torch.get_num_threads())])
+    layout = lambda t: (tuple(t.shape), tuple(t.stride()), str(t.dtype))  # noqa: E731
+    constants = [(name, *layout(t)) for name, t in (*step.named_parameters(remove_duplicate=False),
+                                                     *step.named_buffers(remove_duplicate=False)) if t is not None]
+    # Each layer's kind and plain settings (kernel switches, weight formats, widths); not `packing`, a
+    # counter of this process that tells an in-memory step it is stale (compiled_step.py).
+    modules = [(name, type(m).__qualname__, sorted((k, v) for k, v in vars(m).items()
+                                                   if isinstance(v, (bool, int, float, str)) and k != "packing"))
+               for name, m in step.named_modules()]
+    inputs = [layout(t) for t in tree_leaves(args)]
+    text = "\n".join(map(repr, [_source_digest(), step.model.config, lone, step.has_alibi, step.has_rotations,
+                                 modules, constants, inputs, torch.__version__, cpu_kernels._loaded,
+                                 torch.get_num_threads(), torch.backends.cpu.get_cpu_capability()]))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -162,11 +192,20 @@ class AotStepLibrary:
         with torch.inference_mode(False):  # a caller decoding in inference mode: export traces normal tensors
             self._load(model, lone)
 
+    @classmethod
+    def from_cache(cls, model, lone: bool) -> "AotStepLibrary | None":
+        """The library of this kind if the disk cache has it (loaded and checked: milliseconds), else None."""
+        with torch.inference_mode(False):
+            step, example, _ = _example(model, lone)
+            cached = (package_dir() / f"{_package_key(step, example, lone)}.pt2").is_file()
+        return cls(model, lone) if cached else None
+
     def _load(self, model, lone: bool) -> None:
-        program, step, example = _export(model, lone)
-        self.path = package_dir() / f"{_package_key(program, step)}.pt2"
-        self.built = not self.path.is_file()  # False: loaded from the cache
+        step, example, _ = _example(model, lone)
+        self.path = package_dir() / f"{_package_key(step, example, lone)}.pt2"
+        self.built = not self.path.is_file()  # False: loaded from the cache, with no export
         if self.built:
+            program, step, example = _export(model, lone)
             _build_package(program, self.path)
         ops = _runner_ops()
         handle = ops.load(str(_library_in(self.path)))

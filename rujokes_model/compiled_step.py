@@ -116,6 +116,26 @@ class CompiledDecodeStep:
             return False
         return True
 
+    def load_cached(self) -> bool:
+        """Load every graph kind's library that the disk cache holds (no export, no build: cheap enough to do
+        before the first answer); whether every kind is ready now. False where steps are not built ahead
+        of time, or a cached library fails (warm_up then builds, or falls back to torch.compile, and logs)."""
+        if not self.ahead_of_time:
+            return False
+        self.model.prepare_for_decoding()
+        for lone in (True, False):
+            kind = (lone, torch.get_num_threads())
+            if kind in self._libraries:
+                continue
+            try:
+                library = AotStepLibrary.from_cache(self.model, lone)
+            except Exception:  # noqa: BLE001 - warm_up meets the same failure, and says what it was
+                return False
+            if library is None:
+                return False
+            self._libraries[kind] = library
+        return True
+
     @torch.inference_mode()  # inference tensors, like those of generate and ContinuousBatch: guards tell them apart
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 2), columns: int = 8) -> None:
         """Compile now, for a lone row and for batches, so no request waits for a compile later."""

@@ -73,11 +73,12 @@ COMPILE_START_WITHIN_S = 10.0
 class BackgroundCompile:
     """Compiles a model's decode step on a daemon thread; `ready` turns true once every graph kind is built.
 
-    Until then callers decode eagerly. The compile starts when a caller says its first answer is out
-    (`begin`), when someone `wait`s for it, or after `start_within_s`. A compile that fails leaves `error`
-    set and the model eager. The thread runs at the lowest CPU priority, so on a small machine it takes
-    the cores nobody else wants: the eager answers meanwhile, and the bot starting beside the worker, come
-    first.
+    Until then callers decode eagerly. Steps already in the disk cache are loaded at once (milliseconds, no
+    tracing), so after a restart even the first answer is compiled. Otherwise the compile starts when a caller
+    says its first answer is out (`begin`), when someone `wait`s for it, or after `start_within_s`. A compile
+    that fails leaves `error` set and the model eager. It runs at the lowest CPU priority, so on a small
+    machine it takes the cores nobody else wants: the eager answers meanwhile, and the bot starting beside
+    the worker, come first.
     """
 
     def __init__(self, model: TransformerForCausalLM, name: str = "model",
@@ -98,15 +99,18 @@ class BackgroundCompile:
         self._thread.start()
 
     def _run(self) -> None:
-        try:  # Linux: niceness is per thread, and inductor's compiler subprocesses inherit it
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPILE_NICENESS)
-        except (AttributeError, OSError):  # not Linux, or not allowed: compile at the normal priority
-            pass
-        self._begin.wait(self.start_within_s)
-        started = time.monotonic()
+        started, cached = time.monotonic(), False
         try:
-            with _one_compile_at_a_time:
-                self.step.warm_up()
+            cached = self.step.load_cached()  # no lock: loading traces nothing, and a compile may hold it long
+            if not cached:
+                try:  # Linux: niceness is per thread, and inductor's compiler subprocesses inherit it
+                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COMPILE_NICENESS)
+                except (AttributeError, OSError):  # not Linux, or not allowed: compile at the normal priority
+                    pass
+                self._begin.wait(self.start_within_s)
+                started = time.monotonic()
+                with _one_compile_at_a_time:
+                    self.step.warm_up()
         except Exception as error:  # noqa: BLE001 - any compiler failure means "stay eager", never "stop serving"
             self.error = error
             log.error("%s: serving on the eager decode step; compiling it failed: %s", self.name,
@@ -115,6 +119,7 @@ class BackgroundCompile:
             self.seconds = time.monotonic() - started
             self._ready = True
             how = " and ".join(sorted(set(self.step.kinds.values())))
+            how += ", loaded from the disk cache" if cached else ""
             log.info("%s: decode step compiled (%s) in %.1f s; batches from now on use it", self.name, how,
                      self.seconds)
         finally:

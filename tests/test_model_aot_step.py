@@ -73,7 +73,7 @@ def test_the_library_computes_the_eager_step_for_a_lone_row_and_for_batches(pack
             torch.testing.assert_close(written, wanted, rtol=1e-4, atol=1e-3)
 
 
-def test_the_library_reads_the_models_weights_in_place_and_a_same_shaped_model_reuses_it(packages):
+def test_the_library_reads_the_models_weights_in_place_and_a_same_shaped_model_reuses_it(packages, monkeypatch):
     model = served("alibi", "gqa", "fp32")
     library = AotStepLibrary(model, lone=True)
     with torch.no_grad():
@@ -82,6 +82,11 @@ def test_the_library_reads_the_models_weights_in_place_and_a_same_shaped_model_r
     torch.testing.assert_close(one_step(model, 1, library)[0], one_step(model, 1)[0], rtol=1e-4, atol=1e-3)
 
     other = served("alibi", "gqa", "fp32", seed=2)  # same shapes, other weights
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("a library in the cache is loaded without exporting the step (seconds of a held GIL)")
+
+    monkeypatch.setattr(torch.export, "export", no_tracing)
     reused = AotStepLibrary(other, lone=True)
     assert not reused.built and reused.path == library.path  # loaded from the disk cache, not compiled
     logits = one_step(other, 1, reused)[0]
@@ -97,7 +102,22 @@ def test_a_library_for_other_shapes_or_threads_is_a_different_package(packages):
     paths.add(AotStepLibrary(narrower, lone=True).path)
     with torch_threads(1 if torch.get_num_threads() > 1 else 2):  # inductor writes its loops for a thread count
         paths.add(AotStepLibrary(served("alibi", "gqa", "fp32"), lone=False).path)
-    assert len(paths) == 4
+    int8 = tiny_model("alibi", "gqa", seed=1)  # the same shapes on other weights' kernels: another graph
+    use_lowbit_weights(int8, "int8")
+    int8.prepare_for_decoding()
+    paths.add(AotStepLibrary(int8, lone=True).path)
+    assert len(paths) == 5
+
+
+def test_a_change_to_the_code_that_makes_the_graph_is_a_different_package(packages, monkeypatch):
+    """The key is known without tracing, so the code the graph is traced from is part of it."""
+    model = served("alibi", "gqa", "fp32")
+    step, example, _ = aot_step._example(model, lone=True)
+    key = aot_step._package_key(step, example, lone=True)
+    assert aot_step._package_key(*aot_step._example(served("alibi", "gqa", "fp32", seed=4), lone=True)[:2],
+                                 lone=True) == key  # other weights of the same shapes: the same library
+    monkeypatch.setattr(aot_step, "_source_digest", lambda: "an edited attention.py")
+    assert aot_step._package_key(step, example, lone=True) != key
 
 
 def test_other_python_threads_run_while_the_library_steps(packages):
@@ -163,8 +183,9 @@ def test_a_library_bound_to_other_weights_fails_its_check(packages):
         library._check(step_of_other, example)
 
 
-def test_a_model_that_cannot_be_exported_is_compiled_by_torch_compile_with_one_warning(packages, monkeypatch,
+def test_a_model_that_cannot_be_exported_is_compiled_by_torch_compile_with_one_warning(tmp_path, monkeypatch,
                                                                                         caplog):
+    monkeypatch.setattr(aot_step, "package_dir", lambda: tmp_path)  # such a model has no package to load
     model = served("alibi", "gqa", "fp32")
 
     def refuse(*args, **kwargs):

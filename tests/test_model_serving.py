@@ -27,9 +27,11 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture
 def held_compile(monkeypatch):
-    """Hold every background compile at its start until the test sets the returned event."""
+    """Hold every background compile at its start until the test sets the returned event (a cold disk cache:
+    nothing to load instead)."""
     release = threading.Event()
     warm_up = CompiledDecodeStep.warm_up
+    monkeypatch.setattr(CompiledDecodeStep, "load_cached", lambda self: False)
 
     def held(self, *args, **kwargs):
         release.wait(timeout=120)
@@ -68,8 +70,9 @@ def test_requests_are_answered_before_the_compile_and_get_the_same_tokens_after_
 
 @pytest.fixture
 def compile_starts(monkeypatch) -> list[float]:
-    """When each background compile began (its warm-up), without compiling anything."""
+    """When each background compile began (its warm-up), without compiling anything (a cold disk cache)."""
     began: list[float] = []
+    monkeypatch.setattr(CompiledDecodeStep, "load_cached", lambda self: False)
     monkeypatch.setattr(CompiledDecodeStep, "warm_up", lambda self, *args, **kwargs: began.append(time.monotonic()))
     return began
 
@@ -95,8 +98,30 @@ def test_the_compile_starts_unasked_after_its_bound(tiny_dir, compile_starts, mo
     assert served.compiled and compile_starts[0] - created_at >= 0.3
 
 
-def test_eager_decoding_during_a_real_compile_is_unaffected(tiny_dir, compile_at_normal_priority):
+def test_steps_in_the_disk_cache_serve_the_first_answer_unasked_and_give_the_same_tokens(tiny_dir,
+                                                                                        compile_at_normal_priority):
+    """After a restart nothing is traced or compiled: the libraries load before any answer, without `begin`
+    and long before the compile's bound, at normal priority."""
+    first = load_for_serving(tiny_dir, cpu_weights="int8", compile=True)
+    assert first.wait_until_compiled(timeout=300), first.compiling.error
+    expected = seeded_texts(first)
+
+    again = load_for_serving(tiny_dir, cpu_weights="int8")  # the same shapes: what a restarted worker loads
+    deadline = time.monotonic() + 30
+    while not again.compiled and time.monotonic() < deadline:  # polled: wait() would begin it itself
+        time.sleep(0.01)
+    assert again.compiled and not again.compiling._begin.is_set()
+    assert again.compiling.seconds < serving.COMPILE_START_WITHIN_S
+    threads = torch.get_num_threads()
+    assert compiled_step(again.model).kinds == {(True, threads): "ahead-of-time", (False, threads): "ahead-of-time"}
+    assert seeded_texts(again) == expected
+
+
+def test_eager_decoding_during_a_real_compile_is_unaffected(tiny_dir, compile_at_normal_priority, tmp_path,
+                                                            monkeypatch):
     """The compile runs on its own thread while the caller decodes eagerly: nothing it does leaks in."""
+    from rujokes_model import aot_step
+    monkeypatch.setattr(aot_step, "package_dir", lambda: tmp_path)  # built here, not loaded from the cache
     reference = load_for_serving(tiny_dir, cpu_weights=None, compile=False)
     expected = seeded_texts(reference)
     served = load_for_serving(tiny_dir, cpu_weights=None)
@@ -114,6 +139,7 @@ def test_a_failed_compile_leaves_the_model_serving_eagerly(tiny_dir, monkeypatch
         raise RuntimeError("inductor: C++ compile error")
 
     monkeypatch.setattr(CompiledDecodeStep, "warm_up", broken)
+    monkeypatch.setattr(CompiledDecodeStep, "load_cached", lambda self: False)  # nothing in the disk cache
     with caplog.at_level(logging.INFO, logger="rujokes_model.serving"):
         served = load_for_serving(tiny_dir, cpu_weights=None)
         assert not served.wait_until_compiled(timeout=60)
