@@ -93,6 +93,20 @@ class DrillStack:
         return cls(api, redis_server, prefix, log_dir, bot_env(api, redis_server.url, prefix, **settings), workers,
                    redis_disk=redis_disk)
 
+    def serve_mini_as_shipped(self, model_dir: Path) -> DrillStack:
+        """Workers serve `model_dir` as mini, the default size, the way `rujokes run` does: int8 weights
+        (CPU_INT8_SIZES) and the compiled step. Before `start`; `wait_for_compiled_steps` after it."""
+        self.worker_env.update(MODEL_NANO="none", MODEL_MINI=str(model_dir), DEFAULT_SIZE="mini",
+                               COMPILE_DECODE="true")
+        self.bot_env["DEFAULT_SIZE"] = "mini"
+        return self
+
+    def wait_for_compiled_steps(self, timeout_s: float = 600) -> None:
+        """Until every worker logs that its batches use the compiled step (what a fault should hit)."""
+        logs = [self.log_dir / f"worker-{w}.log" for w in self.workers]
+        wait_until(lambda: all("decode step compiled" in log.read_text(errors="replace") for log in logs),
+                   timeout_s, "the workers' compiled decode steps")
+
     def start(self, n_workers: int, standbys: int = 0) -> DrillStack:
         """The bot, `n_workers` workers and, once the bot serves, `standbys` more bot processes (hot standbys)."""
         self.bots.append(start_bot(self.bot_env, self.log_dir / "bot.log"))

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot_drill import ROOT, Ask, DrillStack, Users, tiny_model, wait_until
+from bot_drill import ROOT, Ask, DrillStack, Users, tiny_model
 
 from bot.telegram.outbox import SEND_PATIENCE
 
@@ -288,15 +288,11 @@ def main() -> int:
                                   REQUEST_TIMEOUT_S="240", RESULT_GRACE_S="30")
         stack.worker_env.update(MAX_DELIVERIES="3", RUJOKES_DRILL_POISON=POISON, PYTHONPATH=os.pathsep.join(
             [str(ROOT / "benchmarks" / "fault_injection"), str(ROOT)]))
-        if args.size == "mini":  # as served by default: int8 weights (CPU_INT8_SIZES), the compiled step
-            stack.worker_env.update(MODEL_NANO="none", MODEL_MINI=str(model_dir), DEFAULT_SIZE="mini",
-                                    COMPILE_DECODE="true")
-            stack.bot_env["DEFAULT_SIZE"] = "mini"
+        if args.size == "mini":
+            stack.serve_mini_as_shipped(model_dir)
         stack.start(2, standbys=args.standbys)
         if args.size == "mini":  # the faults hit compiled batches
-            logs = [stack.log_dir / f"worker-{w}.log" for w in stack.workers]
-            wait_until(lambda: all("decode step compiled" in log.read_text(errors="replace") for log in logs), 600,
-                       "the workers' compiled decode steps")
+            stack.wait_for_compiled_steps()
         users = Users(stack.api, args.users, requests_per_user=None, group_every=3, inline_every=2,
                       think_s=args.think_s)
         drill = Drill(stack, users, args)

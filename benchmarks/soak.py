@@ -2,6 +2,7 @@
 prints a table per minute and the verdict, writes a PNG; exits 1 when a bound is broken).
 
     python benchmarks/soak.py [--minutes 30] [--rate 5] [--model rujokes_model/weights/nano] [--png soak.png]
+    python benchmarks/soak.py --size mini --model rujokes_model/weights/mini    # as `rujokes run` serves it
 
 Open-loop arrivals at `--rate` requests a second (half private chats, half groups; new users all the time,
 as in real life) against the real bot, two real workers and a real Redis (AOF everysec). Every minute:
@@ -60,7 +61,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--rate", type=float, default=5, help="requests per second")
-    parser.add_argument("--model", help="model directory for MODEL_NANO (default: a tiny random model)")
+    parser.add_argument("--model", help="model directory (default: a tiny random model)")
+    parser.add_argument("--size", choices=["nano", "mini"], default="nano",
+                        help="serve --model as this size; mini as `rujokes run` serves it (int8, compiled step)")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--warmup-min", type=float, default=3)
     parser.add_argument("--rss-slack-mb", type=float, default=30)
@@ -73,7 +76,11 @@ def main() -> int:
     minutes: list[dict] = []
     try:
         model_dir = Path(args.model) if args.model else tiny_model(tmp)
-        stack = DrillStack.create(tmp / "stack", model_dir, args.max_new_tokens, redis_fsync="everysec").start(2)
+        stack = DrillStack.create(tmp / "stack", model_dir, args.max_new_tokens, redis_fsync="everysec")
+        if args.size == "mini":
+            stack.serve_mini_as_shipped(model_dir).start(2).wait_for_compiled_steps()
+        else:
+            stack.start(2)
         users = Users(stack.api, 0, requests_per_user=None)
         users.sending = False  # open loop: arrivals come from the clock below, not from answers
         started = time.time()
