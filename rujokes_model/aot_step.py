@@ -130,9 +130,9 @@ def _source_digest() -> str:
 
 def _package_key(step: _FlatStep, args: tuple, lone: bool) -> str:
     """What the library's code depends on, known without tracing it: the code that makes the graph (ours and
-    torch's), the model's config and layers (their kinds, kernel switches and packings), its constants' and
-    inputs' shapes and layouts, the kernels it calls, the intra-op threads inductor wrote its loops for and
-    the CPU's vector instructions. Tracing costs seconds of a held GIL, which a worker's first eager jokes
+    torch's), the model's config and layers (their kinds, kernel switches and weight formats), its constants'
+    and inputs' shapes and layouts, the kernels it calls, the intra-op threads inductor wrote its loops for and
+    the CPU's vector capability. Tracing costs seconds of a held GIL, which a worker's first eager jokes
     would wait for at every start; the check after loading still compares the library with the eager step."""
     from . import cpu_kernels
     layout = lambda t: (tuple(t.shape), tuple(t.stride()), str(t.dtype))  # noqa: E731
