@@ -41,6 +41,12 @@ def test_a_sentence_end_inside_the_opening_does_not_shorten_the_joke_to_it():
     assert end_at_sentence(f"{opening} ему: «Раздевайтесь!» Мужик", opening) == f"{opening} ему: «Раздевайтесь!»"
 
 
+def test_the_opening_keeps_its_last_character_whatever_it_is():
+    assert end_at_sentence("Штирлиц спросил: Кто", "Штирлиц спросил:") == f"Штирлиц спросил:{ELLIPSIS}"
+    assert end_at_sentence("&lt;b&gt; &amp; &#x27; Qx", "&lt;b&gt; &amp; &#x27;") == f"&lt;b&gt; &amp; &#x27;{ELLIPSIS}"
+    assert end_at_sentence("Он сказал — и, — не", "Он сказал — и, —") == f"Он сказал — и, —{ELLIPSIS}"
+
+
 def test_without_an_opening_every_sentence_end_counts():
     assert end_at_sentence("Кот. Пес. Мыш", "") == "Кот. Пес."
     assert end_at_sentence("Котопе", "") == f"Котопе{ELLIPSIS}"  # one word: nothing to drop

@@ -31,4 +31,4 @@ def end_at_sentence(text: str, opening: str) -> str:
     space = max(words.rfind(" ", start), words.rfind("\n", start))
     if space >= start:  # the last word is probably cut: drop it
         words = words[:space]
-    return words.rstrip(_DANGLING) + ELLIPSIS
+    return words[:start] + words[start:].rstrip(_DANGLING) + ELLIPSIS  # the opening as typed, to its last character
