@@ -57,17 +57,19 @@ async def test_kill_9_mid_batch_loses_nothing_and_answers_each_request_once(redi
     # A long context, so the batch runs for a second or more: a batch of the usual tiny model's few dozen
     # tokens could end between seeing its first partial and the kill.
     long_model = make_tiny_model_dir(tmp_path / "long-nano", max_seq_len=1024)
-    env = worker_env(redis_server.url, key_prefix, long_model, WORKER_BATCH_SIZE="8", PARTIAL_INTERVAL_S="0.1")
-    batch = requests(8, max_new_tokens=480)
+    env = worker_env(redis_server.url, key_prefix, long_model, WORKER_BATCH_SIZE="8", PARTIAL_INTERVAL_S="0.05")
+    batch = requests(8, max_new_tokens=1000)
     for request in batch:
         request.stream_partials = True  # partials show the batch is mid-generation
         await queue.submit(request)
     doomed = start_worker({**env, "WORKER_ID": "doomed"}, tmp_path / "doomed.log")
     try:
         async def mid_batch() -> bool:
+            # Some rows sample their end within a tenth of a second and are acked: the batch is mid-way while
+            # any of it is still claimed, not only while all of it is.
             pending = await client.xpending(config.prefix + "requests:normal", "workers")
             partials = [e for e in await client.xrange(config.prefix + "results") if '"partial"' in e[1]["data"]]
-            return pending["pending"] == 8 and bool(partials)
+            return pending["pending"] > 0 and bool(partials)
         assert await wait_until(mid_batch, timeout=60), (tmp_path / "doomed.log").read_text()[-3000:]
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(timeout=10)
