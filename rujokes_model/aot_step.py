@@ -12,7 +12,8 @@ user-managed constants, so it reads the model's own memory. It depends only on s
 disk (under TORCHINDUCTOR_CACHE_DIR) by a hash of what makes the graph: the code, the model's config, layers
 and shapes, torch, threads and CPU. A restart, or another model of the same shapes, loads it with no export
 at all (tracing holds the GIL for seconds, which a worker's first eager jokes would wait for). Every library
-is checked against the eager step once before it serves.
+is checked against the eager step once before it serves. A build prunes the packages no load has used for a
+month (an upgrade's leftovers).
 
 The library runs through our op `torch.ops.rujokes_aot.run` (kernels/aot_runner.cpp) around torch's C++
 runner, not through torch's Python binding of it: the binding holds the GIL for the whole step, an op call
@@ -25,7 +26,9 @@ import contextlib
 import functools
 import hashlib
 import os
+import shutil
 import tempfile
+import time
 import weakref
 import zipfile
 from pathlib import Path
@@ -82,9 +85,33 @@ def flat_inputs(tokens: torch.Tensor, cache: list, plan: DecodePlan, column: tor
     return inputs
 
 
+# A package not loaded for this long is pruned when another is built: every upgrade of our code or of torch
+# changes every key, and a cache kept across upgrades (compose's volume) would otherwise only grow.
+PRUNE_UNUSED_DAYS = 30
+
+
 def package_dir() -> Path:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
     return Path(cache_dir()) / "rujokes_decode_steps"
+
+
+def _mark_used(package: Path) -> None:
+    """A loaded package's mtime says when it last served (a read-only cache keeps its build time)."""
+    with contextlib.suppress(OSError):
+        os.utime(package)
+
+
+def prune_packages(directory: Path, keep: Path, unused_days: float = PRUNE_UNUSED_DAYS) -> list[Path]:
+    """Remove the packages (and their unpacked libraries) not loaded for `unused_days`, except `keep`."""
+    cutoff = time.time() - unused_days * 86400
+    pruned = []
+    for package in directory.glob("*.pt2"):
+        with contextlib.suppress(OSError):  # another process pruned or replaced it first
+            if package != keep and package.stat().st_mtime < cutoff:
+                package.unlink()
+                shutil.rmtree(package.with_suffix(".d"), ignore_errors=True)
+                pruned.append(package)
+    return pruned
 
 
 def _example(model, lone: bool) -> tuple[_FlatStep, tuple, tuple]:
@@ -207,6 +234,9 @@ class AotStepLibrary:
         if self.built:
             program, step, example = _export(model, lone)
             _build_package(program, self.path)
+            prune_packages(self.path.parent, keep=self.path)
+        else:
+            _mark_used(self.path)
         ops = _runner_ops()
         handle = ops.load(str(_library_in(self.path)))
         weakref.finalize(self, ops.unload, handle)

@@ -5,6 +5,7 @@ compiled_step's tests pin its tokens in generate and in a running batch; these p
 build costs seconds, so the libraries are built once per module (and reused from the disk cache after that).
 """
 import logging
+import os
 import statistics
 import threading
 import time
@@ -103,6 +104,26 @@ def test_a_library_for_other_shapes_or_threads_is_a_different_package(packages):
     with torch_threads(1 if torch.get_num_threads() > 1 else 2):  # inductor writes its loops for a thread count
         paths.add(AotStepLibrary(served("alibi", "gqa", "fp32"), lone=False).path)
     assert len(paths) == 4
+
+
+def test_a_build_prunes_packages_unused_for_a_month_and_a_load_marks_its_package_used(packages):
+    """Every upgrade changes every key: without pruning, a cache kept across upgrades only grows."""
+    month_ago, yesterday = time.time() - 40 * 86400, time.time() - 86400
+    served_path = AotStepLibrary(served("alibi", "gqa", "fp32"), lone=True).path
+    os.utime(served_path, (month_ago, month_ago))
+    stale, recent = packages / f"{'0' * 24}.pt2", packages / f"{'1' * 24}.pt2"
+    for package, when in ((stale, month_ago), (recent, yesterday)):
+        package.write_bytes(b"an earlier version's step")
+        (package.with_suffix(".d") / "data").mkdir(parents=True)
+        os.utime(package, (when, when))
+    assert not AotStepLibrary(served("alibi", "gqa", "fp32"), lone=True).built
+    assert served_path.stat().st_mtime > time.time() - 60  # loaded: used now
+    assert stale.exists()  # a load prunes nothing: only a build, which an upgrade brings, does
+    one_layer = tiny_model("alibi", "gqa", seed=1, n_layer=1, d_model=48)  # a shape no other test builds
+    use_fp32_kernels(one_layer)
+    assert AotStepLibrary(one_layer, lone=True).built
+    assert not stale.exists() and not stale.with_suffix(".d").exists()
+    assert recent.exists() and served_path.exists()
 
 
 def test_a_change_to_the_code_that_makes_the_graph_is_a_different_package(packages, monkeypatch):
