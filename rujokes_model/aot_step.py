@@ -136,7 +136,9 @@ def _example(model, lone: bool) -> tuple[_FlatStep, tuple, tuple]:
 
 def _export(model, lone: bool):
     """The exported step for a lone row or for batches, the module it traced and its example arguments."""
+    from .lowbit_weights import mark_weights_static
     step, args, shapes = _example(model, lone)
+    mark_weights_static(model)
     with torch.no_grad():
         program = torch.export.export(step, args, dynamic_shapes=shapes, strict=True)
     lifted = [spec.target for spec in program.graph_signature.input_specs if spec.kind.name == "CONSTANT_TENSOR"]

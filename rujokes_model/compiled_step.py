@@ -27,7 +27,7 @@ import torch.fx.experimental._config
 
 from .aot_step import AotStepLibrary, flat_inputs
 from .decode_plan import DecodePlan
-from .lowbit_weights import AbsorbedHeads
+from .lowbit_weights import AbsorbedHeads, mark_weights_static
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class CompiledDecodeStep:
         with torch.inference_mode():  # the caller's cache and plan must be inference tensors too
             if kind not in self._compiled_for:  # first call of its kind: guards checked, graph compiled
                 self.model.prepare_for_decoding()  # derived weights made eagerly; the graph reads them
+                mark_weights_static(self.model)
                 # No duck sizing: two dims that happen to be equal now (a batch of 2 and 2 KV heads)
                 # must not share a symbol, or a later call where they differ would fail a guard and recompile.
                 # Floats (norm eps, attention scale) are constants of the model: specialised, not graph inputs

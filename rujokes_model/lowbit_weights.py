@@ -81,11 +81,6 @@ class KernelLinear(nn.Linear):
         # (aot_step.py) names them, so it can share them instead of copying them.
         self.register_buffer("qweight", qweight, persistent=False)
         self.register_buffer("scale", scale, persistent=False)
-        # Fixed shapes for torch.compile: a compiled step with dynamic=True would otherwise give every
-        # dimension of these tensors a symbol, passed in and checked at every call.
-        for tensor in (self.qweight, self.scale):
-            if tensor is not None:
-                torch._dynamo.mark_static(tensor)
 
     @staticmethod
     def kernels_apply(x: torch.Tensor) -> bool:
@@ -137,7 +132,6 @@ class AbsorbedHeads(nn.Module):
                    "uv_scale": scales[:, keys_per_head:]}              # (H, v)
         for name, tensor in tensors.items():
             self.register_buffer(name, tensor.contiguous(), persistent=False)
-            torch._dynamo.mark_static(getattr(self, name))  # fixed shapes in a compiled step, as for KernelLinear
 
     def to_latent(self, q: torch.Tensor) -> torch.Tensor:
         """(H, M, keys) queries → (H, M, rank): q · W_UK per head."""
@@ -157,6 +151,18 @@ def use_cpu_kernels(model: nn.Module) -> int:
     for module in layers:
         module.cpu_decode_kernel = True
     return len(layers)
+
+
+def mark_weights_static(model: nn.Module) -> None:
+    """Fixed shapes for the kernels' weights in a graph: dynamic=True must not give their dimensions symbols,
+    each passed in and checked at every call. Done by the compilers, not at packing: it imports dynamo, a
+    second of start-up that eager decoding (`rujokes joke`, a worker's first jokes) never needs."""
+    import torch._dynamo
+
+    for module in model.modules():
+        if isinstance(module, (KernelLinear, AbsorbedHeads)):
+            for tensor in module.buffers(recurse=False):
+                torch._dynamo.mark_static(tensor)
 
 
 def use_lowbit_weights(model: nn.Module, kind: str = "int8") -> int:
