@@ -1,4 +1,4 @@
-"""How often a joke runs into its token limit, and what ending it at a sentence (bot/worker/endings.py) costs.
+"""How often a joke runs into its token limit, and what ending it at a sentence (rujokes_model/endings.py) costs.
 
     python benchmarks/joke_endings.py                          # bundled nano and mini, 200 jokes per length
     python benchmarks/joke_endings.py --sizes mini --samples 400 --model-dir mini=runs/gpu/mini
@@ -18,11 +18,11 @@ import torch
 
 from bot.common.settings import Settings
 from bot.telegram.prompts import CLASSIC_OPENINGS, clean_model_text
-from bot.worker.endings import ELLIPSIS
 from bot.worker.engine import ModelEngine
 from bot.worker.engine_api import Job
 from bot.worker.loading import load_source
 from rujokes_model.config import cpu_weights_for
+from rujokes_model.endings import ELLIPSIS
 from rujokes_model.serving import speed_up
 
 

@@ -11,10 +11,9 @@ from rujokes_model.config import SIZES
 def _joke(args: argparse.Namespace) -> int:
     import torch
 
-    from bot.worker.endings import end_at_sentence
     from bot.worker.loading import load_source, resolve_device
     from rujokes_model.config import cpu_weights_for
-    from rujokes_model.serving import speed_up
+    from rujokes_model.serving import ServingModel, speed_up
 
     source = args.model or "bundled"
     try:
@@ -24,22 +23,12 @@ def _joke(args: argparse.Namespace) -> int:
         return 2
     # The worker's weights format; no compiled step: one command's few jokes are done before it would be.
     speed_up(loaded.model, cpu_weights=cpu_weights_for(loaded.model.config), compile=False, name=args.size)
-    prompt = " ".join(args.prompt).strip()
-    tokenizer, model = loaded.tokenizer, loaded.model
-    generator = torch.Generator(device=model.device)
+    generator = torch.Generator(device=loaded.model.device)
     generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
-    ids = torch.tensor([tokenizer.encode(prompt)] * args.n)
-    out = model.generate(ids, args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, top_k=args.top_k, temperature=args.temperature,
-                         generator=generator, mid_character_ids=tokenizer.mid_character_ids())
-    opening = tokenizer.decode(ids[0].tolist()).strip()
-    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    for i, row in enumerate(out.tolist()):
-        if i:
-            print("\n* * *\n")
-        text = tokenizer.decode(row).strip()
-        cut = not ends.intersection(row[ids.shape[1]:])  # ran into --max-new-tokens: end as the bot does
-        print(end_at_sentence(text, opening) if cut else text)
+    jokes = ServingModel(loaded.model, loaded.tokenizer).complete(
+        " ".join(args.prompt).strip(), args.max_new_tokens, n=args.n, top_k=args.top_k,
+        temperature=args.temperature, generator=generator)  # ended as the bot ends them
+    print("\n\n* * *\n\n".join(jokes))
     return 0
 
 

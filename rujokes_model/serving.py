@@ -24,6 +24,7 @@ import torch
 from .compiled_step import compiled_step
 from .config import SIZES, CpuWeights, cpu_weights_for
 from .cpu_kernels import KernelBuildError, find_cxx
+from .endings import end_at_sentence
 from .lowbit_weights import use_fp32_kernels, use_lowbit_weights
 from .model import TransformerForCausalLM
 from .pretrained import pretrained_path
@@ -210,10 +211,19 @@ class ServingModel:
 
     def complete(self, prompt: str, max_new_tokens: int = 150, *, n: int = 1, top_k: int | None = 10,
                  **kwargs) -> list[str]:
-        """`n` texts that start with `prompt` (the bot's sampling defaults: top-k 10)."""
+        """`n` texts that start with `prompt`, sampled and ended as the bot's jokes are: top-k 10, and a text
+        cut by `max_new_tokens` ends after its last whole sentence (endings.py), not mid-word."""
         ids = torch.tensor([self.tokenizer.encode(prompt)] * n)
+        kwargs.setdefault("mid_character_ids", self.tokenizer.mid_character_ids())
         out = self.generate(ids, max_new_tokens, top_k=top_k, **kwargs)
-        return [self.tokenizer.decode(row).strip() for row in out.tolist()]
+        opening = self.tokenizer.decode(ids[0].tolist()).strip()
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        texts = []
+        for row in out.tolist():
+            text = self.tokenizer.decode(row).strip()
+            cut = not ends.intersection(row[ids.shape[1]:])  # no end of text sampled: it ran into the limit
+            texts.append(end_at_sentence(text, opening) if cut else text)
+        return texts
 
 
 def load_for_serving(name_or_path: str | Path = "mini", *, revision: str | None = None,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bot.cli import main
-from bot.worker.endings import ELLIPSIS
+from rujokes_model.endings import ELLIPSIS
 from tests.model_helpers import make_tiny_model_dir
 
 OPENING = "Штирлиц пришел домой"

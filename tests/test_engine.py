@@ -6,11 +6,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bot.worker.endings import end_at_sentence
 from bot.worker.engine import ModelEngine
 from bot.worker.engine_api import Job
 from bot.worker.loading import build_engine, load_source
 from rujokes_model.compiled_step import compiled_step
+from rujokes_model.endings import end_at_sentence
 from rujokes_model.lowbit_weights import KernelLinear
 from tests.model_helpers import make_tiny_model_dir
 
@@ -123,7 +123,7 @@ def test_partials_grow_and_end_at_the_final_text(engine):
     assert all(len(a) <= len(b) for a, b in zip(texts, texts[1:]))
     if output.new_tokens < 20:  # the model ended it: the partials end at its text
         assert output.text.startswith(texts[-1].rstrip())
-    else:  # cut by its limit: the stream's text, ended after a sentence (bot/worker/endings.py)
+    else:  # cut by its limit: the stream's text, ended after a sentence (rujokes_model/endings.py)
         assert output.text == end_at_sentence(texts[-1], "Вовочка")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 
@@ -13,6 +14,7 @@ from rujokes_model import serving
 from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
 from rujokes_model.config import ModelConfig, cpu_weights_for, default_int8_sizes
 from rujokes_model.cpu_kernels import cpu_kernels_supported
+from rujokes_model.endings import ELLIPSIS, end_at_sentence
 from rujokes_model.lowbit_weights import KernelLinear
 from rujokes_model.serving import load_for_serving, use_persistent_compile_cache
 from tests.model_helpers import make_tiny_model_dir
@@ -214,3 +216,18 @@ def test_two_sizes_loaded_together_both_get_their_compiled_steps(tmp_path, compi
     assert int8.wait_until_compiled(timeout=550), int8.compiling.error
     assert fp32.wait_until_compiled(timeout=550), fp32.compiling.error
     assert [seeded_texts(int8), seeded_texts(fp32)] == expected
+
+
+def test_complete_ends_a_text_cut_by_its_limit_after_a_sentence_as_the_bot_does(tiny_dir):
+    """The library's one-line call gives what the bot gives: the random tiny model samples no end of text in
+    8 tokens, so every row ran into its limit, and each ends after a sentence or with "…", never mid-word."""
+    served = load_for_serving(tiny_dir, compile=False)
+    generator = torch.Generator().manual_seed(3)
+    texts = served.complete(PROMPTS[0], 8, n=4, top_k=0, generator=generator)
+    raw = served.tokenizer.decode(served.generate(torch.tensor([served.tokenizer.encode(PROMPTS[0])] * 4), 8,
+                                                  top_k=0, generator=torch.Generator().manual_seed(3))[0].tolist())
+    assert len(texts) == 4
+    for text in texts:
+        assert text.startswith(PROMPTS[0])
+        assert text.endswith(ELLIPSIS) or re.search(r"[.!?…][»“”\"')\]]*$", text), text
+    assert texts[0] == end_at_sentence(raw.strip(), PROMPTS[0]) != raw.strip()

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bot.worker.endings import end_at_sentence
 from bot.worker.engine_api import DoneCallback, GenerationOutput, Job, MoreJobs, PartialCallback
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
 from rujokes_model.continuous import ContinuousBatch, RowSettings
 from rujokes_model.cuda_graph_step import GraphedDecodeStep
+from rujokes_model.endings import end_at_sentence
 from rujokes_model.serving import BackgroundCompile
 
 

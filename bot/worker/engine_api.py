@@ -33,7 +33,7 @@ class GenerationOutput:
     text: str
     new_tokens: int
     forward_passes: int
-    cut: bool = False  # the row ran into its token limit (its text ends after a sentence: bot/worker/endings.py)
+    cut: bool = False  # the row ran into its token limit (its text ends after a sentence: rujokes_model/endings.py)
 
 
 class Engine(Protocol):

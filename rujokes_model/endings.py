@@ -1,9 +1,10 @@
 """Where a joke that ran into its token limit ends: after its last whole sentence, never mid-word.
 
-A row that samples <eos> ends where the model ended it. A row cut by its limit (MAX_NEW_TOKENS, or a chat's
-short length) would stop mid-sentence, often mid-word; it ends instead after its last sentence that is past
-the opening, and where the new text finished none, at its last whole word with an ellipsis, so that the cut
-reads as one. The opening is the user's and is never cut.
+A row that samples <eos> ends where the model ended it. A row cut by its limit (`max_new_tokens`: the bot's
+MAX_NEW_TOKENS or a chat's short length, `ServingModel.complete`'s, `rujokes joke`'s) would stop mid-sentence,
+often mid-word; it ends instead after its last sentence that is past the opening, and where the new text
+finished none, at its last whole word with an ellipsis, so that the cut reads as one. The opening is the
+user's and is never cut.
 """
 from __future__ import annotations
 
