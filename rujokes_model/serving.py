@@ -217,11 +217,10 @@ class ServingModel:
         kwargs.setdefault("mid_character_ids", self.tokenizer.mid_character_ids())
         out = self.generate(ids, max_new_tokens, top_k=top_k, **kwargs)
         opening = self.tokenizer.decode(ids[0].tolist()).strip()
-        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         texts = []
         for row in out.tolist():
             text = self.tokenizer.decode(row).strip()
-            cut = not ends.intersection(row[ids.shape[1]:])  # no end of text sampled: it ran into the limit
+            cut = self.tokenizer.eos_token_id not in row  # no text encodes to <eos>: only the model ends a row
             texts.append(end_at_sentence(text, opening) if cut else text)
         return texts
 

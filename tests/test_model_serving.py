@@ -219,15 +219,22 @@ def test_two_sizes_loaded_together_both_get_their_compiled_steps(tmp_path, compi
 
 
 def test_complete_ends_a_text_cut_by_its_limit_after_a_sentence_as_the_bot_does(tiny_dir):
-    """The library's one-line call gives what the bot gives: the random tiny model samples no end of text in
-    8 tokens, so every row ran into its limit, and each ends after a sentence or with "…", never mid-word."""
+    """The library's one-line call gives what the bot gives: a row that sampled its end of text is left as the
+    model ended it; one that ran into the limit ends after a sentence or with "…", never mid-word."""
     served = load_for_serving(tiny_dir, compile=False)
-    generator = torch.Generator().manual_seed(3)
-    texts = served.complete(PROMPTS[0], 8, n=4, top_k=0, generator=generator)
-    raw = served.tokenizer.decode(served.generate(torch.tensor([served.tokenizer.encode(PROMPTS[0])] * 4), 8,
-                                                  top_k=0, generator=torch.Generator().manual_seed(3))[0].tolist())
-    assert len(texts) == 4
-    for text in texts:
+    ids = torch.tensor([served.tokenizer.encode(PROMPTS[0])] * 8)
+    raw = served.generate(ids, 60, top_k=0, generator=torch.Generator().manual_seed(3)).tolist()
+    texts = served.complete(PROMPTS[0], 60, n=8, top_k=0, generator=torch.Generator().manual_seed(3))
+    ended = [served.tokenizer.eos_token_id in row[ids.shape[1]:] for row in raw]
+    assert 0 < sum(ended) < 8  # the random model's seed 3: both kinds of row
+    shortened = 0
+    for row, was_ended, text in zip(raw, ended, texts):
+        whole = served.tokenizer.decode(row).strip()
         assert text.startswith(PROMPTS[0])
-        assert text.endswith(ELLIPSIS) or re.search(r"[.!?…][»“”\"')\]]*$", text), text
-    assert texts[0] == end_at_sentence(raw.strip(), PROMPTS[0]) != raw.strip()
+        if was_ended:
+            assert text == whole
+        else:
+            assert text == end_at_sentence(whole, PROMPTS[0])
+            assert text.endswith(ELLIPSIS) or re.search(r"[.!?…][»“”\"')\]]*$", text), text
+            shortened += text != whole
+    assert shortened  # most cut rows stopped mid-word

@@ -41,14 +41,12 @@ def plot_losses(out_dir: Path, title: str) -> Path:
 def sample_jokes(
     model, tokenizer, prompts: list[str] = SAMPLE_PROMPTS, seed: int = 0, max_new_tokens: int = 120
 ) -> list[tuple[str, str]]:
+    """A sample per prompt as users get it: the bot's sampling, a sample cut by its limit ended after a sentence."""
+    from rujokes_model.serving import ServingModel
+
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    samples = []
-    for prompt in prompts:
-        ids = torch.tensor([tokenizer.encode(prompt)])
-        out = model.generate(ids, max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, top_k=10, generator=generator)
-        samples.append((prompt, tokenizer.decode(out[0].tolist())))
-    return samples
+    served = ServingModel(model, tokenizer)
+    return [(prompt, served.complete(prompt, max_new_tokens, generator=generator)[0]) for prompt in prompts]
 
 
 def card_metadata(*, size: str, data_source: str, final_eval: dict, datasets: list[str] | None = None):
@@ -130,7 +128,8 @@ def write_model_card(out_dir: Path, *, size: str, model, tokenizer, train_config
         *memorisation_lines(memorisation),
         "## Model config", "", "```json", json.dumps(config, indent=2), "```", "",
         "## Training config", "", "```json", json.dumps(train_config, indent=2), "```", "",
-        "## Samples (top-k 10, seed 0)", "",
+        f"## Samples (top-k 10, seed 0, ≤ {sample_tokens} new tokens; one cut by its limit ends after its last "
+        "sentence, as the bot's jokes do)", "",
     ]
     for prompt, text in samples:
         lines += [f"**{prompt}** →", "", "> " + text.replace("\n", "\n> "), ""]
