@@ -40,6 +40,10 @@ class ByteLevelBPETokenizer:
         for token in SPECIAL_TOKENS:
             if tokenizer.token_to_id(token) is None:
                 raise ValueError(f"tokenizer lacks the special token {token}")
+        # Text is text: a prompt that spells "<eos>" or "<pad>" encodes as those characters, not as the control
+        # tokens (which would end a joke before it starts, or vanish from the opening shown back). Our <bos>
+        # and <eos> are added by id, never parsed from text.
+        tokenizer.encode_special_tokens = True
         self._tokenizer = tokenizer
         self.pad_token_id = tokenizer.token_to_id(PAD)
         self.bos_token_id = tokenizer.token_to_id(BOS)

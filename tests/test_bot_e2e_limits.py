@@ -65,6 +65,7 @@ HOSTILE = [  # (id, text, or "sticker"/"photo" for non-text messages, expected o
     ("zero-width", "\u200b\u200b\u200b", JOKE), ("bom", "\ufeffВовочка", JOKE),
     ("html-bold", "<b>Штирлиц</b> & Мюллер", JOKE), ("script", "<script>alert(1)</script>", JOKE),
     ("entities", "&lt;b&gt; &amp; &#x27;", JOKE), ("html-link", '<a href="http://x">click</a>', JOKE),
+    ("model-tokens", "Штирлиц <eos> пришел <pad> домой <bos>", JOKE),  # text to the model, not its control tokens
     ("open-tag", "/joke <i>незакрытый тег", JOKE), ("markdown", "*жирный* _курсив_ `код` [ссылка](http://x)", JOKE),
     ("url", "https://example.com/?a=<b>&c=d", JOKE), ("sql", "'; DROP TABLE jokes; --", JOKE),
     ("redis-protocol", "*1\r\n$4\r\nPING\r\n", JOKE), ("templates", "{{7*7}} ${jndi:ldap://x} %s %n", JOKE),
@@ -119,8 +120,8 @@ def test_hostile_input_gets_a_joke_or_a_clear_message(hostile_replies, input_id,
     if outcome == JOKE:
         assert is_joke(reply), body
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]", body)
-        if text.startswith("<b>") or text.startswith("&lt;"):
-            assert body.startswith(text)  # sent as plain text: nothing parsed, nothing escaped
+        if text.startswith(("<b>", "&lt;", "Штирлиц <eos>")):
+            assert body.startswith(text)  # sent as plain text: nothing parsed, nothing escaped, nothing dropped
     else:
         expected = {TOO_LONG: texts.PROMPT_TOO_LONG.format(length=len(text.strip()), limit=300),
                     NOT_TEXT: texts.NOT_TEXT, UNKNOWN: texts.UNKNOWN_COMMAND, ADMIN_ONLY: texts.ADMIN_ONLY,

@@ -65,6 +65,17 @@ def test_encode_batch_matches_encode(tokenizer):
     assert tokenizer.encode_batch(TEXTS) == [tokenizer.encode(text) for text in TEXTS]
 
 
+def test_text_that_spells_a_special_token_is_encoded_as_that_text(tokenizer, tmp_path):
+    """A prompt is text: "<eos>" typed by a user must not end the joke before it starts, nor vanish from it."""
+    text = "Штирлиц <eos> пришел <pad> домой <bos>"
+    tokenizer.save_pretrained(tmp_path)
+    for tok in (tokenizer, ByteLevelBPETokenizer.from_pretrained(tmp_path)):
+        ids = tok.encode(text, add_bos=False)
+        assert {tok.pad_token_id, tok.bos_token_id, tok.eos_token_id}.isdisjoint(ids)
+        assert tok.decode(ids) == text
+        assert tok.encode_batch([text], add_bos=False) == [ids]
+
+
 def test_encode_rejects_non_text(tokenizer):
     with pytest.raises(TypeError, match="str"):
         tokenizer.encode(b"bytes")

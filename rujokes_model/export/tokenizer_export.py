@@ -32,7 +32,8 @@ def save_transformers_tokenizer(
         model_max_length=model_max_length,
         model_input_names=["input_ids", "attention_mask"],  # no token_type_ids: generate() would reject them
         padding_side="left",                 # batched generation wants every prompt to end in the same column
-        clean_up_tokenization_spaces=False)  # byte-level decoding is exact; "clean-up" would edit jokes' spaces
+        clean_up_tokenization_spaces=False,  # byte-level decoding is exact; "clean-up" would edit jokes' spaces
+        split_special_tokens=True)  # as ours: text that spells "<eos>" is that text, not the control token
     fast.save_pretrained(str(out_dir))
     out = Path(out_dir)
     # transformers 5 records its "TokenizersBackend"; older releases (and vLLM pinned to them) know this class
