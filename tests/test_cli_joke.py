@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bot.cli import main
 from rujokes_model.endings import ELLIPSIS
 from tests.model_helpers import make_tiny_model_dir
@@ -48,3 +50,13 @@ def test_the_bundled_sizes_write_their_jokes_without_importing_the_compiler():
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("Штирлиц") == 4
+
+
+@pytest.mark.parametrize("option", [["-n", "0"], ["--max-new-tokens", "0"], ["--top-k", "-1"], ["--temperature", "-0.5"],
+                                    ["-n", "много"]])
+def test_a_setting_out_of_range_is_a_usage_error_not_a_traceback(option, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["joke", "Вовочка", *option])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("usage: rujokes joke") and option[0] in error and "Traceback" not in error
