@@ -5,20 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rujokes_model.cli_args import at_least, number_in
 from rujokes_model.config import SIZES
-
-
-def _at_least(minimum: float, kind: type = int):
-    """An argparse type: a number of `kind` no smaller than `minimum`, else argparse's usage error."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
-        return value
-    return parse
 
 
 def _joke(args: argparse.Namespace) -> int:
@@ -57,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     joke.add_argument("prompt", nargs="*", help="the joke's opening, e.g. «Штирлиц пришел домой»")
     joke.add_argument("--size", choices=SIZES, default="mini", help="model size (default: mini, the best shipped)")
     joke.add_argument("--model", help="model directory or hub:owner/repo@revision (default: bundled weights)")
-    joke.add_argument("-n", type=_at_least(1), default=1, help="how many jokes")
-    joke.add_argument("--top-k", type=_at_least(0), default=10, help="sample from the k likeliest tokens (0: all)")
-    joke.add_argument("--temperature", type=_at_least(0.0, float), default=1.0, help="0: greedy")
-    joke.add_argument("--max-new-tokens", type=_at_least(1), default=150)
+    joke.add_argument("-n", type=at_least(1), default=1, help="how many jokes")
+    joke.add_argument("--top-k", type=at_least(0), default=10, help="sample from the k likeliest tokens (0: all)")
+    joke.add_argument("--temperature", type=number_in(0), default=1.0, help="0: greedy")
+    joke.add_argument("--max-new-tokens", type=at_least(1), default=150)
     joke.add_argument("--seed", type=int)
     joke.add_argument("--device", default="auto")
     joke.set_defaults(handler=_joke)

@@ -160,6 +160,12 @@ def test_the_cli_reports_an_unexportable_model_and_exits_2(capsys):
     assert "cannot export an ALiBi model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("to", ["transformers", "gguf"])
+def test_the_cli_reports_a_model_that_is_not_there_in_one_line_and_exits_2(tmp_path, to, capsys):
+    assert export_main(["--to", to, str(tmp_path / "no-model"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"rujokes-export: {tmp_path / 'no-model'} is neither a directory nor a Hub repo id\n"
+
+
 def test_bundled_presets_map_to_their_architectures():
     from rujokes_model import ModelConfig
     assert target_architecture(ModelConfig.preset("mini")) == "deepseek_v2"

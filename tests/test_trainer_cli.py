@@ -114,6 +114,29 @@ def test_malformed_model_override_is_a_usage_error(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", [["--steps", "0"], ["--epochs", "0"], ["--lr", "-1e-3"], ["--batch-size", "0"],
+                                    ["--vocab-size", "100"], ["--dropout", "1"], ["--pretrain-share", "1.5"],
+                                    ["--ema-decay", "1"], ["--seq-len", "один"]])
+def test_a_setting_out_of_range_is_a_usage_error_that_names_it(tmp_path, option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--size", "nano", "--out", str(tmp_path), *option])
+    assert exit_info.value.code == 2
+    assert f"argument {option[0]}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing started
+
+
+def test_a_missing_or_broken_corpus_or_model_is_one_line_not_a_traceback(tmp_path, capsys):
+    assert train_main(["--size", "nano", "--data", str(tmp_path / "nowhere.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"rujokes-train: corpus not found: {tmp_path / 'nowhere.jsonl'}\n"
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "Штирлиц"}\n{not json\n', encoding="utf-8")
+    assert train_main(["--size", "nano", "--data", str(broken), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"rujokes-train: {broken}") and "bad JSON" in error and error.count("\n") == 1
+    assert eval_main(["--model", str(tmp_path / "no-model")]) == 2
+    assert capsys.readouterr().err.startswith("rujokes-eval: ")
+
+
 def test_eval_prints_the_val_bpc_that_evaluate_texts_computes(pushed_run, corpus_path, capsys):
     assert eval_main(["--model", str(pushed_run.out), "--data", str(corpus_path)]) == 0
     printed = json.loads(capsys.readouterr().out)

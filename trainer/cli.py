@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+from rujokes_model.cli_args import at_least, fraction, number_in, positive
 
 from .data import DEFAULT_CORPUS
 from .stages import DEFAULT_PRETRAIN_CORPUS, TOKENIZER_CORPORA
@@ -16,22 +19,23 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=DEFAULT_CORPUS, help="corpus file/dir (.jsonl .json .csv .txt) or hf://owner/name")
     p.add_argument("--hub-dir", help="local directory laid out like the hf:// dataset repo (offline)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    budget.add_argument("--epochs", type=float, help="passes over the training split")
-    budget.add_argument("--cpu-budget", type=float, dest="cpu_budget_s", help="stop after this many CPU seconds")
-    p.add_argument("--time-limit", type=float, dest="time_limit_s",
+    budget.add_argument("--steps", type=at_least(1), help="optimizer steps (overrides --epochs)")
+    budget.add_argument("--epochs", type=positive, help="passes over the training split")
+    budget.add_argument("--cpu-budget", type=positive, dest="cpu_budget_s", help="stop after this many CPU seconds")
+    p.add_argument("--time-limit", type=positive, dest="time_limit_s",
                    help="wall-clock cap in seconds on top of --steps/--epochs; the lr schedule compresses to fit")
     p.add_argument("--last-weights", action="store_true",
                    help="keep the last step's weights even when an earlier evaluation was better")
-    p.add_argument("--dropout", type=float, help="dropout in attention and feed-forward layers")
+    p.add_argument("--dropout", type=number_in(0, 1, high_open=True),
+                   help="dropout in attention and feed-forward layers")
     p.add_argument("--out", default=None, help="output directory (default runs/<size>)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--vocab-size", type=int)
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--batch-size", type=at_least(1))
+    p.add_argument("--grad-accum", type=at_least(1))
+    p.add_argument("--lr", type=positive)
+    p.add_argument("--seq-len", type=at_least(2))
+    p.add_argument("--vocab-size", type=at_least(259), help="BPE vocabulary (≥ 256 bytes + 3 special tokens)")
+    p.add_argument("--eval-every", type=at_least(1))
+    p.add_argument("--checkpoint-every", type=at_least(1))
     p.add_argument("--seed", type=int)
     p.add_argument("--position", choices=["rope", "alibi"])
     p.add_argument("--attention", choices=["mha", "gqa", "mhla"])
@@ -47,13 +51,13 @@ def _train_parser() -> argparse.ArgumentParser:
     start.add_argument("--pretrain-data", nargs="?", const=DEFAULT_PRETRAIN_CORPUS, metavar="PATH",
                        help="first train on this general corpus (default: ../shared/data/russian_literature.jsonl),"
                             " into <out>/pretrain, then on --data from those weights")
-    stages.add_argument("--pretrain-share", type=float, default=0.5,
+    stages.add_argument("--pretrain-share", type=fraction, default=0.5,
                         help="the first stage's share of --steps / --cpu-budget / --time-limit")
-    stages.add_argument("--pretrain-epochs", type=float, default=1.0,
+    stages.add_argument("--pretrain-epochs", type=positive, default=1.0,
                         help="passes over the general corpus when the budget is in epochs")
     stages.add_argument("--tokenizer-corpus", choices=TOKENIZER_CORPORA, default="both",
                         help="train the two-stage tokenizer on both corpora or on the jokes alone")
-    p.add_argument("--ema-decay", type=float,
+    p.add_argument("--ema-decay", type=fraction,
                    help="evaluate and ship an exponential moving average of the weights (e.g. 0.99)")
     p.add_argument("--cpu", action="store_true", help="train on CPU even if a GPU is present")
     p.add_argument("--push-to-hub", metavar="REPO", help="push the result to REPO on revision = size, with a "
@@ -63,13 +67,28 @@ def _train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _said_plainly(prog: str, run: Callable[[], int]) -> int:
+    """`run()`, with a missing or unreadable corpus or model said in one line (exit 2), not a traceback."""
+    from .data import CorpusFormatError
+
+    try:
+        return run()
+    except (FileNotFoundError, CorpusFormatError) as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2
+
+
 def train_main(argv: list[str] | None = None) -> int:
+    parser = _train_parser()
+    args = parser.parse_args(argv)
+    return _said_plainly("rujokes-train", lambda: _train(parser, args))
+
+
+def _train(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .recipes import recipe
     from .stages import train_two_stage
     from .train import train
 
-    parser = _train_parser()
-    args = parser.parse_args(argv)
     overrides = {}
     for item in args.model_override:
         key, sep, value = item.partition("=")
@@ -122,12 +141,7 @@ def _exportable(config) -> bool:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
     from rujokes_model.lowbit_weights import KINDS as LOWBIT_KINDS
-    from rujokes_model.lowbit_weights import use_lowbit_weights
-
-    from .data import load_corpus, split_train_val
-    from .evaluate import evaluate_texts
 
     p = argparse.ArgumentParser(prog="rujokes-eval", description="Validation loss and bits per character.")
     p.add_argument("--model", required=True, help="model directory or Hub repo id")
@@ -135,11 +149,21 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=DEFAULT_CORPUS)
     p.add_argument("--split", choices=["val", "train", "all"], default="val",
                    help="which part of the corpus (the same hash split as training)")
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--limit", type=int, help="evaluate only the first N jokes")
+    p.add_argument("--val-fraction", type=fraction, default=0.05)
+    p.add_argument("--limit", type=at_least(1), help="evaluate only the first N jokes")
     p.add_argument("--cpu-weights", choices=LOWBIT_KINDS, default="fp32",
                    help="score the model as a CPU worker with CPU_BF16_SIZES / CPU_INT8_SIZES would run it")
     args = p.parse_args(argv)
+    return _said_plainly("rujokes-eval", lambda: _evaluate(args))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+    from rujokes_model.lowbit_weights import use_lowbit_weights
+
+    from .data import load_corpus, split_train_val
+    from .evaluate import evaluate_texts
+
     model = TransformerForCausalLM.from_pretrained(args.model, revision=args.revision)
     if args.cpu_weights != "fp32":  # from_pretrained gives fp32, what the kernels take
         use_lowbit_weights(model, args.cpu_weights)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .gguf_export import export_gguf
             path = export_gguf(args.model_dir, args.out, revision=args.revision, outtype=args.outtype)
-    except ExportError as error:
+    except (ExportError, FileNotFoundError) as error:
         print(f"rujokes-export: {error}", file=sys.stderr)
         return 2
     print(path)
