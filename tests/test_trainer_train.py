@@ -5,6 +5,7 @@ Every run here is a 1-layer, 32-wide model on ~160 synthetic jokes with 32-token
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -269,6 +270,14 @@ def uninterrupted_and_resumed(tmp_path_factory, corpus_path):
     paused_files = {p.name for p in resumed.iterdir()}
     train(config, str(corpus_path), resumed, resume=True, progress=False, cpu=True)
     return straight, resumed, paused, paused_state, paused_files
+
+
+def test_a_checkpoint_of_the_tied_output_layer_warns_nobody(tmp_path, corpus_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        train(tiny_config(steps=2, checkpoint_every=1), str(corpus_path), tmp_path, progress=False, cpu=True,
+              stop_after=1)
+    assert (tmp_path / CHECKPOINT_DIR / "trainer_state.json").is_file()
+    assert not [r for r in caplog.records if "shared tensor" in r.getMessage()]
 
 
 def test_stop_after_pauses_with_a_checkpoint_and_no_final_weights(uninterrupted_and_resumed):

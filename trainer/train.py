@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import platform
 import time
@@ -332,6 +333,18 @@ def _validate(model, tokenizer, val_texts, config: TrainConfig, accelerator: Acc
     with accelerator.autocast():
         result = evaluate_texts(model, tokenizer, texts, seq_len=config.seq_len, device=accelerator.device)
     return result.to_dict()
+
+
+class _TiedHeadNotice(logging.Filter):
+    """accelerate warns at every checkpoint that it left out the output layer, "but check…": it is the
+    embedding itself (tied), restored with it on resume (tests pin the resumed weights). Other removals
+    still warn."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor {'lm_head.weight'}" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNotice())
 
 
 def _checkpoint(run: _Run, step: int, wall: float) -> None:
