@@ -213,6 +213,9 @@ class ServingModel:
                  **kwargs) -> list[str]:
         """`n` texts that start with `prompt`, sampled and ended as the bot's jokes are: top-k 10, and a text
         cut by `max_new_tokens` ends after its last whole sentence (endings.py), not mid-word."""
+        # In the corpus a space begins the next word's token and never ends one: after a prompt's trailing
+        # space the model writes nonsense ("Штирлиц пришел домой юб…"; BENCHMARKS.md). The bot strips it too.
+        prompt = prompt.rstrip(" \t")
         ids = torch.tensor([self.tokenizer.encode(prompt)] * n)
         kwargs.setdefault("mid_character_ids", self.tokenizer.mid_character_ids())
         out = self.generate(ids, max_new_tokens, top_k=top_k, **kwargs)

@@ -238,3 +238,9 @@ def test_complete_ends_a_text_cut_by_its_limit_after_a_sentence_as_the_bot_does(
             assert text.endswith(ELLIPSIS) or re.search(r"[.!?…][»“”\"')\]]*$", text), text
             shortened += text != whole
     assert shortened  # most cut rows stopped mid-word
+
+
+def test_complete_drops_a_prompts_trailing_spaces_which_no_corpus_token_ends_with(tiny_dir):
+    served = load_for_serving(tiny_dir, compile=False)
+    texts = served.complete(PROMPTS[0], 12, n=3, top_k=0, generator=torch.Generator().manual_seed(1))
+    assert served.complete(PROMPTS[0] + "  \t", 12, n=3, top_k=0, generator=torch.Generator().manual_seed(1)) == texts
