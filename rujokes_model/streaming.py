@@ -37,16 +37,25 @@ class IncrementalDecoder:
 
 
 def stream_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, **kwargs) -> Iterator[str]:
-    """Yield decoded pieces of the continuation of `prompt`; their concatenation is the full decode."""
-    input_ids = torch.tensor([tokenizer.encode(prompt)])
+    """Yield decoded pieces of the continuation of `prompt`; their concatenation is the full decode.
+
+    A prompt's trailing spaces are left to the continuation: no corpus token ends in one, so the model would
+    go on from nothing it knows (BENCHMARKS.md, "What a prompt's edge does to a joke"). The text goes on from
+    the prompt without them, and its first piece drops its leading space, which the prompt already shows.
+    """
+    stripped = prompt.rstrip(" \t")
+    input_ids = torch.tensor([tokenizer.encode(stripped)])
     decoder = IncrementalDecoder(tokenizer)
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
     kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
     kwargs.setdefault("mid_character_ids", tokenizer.mid_character_ids())
+    spaced = stripped != prompt
     for _, tokens, finished in iter_generate(model, input_ids, max_new_tokens, **kwargs):
         if tokens[0].item() in (tokenizer.eos_token_id, tokenizer.pad_token_id):
             break
         piece = decoder.push(tokens[0].item())
+        if spaced and piece:
+            piece, spaced = piece.lstrip(" "), False
         if piece:
             yield piece
     tail = decoder.flush()

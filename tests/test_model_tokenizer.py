@@ -252,3 +252,13 @@ def test_stream_text_of_byte_split_cyrillic_never_shows_a_replacement_character(
     assert len(pieces) > 5
     assert not any(REPLACEMENT_CHAR in piece for piece in pieces)
 
+
+
+def test_stream_text_goes_on_from_a_prompt_without_its_trailing_space_and_shows_no_second_one(tokenizer):
+    continuation = " и пошёл спать."
+    script = tokenizer.encode(continuation, add_bos=False)
+    prompt_len = len(tokenizer.encode("Штирлиц"))
+    model = ScriptedModel(script, tokenizer.vocab_size, tokenizer.eos_token_id, prompt_len)
+    assert "".join(stream_text(model, tokenizer, "Штирлиц", 20, do_sample=False)) == continuation
+    model = ScriptedModel(script, tokenizer.vocab_size, tokenizer.eos_token_id, prompt_len)
+    assert "Штирлиц " + "".join(stream_text(model, tokenizer, "Штирлиц ", 20, do_sample=False)) == "Штирлиц" + continuation
