@@ -39,6 +39,7 @@ from torch.export import Dim
 from torch.utils._pytree import tree_leaves, tree_map
 
 from .decode_plan import DecodePlan
+from .lowbit_weights import mark_weights_static
 
 
 class AotUnavailable(RuntimeError):
@@ -136,7 +137,6 @@ def _example(model, lone: bool) -> tuple[_FlatStep, tuple, tuple]:
 
 def _export(model, lone: bool):
     """The exported step for a lone row or for batches, the module it traced and its example arguments."""
-    from .lowbit_weights import mark_weights_static
     step, args, shapes = _example(model, lone)
     mark_weights_static(model)
     with torch.no_grad():
@@ -213,26 +213,32 @@ def _runner_ops():
     return torch.ops.rujokes_aot
 
 
+class _NotCached(LookupError):
+    """`AotStepLibrary(..., build=False)` found no package of its key in the disk cache."""
+
+
 class AotStepLibrary:
     """The step for a lone row or for batches, as a loaded library reading the model's weights in place.
     Call it with `flat_inputs(...)`; it writes the caches in place and returns the logits (B, V)."""
 
-    def __init__(self, model, lone: bool) -> None:
+    def __init__(self, model, lone: bool, *, build: bool = True) -> None:
         with torch.inference_mode(False):  # a caller decoding in inference mode: export traces normal tensors
-            self._load(model, lone)
+            self._load(model, lone, build)
 
     @classmethod
     def from_cache(cls, model, lone: bool) -> "AotStepLibrary | None":
         """The library of this kind if the disk cache has it (loaded and checked: milliseconds), else None."""
-        with torch.inference_mode(False):
-            step, example, _ = _example(model, lone)
-            cached = (package_dir() / f"{_package_key(step, example, lone)}.pt2").is_file()
-        return cls(model, lone) if cached else None
+        try:
+            return cls(model, lone, build=False)
+        except _NotCached:
+            return None
 
-    def _load(self, model, lone: bool) -> None:
+    def _load(self, model, lone: bool, build: bool) -> None:
         step, example, _ = _example(model, lone)
         self.path = package_dir() / f"{_package_key(step, example, lone)}.pt2"
         self.built = not self.path.is_file()  # False: loaded from the cache, with no export
+        if self.built and not build:
+            raise _NotCached(self.path)
         if self.built:
             program, step, example = _export(model, lone)
             _build_package(program, self.path)

@@ -28,7 +28,7 @@ from .endings import end_at_sentence
 from .lowbit_weights import use_fp32_kernels, use_lowbit_weights
 from .model import TransformerForCausalLM
 from .pretrained import pretrained_path
-from .tokenizer import ByteLevelBPETokenizer
+from .tokenizer import ByteLevelBPETokenizer, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +213,11 @@ class ServingModel:
                  **kwargs) -> list[str]:
         """`n` texts that start with `prompt`, sampled and ended as the bot's jokes are: top-k 10, and a text
         cut by `max_new_tokens` ends after its last whole sentence (endings.py), not mid-word."""
-        # In the corpus a space begins the next word's token and never ends one: after a prompt's trailing
-        # space the model writes nonsense ("Штирлиц пришел домой юб…"; BENCHMARKS.md). The bot strips it too.
-        prompt = prompt.rstrip(" \t")
+        prompt = prompt_text(prompt)  # as the bot's clean_prompt leaves it: no trailing space
         ids = torch.tensor([self.tokenizer.encode(prompt)] * n)
         kwargs.setdefault("mid_character_ids", self.tokenizer.mid_character_ids())
         out = self.generate(ids, max_new_tokens, top_k=top_k, **kwargs)
-        opening = self.tokenizer.decode(ids[0].tolist()).strip()
+        opening = prompt.strip()  # byte-level BPE decodes back to exactly this
         texts = []
         for row in out.tolist():
             text = self.tokenizer.decode(row).strip()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import torch
 
 from .generation import iter_generate
+from .tokenizer import prompt_text
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -39,11 +40,10 @@ class IncrementalDecoder:
 def stream_text(model, tokenizer, prompt: str, max_new_tokens: int = 200, **kwargs) -> Iterator[str]:
     """Yield decoded pieces of the continuation of `prompt`; their concatenation is the full decode.
 
-    A prompt's trailing spaces are left to the continuation: no corpus token ends in one, so the model would
-    go on from nothing it knows (BENCHMARKS.md, "What a prompt's edge does to a joke"). The text goes on from
-    the prompt without them, and its first piece drops its leading space, which the prompt already shows.
+    A prompt's trailing spaces are left to the continuation (`prompt_text`): the text goes on from the prompt
+    without them, and its first piece drops its leading space, which the prompt already shows.
     """
-    stripped = prompt.rstrip(" \t")
+    stripped = prompt_text(prompt)
     input_ids = torch.tensor([tokenizer.encode(stripped)])
     decoder = IncrementalDecoder(tokenizer)
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
