@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from rujokes_model.cli_args import at_least, number_in
+from rujokes_model.cli_args import at_least, device, number_in
 from rujokes_model.config import SIZES
 
 
@@ -26,9 +27,13 @@ def _joke(args: argparse.Namespace) -> int:
     speed_up(loaded.model, cpu_weights=cpu_weights_for(loaded.model.config), compile=False, name=args.size)
     generator = torch.Generator(device=loaded.model.device)
     generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
-    jokes = ServingModel(loaded.model, loaded.tokenizer).complete(
-        " ".join(args.prompt).strip(), args.max_new_tokens, n=args.n, top_k=args.top_k,
-        temperature=args.temperature, generator=generator)  # ended as the bot ends them
+    with warnings.catch_warnings(record=True) as notes:  # e.g. a prompt longer than the context: one line
+        warnings.simplefilter("always")
+        jokes = ServingModel(loaded.model, loaded.tokenizer).complete(
+            " ".join(args.prompt).strip(), args.max_new_tokens, n=args.n, top_k=args.top_k,
+            temperature=args.temperature, generator=generator)  # ended as the bot ends them
+    for note in notes:
+        print(f"rujokes: {note.message}", file=sys.stderr)
     print("\n\n* * *\n\n".join(jokes))
     return 0
 
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     joke.add_argument("--temperature", type=number_in(0), default=1.0, help="0: greedy")
     joke.add_argument("--max-new-tokens", type=at_least(1), default=150)
     joke.add_argument("--seed", type=int)
-    joke.add_argument("--device", default="auto")
+    joke.add_argument("--device", type=device, default="auto", help="auto (a CUDA GPU if any), cpu, cuda, cuda:N, mps")
     joke.set_defaults(handler=_joke)
     run = sub.add_parser("run", help="run the bot stack: embedded Redis (if REDIS_URL is empty) + worker + bot")
     run.add_argument("--no-bot", action="store_true", help="only Redis + worker")

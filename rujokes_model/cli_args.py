@@ -1,5 +1,5 @@
-"""argparse types for the console scripts' numeric settings: a value out of range is a usage error that names
-the option, not a traceback from deep inside training or generation."""
+"""argparse types for the console scripts' settings: a value out of range, or a device this machine lacks, is a
+usage error that names the option, not a traceback from deep inside training or generation."""
 from __future__ import annotations
 
 import argparse
@@ -38,3 +38,26 @@ def positive(text: str) -> float:
 def fraction(text: str) -> float:
     """A number strictly between 0 and 1."""
     return number_in(0, 1, low_open=True, high_open=True)(text)
+
+
+def device(text: str) -> str:
+    """"auto" or a torch device that this machine has ("cpu", "cuda", "cuda:1", "mps")."""
+    if text == "auto":
+        return text
+    import torch
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (auto, cpu, cuda, cuda:N or mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = "this torch is a CPU build" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            raise argparse.ArgumentTypeError(f"{text}: {why} (use cpu or auto)")
+        if parsed.index is not None and parsed.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: there are {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no Apple GPU (MPS) here (use cpu or auto)")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text}: rujokes runs on cpu, cuda or mps")
+    return text

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -211,16 +212,27 @@ class ServingModel:
 
     def complete(self, prompt: str, max_new_tokens: int = 150, *, n: int = 1, top_k: int | None = 10,
                  **kwargs) -> list[str]:
-        """`n` texts that start with `prompt`, sampled and ended as the bot's jokes are: top-k 10, and a text
-        cut by `max_new_tokens` ends after its last whole sentence (endings.py), not mid-word."""
+        """`n` texts that start with `prompt`, sampled and ended as the bot's jokes are: top-k 10, a prompt and
+        limit fitted to the context as the worker fits them (a warning says when that cut either), and a text
+        cut by its limit ends after its last whole sentence (endings.py), not mid-word."""
         prompt = prompt_text(prompt)  # as the bot's clean_prompt leaves it: no trailing space
-        ids = torch.tensor([self.tokenizer.encode(prompt)] * n)
-        kwargs.setdefault("mid_character_ids", self.tokenizer.mid_character_ids())
-        out = self.generate(ids, max_new_tokens, top_k=top_k, **kwargs)
-        opening = prompt.strip()  # byte-level BPE decodes back to exactly this
+        whole = self.tokenizer.encode(prompt)
+        context = self.model.config.max_seq_len
+        kept, limit = self.tokenizer.fit_context(whole, max_new_tokens, context)
+        if len(kept) < len(whole):
+            warnings.warn(f"a prompt of {len(whole)} tokens does not fit the model's context of {context} tokens: "
+                          f"it reads the prompt's last {len(kept)} and writes up to {limit}", stacklevel=2)
+        elif limit < max_new_tokens:
+            warnings.warn(f"max_new_tokens={max_new_tokens} and a prompt of {len(whole)} tokens do not fit the "
+                          f"model's context of {context} tokens: it writes up to {limit}", stacklevel=2)
+        # What the model does not read is still the texts' start: byte-level BPE decodes the kept tokens to
+        # exactly the end of the prompt.
+        unread = prompt[:len(prompt) - len(self.tokenizer.decode(kept))] if len(kept) < len(whole) else ""
+        out = self.generate(torch.tensor([kept] * n), limit, top_k=top_k, **kwargs)
+        opening = prompt.strip()
         texts = []
         for row in out.tolist():
-            text = self.tokenizer.decode(row).strip()
+            text = (unread + self.tokenizer.decode(row)).strip()
             cut = self.tokenizer.eos_token_id not in row  # no text encodes to <eos>: only the model ends a row
             texts.append(end_at_sentence(text, opening) if cut else text)
         return texts

@@ -140,6 +140,16 @@ class ByteLevelBPETokenizer:
         start = next((i for i, token_id in enumerate(kept) if not self.starts_mid_character(token_id)), 0)
         return kept[start:]
 
+    def fit_context(self, ids: list[int], max_new_tokens: int, context: int) -> tuple[list[int], int]:
+        """The prompt tokens and the new-token limit that fit a context of `context` tokens, as the worker fits
+        a joke: it gets its whole `max_new_tokens` where the prompt leaves room; a long prompt keeps up to half
+        the context (its last tokens, from a whole character on: `cut_prompt`) and the joke what is left."""
+        if max_new_tokens < 1 or context < 2:
+            raise ValueError(f"need max_new_tokens ≥ 1 and a context ≥ 2, got {max_new_tokens} and {context}")
+        kept = min(len(ids), max(context - max_new_tokens, context // 2))
+        limit = max(1, min(max_new_tokens, context - kept))
+        return self.cut_prompt(ids, context - limit), limit
+
     def _specials(self) -> dict[int, bytes]:
         self._token_bytes()
         return self._special_bytes

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bot.cli import main
 from rujokes_model.endings import ELLIPSIS
@@ -60,3 +61,21 @@ def test_a_setting_out_of_range_is_a_usage_error_not_a_traceback(option, capsys)
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("usage: rujokes joke") and option[0] in error and "Traceback" not in error
+
+
+def test_a_prompt_longer_than_the_context_is_told_in_one_line_and_the_joke_starts_with_all_of_it(tmp_path, capsys):
+    model = make_tiny_model_dir(tmp_path / "tiny")
+    prompt = "Штирлиц пришел домой. " * 60
+    assert main(["joke", prompt, "--size", "nano", "--model", str(model), "--max-new-tokens", "20", "--seed", "1"]) == 0
+    said = capsys.readouterr()
+    assert said.out.startswith(prompt.strip())
+    assert said.err.startswith("rujokes: a prompt of ") and said.err.count("\n") == 1, said.err  # not torch's warning
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:x", "meta", *(["cuda"] if not torch.cuda.is_available() else [])])
+def test_a_device_this_machine_lacks_is_a_usage_error_not_a_traceback(device, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["joke", "Вовочка", "--device", device])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --device" in error and device in error and "Traceback" not in error

@@ -240,6 +240,29 @@ def test_complete_ends_a_text_cut_by_its_limit_after_a_sentence_as_the_bot_does(
     assert shortened  # most cut rows stopped mid-word
 
 
+def test_complete_fits_a_prompt_or_limit_past_the_context_as_the_worker_does_and_says_so(tiny_dir):
+    """The texts still start with the whole prompt; the model reads what fits. Before, a prompt past the context
+    came back from its cut (". Штирлиц…"), and a limit past it raised from inside generate."""
+    served = load_for_serving(tiny_dir, compile=False)
+    context = served.model.config.max_seq_len
+    prompt = ("Штирлиц 😀 пришел домой. " * 40).strip()
+    kept, limit = served.tokenizer.fit_context(served.tokenizer.encode(prompt), 30, context)
+    with pytest.warns(UserWarning, match=rf"last {len(kept)} and writes up to 30") as said:
+        texts = served.complete(prompt, 30, n=3, top_k=0, generator=torch.Generator().manual_seed(2))
+    assert len(said) == 1  # generate itself had nothing more to cut
+    tail = served.tokenizer.decode(kept)
+    raw = served.generate(torch.tensor([kept] * 3), 30, top_k=0, generator=torch.Generator().manual_seed(2))
+    for text, row in zip(texts, raw.tolist()):
+        assert text.startswith(prompt)
+        whole = (prompt[:-len(tail)] + served.tokenizer.decode(row)).strip()
+        assert text in (whole, end_at_sentence(whole, prompt))
+
+    room = context - len(served.tokenizer.encode("Ж"))
+    with pytest.warns(UserWarning, match=rf"max_new_tokens={context + 50} .* writes up to {room}$"):
+        [text] = served.complete("Ж", context + 50, top_k=0, generator=torch.Generator().manual_seed(2))
+    assert text.startswith("Ж")
+
+
 def test_complete_drops_a_prompts_trailing_spaces_which_no_corpus_token_ends_with(tiny_dir):
     served = load_for_serving(tiny_dir, compile=False)
     texts = served.complete(PROMPTS[0], 12, n=3, top_k=0, generator=torch.Generator().manual_seed(1))

@@ -262,3 +262,19 @@ def test_stream_text_goes_on_from_a_prompt_without_its_trailing_space_and_shows_
     assert "".join(stream_text(model, tokenizer, "Штирлиц", 20, do_sample=False)) == continuation
     model = ScriptedModel(script, tokenizer.vocab_size, tokenizer.eos_token_id, prompt_len)
     assert "Штирлиц " + "".join(stream_text(model, tokenizer, "Штирлиц ", 20, do_sample=False)) == "Штирлиц" + continuation
+
+
+def test_fit_context_gives_a_joke_its_limit_where_the_prompt_leaves_room_and_a_long_prompt_half_the_context(tokenizer):
+    short = tokenizer.encode("Штирлиц пришел домой")
+    assert tokenizer.fit_context(short, 40, 128) == (short, 40)
+    assert tokenizer.fit_context(short, 500, 128) == (short, 128 - len(short))  # a limit past the context shrinks
+
+    long = tokenizer.encode("Штирлиц 😀 пришел домой. " * 40)
+    assert len(long) > 128
+    for max_new_tokens in (1, 40, 100, 127, 128, 1000):
+        kept, limit = tokenizer.fit_context(long, max_new_tokens, 128)
+        assert len(kept) + limit <= 128 and 1 <= limit <= max_new_tokens
+        assert kept == long[len(long) - len(kept):] and not tokenizer.starts_mid_character(kept[0])
+        assert len(kept) >= min(128 - max_new_tokens, 64) - 3  # up to 3 bytes of a character dropped
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        tokenizer.fit_context(short, 0, 128)

@@ -147,13 +147,9 @@ class ModelEngine:
         tokenizer, context = loaded.tokenizer, loaded.model.config.max_seq_len
         rows = []
         for job, ids in zip(jobs, tokenizer.encode_batch([job.prompt for job in jobs])):
-            # The joke gets its whole limit where the opening leaves room for it; a long opening keeps up to
-            # half the context, and the joke what is left.
-            kept = min(len(ids), max(context - job.max_new_tokens, context // 2))
-            limit = max(1, min(job.max_new_tokens, context - kept))
-            # Keep the prompt's last tokens that fit, from a whole character on: a byte-level token may hold
-            # part of one (its <bos> is lost only for absurdly long prompts).
-            prompt = tokenizer.cut_prompt(ids, context - limit)
+            # The joke gets its whole limit where the opening leaves room for it; a long opening keeps its last
+            # tokens up to half the context, from a whole character on (its <bos> is lost only then).
+            prompt, limit = tokenizer.fit_context(ids, job.max_new_tokens, context)
             # A seeded job gets its own generator (same seed, same joke, whatever the batch); the rest share one draw.
             generator = (torch.Generator(device=self.device).manual_seed(job.seed) if job.seed is not None else None)
             settings = RowSettings(top_k=job.top_k or None, top_p=job.top_p, temperature=job.temperature,
