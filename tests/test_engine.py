@@ -8,7 +8,7 @@ import torch
 
 from bot.worker.engine import ModelEngine
 from bot.worker.engine_api import Job
-from bot.worker.loading import build_engine, load_source
+from bot.worker.loading import CannotServe, build_engine, load_source
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.endings import end_at_sentence
 from rujokes_model.lowbit_weights import KernelLinear
@@ -142,7 +142,7 @@ def test_build_engine_skips_sizes_that_cannot_be_loaded(tmp_path):
 def test_build_engine_with_nothing_loadable_names_the_training_command(tmp_path):
     settings = SimpleNamespace(device="cpu", torch_threads=0, cuda_graphs=True, default_size="nano", compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[],
                                model_sources=lambda: {"nano": str(tmp_path / "missing")})
-    with pytest.raises(RuntimeError, match="rujokes-train"):
+    with pytest.raises(CannotServe, match="rujokes-train"):
         build_engine(settings)
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import redis.asyncio
+import torch
 
 from bot.queue.client import RequestQueue
 from bot.queue.config import QueueConfig
@@ -136,3 +137,17 @@ async def test_sigterm_exits_cleanly_and_removes_the_heartbeat(redis_server, key
         if worker.poll() is None:
             worker.kill()
         await client.aclose()
+
+
+@pytest.mark.parametrize("setting, said", [
+    ({"MODEL_NANO": "/nonexistent/model"}, "no model could be loaded"),
+    *([({"DEVICE": "cuda"}, "DEVICE=cuda, but")] if not torch.cuda.is_available() else []),
+])
+def test_a_worker_that_has_nothing_to_serve_with_says_why_in_one_line_and_exits_2(setting, said, model_dir, tmp_path):
+    """Exit code 2 is a configuration error, which `rujokes run` stops on instead of restarting the worker;
+    before, both ended in a traceback and exit code 1. Neither needs Redis: the models load first."""
+    log = tmp_path / "w.log"
+    worker = start_worker(worker_env("redis://127.0.0.1:1/0", "unused", model_dir, LOG_FORMAT="text", **setting), log)
+    assert worker.wait(timeout=120) == 2, log.read_text()[-2000:]
+    errors = [line for line in log.read_text().splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and said in errors[0] and "Traceback" not in log.read_text(), log.read_text()[-2000:]

@@ -16,6 +16,20 @@ from rujokes_model.serving import load_on_device, resolve_device, speed_up
 log = logging.getLogger(__name__)
 
 
+class CannotServe(Exception):
+    """The worker's settings leave it nothing to serve with (no model loads, a device this machine lacks):
+    a configuration error, which `rujokes-worker` reports in one line with exit code 2 (a restart would repeat it)."""
+
+
+def serving_device(setting: str) -> torch.device:
+    """DEVICE's value as a torch device; "cuda" on a machine whose torch sees no GPU is a CannotServe."""
+    device = resolve_device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is a CPU build" if torch.version.cuda is None else "torch sees no CUDA GPU"
+        raise CannotServe(f"DEVICE={setting}, but {why}; set DEVICE=auto or DEVICE=cpu")
+    return device
+
+
 def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
     """`source`: "bundled" (shipped in the package), "hub:owner/repo@revision", or a local directory."""
     revision = None
@@ -34,7 +48,7 @@ def load_source(size: str, source: str, device: torch.device) -> LoadedModel:
 
 def build_engine(settings) -> ModelEngine:
     """Load every configured size that can be loaded; one that can't is logged and left out, not fatal."""
-    device = resolve_device(settings.device)
+    device = serving_device(settings.device)
     if settings.torch_threads:
         # Small models on a shared CPU: more intra-op threads than free cores make every op slower.
         torch.set_num_threads(settings.torch_threads)
@@ -48,8 +62,8 @@ def build_engine(settings) -> ModelEngine:
         except (FileNotFoundError, OSError, ValueError) as error:
             log.warning("size %s unavailable (%s): %s", size, source, error)
     if not models:
-        raise RuntimeError("no model could be loaded; train one with `rujokes-train --size nano` "
-                           "or point MODEL_NANO at a model directory")
+        raise CannotServe("no model could be loaded (the reasons are logged above); train one with "
+                          "`rujokes-train --size nano` or point MODEL_NANO at a model directory")
     # The size "active" requests get (WorkerConfig's rule) compiles now, in the background; the others when
     # first asked for: a compile shares the cores (and the GIL) with decoding, so the sizes an admin may never
     # switch to must not slow the default size's answers at every start.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 
 from prometheus_client import CollectorRegistry
@@ -61,9 +62,15 @@ async def serve(settings: Settings) -> Worker:
 
 
 def main() -> None:
+    from bot.worker.loading import CannotServe
+
     settings = load_settings("rujokes-worker")
     configure_logging(settings.log_format, settings.log_level, settings.secret_values())
-    worker = asyncio.run(serve(settings))
+    try:
+        worker = asyncio.run(serve(settings))
+    except CannotServe as error:  # a configuration error: said in one line, and no restart would help
+        log.error("cannot serve: %s", error)
+        sys.exit(2)
     if worker.abandoned:
         # The engine thread is still generating a batch that was handed back; don't wait for it.
         logging.shutdown()
