@@ -165,6 +165,19 @@ def test_inline_query_offers_ready_variants_quickly(stack):
     assert stack.callback_answer(press["callback_query"]["id"])["text"] == texts.VOTE_NEW.format(vote="👍")
 
 
+def test_inline_variants_of_a_long_opening_preview_what_follows_it(stack):
+    """Every variant starts with the opening: a preview of its first 120 characters showed the same words in
+    each, the differences past what a client shows."""
+    opening = "Приходит мужик к врачу и говорит: доктор, у меня"
+    answer = stack.inline_answer(stack.api.inline_query(stack.new_user(), opening)["inline_query"]["id"], timeout=30)
+    assert answer["results"]
+    for result in answer["results"]:
+        text = result["input_message_content"]["message_text"]
+        assert text.startswith(opening)
+        preview = result["description"]
+        assert preview.startswith("…") and "Приходит" not in preview and "у меня" + text[len(opening):][:20] in preview
+
+
 def test_empty_inline_query_gets_a_hint(stack):
     query_id = stack.api.inline_query(stack.new_user(), "")["inline_query"]["id"]
     answer = stack.inline_answer(query_id)

@@ -76,3 +76,14 @@ def test_draft_ids_are_stable_non_zero_and_31_bit():
     assert draft_id_for("00000000abc") == 1
     assert draft_id_for("ffffffffabc") == 0x7FFFFFFF
     assert draft_id_for("1234abcd99") == draft_id_for("1234abcd00")
+
+
+def test_a_variants_preview_shows_a_long_openings_end_and_what_follows_it():
+    from bot.telegram.handlers.inline import PREVIEW_CHARS, variant_preview
+
+    opening = "Штирлиц пришел домой и увидел на столе записку"
+    assert variant_preview(f"{opening}: «Ушла к Мюллеру».", opening) == "…увидел на столе записку: «Ушла к Мюллеру»."
+    assert variant_preview("Вовочка спрашивает папу.", "Вовочка") == "Вовочка спрашивает папу."  # short: whole
+    long = variant_preview(opening + " А там " + "очень " * 40 + "длинная история.", opening)
+    assert long.startswith("…увидел на столе записку А там") and long.endswith("…") and utf16_len(long) <= PREVIEW_CHARS
+    assert variant_preview("Другое начало.", opening) == "Другое начало."  # the model did not keep the opening

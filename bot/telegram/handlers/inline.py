@@ -38,6 +38,22 @@ PENDING_PREFIX = "p:"
 _TOKEN = re.compile(r"[0-9a-f]{16}")
 
 
+# Of a long opening a variant's preview shows only its end: every variant starts with the same opening, and a
+# client shows two lines or so of a description, which must show what tells the variants apart.
+PREVIEW_OPENING_CHARS = 24
+PREVIEW_CHARS = 120
+
+
+def variant_preview(text: str, opening: str) -> str:
+    """A ready variant's description: its text, with an opening longer than PREVIEW_OPENING_CHARS cut to "…"
+    and its last words."""
+    if len(opening) > PREVIEW_OPENING_CHARS and text.startswith(opening):
+        end = opening[-PREVIEW_OPENING_CHARS:]
+        end = end[end.find(" ") + 1:] if " " in end else end  # from a whole word on
+        text = "…" + end + text[len(opening):]
+    return fit_message(text, PREVIEW_CHARS)
+
+
 async def answer_hint(query: InlineQuery, hint: str) -> None:
     # A button instead of a result: nothing gets sent to the chat by mistake.
     await query.answer([], cache_time=CACHE_TIME_S, is_personal=True,
@@ -62,7 +78,7 @@ async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: Outs
     results = [
         InlineQueryResultArticle(
             id=result.request_id, title=t.INLINE_VARIANT_TITLE.format(number=number),
-            description=fit_message(result.text, 120),
+            description=variant_preview(result.text, prompt),
             input_message_content=InputTextMessageContent(message_text=fit_message(result.text)),
             reply_markup=joke_keyboard(result.request_id, signer, INLINE_SCOPE, t),
         )
@@ -73,7 +89,7 @@ async def inline_query(query: InlineQuery, jokes: JokeService, outstanding: Outs
         await outstanding.remember_inline_prompt(token, prompt)
         results.append(InlineQueryResultArticle(
             id=signer.sign(PENDING_PREFIX + token, INLINE_SCOPE), title=t.INLINE_PENDING_TITLE,
-            description=fit_message(t.INLINE_PENDING_DESCRIPTION.format(prompt=prompt), 120),
+            description=fit_message(t.INLINE_PENDING_DESCRIPTION.format(prompt=prompt), PREVIEW_CHARS),
             input_message_content=InputTextMessageContent(message_text=t.PLACEHOLDER),
             reply_markup=write_keyboard(token, signer, t),
         ))
