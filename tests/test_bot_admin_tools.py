@@ -137,7 +137,7 @@ def test_broadcast_asks_for_confirmation_then_sends_every_subscriber_once(stack)
     chats = subscribed(stack)
     text = "Завтра бот отдыхает с 10 до 11 <b>не HTML</b>"
     confirmation = admin_says(stack, f"/broadcast {text}")
-    assert confirmation == RU.BROADCAST_CONFIRM.format(count=len(chats), text=text)
+    assert confirmation == RU.plural("BROADCAST_CONFIRM", len(chats), count=len(chats), text=text)
     message = next(m for m in stack.bot_messages(ADMIN_ID) if m.get("text") == confirmation)
     assert button_texts(message) == [RU.BUTTON_BROADCAST_SEND, RU.BUTTON_BROADCAST_CANCEL]
     send_data = message["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
@@ -146,7 +146,7 @@ def test_broadcast_asks_for_confirmation_then_sends_every_subscriber_once(stack)
     assert stack.callback_answer(forged["callback_query"]["id"])["text"] == RU.ADMIN_ONLY
     assert all(text not in texts_in(stack, user) for user in users)
     query = stack.api.press_button(ADMIN_ID, message, RU.BUTTON_BROADCAST_SEND)
-    assert stack.callback_answer(query["callback_query"]["id"])["text"] == RU.BROADCAST_STARTED.format(count=len(chats))
+    assert stack.callback_answer(query["callback_query"]["id"])["text"] == RU.plural("BROADCAST_STARTED", len(chats), count=len(chats))
     done = RU.BROADCAST_DONE.format(sent=len(chats), failed=0)
     wait_until(lambda: done in texts_in(stack, ADMIN_ID), 60, "the broadcast's report")
     for user in users:
@@ -219,7 +219,8 @@ def test_stats_shows_a_user_their_jokes_votes_and_favourite_opening_and_admins_t
     joke = next(m for m in stack.bot_messages(user) if is_joke(m))
     for button in (RU.BUTTON_UP, RU.BUTTON_DOWN, RU.BUTTON_UP):  # a vote, changed, changed back: one 👍
         stack.callback_answer(stack.api.press_button(user, joke, button)["callback_query"]["id"])
-    opening = RU.USER_STATS_OPENING.format(opening="штирлиц пришел домой", uses=2)
+    opening = RU.plural("USER_STATS_OPENING", 2, opening="штирлиц пришел домой", uses=2)
+    assert opening.endswith("(2 раза)")
     assert reply_to(stack, user, "/stats") == RU.USER_STATS.format(jokes=3, up=1, down=0, opening=opening)
     assert admin_says(stack, "/stats").startswith(RU.STATS.split("\n")[0])
     assert admin_says(stack, "/stats me").startswith(RU.USER_STATS.split("\n")[0])

@@ -123,7 +123,7 @@ def test_hostile_input_gets_a_joke_or_a_clear_message(hostile_replies, input_id,
         if text.startswith(("<b>", "&lt;", "Штирлиц <eos>")):
             assert body.startswith(text)  # sent as plain text: nothing parsed, nothing escaped, nothing dropped
     else:
-        expected = {TOO_LONG: texts.PROMPT_TOO_LONG.format(length=len(text.strip()), limit=300),
+        expected = {TOO_LONG: texts.plural("PROMPT_TOO_LONG", len(text.strip()), length=len(text.strip()), limit=300),
                     NOT_TEXT: texts.NOT_TEXT, UNKNOWN: texts.UNKNOWN_COMMAND, ADMIN_ONLY: texts.ADMIN_ONLY,
                     START: texts.START}.get(outcome)
         if outcome == HELP:

@@ -23,8 +23,31 @@ def placeholders(text: str) -> set[str]:
 def test_both_catalogues_have_the_same_texts_with_the_same_placeholders():
     assert RU.keys() == EN.keys()
     for key in RU.keys():
-        assert RU.__getattr__(key).strip() and EN.__getattr__(key).strip(), key
-        assert placeholders(RU.__getattr__(key)) == placeholders(EN.__getattr__(key)), key
+        forms = RU.forms(key) + EN.forms(key)
+        assert all(form.strip() for form in forms), key
+        assert len({frozenset(placeholders(form)) for form in forms}) == 1, key
+        assert (len(RU.forms(key)), len(EN.forms(key))) in ((1, 1), (3, 2)), key  # plain, or every plural form
+
+
+@pytest.mark.parametrize(("n", "ru", "en"), [
+    (1, "1 раз", "1 time"), (2, "2 раза", "2 times"), (5, "5 раз", "5 times"), (11, "11 раз", "11 times"),
+    (12, "12 раз", "12 times"), (21, "21 раз", "21 times"), (22, "22 раза", "22 times"), (0, "0 раз", "0 times"),
+])
+def test_a_text_around_a_count_takes_the_form_its_count_needs(n, ru, en):
+    assert RU.plural("USER_STATS_OPENING", n, opening="Вовочка", uses=n) == f"«Вовочка» ({ru})"
+    assert EN.plural("USER_STATS_OPENING", n, opening="Вовочка", uses=n) == f"«Вовочка» ({en})"
+
+
+def test_refusals_with_a_count_agree_with_it_in_russian():
+    """Before, every count took one form: "301 символов", "1 чатам", "(2 раз)"."""
+    assert "301 символ," in RU.plural("PROMPT_TOO_LONG", 301, length=301, limit=300)
+    assert "302 символа," in RU.plural("PROMPT_TOO_LONG", 302, length=302, limit=300)
+    assert "(до 21 символа)" in RU.plural("INLINE_TOO_LONG", 21, limit=21)
+    assert "(до 300 символов)" in RU.plural("INLINE_TOO_LONG", 300, limit=300)
+    assert RU.plural("BROADCAST_STARTED", 1, count=1) == "📣 Рассылаю 1 чату…"
+    assert RU.plural("BROADCAST_STARTED", 3, count=3) == "📣 Рассылаю 3 чатам…"
+    with pytest.raises(AttributeError, match="plural"):
+        _ = RU.PROMPT_TOO_LONG  # a text around a count is never shown in one form for every count
 
 
 def test_every_text_the_code_names_is_in_the_catalogues():
@@ -85,7 +108,7 @@ def test_an_english_speaker_gets_english_texts_around_russian_jokes_and_is_told_
     query = stack.api.press_button(user, joke, EN.BUTTON_UP)
     assert stack.callback_answer(query["callback_query"]["id"])["text"] == EN.VOTE_NEW.format(vote=EN.BUTTON_UP)
     stack.api.private_message(user, "/joke " + "х" * 2000)
-    assert stack.wait_for_reply(user["id"], nth=5)["text"].startswith(EN.PROMPT_TOO_LONG.split("{")[0])
+    assert stack.wait_for_reply(user["id"], nth=5)["text"].startswith(EN.forms("PROMPT_TOO_LONG")[0].split("{")[0])
     stack.api.private_message(user, "/nonsense")
     assert stack.wait_for_reply(user["id"], nth=6)["text"] == EN.UNKNOWN_COMMAND
 

@@ -81,7 +81,7 @@ class JokeService:
         try:
             prompt = clean_prompt(raw, self.settings.prompt_max_chars, truncate=truncate)
         except PromptTooLong as error:
-            return "", t.PROMPT_TOO_LONG.format(length=error.length, limit=error.limit)
+            return "", t.plural("PROMPT_TOO_LONG", error.length, length=error.length, limit=error.limit)
         return prompt or random_opening(), None
 
     def _request(self, kind: str, delivery: Delivery, user_id: int | None, prompt: str, *, received_at: float,
@@ -270,7 +270,7 @@ class JokeService:
         prompt, refusal = self.prompt_or_refusal(raw, t)
         if refusal is not None:
             self._refused("inline", "too_long")
-            return "", t.INLINE_TOO_LONG.format(limit=self.settings.prompt_max_chars)
+            return "", t.plural("INLINE_TOO_LONG", self.settings.prompt_max_chars, limit=self.settings.prompt_max_chars)
         decision = await self.inline_limiter.check(user_id)
         if not decision.allowed:
             self._refused("inline", "rate_limited")

@@ -1,8 +1,10 @@
 """Every user-facing string of the bot, in one gettext catalogue per language (locales/{ru,en}/LC_MESSAGES/bot.po).
 
 The catalogues are monolingual: a msgid is the name the code uses (`t.PLACEHOLDER`), its msgstr the text,
-so both catalogues are complete and a test holds them to the same keys and placeholders. They are read
-with Babel's .po parser at import; nothing is compiled or generated.
+so both catalogues are complete and a test holds them to the same keys and placeholders. A text around a
+count has gettext's plural forms (msgid_plural, msgstr[N], the header's Plural-Forms: three in Russian, "1
+чату, 2 чатам, 5 чатам"), read with `t.plural(KEY, n)`. They are read with Babel's .po parser at import;
+nothing is compiled or generated.
 
 The language follows the user's Telegram `language_code`: Russian for ru/uk/be/kk and for an unknown one,
 English for every other. The jokes themselves stay Russian (the models know nothing else); an English
@@ -13,6 +15,8 @@ wrote) is ever parsed as HTML or Markdown.
 """
 from __future__ import annotations
 
+import gettext
+from collections.abc import Callable
 from pathlib import Path
 
 from babel.messages.pofile import read_po
@@ -38,21 +42,42 @@ def language_for(language_code: str | None) -> str:
 class Texts:
     """One language's texts: `t.PLACEHOLDER`, `t.command("joke")`, `t.setting_value("length", "short")`."""
 
-    def __init__(self, language: str, messages: dict[str, str]) -> None:
+    def __init__(self, language: str, messages: dict[str, str | tuple[str, ...]],
+                 plural_form: Callable[[int], int]) -> None:
         self.language = language
         self._messages = messages
+        self._plural_form = plural_form
 
     @classmethod
     def load(cls, language: str) -> Texts:
         with (LOCALES / language / "LC_MESSAGES" / "bot.po").open("rb") as file:
             catalog = read_po(file)
-        return cls(language, {message.id: message.string for message in catalog if message.id})
+        messages = {(message.id[0] if message.pluralizable else message.id): message.string
+                    for message in catalog if message.id}
+        # The header's C expression, evaluated as the standard library's gettext evaluates it.
+        return cls(language, messages, gettext.c2py(catalog.plural_expr))
 
     def __getattr__(self, key: str) -> str:
         try:
-            return self.__dict__["_messages"][key]
+            text = self.__dict__["_messages"][key]
         except KeyError:
             raise AttributeError(f"no text {key!r} in the {self.__dict__.get('language')} catalogue") from None
+        if isinstance(text, tuple):
+            raise AttributeError(f"{key} is a text around a count: t.plural({key!r}, n)")
+        return text
+
+    def plural(self, key: str, n: int, **fields) -> str:
+        """The form of a text around a count for the count `n` (1 чату, 2 чатам, 5 чатам), filled with `fields`."""
+        forms = self._messages[key]
+        if not isinstance(forms, tuple):
+            raise TypeError(f"{key} has no plural forms")
+        form = forms[min(self._plural_form(abs(n)), len(forms) - 1)]
+        return form.format(**fields) if fields else form
+
+    def forms(self, key: str) -> tuple[str, ...]:
+        """Every form of a text: one, or its plural forms."""
+        text = self._messages[key]
+        return text if isinstance(text, tuple) else (text,)
 
     def keys(self) -> set[str]:
         return set(self._messages)

@@ -55,14 +55,16 @@ async def prepare(message: Message, command: CommandObject, broadcasts: Broadcas
         return await message.reply(t.BROADCAST_USAGE)
     if utf16_len(text) > MAX_MESSAGE_UTF16:
         await audit_command(audit, message, command, "refused: too long")
-        return await message.reply(t.BROADCAST_TOO_LONG.format(length=utf16_len(text), limit=MAX_MESSAGE_UTF16))
+        return await message.reply(t.plural("BROADCAST_TOO_LONG", utf16_len(text), length=utf16_len(text),
+                                            limit=MAX_MESSAGE_UTF16))
     chats = await daily.subscribed_chats()
     if not chats:
         await audit_command(audit, message, command, "refused: no subscribers")
         return await message.reply(t.BROADCAST_NOBODY)
     broadcast_id = await broadcasts.create(text, by=message.from_user.id, chat_id=message.chat.id,
                                            language=t.language)
-    confirmation = await message.reply(fit_message(t.BROADCAST_CONFIRM.format(count=len(chats), text=text)),
+    asked = t.plural("BROADCAST_CONFIRM", len(chats), count=len(chats), text=text)
+    confirmation = await message.reply(fit_message(asked),
                                        reply_markup=broadcast_keyboard(broadcast_id, signer,
                                                                        chat_scope(message.chat.id), t))
     await broadcasts.set_message(broadcast_id, confirmation.message_id)
@@ -84,7 +86,7 @@ async def press(callback: CallbackQuery, callback_data: BroadcastAction, bot: Bo
             return await callback.answer(t.BROADCAST_NOT_PENDING, show_alert=True)
         await audit.record(callback.from_user.id, chat_id, "broadcast send", broadcast_id,
                            f"started: {len(chats)} chats")
-        await callback.answer(t.BROADCAST_STARTED.format(count=len(chats)))
+        await callback.answer(t.plural("BROADCAST_STARTED", len(chats), count=len(chats)))
         if callback.message is not None and chat_id is not None:
             only_cancel = broadcast_keyboard(broadcast_id, signer, chat_scope(chat_id), t, sending=True)
             try:

@@ -26,7 +26,8 @@ async def stats(message: Message, command: CommandObject, queue: RequestQueue, f
         await message.reply(await bot_stats(queue, feedback, settings, t))
         return
     mine = await user_stats.get(sender_id(message))
-    opening = (t.USER_STATS_OPENING.format(opening=mine.favourite_opening, uses=mine.favourite_uses)
+    opening = (t.plural("USER_STATS_OPENING", mine.favourite_uses, opening=mine.favourite_opening,
+                        uses=mine.favourite_uses)
                if mine.favourite_opening else t.USER_STATS_NO_OPENING)
     await message.reply(t.USER_STATS.format(jokes=mine.jokes, up=mine.up, down=mine.down, opening=opening))
 
