@@ -24,10 +24,10 @@ from bot.telegram.daily import (
     Subscription,
     next_due,
     parse_time,
-    parse_timezone,
     post_id_for,
 )
 from bot.telegram.texts import EN, RU
+from bot.telegram.timezones import RUSSIAN_NAMES, parse_timezone, zone_label
 from tests.e2e_stack import button_texts, wait_until
 
 MOSCOW = ZoneInfo("Europe/Moscow")
@@ -55,8 +55,33 @@ def test_time_zones_are_iana_names_in_any_case_and_nothing_else():
     assert parse_timezone("europe/berlin") == "Europe/Berlin"
     assert parse_timezone("UTC") == parse_timezone("utc") == "UTC"
     assert parse_timezone("Asia/Almaty") == "Asia/Almaty"
-    for bad in ("Mars/Base", "../../etc/passwd", "/etc/localtime", "", "Europe", "MSK+3"):
+    for bad in ("Mars/Base", "../../etc/passwd", "/etc/localtime", "", "Europe", "UTC+15", "+5:30", "Спрингфилд"):
         assert parse_timezone(bad) is None, bad
+
+
+@pytest.mark.parametrize(("text", "zone"), [
+    ("Москва", "Europe/Moscow"), ("МСК", "Europe/Moscow"), ("питер", "Europe/Moscow"),
+    ("Санкт Петербург", "Europe/Moscow"), ("Нижний Новгород", "Europe/Moscow"), ("Новосибирск", "Asia/Novosibirsk"),
+    ("Алма-Ата", "Asia/Almaty"), ("Кишинёв", "Europe/Chisinau"),  # ё or е
+    ("Berlin", "Europe/Berlin"), ("new york", "America/New_York"), ("America/New_York", "America/New_York"),
+])
+def test_a_city_is_its_zone_in_russian_or_as_its_iana_name_ends(text, zone):
+    assert parse_timezone(text) == zone
+
+
+@pytest.mark.parametrize(("text", "zone", "shown"), [
+    ("UTC+5", "Etc/GMT-5", "UTC+5"), ("utc + 5", "Etc/GMT-5", "UTC+5"), ("GMT-3", "Etc/GMT+3", "UTC-3"),
+    ("+3", "Etc/GMT-3", "UTC+3"), ("+03:00", "Etc/GMT-3", "UTC+3"), ("−4", "Etc/GMT+4", "UTC-4"),
+    ("МСК+4", "Etc/GMT-7", "UTC+7"), ("UTC+0", "UTC", "UTC"),
+])
+def test_a_whole_hour_offset_is_its_etc_zone_shown_the_way_it_was_meant(text, zone, shown):
+    """Etc/GMT-5 is five hours *east* of Greenwich (POSIX signs): shown as it was written, UTC+5."""
+    assert parse_timezone(text) == zone and zone_label(zone) == shown
+    assert next_due("09:00", zone, 0)[0] % 86400 == (9 - int(shown[3:] or 0)) % 24 * 3600  # 09:00 there, in UTC
+
+
+def test_every_russian_name_points_at_a_zone_this_machine_knows():
+    assert all(parse_timezone(name) == zone for zone, names in RUSSIAN_NAMES.items() for name in names)
 
 
 def test_the_next_post_is_today_if_its_time_has_not_come_else_tomorrow():
@@ -273,13 +298,18 @@ def test_daily_refuses_bad_times_and_time_zones_and_keeps_a_named_zone(stack):
     stack.api.private_message(user, "/daily 09:00 " + "<b>x</b>" * 40)
     assert "<b>x</b>" in stack.wait_for_reply(user, nth=3)["text"]  # quoted back plain, cut short
     assert due_at(stack, user) is None  # nothing subscribed by bad input
+    stack.api.private_message(user, "/daily 09:00 Нижний Новгород")  # a zone of two words
+    assert stack.wait_for_reply(user, nth=4)["text"] == RU.DAILY_SUBSCRIBED.format(at="09:00", timezone="Europe/Moscow")
+    stack.api.private_message(user, "/daily 09:00 UTC+5")
+    assert stack.wait_for_reply(user, nth=5)["text"] == RU.DAILY_SUBSCRIBED.format(at="09:00", timezone="UTC+5")
+    assert due_at(stack, user) == next_due("09:00", "Etc/GMT-5", time.time())[0]
     stack.api.private_message(user, "/daily 07:15 europe/berlin")
-    assert stack.wait_for_reply(user, nth=4)["text"] == RU.DAILY_SUBSCRIBED.format(at="07:15", timezone="Europe/Berlin")
+    assert stack.wait_for_reply(user, nth=6)["text"] == RU.DAILY_SUBSCRIBED.format(at="07:15", timezone="Europe/Berlin")
     stack.api.private_message(user, "/daily 08:00")  # the chat's zone stays
-    assert stack.wait_for_reply(user, nth=5)["text"] == RU.DAILY_SUBSCRIBED.format(at="08:00", timezone="Europe/Berlin")
+    assert stack.wait_for_reply(user, nth=7)["text"] == RU.DAILY_SUBSCRIBED.format(at="08:00", timezone="Europe/Berlin")
     assert due_at(stack, user) == next_due("08:00", "Europe/Berlin", time.time())[0]
     stack.api.private_message(user, "/daily off")
-    stack.wait_for_reply(user, nth=6)
+    stack.wait_for_reply(user, nth=8)
 
 
 def test_in_a_group_only_admins_subscribe_and_the_post_comes_to_the_group(stack):

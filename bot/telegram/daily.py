@@ -26,14 +26,13 @@ Keys (under the deployment prefix; chat ids are integers, post ids `daily_{chat}
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import re
 import time as clock
 from datetime import date, datetime, time, timedelta
 from typing import Awaitable, Callable
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -93,16 +92,6 @@ def parse_time(text: str) -> time | None:
     """"09:00", "9:05", "21.30" -> a time; anything else -> None."""
     match = _TIME.fullmatch(text.strip())
     return time(int(match.group(1)), int(match.group(2))) if match else None
-
-
-@functools.cache
-def _timezones() -> dict[str, str]:
-    return {name.lower(): name for name in available_timezones()} | {"utc": "UTC"}
-
-
-def parse_timezone(text: str) -> str | None:
-    """An IANA time zone name in any letter case ("europe/berlin") -> its canonical name; else None."""
-    return _timezones().get(text.strip().lower())
 
 
 def next_due(at: str, timezone: str, after: float) -> tuple[int, date]:

@@ -18,8 +18,9 @@ from aiogram.types import Message
 from bot.common.logs import log_event
 from bot.common.settings import Settings
 from bot.telegram.chat_settings import ChatSettingsStore
-from bot.telegram.daily import DailyJokes, Subscription, parse_time, parse_timezone
+from bot.telegram.daily import DailyJokes, Subscription, parse_time
 from bot.telegram.texts import Texts
+from bot.telegram.timezones import parse_timezone, zone_label
 
 log = logging.getLogger(__name__)
 router = Router(name="daily")
@@ -51,20 +52,21 @@ async def daily(message: Message, command: CommandObject, bot: Bot, daily: Daily
     current = await daily.get(message.chat.id)
     if not args:
         if current is None:
-            await message.reply(t.DAILY_STATUS_OFF.format(timezone=settings.daily_timezone))
+            await message.reply(t.DAILY_STATUS_OFF.format(timezone=zone_label(settings.daily_timezone)))
         else:
-            await message.reply(t.DAILY_STATUS_ON.format(at=current.at, timezone=current.timezone))
+            await message.reply(t.DAILY_STATUS_ON.format(at=current.at, timezone=zone_label(current.timezone)))
         return
     at = parse_time(args[0]) if args[0].lower() not in OFF_WORDS else None
-    timezone = parse_timezone(args[1]) if len(args) > 1 else None
+    zone = " ".join(args[1:])  # a zone may be words: "New York", "Нижний Новгород"
+    timezone = parse_timezone(zone) if zone else None
     if args[0].lower() not in OFF_WORDS:  # the input is checked before the rights: a typo is said at once
-        if at is None or len(args) > 2:
+        if at is None:
             _audit(message, command.args or "", "refused: bad time")
             await message.reply(t.DAILY_BAD_TIME.format(value=" ".join(args)[:SHOWN_INPUT_CHARS]))
             return
-        if len(args) > 1 and timezone is None:
+        if zone and timezone is None:
             _audit(message, command.args or "", "refused: bad time zone")
-            await message.reply(t.DAILY_BAD_TIMEZONE.format(value=args[1][:SHOWN_INPUT_CHARS]))
+            await message.reply(t.DAILY_BAD_TIMEZONE.format(value=zone[:SHOWN_INPUT_CHARS]))
             return
     allowed = await _may_change(message, bot, chat_settings)
     if not allowed:
@@ -82,4 +84,4 @@ async def daily(message: Message, command: CommandObject, bot: Bot, daily: Daily
                                 by_user=message.from_user.id if message.from_user else None, since=time.time())
     due = await daily.subscribe(subscription)
     _audit(message, command.args or "", f"subscribed; next post at {due}")
-    await message.reply(t.DAILY_SUBSCRIBED.format(at=subscription.at, timezone=timezone))
+    await message.reply(t.DAILY_SUBSCRIBED.format(at=subscription.at, timezone=zone_label(timezone)))
