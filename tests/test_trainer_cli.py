@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
+from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM, pretrained_path
 from rujokes_model.cpu_kernels import cpu_kernels_supported
 from tests.model_helpers import russian_sentences, write_jokes
 from trainer.cli import eval_main, train_main
@@ -135,6 +135,30 @@ def test_a_missing_or_broken_corpus_or_model_is_one_line_not_a_traceback(tmp_pat
     assert error.startswith(f"rujokes-train: {broken}") and "bad JSON" in error and error.count("\n") == 1
     assert eval_main(["--model", str(tmp_path / "no-model")]) == 2
     assert capsys.readouterr().err.startswith("rujokes-eval: ")
+
+
+def _jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts), encoding="utf-8")
+    return path
+
+
+def test_a_corpus_training_cannot_use_is_one_line_before_anything_is_built(tmp_path, capsys):
+    """Before: a traceback from deep inside packing ("repeat_interleave_cpu not implemented for 'Float'" for an
+    empty file, "corpus of 67 tokens is shorter than one row" for three jokes)."""
+    jokes = [f"Штирлиц пришел домой и нашел записку номер {i}. Жена ушла к Мюллеру." for i in range(80)]
+    cases = [
+        (_jsonl(tmp_path / "empty.jsonl", ["", "  "]), [], "no texts in it"),
+        (_jsonl(tmp_path / "three.jsonl", jokes[:3]), [], "training needs both"),
+        (_jsonl(tmp_path / "short.jsonl", jokes), ["--seq-len", "4000"], "shorter than one row of 4001"),
+    ]
+    for corpus, extra, said in cases:
+        out = tmp_path / f"out-{corpus.stem}"
+        assert train_main(["--size", "nano", "--data", str(corpus), "--out", str(out), "--steps", "1", *extra]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"rujokes-train: {corpus}: ") and said in error and error.count("\n") == 1, error
+        assert not (out / "model.safetensors").exists()
+    assert eval_main(["--model", str(pretrained_path("nano")), "--data", str(tmp_path / "empty.jsonl")]) == 2
+    assert capsys.readouterr().err == f"rujokes-eval: {tmp_path / 'empty.jsonl'}: no texts in its val split\n"
 
 
 def test_eval_prints_the_val_bpc_that_evaluate_texts_computes(pushed_run, corpus_path, capsys):

@@ -161,7 +161,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from rujokes_model import ByteLevelBPETokenizer, TransformerForCausalLM
     from rujokes_model.lowbit_weights import use_lowbit_weights
 
-    from .data import load_corpus, split_train_val
+    from .data import CorpusFormatError, load_corpus, split_train_val
     from .evaluate import evaluate_texts
 
     model = TransformerForCausalLM.from_pretrained(args.model, revision=args.revision)
@@ -173,6 +173,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         train_texts, val_texts = split_train_val(texts, args.val_fraction)
         texts = val_texts if args.split == "val" else train_texts
     texts = texts[: args.limit] if args.limit else texts
+    if not texts:
+        raise CorpusFormatError(args.data, None, f"no texts in its {args.split} split" if args.split != "all"
+                                else "no texts in it")
     # Score with the context the model was trained on when the run recorded it (windows must match).
     seq_len = None
     train_config = Path(args.model) / "train_config.json"

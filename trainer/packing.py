@@ -32,6 +32,10 @@ class PackedRows:
                 "document_ids": docs[:, :-1], "position_ids": positions[:, :-1]}
 
 
+class TooFewTokens(ValueError):
+    """The documents do not fill one row."""
+
+
 def encode_documents(tokenizer: ByteLevelBPETokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer.encode_batch(texts, add_bos=True, add_eos=True)
 
@@ -45,7 +49,7 @@ def pack_documents(documents: list[list[int]], seq_len: int) -> PackedRows:
     position = torch.arange(len(flat)) - starts[doc_index]
     n_rows = len(flat) // row_len
     if n_rows == 0:
-        raise ValueError(f"corpus of {len(flat)} tokens is shorter than one row of {row_len}")
+        raise TooFewTokens(f"{len(flat)} tokens, shorter than one row of {row_len}")
     cut = n_rows * row_len
     tokens, docs, position = (x[:cut].view(n_rows, row_len) for x in (flat, doc_index, position))
     # Positions restart where a document begins inside a row; a document cut by the row start

@@ -23,11 +23,11 @@ from rujokes_model import ByteLevelBPETokenizer, ModelConfig, TransformerForCaus
 from rujokes_model.model import causal_lm_loss
 
 from .best import BestWeights
-from .data import DEFAULT_CORPUS, Corpus, prepare_corpus
+from .data import DEFAULT_CORPUS, Corpus, CorpusFormatError, prepare_corpus
 from .ema import EMAWeights
 from .evaluate import evaluate_texts
 from .memorisation import VerbatimIndex, memorisation_report, sample_texts
-from .packing import PackedRows, encode_documents, pack_documents
+from .packing import PackedRows, TooFewTokens, encode_documents, pack_documents
 from .recipes import TrainConfig
 from .report import SAMPLE_PROMPTS, plot_losses, write_model_card
 from .schedule import build_optimizer, lr_factor
@@ -179,12 +179,23 @@ class _Clock:
             config.time_limit_s and wall >= config.time_limit_s)
 
 
+def _check_corpus(corpus: Corpus, val_fraction: float) -> None:
+    """A corpus training cannot use is said before anything is built: no texts, or no validation split."""
+    if not corpus.train and not corpus.val:
+        raise CorpusFormatError(corpus.source, None, "no texts in it (every record is empty)")
+    if not corpus.val or not corpus.train:
+        raise CorpusFormatError(corpus.source, None, f"{len(corpus.train)} training and {len(corpus.val)} validation "
+                                f"texts: training needs both, and a hash of each text sends about "
+                                f"{val_fraction:.0%} of them to validation; add texts")
+
+
 def _prepare(config: TrainConfig, data: str, out_dir: Path, *, resume: bool, hub_dir: str | None, cpu: bool,
              tokenizer: ByteLevelBPETokenizer | None) -> _Run:
     out_dir.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if torch.cuda.is_available() and not cpu else "no")
     set_seed(config.seed)
     corpus = prepare_corpus(data, val_fraction=config.val_fraction, hub_dir=hub_dir)
+    _check_corpus(corpus, config.val_fraction)
     stages_before: list[dict] = []
     if config.init_from:
         model, tokenizer = initial_model(config)
@@ -195,7 +206,11 @@ def _prepare(config: TrainConfig, data: str, out_dir: Path, *, resume: bool, hub
         model = TransformerForCausalLM(ModelConfig.preset(config.size, vocab_size=tokenizer.vocab_size, **{
             "max_seq_len": max(config.seq_len + 1, ModelConfig.preset(config.size).max_seq_len),
             **config.model_overrides}))
-    rows = pack_documents(encode_documents(tokenizer, corpus.train), config.seq_len)
+    try:
+        rows = pack_documents(encode_documents(tokenizer, corpus.train), config.seq_len)
+    except TooFewTokens as error:
+        raise CorpusFormatError(corpus.source, None, f"its training split is {error} (--seq-len "
+                                f"{config.seq_len}); add texts or lower --seq-len") from None
     steps_per_epoch = max(1, len(rows) // config.batch_size)
     total_steps = config.steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     if config.cpu_budget_s:
