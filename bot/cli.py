@@ -25,12 +25,16 @@ def _joke(args: argparse.Namespace) -> int:
         return 2
     # The worker's weights format; no compiled step: one command's few jokes are done before it would be.
     speed_up(loaded.model, cpu_weights=cpu_weights_for(loaded.model.config), compile=False, name=args.size)
+    n = args.n
+    if args.temperature == 0 and n > 1:  # greedy decoding writes one joke, however many times it is asked
+        print(f"rujokes: --temperature 0 is greedy: its {n} jokes would be one joke, printed once", file=sys.stderr)
+        n = 1
     generator = torch.Generator(device=loaded.model.device)
     generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
     with warnings.catch_warnings(record=True) as notes:  # e.g. a prompt longer than the context: one line
         warnings.simplefilter("always")
         jokes = ServingModel(loaded.model, loaded.tokenizer).complete(
-            " ".join(args.prompt).strip(), args.max_new_tokens, n=args.n, top_k=args.top_k,
+            " ".join(args.prompt).strip(), args.max_new_tokens, n=n, top_k=args.top_k,
             temperature=args.temperature, generator=generator)  # ended as the bot ends them
     for note in notes:
         print(f"rujokes: {note.message}", file=sys.stderr)

@@ -79,3 +79,12 @@ def test_a_device_this_machine_lacks_is_a_usage_error_not_a_traceback(device, ca
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert "argument --device" in error and device in error and "Traceback" not in error
+
+
+def test_greedy_decoding_asked_for_several_jokes_prints_its_one_joke_once_and_says_so(tmp_path, capsys):
+    model = make_tiny_model_dir(tmp_path / "tiny")
+    assert main(["joke", OPENING, "--size", "nano", "--model", str(model), "-n", "3", "--temperature", "0",
+                 "--max-new-tokens", "10"]) == 0
+    said = capsys.readouterr()
+    assert "* * *" not in said.out and said.out.startswith(OPENING)
+    assert said.err == "rujokes: --temperature 0 is greedy: its 3 jokes would be one joke, printed once\n"
