@@ -15,8 +15,9 @@ import torch
 from huggingface_hub import HfApi, hf_hub_download
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from .config import SIZES, ModelConfig
 from .int8_storage import pack_int8, unpack_int8
+from .pretrained import pretrained_path
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -24,7 +25,10 @@ NATIVE_MODEL_TYPE = "rujokes"  # a config.json that names this model_type is our
 
 
 def resolve_file(repo_or_dir: str | Path, filename: str, *, revision: str | None = None, **hub_kwargs: Any) -> Path:
-    """Path of `filename` in a local directory, or downloaded from the Hub repo at `revision`."""
+    """Path of `filename` in a local directory, in the bundled weights of a size named alone ("mini", as
+    `load_for_serving` takes it), or downloaded from the Hub repo at `revision`."""
+    if str(repo_or_dir) in SIZES and revision is None and not os.path.exists(repo_or_dir):
+        repo_or_dir = pretrained_path(str(repo_or_dir))  # our own sizes are no Hub repo
     if os.path.isdir(repo_or_dir):
         path = Path(repo_or_dir) / filename
         if not path.is_file():
