@@ -1,6 +1,7 @@
 """The model engine: a batch of jobs through the real model (tiny random weights)."""
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -10,8 +11,10 @@ from bot.worker.engine import ModelEngine
 from bot.worker.engine_api import Job
 from bot.worker.loading import CannotServe, build_engine, load_source
 from rujokes_model.compiled_step import compiled_step
+from rujokes_model.config import SIZES
 from rujokes_model.endings import end_at_sentence
 from rujokes_model.lowbit_weights import KernelLinear
+from rujokes_model.pretrained import bundled_sizes
 from tests.model_helpers import make_tiny_model_dir
 
 PROMPTS = ["Штирлиц пришел домой", "Вовочка", "Приходит мужик к врачу", "Армянское радио спросили",
@@ -132,11 +135,18 @@ def test_unknown_size_raises_instead_of_guessing(engine):
         engine.generate("small", [job(0, "Кот")])
 
 
-def test_build_engine_skips_sizes_that_cannot_be_loaded(tmp_path):
+def test_build_engine_skips_sizes_that_cannot_be_loaded(tmp_path, caplog):
     path = make_tiny_model_dir(tmp_path / "nano")
+    unshipped = [size for size in SIZES if size not in bundled_sizes()]  # small, until it ships
     settings = SimpleNamespace(device="cpu", torch_threads=0, cuda_graphs=True, default_size="nano", compile_decode=False, cpu_bf16_sizes=[], cpu_int8_sizes=[], model_sources=lambda: {
-        "nano": str(path), "mini": str(tmp_path / "missing"), "small": ""})
-    assert build_engine(settings).available_sizes() == ["nano"]
+        "nano": str(path), "mini": str(tmp_path / "missing"), "small": "", **dict.fromkeys(unshipped, "bundled")})
+    with caplog.at_level(logging.INFO, logger="bot.worker.loading"):
+        assert build_engine(settings).available_sizes() == ["nano"]
+    # A configured model that is not there is a warning; the default of a size not shipped yet is no news.
+    warned = {record.getMessage().split()[1] for record in caplog.records if record.levelno >= logging.WARNING}
+    assert warned == {"mini"}
+    assert all(any(f"size {size} is not bundled" in record.getMessage() for record in caplog.records)
+               for size in unshipped)
 
 
 def test_build_engine_with_nothing_loadable_names_the_training_command(tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from bot.worker.engine import LoadedModel, ModelEngine
 from rujokes_model.config import SIZES
-from rujokes_model.pretrained import pretrained_path
+from rujokes_model.pretrained import bundled_sizes, pretrained_path
 from rujokes_model.serving import load_on_device, resolve_device, speed_up
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,10 @@ def build_engine(settings) -> ModelEngine:
             models[size] = load_source(size, source, device)
             log.info("loaded %s from %s on %s", size, source, device)
         except (FileNotFoundError, OSError, ValueError) as error:
-            log.warning("size %s unavailable (%s): %s", size, source, error)
+            if source == "bundled" and size not in bundled_sizes():  # the default of a size not shipped yet
+                log.info("size %s is not bundled with this package; serving without it", size)
+            else:
+                log.warning("size %s unavailable (%s): %s", size, source, error)
     if not models:
         raise CannotServe("no model could be loaded (the reasons are logged above); train one with "
                           "`rujokes-train --size nano` or point MODEL_NANO at a model directory")
