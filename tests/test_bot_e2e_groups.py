@@ -28,6 +28,15 @@ def assert_only_the_marker_answered(stack: Stack, group: int, user: int) -> None
 
 # -- groups, the natural way ---------------------------------------------------------------------------------
 
+def test_start_in_a_group_says_how_to_ask_there_not_to_just_write_text(stack):
+    """The private /start says "send the opening"; in a group such text is not meant for the bot and gets
+    nothing, so /start there names the ways that work."""
+    group, user = stack.new_group(), stack.new_user()
+    stack.api.group_message(group, user, f"/start@{BOT_USERNAME}")
+    said = stack.wait_for_reply(group)["text"]
+    assert said == texts.START_GROUP.format(bot_username=BOT_USERNAME) and f"/joke@{BOT_USERNAME} " in said
+
+
 def test_a_mention_anywhere_in_a_group_message_is_answered_without_the_mention(stack):
     group, user = stack.new_group(), stack.new_user()
     asked = stack.api.group_message(group, user, f"Слушай, @{BOT_USERNAME}, Штирлиц пришел домой")["message"]

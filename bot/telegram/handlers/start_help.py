@@ -11,8 +11,11 @@ router = Router(name="start_help")
 
 
 @router.message(CommandStart())
-async def start(message: Message, t: Texts) -> None:
-    await message.answer(t.START)
+async def start(message: Message, bot: Bot, t: Texts) -> None:
+    if message.chat.type in ("group", "supergroup"):  # plain text there is not meant for the bot: say what is
+        await message.answer(t.START_GROUP.format(bot_username=(await bot.me()).username))
+    else:
+        await message.answer(t.START)
 
 
 @router.message(Command("help"))
