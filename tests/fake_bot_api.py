@@ -484,11 +484,13 @@ class FakeBotAPI:
         return self._inject_message(None, user, text=text, entities=text_entities(text))
 
     def group_message(self, chat: int | dict, user: UserRef, text: str, reply_to: int | dict | None = None,
-                      entities: list[dict] | None = None) -> dict:
+                      entities: list[dict] | None = None, topic: int | None = None) -> dict:
         """chat: negative id (-100... is a supergroup) or Chat dict; reply_to: a Message dict or message_id;
-        entities: instead of the ones Telegram would find in the text (e.g. a text_mention, which a client adds)."""
+        entities: instead of the ones Telegram would find in the text (e.g. a text_mention, which a client adds);
+        topic: the forum topic (message_thread_id) it is written in."""
         return self._inject_message(chat, user, reply_to, text=text,
-                                    entities=text_entities(text) if entities is None else entities)
+                                    entities=text_entities(text) if entities is None else entities,
+                                    message_thread_id=topic, is_topic_message=True if topic else None)
 
     def set_chat_member(self, chat: int, user: UserRef, status: str = "administrator") -> dict:
         """What getChatMember answers for this user in this chat: "creator", "administrator", "member", "left"…"""
@@ -683,8 +685,10 @@ class FakeBotAPI:
         chat = self._chat(p.get("chat_id"))
         text, entities = self._text(p)
         reply_to = (p.get("reply_parameters") or {}).get("message_id") or p.get("reply_to_message_id")
+        topic = p.get("message_thread_id")
         return self._store_message(chat, self.bot_user, reply_to, text=text, entities=entities,
-                                   message_thread_id=p.get("message_thread_id"), reply_markup=_inline_markup(p))
+                                   message_thread_id=topic, is_topic_message=True if topic else None,
+                                   reply_markup=_inline_markup(p))
 
     def _edit(self, p: dict, **changes: Any) -> dict | bool:
         inline = bool(p.get("inline_message_id"))

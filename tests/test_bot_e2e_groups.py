@@ -37,6 +37,25 @@ def test_start_in_a_group_says_how_to_ask_there_not_to_just_write_text(stack):
     assert said == texts.START_GROUP.format(bot_username=BOT_USERNAME) and f"/joke@{BOT_USERNAME} " in said
 
 
+def test_in_a_forum_the_joke_and_everything_around_it_go_to_the_topic_it_was_asked_in(stack):
+    """Sent with allow_sending_without_reply, a reply names no topic by itself: the placeholder, the joke, the
+    typing and a refusal must name the topic, or a deleted request puts them in the group's General."""
+    group, user, topic = stack.new_group(), stack.new_user(), 77
+    stack.api.group_message(group, user, f"/joke@{BOT_USERNAME} Штирлиц пришел домой", topic=topic)
+    joke = stack.wait_for_reply(group)
+    assert is_joke(joke) and joke.get("message_thread_id") == topic, joke
+    assert all(call.params.get("message_thread_id") == topic for call in stack.api.calls("sendChatAction")
+               if call.params.get("chat_id") == group)
+    stack.api.press_button(user, joke, texts.BUTTON_MORE)  # 🔁 Ещё: a new joke in the same topic
+    more = stack.wait_for_reply(group, nth=2, timeout=60)
+    assert is_joke(more) and more.get("message_thread_id") == topic, more
+    stack.api.group_message(group, user, f"/joke@{BOT_USERNAME} " + "очень " * 80, topic=topic)  # too long
+    refusal = stack.wait_for_reply(group, nth=3)
+    assert not is_joke(refusal) and refusal.get("message_thread_id") == topic, refusal
+    stack.api.group_message(group, user, f"/joke@{BOT_USERNAME} Вовочка")  # General: no topic named
+    assert "message_thread_id" not in stack.wait_for_reply(group, nth=4, timeout=60)
+
+
 def test_a_mention_anywhere_in_a_group_message_is_answered_without_the_mention(stack):
     group, user = stack.new_group(), stack.new_user()
     asked = stack.api.group_message(group, user, f"Слушай, @{BOT_USERNAME}, Штирлиц пришел домой")["message"]

@@ -138,6 +138,7 @@ class Delivery(BaseModel):
     chat_id: int | None = None
     message_id: int | None = None  # the "пишу анекдот…" placeholder to edit
     reply_to_message_id: int | None = None
+    message_thread_id: int | None = None  # the forum topic asked in: a new message goes there
     inline_message_id: str | None = None
     inline_query_id: str | None = None
 
@@ -146,8 +147,8 @@ class Delivery(BaseModel):
         targets = [self.chat_id is not None, self.inline_message_id is not None, self.inline_query_id is not None]
         if sum(targets) != 1:
             raise ValueError("exactly one of chat_id, inline_message_id, inline_query_id must be set")
-        if self.chat_id is None and (self.message_id is not None or self.reply_to_message_id is not None):
-            raise ValueError("message_id and reply_to_message_id need a chat_id")
+        if self.chat_id is None and (self.message_id, self.reply_to_message_id, self.message_thread_id) != (None,) * 3:
+            raise ValueError("message_id, reply_to_message_id and message_thread_id need a chat_id")
         return self
 
 

@@ -54,8 +54,15 @@ class ChatOrigin:
     user_id: int
     private: bool
     reply_to_message_id: int | None = None
+    thread_id: int | None = None  # the forum topic asked in (None: the chat itself, or a group's General)
     update_id: int | None = None  # for the logs: which update asked
     language: str = texts.DEFAULT_LANGUAGE  # of the texts around the joke (bot/telegram/texts.py)
+
+
+def topic_of(message) -> int | None:
+    """The forum topic a message is in; None outside topics (a reply in a group's General carries a
+    message_thread_id too, which is no topic: Telegram refuses it as a target). An inaccessible message: None."""
+    return getattr(message, "message_thread_id", None) if getattr(message, "is_topic_message", None) else None
 
 
 class JokeService:
@@ -175,18 +182,19 @@ class JokeService:
         if refusal is not None:
             self._refused(kind, outcome)
             if outcome != "rate_limited" or await self.limiter.first_refusal(origin.user_id, origin.chat_id, decision):
-                await self.outbox.send(origin.chat_id, refusal, origin.reply_to_message_id)
+                await self.outbox.send(origin.chat_id, refusal, origin.reply_to_message_id, thread_id=origin.thread_id)
             await self.outstanding.settle_update(origin.update_id)
             return
-        await self.outbox.typing(origin.chat_id)
+        await self.outbox.typing(origin.chat_id, origin.thread_id)
         params = await self._chat_params(origin.chat_id)
         if params is None:
             # Said now rather than queued: the user hears within seconds, and no stale joke turns up later.
             self._refused(kind, "workers_down")
-            await self.outbox.send(origin.chat_id, t.WORKERS_DOWN, origin.reply_to_message_id)
+            await self.outbox.send(origin.chat_id, t.WORKERS_DOWN, origin.reply_to_message_id,
+                                   thread_id=origin.thread_id)
             await self.outstanding.settle_update(origin.update_id)
             return
-        await self.notices.jokes_are_russian(origin.user_id, origin.chat_id, t)
+        await self.notices.jokes_are_russian(origin.user_id, origin.chat_id, t, origin.thread_id)
         await self._start_in_chat(origin, prompt, kind, received_at, params)
 
     async def admit_more(self, origin: ChatOrigin) -> tuple[bool, str]:
@@ -213,7 +221,7 @@ class JokeService:
     async def more_in_chat(self, origin: ChatOrigin, prompt: str) -> None:
         """🔁 Ещё, once `admit_more` let it go ahead."""
         received_at = time.time()
-        await self.outbox.typing(origin.chat_id)
+        await self.outbox.typing(origin.chat_id, origin.thread_id)
         await self._start_in_chat(origin, prompt, "more", received_at)
 
     async def _start_in_chat(self, origin: ChatOrigin, prompt: str, kind: str, received_at: float,
@@ -222,14 +230,16 @@ class JokeService:
         if params is None:
             params = await self._chat_params(origin.chat_id) or (self.settings.sampling_params(), ACTIVE_SIZE)
         request_id = uuid.uuid4().hex
-        delivery = Delivery(chat_id=origin.chat_id, reply_to_message_id=origin.reply_to_message_id)
+        delivery = Delivery(chat_id=origin.chat_id, reply_to_message_id=origin.reply_to_message_id,
+                            message_thread_id=origin.thread_id)
         # Private chats stream into a message draft (empty text shows "Thinking…"); elsewhere, or
         # where drafts fail, a placeholder message is edited instead. Groups get no streamed edits:
         # their budget is ~20 messages a minute.
         t = texts.get(origin.language)
         if not (origin.private and await self.outbox.draft(origin.chat_id, request_id, "")):
             try:
-                placeholder = await self.outbox.send(origin.chat_id, t.PLACEHOLDER, origin.reply_to_message_id)
+                placeholder = await self.outbox.send(origin.chat_id, t.PLACEHOLDER, origin.reply_to_message_id,
+                                                     thread_id=origin.thread_id)
                 delivery = delivery.model_copy(update={"message_id": placeholder.message_id})
             except (TelegramServerError, TelegramNetworkError) as error:
                 # Telegram is in trouble: the joke is written anyway, and shown as a new message once it can be.

@@ -26,12 +26,12 @@ class Notices:
         self._prefix = f"{prefix}bot:told:"
         self._outbox = outbox
 
-    async def jokes_are_russian(self, user_id: int, chat_id: int, t: Texts) -> None:
+    async def jokes_are_russian(self, user_id: int, chat_id: int, t: Texts, thread_id: int | None = None) -> None:
         """Before an English speaker's first joke: the jokes are Russian (the models know nothing else)."""
         if t.language == "ru":
             return
         try:
             if await self._redis.set(f"{self._prefix}russian:{int(user_id)}", "1", nx=True, ex=TOLD_TTL_S):
-                await self._outbox.send(chat_id, t.JOKES_ARE_RUSSIAN)
+                await self._outbox.send(chat_id, t.JOKES_ARE_RUSSIAN, thread_id=thread_id)
         except (TelegramAPIError, RedisError) as error:  # a courtesy: never worth failing the joke for
             log.info("the jokes-are-Russian notice for %s not sent: %s", user_id, error)

@@ -55,11 +55,14 @@ class Outbox:
         self.send_timeout_s = math.ceil(bot.session.timeout * SEND_PATIENCE)
 
     async def send(self, chat_id: int, text: str, reply_to_message_id: int | None = None,
-                   reply_markup: InlineKeyboardMarkup | None = None) -> Message:
+                   reply_markup: InlineKeyboardMarkup | None = None, *, thread_id: int | None = None) -> Message:
+        """`thread_id`: the forum topic to post in. A reply that may go without its message (deleted) would
+        otherwise land in the group's General topic."""
         reply = (ReplyParameters(message_id=reply_to_message_id, allow_sending_without_reply=True)
                  if reply_to_message_id else None)
-        return await self.bot.send_message(chat_id, fit_message(text), reply_parameters=reply,
-                                           reply_markup=reply_markup, request_timeout=self.send_timeout_s)
+        return await self.bot.send_message(chat_id, fit_message(text), message_thread_id=thread_id,
+                                           reply_parameters=reply, reply_markup=reply_markup,
+                                           request_timeout=self.send_timeout_s)
 
     async def show(self, delivery: Delivery, text: str, reply_markup: InlineKeyboardMarkup | None = None) -> int | None:
         """Edit the placeholder or inline message, or send a new reply when there is none.
@@ -86,7 +89,8 @@ class Outbox:
             if not (_is_gone(error) and delivery.chat_id is not None):
                 raise
             log.info("placeholder %s in chat %s is gone; sending a new message", delivery.message_id, delivery.chat_id)
-        message = await self.send(delivery.chat_id, text, delivery.reply_to_message_id, reply_markup)
+        message = await self.send(delivery.chat_id, text, delivery.reply_to_message_id, reply_markup,
+                                  thread_id=delivery.message_thread_id)
         return message.message_id
 
     async def draft(self, chat_id: int, request_id: str, text: str) -> bool:
@@ -104,8 +108,8 @@ class Outbox:
             log.info("drafts unavailable in chat %s (%s); falling back to edits", chat_id, error)
             return False
 
-    async def typing(self, chat_id: int) -> None:
+    async def typing(self, chat_id: int, thread_id: int | None = None) -> None:
         try:
-            await self.bot.send_chat_action(chat_id, "typing")
+            await self.bot.send_chat_action(chat_id, "typing", message_thread_id=thread_id)
         except TelegramAPIError as error:  # cosmetic: never worth failing a joke for
             log.debug("typing action failed in chat %s: %s", chat_id, error)

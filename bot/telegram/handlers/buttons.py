@@ -11,7 +11,7 @@ from aiogram.types import CallbackQuery, Update
 
 from bot.common.metrics import Metrics
 from bot.telegram.feedback import FeedbackStore
-from bot.telegram.jokes import ChatOrigin, JokeService
+from bot.telegram.jokes import ChatOrigin, JokeService, topic_of
 from bot.telegram.keyboards import JokeAction, SignedButton, WriteInline
 from bot.telegram.outstanding import OutstandingRequests
 from bot.telegram.texts import Texts
@@ -37,8 +37,8 @@ async def more(callback: CallbackQuery, callback_data: JokeAction, jokes: JokeSe
         return
     origin = ChatOrigin(chat_id=callback.message.chat.id, user_id=callback.from_user.id,
                         private=callback.message.chat.type == "private",
-                        reply_to_message_id=callback.message.message_id, update_id=event_update.update_id,
-                        language=t.language)
+                        reply_to_message_id=callback.message.message_id, thread_id=topic_of(callback.message),
+                        update_id=event_update.update_id, language=t.language)
     go_ahead, answer = await jokes.admit_more(origin)
     # Answered before the joke starts: the spinner on the button stops at once, the joke follows as a new message.
     await callback.answer(answer)

@@ -19,7 +19,7 @@ from aiogram.types import Message, Update
 
 from bot.telegram.addressing import without_bot_mentions
 from bot.telegram.feedback import FeedbackStore
-from bot.telegram.jokes import ChatOrigin, JokeService
+from bot.telegram.jokes import ChatOrigin, JokeService, topic_of
 from bot.telegram.texts import language_for
 
 router = Router(name="joke")
@@ -36,7 +36,8 @@ def sender_id(message: Message) -> int:
 def origin_of(message: Message, update: Update) -> ChatOrigin:
     language = language_for(message.from_user.language_code if message.from_user else None)
     return ChatOrigin(chat_id=message.chat.id, user_id=sender_id(message), private=message.chat.type == "private",
-                      reply_to_message_id=message.message_id, update_id=update.update_id, language=language)
+                      reply_to_message_id=message.message_id, thread_id=topic_of(message), update_id=update.update_id,
+                      language=language)
 
 
 def _replied_text(message: Message) -> str | None:
