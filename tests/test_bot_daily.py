@@ -330,6 +330,29 @@ def test_in_a_group_only_admins_subscribe_and_the_post_comes_to_the_group(stack)
     wait_until(lambda: due_at(stack, group) is None, 20, "the group unsubscribed")
 
 
+def test_in_a_forum_the_joke_of_the_day_comes_to_the_topic_daily_was_set_in_or_general_once_it_is_gone(stack):
+    group, admin, topic = stack.new_group(), stack.new_user(), 31
+    stack.api.set_chat_member(group, admin, "administrator")
+    stack.api.group_message(group, admin, "/daily 09:00", topic=topic)
+    confirmation = stack.wait_for_reply(group)
+    assert confirmation["text"].startswith("🗓") and confirmation.get("message_thread_id") == topic
+    make_due_now(stack, group)
+    (post,) = wait_until(lambda: daily_posts(stack, group), 60, "the topic's joke of the day")
+    assert post.get("message_thread_id") == topic
+    # Another group's topic deleted since /daily: Telegram refuses the post there; it comes to General, not never.
+    other = stack.new_group()
+    stack.api.set_chat_member(other, admin, "administrator")
+    stack.api.group_message(other, admin, "/daily 09:00", topic=topic)
+    stack.wait_for_reply(other)
+    stack.api.fail_next("sendMessage", 400, description="Bad Request: message thread not found")
+    make_due_now(stack, other)
+    (post,) = wait_until(lambda: daily_posts(stack, other), 60, "the other group's joke of the day")
+    assert "message_thread_id" not in post
+    for chat in (group, other):
+        stack.api.group_message(chat, admin, "/daily off")
+        wait_until(lambda: due_at(stack, chat) is None, 20, "unsubscribed")
+
+
 def test_a_channel_gets_its_joke_of_the_day_with_votes_only(stack):
     channel = -1009000000000 - stack.new_user()
     stack.api.channel_post(channel, "/daily 08:30")

@@ -76,6 +76,7 @@ class Subscription(BaseModel):
     timezone: str
     language: str
     chat_type: str  # "private", "group", "supergroup", "channel"
+    thread_id: int | None = None  # the forum topic /daily was sent in: the posts go there
     by_user: int | None = None
     since: float
 

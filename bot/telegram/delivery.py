@@ -17,11 +17,13 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from aiogram.exceptions import (
     TelegramAPIError,
+    TelegramBadRequest,
     TelegramForbiddenError,
     TelegramNetworkError,
     TelegramRetryAfter,
     TelegramServerError,
 )
+from aiogram.types import InlineKeyboardMarkup, Message
 from redis.exceptions import RedisError
 
 from bot.common.health import Liveness
@@ -48,6 +50,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Telegram's trouble, not the message's: a 5xx or a failed connection (reset, timeout). Worth trying again.
 TRANSIENT = (TelegramServerError, TelegramNetworkError)
+# How Telegram refuses a post into a forum topic that was deleted or closed.
+_TOPIC_GONE = ("thread not found", "topic_deleted", "topic_closed")
 RETRY_PAUSE_S = 2.0
 # Between getMe probes after a failed connection: one cheap call, so Telegram's return is seen within this.
 PROBE_PAUSE_S = 0.5
@@ -322,8 +326,9 @@ class DeliveryLoop:
             await self.feedback.remember_joke(joke_id, record.prompt if record is not None else "", result.size or "?",
                                               result.latency_s)
             try:
-                message = await self._persist(post_id, lambda: self.outbox.send(chat_id, f"{t.DAILY_HEADER}\n\n{joke}",
-                                                                                 reply_markup=markup))
+                thread_id = subscription.thread_id if subscription is not None else None
+                message = await self._persist(post_id, lambda: self._send_daily(chat_id, f"{t.DAILY_HEADER}\n\n{joke}",
+                                                                                 markup, thread_id))
             except TelegramForbiddenError as error:  # removed from the chat, blocked: stop posting there
                 outcome = "undelivered"
                 log.warning("daily post %s: %s; unsubscribing chat %s", post_id, error, chat_id)
@@ -343,6 +348,17 @@ class DeliveryLoop:
         report_shown(self.metrics, post_id, "daily", result.size, result.status, outcome, result.latency_s)
         await self.outstanding.forget(post_id)
         await self.reader.ack(item)
+
+    async def _send_daily(self, chat_id: int, text: str, markup: InlineKeyboardMarkup,
+                          thread_id: int | None) -> Message:
+        """A daily post, in its topic; a topic deleted or closed since /daily takes it to the group's General."""
+        try:
+            return await self.outbox.send(chat_id, text, reply_markup=markup, thread_id=thread_id)
+        except TelegramBadRequest as error:
+            if thread_id is None or not any(gone in str(error).lower() for gone in _TOPIC_GONE):
+                raise
+            log.info("daily post for chat %s: topic %s is gone (%s); posting in General", chat_id, thread_id, error)
+            return await self.outbox.send(chat_id, text, reply_markup=markup)
 
     async def _give_up(self, claimed: Outstanding) -> None:
         record = await self.outstanding.get(claimed.request_id)

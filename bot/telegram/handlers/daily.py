@@ -19,6 +19,7 @@ from bot.common.logs import log_event
 from bot.common.settings import Settings
 from bot.telegram.chat_settings import ChatSettingsStore
 from bot.telegram.daily import DailyJokes, Subscription, parse_time
+from bot.telegram.jokes import topic_of
 from bot.telegram.texts import Texts
 from bot.telegram.timezones import parse_timezone, zone_label
 
@@ -80,7 +81,7 @@ async def daily(message: Message, command: CommandObject, bot: Bot, daily: Daily
         return
     timezone = timezone or (current.timezone if current is not None else settings.daily_timezone)
     subscription = Subscription(chat_id=message.chat.id, at=f"{at:%H:%M}", timezone=timezone, language=t.language,
-                                chat_type=message.chat.type,
+                                chat_type=message.chat.type, thread_id=topic_of(message),
                                 by_user=message.from_user.id if message.from_user else None, since=time.time())
     due = await daily.subscribe(subscription)
     _audit(message, command.args or "", f"subscribed; next post at {due}")
