@@ -480,8 +480,10 @@ class FakeBotAPI:
             self.chat_members.setdefault((chat["id"], user["id"]), {"status": "member", "user": user})
         return self.inject_update({"message": self._store_message(chat, user, reply_to, **content)})
 
-    def private_message(self, user: UserRef, text: str) -> dict:
-        return self._inject_message(None, user, text=text, entities=text_entities(text))
+    def private_message(self, user: UserRef, text: str, topic: int | None = None) -> dict:
+        """topic: the thread of a private chat whose user keeps topics with the bot (Bot API 9.3)."""
+        return self._inject_message(None, user, text=text, entities=text_entities(text), message_thread_id=topic,
+                                    is_topic_message=True if topic else None)
 
     def group_message(self, chat: int | dict, user: UserRef, text: str, reply_to: int | dict | None = None,
                       entities: list[dict] | None = None, topic: int | None = None) -> dict:

@@ -67,6 +67,14 @@ def test_private_joke_shows_typing_streams_drafts_and_ends_with_the_full_joke(st
     assert joke.get("reply_to_message", {}).get("text") == "/joke Штирлиц пришел домой"
 
 
+def test_in_a_private_chat_with_topics_the_drafts_and_the_joke_stay_in_the_topic_asked_in(stack):
+    user, topic = stack.new_user(), 12
+    stack.api.private_message(user, "/joke Штирлиц пришел домой", topic=topic)
+    joke = stack.wait_for_reply(user)
+    assert is_joke(joke) and joke.get("message_thread_id") == topic
+    assert stack.api.drafts[user] and all(draft["message_thread_id"] == topic for draft in stack.api.drafts[user])
+
+
 def test_joke_without_text_starts_from_a_classic_opening(stack):
     user = stack.new_user()
     stack.api.private_message(user, "/joke")

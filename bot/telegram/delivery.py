@@ -250,7 +250,7 @@ class DeliveryLoop:
             if delivery.chat_id is not None and delivery.message_id is None:
                 if time.monotonic() < self._drafts_paused_until.get(result.request_id, 0.0):
                     return
-                if await self.outbox.draft(delivery.chat_id, result.request_id, text):
+                if await self.outbox.draft(delivery.chat_id, result.request_id, text, delivery.message_thread_id):
                     return
                 # Drafts don't work here: from now on a message shows the progress, edited in place.
             with best_effort():  # in a busy group the finished joke gets the slot, not this progress

@@ -236,7 +236,7 @@ class JokeService:
         # where drafts fail, a placeholder message is edited instead. Groups get no streamed edits:
         # their budget is ~20 messages a minute.
         t = texts.get(origin.language)
-        if not (origin.private and await self.outbox.draft(origin.chat_id, request_id, "")):
+        if not (origin.private and await self.outbox.draft(origin.chat_id, request_id, "", origin.thread_id)):
             try:
                 placeholder = await self.outbox.send(origin.chat_id, t.PLACEHOLDER, origin.reply_to_message_id,
                                                      thread_id=origin.thread_id)

@@ -93,15 +93,17 @@ class Outbox:
                                   thread_id=delivery.message_thread_id)
         return message.message_id
 
-    async def draft(self, chat_id: int, request_id: str, text: str) -> bool:
-        """Stream a partial text as a message draft (private chats, Bot API 9.3+).
+    async def draft(self, chat_id: int, request_id: str, text: str, thread_id: int | None = None) -> bool:
+        """Stream a partial text as a message draft (private chats, Bot API 9.3+), in the chat's topic where the
+        user keeps topics with the bot.
 
         Returns False when drafts do not work here (the caller falls back to a message it edits).
         Raises TelegramRetryAfter, so the caller can pause drafts instead of hammering.
         """
         try:
             return bool(await self.bot.send_message_draft(chat_id=chat_id, draft_id=draft_id_for(request_id),
-                                                          text=fit_message(text) if text else ""))
+                                                          text=fit_message(text) if text else "",
+                                                          message_thread_id=thread_id))
         except TelegramRetryAfter:
             raise
         except TelegramAPIError as error:
