@@ -100,6 +100,14 @@ class ContinuousBatch:
             self._rows.join(settings)
 
     @torch.inference_mode()
+    def forbid(self, rows: list[int], token_id: int) -> None:
+        """Keep `token_id` from these rows' next draw (the joke engine's <eos> before a joke has begun)."""
+        if rows:
+            index = torch.tensor(rows, device=self.logits.device)
+            self.logits = self.logits.index_put((index, torch.full_like(index, token_id)),
+                                                torch.tensor(float("-inf"), device=self.logits.device))
+
+    @torch.inference_mode()
     def sample(self) -> torch.Tensor:
         """Each row's next token (B,), drawn with its own settings; `feed` writes them."""
         if not self.settings:

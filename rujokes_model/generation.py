@@ -155,7 +155,7 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
                   attention_mask: torch.Tensor | None = None, use_cache: bool = True,
                   generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
                   compact: bool = True, compile: bool = False,
-                  mid_character_ids: Sequence[int] | torch.Tensor | None = None,
+                  mid_character_ids: Sequence[int] | torch.Tensor | None = None, min_new_tokens: int = 0,
                   ) -> Iterator[tuple[PreparedPrompt, torch.Tensor, torch.Tensor]]:
     """Yield (prompt, tokens, finished) after each step; tokens (B,) of finished rows are pad ids.
 
@@ -166,6 +166,7 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
     (`compiled_step.py`; the first call compiles, ≈ 10–30 s on a CPU). Needs use_cache.
     mid_character_ids: tokenizer.mid_character_ids(); a prompt cut to fit the context then starts on
     a whole character rather than on a stray byte of one.
+    min_new_tokens: eos_token_id cannot be drawn before a row has this many new tokens.
     """
     config = model.config
     pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
@@ -190,6 +191,8 @@ def iter_generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, eos_to
     logits = prefill(model, prompt, cache)
     all_ids, all_mask = ids, mask  # without a cache, every step runs the whole sequence again
     for step in range(max_new_tokens):
+        if step < min_new_tokens and eos_token_id is not None:
+            logits = logits.index_fill(1, torch.tensor([eos_token_id], device=logits.device), float("-inf"))
         tokens = sample_step(logits, state, **sample)
         yield (prompt, *_caller_rows(state, tokens, B, pad))
         n_finished = int(state.finished.sum())

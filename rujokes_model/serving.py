@@ -25,7 +25,7 @@ import torch
 from .compiled_step import compiled_step
 from .config import SIZES, CpuWeights, cpu_weights_for
 from .cpu_kernels import KernelBuildError, find_cxx
-from .endings import end_at_sentence
+from .endings import MIN_JOKE_TOKENS, end_at_sentence
 from .lowbit_weights import use_fp32_kernels, use_lowbit_weights
 from .model import TransformerForCausalLM
 from .pretrained import pretrained_path
@@ -228,6 +228,7 @@ class ServingModel:
         # What the model does not read is still the texts' start: byte-level BPE decodes the kept tokens to
         # exactly the end of the prompt.
         unread = prompt[:len(prompt) - len(self.tokenizer.decode(kept))] if len(kept) < len(whole) else ""
+        kwargs.setdefault("min_new_tokens", MIN_JOKE_TOKENS)  # as the worker: no joke that is its opening alone
         out = self.generate(torch.tensor([kept] * n), limit, top_k=top_k, **kwargs)
         opening = prompt.strip()
         texts = []

@@ -12,7 +12,7 @@ from bot.worker.engine_api import Job
 from bot.worker.loading import CannotServe, build_engine, load_source
 from rujokes_model.compiled_step import compiled_step
 from rujokes_model.config import SIZES
-from rujokes_model.endings import end_at_sentence
+from rujokes_model.endings import MIN_JOKE_TOKENS, end_at_sentence
 from rujokes_model.lowbit_weights import KernelLinear
 from rujokes_model.pretrained import bundled_sizes
 from tests.model_helpers import make_tiny_model_dir
@@ -128,6 +128,18 @@ def test_partials_grow_and_end_at_the_final_text(engine):
         assert output.text.startswith(texts[-1].rstrip())
     else:  # cut by its limit: the stream's text, ended after a sentence (rujokes_model/endings.py)
         assert output.text == end_at_sentence(texts[-1], "Вовочка")
+
+
+def test_a_joke_is_more_than_its_opening_eos_waits_for_its_first_tokens(tmp_path):
+    """After an opening that is a whole sentence nano drew <eos> first in 22 of 400 samples, and the bot answered
+    with the opening alone. Here <eos> is made the greedy first token: the joke goes on past it."""
+    loaded = load_source("nano", str(make_tiny_model_dir(tmp_path / "tiny")), torch.device("cpu"))
+    prompt = "Штирлиц пришел домой."
+    with torch.inference_mode():
+        loaded.tokenizer.eos_token_id = int(loaded.model(torch.tensor([loaded.tokenizer.encode(prompt)]))[0, -1].argmax())
+    engine = ModelEngine({"nano": loaded}, torch.device("cpu"))
+    (output,) = engine.generate("nano", [job(0, prompt, temperature=0.0, top_k=0, max_new_tokens=20)])
+    assert output.new_tokens >= MIN_JOKE_TOKENS and len(output.text) > len(prompt), output
 
 
 def test_unknown_size_raises_instead_of_guessing(engine):

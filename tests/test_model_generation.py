@@ -197,3 +197,19 @@ def test_one_dimensional_prompt_is_treated_as_one_row():
 
     assert out.tolist() == model.generate(prompt, 6, do_sample=False).tolist()
 
+
+
+def test_min_new_tokens_keeps_eos_from_a_rows_first_draws(model_and_prompts):
+    """The eos a row would draw first (here: its greedy first token, named eos) waits for min_new_tokens."""
+    model, prompts = model_and_prompts
+    width = prompts.shape[1]
+    greedy = model.generate(prompts, 8, do_sample=False)[:, width:]
+    for row, tokens in enumerate(greedy.tolist()):
+        eos = tokens[0]
+        ended = model.generate(prompts[row:row + 1], 8, do_sample=False, eos_token_id=eos, pad_token_id=PAD)
+        assert ended[0, width:].tolist() == [eos]  # ended at once
+        held = model.generate(prompts[row:row + 1], 8, do_sample=False, eos_token_id=eos, pad_token_id=PAD,
+                              min_new_tokens=3)[0, width:].tolist()
+        assert eos not in held[:3] and held[0] != PAD
+    sampled = model.generate(prompts, 5, top_k=0, generator=torch.Generator().manual_seed(0), min_new_tokens=0)
+    assert torch.equal(sampled, model.generate(prompts, 5, top_k=0, generator=torch.Generator().manual_seed(0)))

@@ -14,7 +14,7 @@ from rujokes_model import serving
 from rujokes_model.compiled_step import CompiledDecodeStep, compiled_step
 from rujokes_model.config import ModelConfig, cpu_weights_for, default_int8_sizes
 from rujokes_model.cpu_kernels import cpu_kernels_supported
-from rujokes_model.endings import ELLIPSIS, end_at_sentence
+from rujokes_model.endings import ELLIPSIS, MIN_JOKE_TOKENS, end_at_sentence
 from rujokes_model.lowbit_weights import KernelLinear
 from rujokes_model.serving import load_for_serving, use_persistent_compile_cache
 from tests.model_helpers import make_tiny_model_dir
@@ -223,7 +223,8 @@ def test_complete_ends_a_text_cut_by_its_limit_after_a_sentence_as_the_bot_does(
     model ended it; one that ran into the limit ends after a sentence or with "…", never mid-word."""
     served = load_for_serving(tiny_dir, compile=False)
     ids = torch.tensor([served.tokenizer.encode(PROMPTS[0])] * 8)
-    raw = served.generate(ids, 60, top_k=0, generator=torch.Generator().manual_seed(3)).tolist()
+    raw = served.generate(ids, 60, top_k=0, generator=torch.Generator().manual_seed(3),
+                          min_new_tokens=MIN_JOKE_TOKENS).tolist()
     texts = served.complete(PROMPTS[0], 60, n=8, top_k=0, generator=torch.Generator().manual_seed(3))
     ended = [served.tokenizer.eos_token_id in row[ids.shape[1]:] for row in raw]
     assert 0 < sum(ended) < 8  # the random model's seed 3: both kinds of row
@@ -251,7 +252,8 @@ def test_complete_fits_a_prompt_or_limit_past_the_context_as_the_worker_does_and
         texts = served.complete(prompt, 30, n=3, top_k=0, generator=torch.Generator().manual_seed(2))
     assert len(said) == 1  # generate itself had nothing more to cut
     tail = served.tokenizer.decode(kept)
-    raw = served.generate(torch.tensor([kept] * 3), 30, top_k=0, generator=torch.Generator().manual_seed(2))
+    raw = served.generate(torch.tensor([kept] * 3), 30, top_k=0, generator=torch.Generator().manual_seed(2),
+                          min_new_tokens=MIN_JOKE_TOKENS)
     for text, row in zip(texts, raw.tolist()):
         assert text.startswith(prompt)
         whole = (prompt[:-len(tail)] + served.tokenizer.decode(row)).strip()

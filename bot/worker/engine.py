@@ -16,7 +16,7 @@ from bot.worker.engine_api import DoneCallback, GenerationOutput, Job, MoreJobs,
 from rujokes_model import ByteLevelBPETokenizer, IncrementalDecoder, TransformerForCausalLM
 from rujokes_model.continuous import ContinuousBatch, RowSettings
 from rujokes_model.cuda_graph_step import GraphedDecodeStep
-from rujokes_model.endings import end_at_sentence
+from rujokes_model.endings import MIN_JOKE_TOKENS, end_at_sentence
 from rujokes_model.serving import BackgroundCompile
 
 
@@ -102,6 +102,8 @@ class ModelEngine:
                            tokenizer.pad_token_id)
                 live += admitted
                 waiting = [row for row in waiting if row not in admitted]
+            beginning = [index for index, row in enumerate(live) if len(row.new_ids) < MIN_JOKE_TOKENS]
+            batch.forbid(beginning, tokenizer.eos_token_id)  # a joke is more than its opening
             tokens = batch.sample().tolist()
             steps += 1
             leaving = []
