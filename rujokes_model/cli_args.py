@@ -45,15 +45,16 @@ def device(text: str) -> str:
     if text == "auto":
         return text
     import torch
+
+    from .serving import cuda_unavailable
     try:
         parsed = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"not a device: {text!r} (auto, cpu, cuda, cuda:N or mps)") from None
     if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            why = "this torch is a CPU build" if torch.version.cuda is None else "torch sees no CUDA GPU"
+        if why := cuda_unavailable():
             raise argparse.ArgumentTypeError(f"{text}: {why} (use cpu or auto)")
+        count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
             raise argparse.ArgumentTypeError(f"{text}: there are {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     elif parsed.type == "mps" and not torch.backends.mps.is_available():

@@ -52,6 +52,13 @@ def use_persistent_compile_cache() -> Path:
     return path
 
 
+def cuda_unavailable() -> str | None:
+    """Why this machine has no CUDA device to run on, or None."""
+    if torch.cuda.is_available():
+        return None
+    return "this torch is a CPU build" if torch.version.cuda is None else "torch sees no CUDA GPU"
+
+
 def compile_unavailable(device: torch.device) -> str | None:
     """Why a compiled step cannot be built here, or None. On a CPU inductor writes C++."""
     if device.type == "cpu" and find_cxx() is None:

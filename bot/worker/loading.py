@@ -11,7 +11,7 @@ import torch
 from bot.worker.engine import LoadedModel, ModelEngine
 from rujokes_model.config import SIZES
 from rujokes_model.pretrained import bundled_sizes, pretrained_path
-from rujokes_model.serving import load_on_device, resolve_device, speed_up
+from rujokes_model.serving import cuda_unavailable, load_on_device, resolve_device, speed_up
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,7 @@ class CannotServe(Exception):
 def serving_device(setting: str) -> torch.device:
     """DEVICE's value as a torch device; "cuda" on a machine whose torch sees no GPU is a CannotServe."""
     device = resolve_device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        why = "this torch is a CPU build" if torch.version.cuda is None else "torch sees no CUDA GPU"
+    if device.type == "cuda" and (why := cuda_unavailable()):
         raise CannotServe(f"DEVICE={setting}, but {why}; set DEVICE=auto or DEVICE=cpu")
     return device
 
